@@ -1,0 +1,46 @@
+"""asyncjob: background jobs for asyncio applications, with progress you can show.
+
+::
+
+    import asyncjob
+
+    async with asyncjob.Runner() as runner:
+        job_id = await runner.perform(make_report, year=2026)
+        print(await runner.get_progress(job_id))
+        print(await runner.wait(job_id))
+"""
+
+from __future__ import annotations
+
+from ._api import cancel, get_progress, perform, status, wait, watch
+from ._context import current_job_id, set_progress
+from ._errors import (
+    AsyncJobError,
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
+    NotInJob,
+    RunnerNotRunning,
+)
+from ._models import JobState, JobStatus
+from ._runner import Runner
+
+__all__ = (
+    "AsyncJobError",
+    "JobCancelled",
+    "JobFailed",
+    "JobNotFound",
+    "JobState",
+    "JobStatus",
+    "NotInJob",
+    "Runner",
+    "RunnerNotRunning",
+    "cancel",
+    "current_job_id",
+    "get_progress",
+    "perform",
+    "set_progress",
+    "status",
+    "wait",
+    "watch",
+)

@@ -1,0 +1,46 @@
+"""Module-level calls on the runner running in this process.
+
+Each is one line of delegation to :func:`asyncjob._current.get`'s runner, so
+that application code need not pass the runner around. With no runner
+running they raise :class:`RunnerNotRunning`, a ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from . import _current
+from ._models import JobStatus, Progress
+
+__all__ = ("cancel", "get_progress", "perform", "status", "wait", "watch")
+
+
+async def perform(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+    """:meth:`Runner.perform` on the running runner."""
+    return await _current.get().perform(func, *args, **kwargs)
+
+
+async def get_progress(job_id: str) -> Progress | None:
+    """:meth:`Runner.get_progress` on the running runner."""
+    return await _current.get().get_progress(job_id)
+
+
+async def status(job_id: str) -> JobStatus:
+    """:meth:`Runner.status` on the running runner."""
+    return await _current.get().status(job_id)
+
+
+async def wait(job_id: str, timeout: float | None = None) -> Any:
+    """:meth:`Runner.wait` on the running runner."""
+    return await _current.get().wait(job_id, timeout)
+
+
+def watch(job_id: str) -> AsyncIterator[JobStatus]:
+    """:meth:`Runner.watch` on the running runner."""
+    return _current.get().watch(job_id)
+
+
+async def cancel(job_id: str) -> bool:
+    """:meth:`Runner.cancel` on the running runner."""
+    return await _current.get().cancel(job_id)

@@ -1,0 +1,179 @@
+"""Running one job: on the loop or in a thread, its outcome recorded in the store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from . import _context
+from ._models import Job, JobState
+from .stores import Store
+
+__all__ = ("Executor", "logger")
+
+logger = logging.getLogger("asyncjob")
+
+
+class Executor:
+    """Runs jobs handed to it by the runner's workers, one call per job.
+
+    Coroutine jobs are awaited in the calling worker task; sync jobs run in a
+    thread pool of ``threads`` threads, with the job's context copied into
+    the thread. A worker task is never left holding a cancellation that was
+    meant for a job it no longer runs.
+    """
+
+    def __init__(self, store: Store, threads: int) -> None:
+        self._store = store
+        self._threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._thread_slots = asyncio.Semaphore(threads)
+        # The jobs running now: their context, and the worker task running them.
+        self._active: dict[str, tuple[_context.JobContext, asyncio.Task[Any]]] = {}
+
+    @property
+    def running(self) -> int:
+        """How many jobs are running now."""
+        return len(self._active)
+
+    async def run(self, job: Job, task: asyncio.Task[Any]) -> None:
+        """Run ``job`` in the worker ``task`` (the caller) to its end and
+        record the outcome; never raises for anything the job does."""
+        if job.is_async:
+            if await self._store.start(job.id):
+                await self._run_async(job, task)
+        else:
+            # A sync job only counts as running once it has a thread.
+            async with self._thread_slots:
+                if await self._store.start(job.id):
+                    await self._run_sync(job, task)
+
+    def interrupt(self, job_id: str) -> None:
+        """Stop a running job whose state the store has already made final.
+
+        A coroutine job gets :class:`asyncio.CancelledError` at its current
+        ``await``; a sync job gets :class:`JobCancelled` from its next
+        ``set_progress``. Does nothing for a job that is not running here.
+        """
+        active = self._active.get(job_id)
+        if active is None or active[0].cancelled:
+            return
+        ctx, task = active
+        ctx.cancelled = True
+        if ctx.is_async:
+            task.cancel()
+
+    def abandon_sync_jobs(self) -> None:
+        """Stop waiting for sync jobs, whose threads cannot be stopped: their
+        workers move on at once, and their threads end in the background,
+        at the job's next ``set_progress`` or when it returns."""
+        for ctx, task in list(self._active.values()):
+            if not ctx.is_async:
+                ctx.cancelled = True
+                task.cancel()
+
+    def active_ids(self) -> list[str]:
+        """The ids of the jobs running now."""
+        return list(self._active)
+
+    def close(self) -> None:
+        """Release the thread pool without waiting for its threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _run_async(self, job: Job, task: asyncio.Task[Any]) -> None:
+        ctx = _context.JobContext(job.id, True, self._store.report_progress)
+        self._active[job.id] = (ctx, task)
+        token = _context.current.set(ctx)
+        try:
+            result = await job.func(*job.args, **job.kwargs)
+        except asyncio.CancelledError as exc:
+            if not ctx.cancelled:
+                await self._not_cancelled_by_us(job, ctx, task, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - any error of the job is its failure
+            if not ctx.cancelled:
+                await self._fail(job, exc)
+            return
+        finally:
+            _context.current.reset(token)
+            del self._active[job.id]
+            if ctx.cancelled:
+                # interrupt() cancelled this worker task for the job; the job
+                # has ended, so the worker must not stay marked as cancelling.
+                task.uncancel()
+        if not ctx.cancelled:
+            await self._succeed(job, result)
+
+    async def _run_sync(self, job: Job, task: asyncio.Task[Any]) -> None:
+        ctx = _context.JobContext(job.id, False, self._store.report_progress)
+        thread_context = contextvars.copy_context()
+        thread_context.run(_context.current.set, ctx)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="asyncjob")
+        self._active[job.id] = (ctx, task)
+        try:
+            future = self._pool.submit(thread_context.run, job.func, *job.args, **job.kwargs)
+            result = await asyncio.wrap_future(future)
+        except asyncio.CancelledError as exc:
+            if ctx.cancelled:
+                task.uncancel()  # abandon_sync_jobs(): the runner stopped waiting
+            else:
+                await self._not_cancelled_by_us(job, ctx, task, exc)
+            return
+        except BaseException as exc:  # noqa: BLE001 - SystemExit in a job's thread is the job's failure
+            if not ctx.cancelled:
+                await self._fail(job, exc)
+            return
+        finally:
+            del self._active[job.id]
+        if ctx.cancelled:
+            return
+        if inspect.iscoroutine(result):
+            result.close()
+            result = TypeError(
+                f"{job.name} returned a coroutine instead of running it: perform "
+                "the coroutine function itself, e.g. perform(func, arg), "
+                "not a lambda or sync function that calls it"
+            )
+            await self._fail(job, result)
+            return
+        await self._succeed(job, result)
+
+    async def _not_cancelled_by_us(
+        self,
+        job: Job,
+        ctx: _context.JobContext,
+        task: asyncio.Task[Any],
+        exc: asyncio.CancelledError,
+    ) -> None:
+        """A CancelledError that :meth:`interrupt` did not cause.
+
+        If the worker task itself is being cancelled (its loop is closing
+        under a runner nobody stopped), the job is recorded as cancelled and
+        the cancellation goes on up. Otherwise the job raised it on its own
+        (say, it awaited a future that something else cancelled): that is
+        the job's failure, like any other exception.
+        """
+        if task.cancelling():
+            if not ctx.is_async:
+                ctx.cancelled = True  # its thread stops at its next report
+            await self._store.cancel(job.id)
+            raise exc
+        await self._fail(job, exc)
+
+    async def _succeed(self, job: Job, result: Any) -> None:
+        await self._store.finish(job.id, JobState.succeeded, result=result)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("job %s (%s) succeeded", job.id, job.name)
+
+    async def _fail(self, job: Job, exc: BaseException) -> None:
+        error = "".join(traceback.format_exception_only(exc)).strip()
+        tb = "".join(traceback.format_exception(exc))
+        logger.error("job %s (%s) failed: %s", job.id, job.name, error, exc_info=exc)
+        await self._store.finish(job.id, JobState.failed, error=error, traceback=tb)

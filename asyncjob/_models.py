@@ -1,0 +1,92 @@
+"""The data asyncjob hands out and passes to stores."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+__all__ = ("Job", "JobState", "JobStatus", "Progress", "timestamp_to_datetime")
+
+#: ``(value, data)`` as last given to :func:`asyncjob.set_progress`.
+Progress = tuple[float, Any]
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life.
+
+    ``queued`` → ``running`` → one of the final states ``succeeded``,
+    ``failed`` or ``cancelled``. A queued job may also go straight to
+    ``cancelled``.
+    """
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """True for the states a job never leaves."""
+        return self in _FINAL
+
+
+_FINAL = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    """A snapshot of one job, as the store knew it when it was taken.
+
+    Timestamps are timezone-aware UTC datetimes. ``progress`` and ``data`` are
+    what the job last gave :func:`asyncjob.set_progress` (``None`` until it
+    does) and are kept after the job ends. ``result`` is the return value of
+    a succeeded job; ``error`` the exception's type and message of a failed
+    one (``"ValueError: bad input"``), and ``traceback`` its full traceback.
+    """
+
+    id: str
+    name: str
+    state: JobState
+    progress: float | None = None
+    data: Any = None
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def is_final(self) -> bool:
+        """True once the job has ended: succeeded, failed or cancelled."""
+        return self.state.is_final
+
+
+class Job(NamedTuple):
+    """A job as performed: what to call, and how.
+
+    Stores receive it in :meth:`asyncjob.stores.Store.enqueue`. A named tuple
+    because a runner may hold a great many of them queued: it is the smallest
+    and fastest record Python offers.
+    """
+
+    id: str
+    #: The callable's qualified name, for people and logs.
+    name: str
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    #: Decided once, when the job is performed: a coroutine job runs on the
+    #: event loop, any other callable in the runner's thread pool.
+    is_async: bool
+    #: Seconds since the epoch (``time.time()``).
+    enqueued_at: float
+
+
+def timestamp_to_datetime(ts: float | None) -> datetime | None:
+    """Turn a ``time.time()`` value into an aware UTC datetime."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)

@@ -1,0 +1,426 @@
+"""The runner: takes jobs, runs them, and answers for them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from . import _current
+from ._callables import describe
+from ._errors import JobCancelled, JobFailed, JobNotFound, RunnerNotRunning
+from ._execution import Executor, logger
+from ._models import Job, JobState, JobStatus, Progress
+from ._options import RunnerOptions
+from .stores import Store, resolve_store
+
+__all__ = ("Runner",)
+
+T = TypeVar("T")
+
+
+class _Phase(enum.Enum):
+    new = "new"
+    running = "running"
+    stopping = "stopping"
+    stopped = "stopped"
+
+
+class Runner:
+    """Runs jobs in the background of an asyncio application.
+
+    Use it as an async context manager (or call :meth:`start` and
+    :meth:`stop`)::
+
+        async with asyncjob.Runner() as runner:
+            job_id = await runner.perform(resize, "photo.jpg", width=640)
+
+    Performed jobs wait in a first-in, first-out queue. At most
+    ``concurrency`` run at once: coroutine functions on this event loop,
+    other callables in a pool of ``threads`` threads, so that they never
+    block the loop.
+
+    A runner lives once: after :meth:`stop` it cannot be started again.
+    Its methods may be awaited from any event loop or thread's loop; calls
+    from another loop are carried over to the runner's own.
+
+    Args:
+        store: ``"memory"`` (the default), or a :class:`~asyncjob.stores.Store`.
+        concurrency: how many jobs may run at once (at least 1).
+        sessionmaker: reserved for per-job database sessions.
+        threads: size of the thread pool for sync jobs (at least 1); by
+            default ``min(concurrency, 40)``. See :doc:`threads`.
+        grace_period: seconds that :meth:`stop` lets running jobs finish
+            before it cancels them.
+
+    Raises:
+        ValueError: an option is out of range.
+        TypeError: an option has the wrong type.
+    """
+
+    def __init__(
+        self,
+        store: str | Store = "memory",
+        *,
+        concurrency: int = 10,
+        sessionmaker: Any = None,
+        threads: int | None = None,
+        grace_period: float = 10.0,
+    ) -> None:
+        self.options = RunnerOptions.validate(
+            concurrency=concurrency, threads=threads, grace_period=grace_period
+        )
+        if sessionmaker is not None:
+            raise NotImplementedError("per-job database sessions are not available yet")
+        self._store = resolve_store(store)
+        self._phase = _Phase.new
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
+        self._executor = Executor(self._store, self.options.threads)
+        self._workers: set[asyncio.Task[None]] = set()
+        self._idle_workers = 0
+        self._outstanding = 0  # queued or running in this process
+        self._all_done = asyncio.Event()
+        self._all_done.set()
+        self._stopped = asyncio.Event()
+        self._clean_context = contextvars.Context()
+
+    @property
+    def store(self) -> Store:
+        """The store this runner keeps its jobs in."""
+        return self._store
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and the beginning of :meth:`stop`."""
+        return self._phase is _Phase.running
+
+    # -- life cycle -------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store and start taking jobs.
+
+        Raises:
+            RuntimeError: the runner was started before.
+        """
+        if self._phase is not _Phase.new:
+            raise RuntimeError(
+                f"this runner is {self._phase.value}: a runner starts once; "
+                "create a new Runner to start again"
+            )
+        self._loop = asyncio.get_running_loop()
+        await self._store.open()
+        # Jobs run in a copy of the context the runner was started in, as
+        # they would in tasks created here.
+        self._clean_context = contextvars.copy_context()
+        self._phase = _Phase.running
+        _current.push(self)
+
+    async def stop(self) -> None:
+        """Stop gracefully; idempotent.
+
+        At once, :meth:`perform` starts refusing jobs and the jobs still
+        queued are cancelled. Running jobs get ``grace_period`` seconds to
+        finish; those still running then are cancelled (coroutine jobs get
+        :class:`asyncio.CancelledError`, sync jobs :class:`JobCancelled` from
+        their next ``set_progress``). Last, the store is closed.
+        """
+        if self._phase is _Phase.new:
+            self._phase = _Phase.stopped
+            self._stopped.set()
+            return
+        if self._phase is not _Phase.running:
+            await self._on_loop(self._stopped.wait())
+            return
+        self._phase = _Phase.stopping
+        _current.remove(self)
+        try:
+            await self._on_loop(self._shut_down())
+        finally:
+            self._phase = _Phase.stopped
+            self._stopped.set()
+
+    async def _shut_down(self) -> None:
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if job is not None:
+                await self._store.cancel(job.id)
+                self._job_done()
+        workers = list(self._workers)
+        for _ in workers:
+            self._queue.put_nowait(None)
+        if workers:
+            _, late = await asyncio.wait(workers, timeout=self.options.grace_period)
+            if late:
+                await self._cancel_late(late)
+        self._executor.close()
+        await self._store.close()
+
+    async def _cancel_late(self, late: set[asyncio.Task[None]]) -> None:
+        ids = self._executor.active_ids()
+        logger.warning(
+            "cancelling %d job(s) still running after the %.1f s grace period: %s",
+            len(ids),
+            self.options.grace_period,
+            ", ".join(ids),
+        )
+        for job_id in ids:
+            await self._cancel_here(job_id)
+        self._executor.abandon_sync_jobs()
+        _, stuck = await asyncio.wait(late, timeout=max(1.0, self.options.grace_period))
+        if stuck:
+            logger.error(
+                "%d job(s) ignored cancellation; the runner stops without them", len(stuck)
+            )
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- performing -------------------------------------------------------
+
+    async def perform(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+        """Queue ``func(*args, **kwargs)`` to run in the background.
+
+        Returns the new job's id as soon as the job is recorded, without
+        waiting for it to start. ``func`` may be a coroutine function or any
+        other callable (run in the thread pool); partials, bound methods and
+        callable objects are told apart here, once.
+
+        Raises:
+            TypeError: ``func`` is not callable.
+            RunnerNotRunning: the runner is not started, or is stopping.
+        """
+        if not callable(func):
+            raise TypeError(
+                f"perform() needs a callable as its first argument, not "
+                f"{type(func).__name__} ({func!r})"
+            )
+        self._check_running()
+        name, is_async = describe(func)
+        job = Job(os.urandom(16).hex(), name, func, args, kwargs, is_async, time.time())
+        if not self._on_own_loop():
+            return await self._on_loop(self._enqueue(job))
+        return await self._enqueue(job)
+
+    def _check_running(self) -> None:
+        if self._phase is not _Phase.running:
+            raise RunnerNotRunning(
+                f"this runner is {self._phase.value} and takes no jobs: perform() "
+                "works between start() and stop() (inside 'async with runner:')"
+            )
+
+    async def _enqueue(self, job: Job) -> str:
+        self._check_running()  # again: a call from another loop may cross stop()
+        await self._store.enqueue(job)
+        if self._phase is not _Phase.running:
+            await self._store.cancel(job.id)  # stop() began while it was written
+            self._check_running()
+        self._queue.put_nowait(job)
+        if self._outstanding == 0:
+            self._all_done.clear()
+        self._outstanding += 1
+        if self._idle_workers:
+            self._idle_workers -= 1  # it is as good as taken by this job
+        elif len(self._workers) < self.options.concurrency:
+            self._spawn_worker()
+        return job.id
+
+    def _spawn_worker(self) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(self._work(), context=self._clean_context.copy())
+        self._workers.add(task)
+        task.add_done_callback(self._workers.discard)
+
+    async def _work(self) -> None:
+        queue = self._queue
+        task = asyncio.current_task()
+        assert task is not None
+        while True:
+            if queue.empty():
+                self._idle_workers += 1
+                job = await queue.get()
+            else:
+                job = queue.get_nowait()
+            if job is None:
+                return
+            try:
+                await self._executor.run(job, task)
+            except Exception:  # noqa: BLE001 - a bug here must not kill the worker
+                logger.exception("internal error while running job %s", job.id)
+            finally:
+                self._job_done()
+            if contextvars.copy_context() != self._clean_context:
+                # The job set context variables of its own. Each job must
+                # start from a clean context, so this worker retires.
+                if self._phase is _Phase.running:
+                    self._spawn_worker()
+                return
+
+    def _job_done(self) -> None:
+        self._outstanding -= 1
+        if self._outstanding == 0:
+            self._all_done.set()
+
+    async def join(self, timeout: float | None = None) -> None:
+        """Wait until no job of this runner is queued or running.
+
+        Meant for tests and scripts: perform, then ``await runner.join()``,
+        then check what the jobs did.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        async with asyncio.timeout(timeout):
+            await self._on_loop(self._all_done.wait())
+
+    # -- asking about jobs ------------------------------------------------
+
+    async def status(self, job_id: str) -> JobStatus:
+        """The job's current :class:`JobStatus`.
+
+        Raises:
+            JobNotFound: no job has this id (or it was forgotten).
+        """
+        status = await self._on_loop(self._store.get(job_id))
+        if status is None:
+            raise JobNotFound(job_id)
+        return status
+
+    async def get_progress(self, job_id: str) -> Progress | None:
+        """The job's progress, with ``tgext.asyncjob``'s meaning.
+
+        ``(-1, None)`` while the job has not reported any progress yet;
+        ``(value, data)`` as last given to :func:`asyncjob.set_progress`;
+        ``None`` once the job has ended, and for an unknown id.
+        """
+        status = await self._on_loop(self._store.get(job_id))
+        if status is None or status.is_final:
+            return None
+        if status.progress is None:
+            return (-1, None)
+        return (status.progress, status.data)
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> Any:
+        """Wait for the job to end and return its result.
+
+        Raises:
+            JobFailed: the job raised; the text has the original error.
+            JobCancelled: the job was cancelled.
+            JobNotFound: no job has this id.
+            TimeoutError: ``timeout`` seconds passed first (the job goes on).
+        """
+        status = await self.status(job_id)
+        if not status.is_final:
+            async with asyncio.timeout(timeout):
+                async for status in self.watch(job_id):  # noqa: B007 - the last one counts
+                    pass
+        return _outcome(status)
+
+    async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
+        """Yield the job's status now and on every change; stop after the
+        final one.
+
+        Changes are pushed to the watcher as they happen; many watchers of
+        one job are fine. A watcher that falls far behind may miss
+        intermediate progress, never the final status.
+
+        Raises:
+            JobNotFound: no job has this id.
+        """
+        if self._on_own_loop():
+            async for status in self._store.watch(job_id):
+                yield status
+            return
+        async for status in _watch_across(self, job_id):
+            yield status
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel the job; returns True if it was queued or running.
+
+        Its state is ``cancelled`` as soon as this returns: a queued job
+        never starts; a running coroutine job gets
+        :class:`asyncio.CancelledError` at its current ``await`` (it may
+        clean up); a running sync job gets :class:`JobCancelled` from its
+        next :func:`asyncjob.set_progress`, since a thread cannot be stopped
+        from outside. A job that has ended, or an unknown id, gives False.
+        """
+        return await self._on_loop(self._cancel_here(job_id))
+
+    async def _cancel_here(self, job_id: str) -> bool:
+        before = await self._store.cancel(job_id)
+        if before is JobState.running:
+            self._executor.interrupt(job_id)
+        return before in (JobState.queued, JobState.running)
+
+    # -- loops ------------------------------------------------------------
+
+    def _on_own_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    async def _on_loop(self, coro: Awaitable[T]) -> T:
+        """Await ``coro`` on the runner's loop, from whichever loop calls."""
+        if self._on_own_loop() or self._loop is None:
+            return await coro
+        if self._loop.is_closed():
+            raise RunnerNotRunning("this runner's event loop is closed")
+        future = asyncio.run_coroutine_threadsafe(_as_coroutine(coro), self._loop)
+        return await asyncio.wrap_future(future)
+
+
+async def _as_coroutine(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+async def _watch_across(runner: Runner, job_id: str) -> AsyncIterator[JobStatus]:
+    """Relay :meth:`Runner.watch` from the runner's loop to the caller's."""
+    here = asyncio.get_running_loop()
+    inbox: asyncio.Queue[JobStatus | BaseException] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for status in runner.watch(job_id):
+                here.call_soon_threadsafe(inbox.put_nowait, status)
+        except BaseException as exc:  # noqa: BLE001 - handed to the watcher
+            here.call_soon_threadsafe(inbox.put_nowait, exc)
+
+    pumping = await runner._on_loop(_start_task(pump()))
+    try:
+        while True:
+            item = await inbox.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if item.is_final:
+                return
+    finally:
+        if runner._loop is not None and not runner._loop.is_closed():
+            runner._loop.call_soon_threadsafe(pumping.cancel)
+
+
+async def _start_task(coro: Any) -> asyncio.Task[None]:
+    return asyncio.get_running_loop().create_task(coro)
+
+
+def _outcome(status: JobStatus) -> Any:
+    if status.state is JobState.succeeded:
+        return status.result
+    if status.state is JobState.failed:
+        raise JobFailed(status.id, status.error or "unknown error", status.traceback)
+    raise JobCancelled(status.id)

@@ -1,0 +1,106 @@
+"""The one seam between the runner and where jobs are kept."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asyncjob._models import Job, JobState, JobStatus
+
+__all__ = ("Store",)
+
+
+class Store(abc.ABC):
+    """Where jobs, their states, progress and results are kept.
+
+    A runner calls its store from the runner's event loop, except
+    :meth:`report_progress`, which may come from any thread. Every state
+    change goes through the store, so whatever reads the store (this process
+    or, for a shared store, another) sees the same story:
+    ``enqueue`` → ``start`` → ``finish``, or ``cancel`` at any point before
+    the end. Each transition is atomic and happens at most once: a job that
+    is already final is never changed again.
+
+    Subclasses implement the abstract methods; :meth:`open` and
+    :meth:`close` are optional hooks.
+    """
+
+    async def open(self) -> None:  # noqa: B027 - an optional hook
+        """Prepare the store. Called once by :meth:`Runner.start`, on the loop
+        that will use the store, before any other method."""
+
+    async def close(self) -> None:  # noqa: B027 - an optional hook
+        """Release what :meth:`open` took. Called once by :meth:`Runner.stop`
+        after the last job has ended; no method is called after it."""
+
+    @abc.abstractmethod
+    async def enqueue(self, job: Job) -> None:
+        """Record ``job`` as ``queued``, with no progress yet.
+
+        When it returns the job is visible to :meth:`get`. Must not keep a
+        reference to ``job.func``, ``job.args`` or ``job.kwargs`` beyond what
+        it needs to store them (the runner holds them for running).
+        """
+
+    @abc.abstractmethod
+    async def start(self, job_id: str) -> bool:
+        """Move a ``queued`` job to ``running`` and stamp ``started_at``.
+
+        Returns ``False``, changing nothing, when the job is no longer queued
+        (it was cancelled meanwhile): the runner then does not run it.
+        """
+
+    @abc.abstractmethod
+    def report_progress(self, job_id: str, value: float, data: Any) -> None:
+        """Record ``(value, data)`` as the running job's progress.
+
+        Called from inside the job, on the loop or from a worker thread: it
+        must be thread-safe and return quickly without blocking. It may
+        apply the change later or coalesce several into one, but the last
+        value reported before :meth:`finish` must be stored before the final
+        state is. Raises ``TypeError`` for data the store cannot hold,
+        before recording anything.
+        """
+
+    @abc.abstractmethod
+    async def finish(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> bool:
+        """Move a ``running`` job to the final ``state`` and stamp ``finished_at``.
+
+        ``result`` goes with ``succeeded``; ``error`` and ``traceback`` with
+        ``failed``. Progress is kept. Returns ``False``, changing nothing,
+        when the job was already final (cancelled while it ran): the
+        runner then discards the outcome.
+        """
+
+    @abc.abstractmethod
+    async def cancel(self, job_id: str) -> JobState | None:
+        """Move a ``queued`` or ``running`` job to ``cancelled`` at once.
+
+        Returns the state the job was in before the call (a final state
+        means nothing changed), or ``None`` for an unknown id. Stopping the
+        running code is the runner's part, not the store's.
+        """
+
+    @abc.abstractmethod
+    async def get(self, job_id: str) -> JobStatus | None:
+        """The job's current status, or ``None`` for an id the store does
+        not know (never performed, or forgotten after it finished)."""
+
+    @abc.abstractmethod
+    def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
+        """Yield the job's status now, then again on every change, and stop
+        after yielding a final state.
+
+        Changes are pushed, not polled, where the store can. A consumer that
+        falls far behind may miss intermediate progress, never the final
+        status. Raises :class:`asyncjob.JobNotFound` for an unknown id.
+        """

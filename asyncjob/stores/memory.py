@@ -1,0 +1,205 @@
+"""The default store: jobs kept in this process's memory, lost when it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asyncjob._errors import JobNotFound
+from asyncjob._models import Job, JobState, JobStatus, timestamp_to_datetime
+
+from ._base import Store
+from ._hub import StatusHub
+
+__all__ = ("MemoryStore",)
+
+
+class _Record:
+    """A job's mutable state. The callable and its arguments are not kept:
+    the runner's queue holds them until the job runs."""
+
+    __slots__ = (
+        "data",
+        "enqueued_at",
+        "error",
+        "finished_at",
+        "id",
+        "name",
+        "progress",
+        "result",
+        "started_at",
+        "state",
+        "traceback",
+    )
+
+    def __init__(self, job: Job) -> None:
+        self.id = job.id
+        self.name = job.name
+        self.state = JobState.queued
+        self.progress: float | None = None
+        self.data: Any = None
+        self.result: Any = None
+        self.error: str | None = None
+        self.traceback: str | None = None
+        self.enqueued_at = job.enqueued_at
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+
+    def snapshot(self) -> JobStatus:
+        return JobStatus(
+            id=self.id,
+            name=self.name,
+            state=self.state,
+            progress=self.progress,
+            data=self.data,
+            result=self.result,
+            error=self.error,
+            traceback=self.traceback,
+            enqueued_at=timestamp_to_datetime(self.enqueued_at),
+            started_at=timestamp_to_datetime(self.started_at),
+            finished_at=timestamp_to_datetime(self.finished_at),
+        )
+
+
+class MemoryStore(Store):
+    """Keeps jobs in a dict; watchers are woken directly, nothing is polled.
+
+    Finished jobs are remembered for ``keep_finished`` seconds, and at most
+    ``max_finished`` of them: past either bound the oldest are forgotten
+    (their ids then read as unknown). Memory therefore stays bounded by the
+    jobs queued and running plus ``max_finished``, however many have run.
+
+    Args:
+        keep_finished: seconds a finished job stays readable (default one hour).
+        max_finished: how many finished jobs are kept at most (default 10,000).
+        watch_backlog: statuses buffered for one slow watcher before the
+            oldest intermediate ones are dropped.
+    """
+
+    def __init__(
+        self,
+        *,
+        keep_finished: float = 3600.0,
+        max_finished: int = 10_000,
+        watch_backlog: int = 1000,
+    ) -> None:
+        if keep_finished < 0:
+            raise ValueError(f"keep_finished must be >= 0 seconds, not {keep_finished!r}")
+        if max_finished < 0:
+            raise ValueError(f"max_finished must be >= 0, not {max_finished!r}")
+        if watch_backlog < 1:
+            raise ValueError(f"watch_backlog must be >= 1, not {watch_backlog!r}")
+        self.keep_finished = keep_finished
+        self.max_finished = max_finished
+        self._records: dict[str, _Record] = {}
+        self._finished: deque[_Record] = deque()
+        self._hub = StatusHub(watch_backlog)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    async def enqueue(self, job: Job) -> None:
+        self._records[job.id] = _Record(job)
+
+    async def start(self, job_id: str) -> bool:
+        rec = self._records.get(job_id)
+        if rec is None or rec.state is not JobState.queued:
+            return False
+        rec.state = JobState.running
+        rec.started_at = time.time()
+        self._changed(rec)
+        return True
+
+    def report_progress(self, job_id: str, value: float, data: Any) -> None:
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._set_progress(job_id, value, data)
+        elif self._loop is not None:
+            # Every change is applied on the loop, in the order reported, so
+            # the store needs no lock and watchers never see values reorder.
+            self._loop.call_soon_threadsafe(self._set_progress, job_id, value, data)
+
+    def _set_progress(self, job_id: str, value: float, data: Any) -> None:
+        rec = self._records.get(job_id)
+        if rec is not None and rec.state is JobState.running:
+            rec.progress = value
+            rec.data = data
+            self._changed(rec)
+
+    async def finish(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> bool:
+        rec = self._records.get(job_id)
+        if rec is None or rec.state is not JobState.running:
+            return False
+        rec.result, rec.error, rec.traceback = result, error, traceback
+        self._end(rec, state)
+        return True
+
+    async def cancel(self, job_id: str) -> JobState | None:
+        rec = self._records.get(job_id)
+        if rec is None:
+            return None
+        before = rec.state
+        if not before.is_final:
+            self._end(rec, JobState.cancelled)
+        return before
+
+    async def get(self, job_id: str) -> JobStatus | None:
+        self._forget_expired()
+        rec = self._records.get(job_id)
+        return None if rec is None else rec.snapshot()
+
+    async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
+        self._forget_expired()
+        rec = self._records.get(job_id)
+        if rec is None:
+            raise JobNotFound(job_id)
+        status = rec.snapshot()
+        if status.is_final:
+            yield status
+            return
+        # Subscribing and taking the first snapshot happen with no await in
+        # between, so no change can fall between the two.
+        sub = self._hub.subscribe(job_id)
+        try:
+            yield status
+            while not status.is_final:
+                status = await sub.get()
+                yield status
+        finally:
+            self._hub.unsubscribe(sub)
+
+    def _end(self, rec: _Record, state: JobState) -> None:
+        rec.state = state
+        rec.finished_at = time.time()
+        self._finished.append(rec)
+        self._changed(rec)
+        self._forget_expired()
+
+    def _changed(self, rec: _Record) -> None:
+        if self._hub.watched(rec.id):
+            self._hub.publish(rec.snapshot())
+
+    def _forget_expired(self) -> None:
+        finished = self._finished
+        if not finished:
+            return
+        cutoff = time.time() - self.keep_finished
+        while finished and (
+            len(finished) > self.max_finished or finished[0].finished_at <= cutoff  # type: ignore[operator]
+        ):
+            del self._records[finished.popleft().id]

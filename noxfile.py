@@ -1,0 +1,65 @@
+"""Developer tasks: ``nox -s tests lint typecheck docs`` is what CI runs.
+
+Sessions run on the interpreter that runs nox (no version matrix here:
+CI picks the interpreter). Set ``CI=true`` to make a missing interpreter an
+error instead of a skip.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+nox.options.reuse_venv = "yes"
+nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
+
+
+def _install(session: nox.Session, extras: str) -> None:
+    # Old pips resolve extras of an editable install poorly: upgrade first.
+    session.install("--upgrade", "pip")
+    session.install("-e", f".[{extras}]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite with branch coverage, then again in asyncio debug mode."""
+    _install(session, "test,demo")
+    session.run(
+        "pytest", "--cov=asyncjob", "--cov-report=term-missing:skip-covered", *session.posargs
+    )
+    session.run(
+        "pytest", "-q", "-p", "no:cacheprovider", *session.posargs,
+        env={"PYTHONASYNCIODEBUG": "1"},
+    )  # fmt: skip
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint rules and formatting."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package, the tests and the benchmarks."""
+    _install(session, "test,demo,bench,lint")
+    session.install("nox")
+    session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site, failing on any warning."""
+    _install(session, "docs")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmarks (not run by CI): ``nox -s bench -- --quick`` for a smoke run."""
+    _install(session, "bench")
+    session.run("python", "bench/core.py", *session.posargs)

@@ -1,0 +1,237 @@
+"""Where jobs run: coroutine jobs on the loop, everything else in threads."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from typing import Any
+
+import pytest
+
+import asyncjob
+from asyncjob._callables import callable_name, describe, is_async_callable
+
+from .conftest import TIMEOUT, RunnerFactory
+
+
+async def where_async(tag: str = "") -> tuple[str, int]:
+    """Report the thread a coroutine job ran on."""
+    return tag, threading.get_ident()
+
+
+def where_sync(tag: str = "") -> tuple[str, int]:
+    """Report the thread a sync job ran on."""
+    return tag, threading.get_ident()
+
+
+class Resizer:
+    """A class with every kind of method a job may be."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def sync_method(self, tag: str = "") -> tuple[str, int]:
+        return where_sync(self.tag + tag)
+
+    async def async_method(self, tag: str = "") -> tuple[str, int]:
+        return await where_async(self.tag + tag)
+
+
+class AsyncCallable:
+    """An object whose __call__ is a coroutine function."""
+
+    async def __call__(self, tag: str) -> tuple[str, int]:
+        return await where_async(tag)
+
+
+class SyncCallable:
+    """An object whose __call__ is a plain function."""
+
+    def __call__(self, tag: str) -> tuple[str, int]:
+        return where_sync(tag)
+
+
+CASES: list[tuple[str, Any, bool]] = [
+    ("coroutine function", where_async, True),
+    ("plain function", where_sync, False),
+    ("partial of a coroutine function", functools.partial(where_async), True),
+    ("partial of a partial", functools.partial(functools.partial(where_async)), True),
+    ("partial of a plain function", functools.partial(where_sync), False),
+    ("bound coroutine method", Resizer("x").async_method, True),
+    ("bound plain method", Resizer("x").sync_method, False),
+    ("async callable object", AsyncCallable(), True),
+    ("sync callable object", SyncCallable(), False),
+    ("partial of an async callable object", functools.partial(AsyncCallable()), True),
+    ("lambda", lambda tag="": where_sync(tag), False),
+    ("builtin", len, False),
+    ("class", dict, False),
+]
+
+
+@pytest.mark.parametrize(("label", "func", "is_async"), CASES, ids=[c[0] for c in CASES])
+def test_sync_or_async_is_told_apart(label: str, func: Any, is_async: bool) -> None:
+    """Partials, bound methods and callable objects are seen through."""
+    assert is_async_callable(func) is is_async
+    assert describe(func) == (callable_name(func), is_async)
+
+
+def test_callable_names() -> None:
+    """Names are dotted paths a person can find in the code."""
+    assert callable_name(where_sync) == "tests.test_execution.where_sync"
+    assert callable_name(functools.partial(where_sync)) == "tests.test_execution.where_sync"
+    assert callable_name(Resizer("x").sync_method) == "tests.test_execution.Resizer.sync_method"
+    assert callable_name(SyncCallable()) == "tests.test_execution.SyncCallable"
+    assert callable_name(len) == "builtins.len"
+
+
+@pytest.mark.parametrize(
+    ("label", "func", "is_async"),
+    [c for c in CASES if c[0] not in ("builtin", "class")],
+    ids=[c[0] for c in CASES if c[0] not in ("builtin", "class")],
+)
+async def test_each_kind_runs_in_the_right_place(
+    runner: asyncjob.Runner, label: str, func: Any, is_async: bool
+) -> None:
+    """Coroutine jobs run on the loop's thread; others in a pool thread."""
+    job_id = await runner.perform(func, tag="t")
+    tag, thread = await runner.wait(job_id, timeout=TIMEOUT)
+    assert tag.endswith("t")
+    assert (thread == threading.get_ident()) is is_async
+
+
+async def test_arguments_reach_the_job(runner: asyncjob.Runner) -> None:
+    """Positional and keyword arguments, including ones named like perform's."""
+
+    def job(func: str, /, *args: int, **kwargs: int) -> tuple[str, tuple[int, ...], dict[str, int]]:
+        return func, args, kwargs
+
+    job_id = await runner.perform(job, "f", 1, 2, fn=3, func=4)
+    assert await runner.wait(job_id, timeout=TIMEOUT) == ("f", (1, 2), {"fn": 3, "func": 4})
+
+
+async def test_a_sync_job_never_blocks_the_loop(runner: asyncjob.Runner) -> None:
+    """While a sync job blocks its thread, coroutine jobs go on running."""
+    release = threading.Event()
+
+    def blocking() -> str:
+        assert release.wait(TIMEOUT)
+        return "released"
+
+    blocked = await runner.perform(blocking)
+    for _ in range(5):
+        quick = await runner.perform(where_async)
+        await runner.wait(quick, timeout=TIMEOUT)
+    assert (await runner.status(blocked)).state is asyncjob.JobState.running
+    release.set()
+    assert await runner.wait(blocked, timeout=TIMEOUT) == "released"
+
+
+async def test_thread_pool_is_bounded(make_runner: RunnerFactory) -> None:
+    """At most ``threads`` sync jobs run at once; the others wait queued."""
+    runner = await make_runner(concurrency=6, threads=2)
+    lock = threading.Lock()
+    running = peak = 0
+    both_in = threading.Barrier(2, timeout=TIMEOUT)
+    release = threading.Event()
+
+    def job() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        both_in.wait()
+        assert release.wait(TIMEOUT)
+        with lock:
+            running -= 1
+
+    ids = [await runner.perform(job) for _ in range(6)]
+    first_two = asyncio.gather(*(_wait_state(runner, i, "running") for i in ids[:2]))
+    async with asyncio.timeout(TIMEOUT):
+        await first_two
+    states = [(await runner.status(i)).state for i in ids[2:]]
+    assert states == [asyncjob.JobState.queued] * 4
+    release.set()
+    await runner.join(TIMEOUT)
+    assert peak == 2
+
+
+async def _wait_state(runner: asyncjob.Runner, job_id: str, state: str) -> None:
+    async for status in runner.watch(job_id):
+        if status.state == state:
+            return
+
+
+async def test_sync_jobs_see_their_context(runner: asyncjob.Runner) -> None:
+    """current_job_id and set_progress work inside a thread too."""
+
+    def job() -> str | None:
+        asyncjob.set_progress(50, "half")
+        return asyncjob.current_job_id()
+
+    job_id = await runner.perform(job)
+    assert await runner.wait(job_id, timeout=TIMEOUT) == job_id
+    status = await runner.status(job_id)
+    assert (status.progress, status.data) == (50, "half")
+
+
+async def test_current_job_id_outside_a_job() -> None:
+    """Outside a job there is no current job."""
+    assert asyncjob.current_job_id() is None
+
+
+async def test_a_sync_job_that_returns_a_coroutine_fails_clearly(
+    runner: asyncjob.Runner,
+) -> None:
+    """A lambda around a coroutine function is a mistake worth naming."""
+    job_id = await runner.perform(lambda: where_async("x"))
+    with pytest.raises(asyncjob.JobFailed, match="returned a coroutine"):
+        await runner.wait(job_id, timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("exc", [ValueError("v"), SystemExit(3), KeyError("k")])
+async def test_sync_job_failures(runner: asyncjob.Runner, exc: BaseException) -> None:
+    """Whatever a sync job raises in its thread is its failure."""
+
+    def job() -> None:
+        raise exc
+
+    job_id = await runner.perform(job)
+    with pytest.raises(asyncjob.JobFailed, match=type(exc).__name__):
+        await runner.wait(job_id, timeout=TIMEOUT)
+    again = await runner.perform(where_sync)
+    await runner.wait(again, timeout=TIMEOUT)
+
+
+async def test_a_job_raising_cancelled_error_itself_fails(runner: asyncjob.Runner) -> None:
+    """A CancelledError nobody asked for is the job's failure, not the worker's end."""
+
+    async def job() -> None:
+        raise asyncio.CancelledError("not from the runner")
+
+    job_id = await runner.perform(job)
+    with pytest.raises(asyncjob.JobFailed, match="CancelledError"):
+        await runner.wait(job_id, timeout=TIMEOUT)
+    again = await runner.perform(where_async)
+    await runner.wait(again, timeout=TIMEOUT)
+
+
+async def test_unstopped_runner_cancelled_with_its_loop() -> None:
+    """A loop closing under a running runner leaves its jobs cancelled, not running."""
+    runner = asyncjob.Runner()
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    await runner.start()
+    job_id = await runner.perform(forever)
+    async with asyncio.timeout(TIMEOUT):
+        await started.wait()
+    (worker,) = runner._workers
+    worker.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await worker
+    assert (await runner.status(job_id)).state is asyncjob.JobState.cancelled
+    await runner.stop()
