@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import enum
+import functools
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from . import _current
+from . import _current, _loops
 from ._callables import describe
 from ._errors import JobCancelled, JobFailed, JobNotFound, RunnerNotRunning
 from ._execution import Executor, logger
 from ._models import Job, JobState, JobStatus, Progress
 from ._options import RunnerOptions
+from ._workers import WorkerPool
 from .stores import Store, resolve_store
 
 __all__ = ("Runner",)
@@ -80,15 +81,9 @@ class Runner:
         self._store = resolve_store(store)
         self._phase = _Phase.new
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
         self._executor = Executor(self._store, self.options.threads)
-        self._workers: set[asyncio.Task[None]] = set()
-        self._idle_workers = 0
-        self._outstanding = 0  # queued or running in this process
-        self._all_done = asyncio.Event()
-        self._all_done.set()
+        self._pool = WorkerPool(self._executor, self.options.concurrency)
         self._stopped = asyncio.Event()
-        self._clean_context = contextvars.Context()
 
     @property
     def store(self) -> Store:
@@ -117,7 +112,7 @@ class Runner:
         await self._store.open()
         # Jobs run in a copy of the context the runner was started in, as
         # they would in tasks created here.
-        self._clean_context = contextvars.copy_context()
+        self._pool.start()
         self._phase = _Phase.running
         _current.push(self)
 
@@ -146,18 +141,11 @@ class Runner:
             self._stopped.set()
 
     async def _shut_down(self) -> None:
-        while not self._queue.empty():
-            job = self._queue.get_nowait()
-            if job is not None:
-                await self._store.cancel(job.id)
-                self._job_done()
-        workers = list(self._workers)
-        for _ in workers:
-            self._queue.put_nowait(None)
-        if workers:
-            _, late = await asyncio.wait(workers, timeout=self.options.grace_period)
-            if late:
-                await self._cancel_late(late)
+        for job in self._pool.take_queued():
+            await self._store.cancel(job.id)
+        late = await self._pool.close(self.options.grace_period)
+        if late:
+            await self._cancel_late(late)
         self._executor.close()
         await self._store.close()
 
@@ -229,51 +217,8 @@ class Runner:
         if self._phase is not _Phase.running:
             await self._store.cancel(job.id)  # stop() began while it was written
             self._check_running()
-        self._queue.put_nowait(job)
-        if self._outstanding == 0:
-            self._all_done.clear()
-        self._outstanding += 1
-        if self._idle_workers:
-            self._idle_workers -= 1  # it is as good as taken by this job
-        elif len(self._workers) < self.options.concurrency:
-            self._spawn_worker()
+        self._pool.submit(job)
         return job.id
-
-    def _spawn_worker(self) -> None:
-        assert self._loop is not None
-        task = self._loop.create_task(self._work(), context=self._clean_context.copy())
-        self._workers.add(task)
-        task.add_done_callback(self._workers.discard)
-
-    async def _work(self) -> None:
-        queue = self._queue
-        task = asyncio.current_task()
-        assert task is not None
-        while True:
-            if queue.empty():
-                self._idle_workers += 1
-                job = await queue.get()
-            else:
-                job = queue.get_nowait()
-            if job is None:
-                return
-            try:
-                await self._executor.run(job, task)
-            except Exception:  # noqa: BLE001 - a bug here must not kill the worker
-                logger.exception("internal error while running job %s", job.id)
-            finally:
-                self._job_done()
-            if contextvars.copy_context() != self._clean_context:
-                # The job set context variables of its own. Each job must
-                # start from a clean context, so this worker retires.
-                if self._phase is _Phase.running:
-                    self._spawn_worker()
-                return
-
-    def _job_done(self) -> None:
-        self._outstanding -= 1
-        if self._outstanding == 0:
-            self._all_done.set()
 
     async def join(self, timeout: float | None = None) -> None:
         """Wait until no job of this runner is queued or running.
@@ -285,7 +230,7 @@ class Runner:
             TimeoutError: ``timeout`` seconds passed first.
         """
         async with asyncio.timeout(timeout):
-            await self._on_loop(self._all_done.wait())
+            await self._on_loop(self._pool.join())
 
     # -- asking about jobs ------------------------------------------------
 
@@ -341,11 +286,12 @@ class Runner:
         Raises:
             JobNotFound: no job has this id.
         """
-        if self._on_own_loop():
+        if self._loop is None or self._on_own_loop():
             async for status in self._store.watch(job_id):
                 yield status
             return
-        async for status in _watch_across(self, job_id):
+        source = functools.partial(self.watch, job_id)
+        async for status in _loops.relay(self._loop, source, _is_final):
             yield status
 
     async def cancel(self, job_id: str) -> bool:
@@ -369,53 +315,15 @@ class Runner:
     # -- loops ------------------------------------------------------------
 
     def _on_own_loop(self) -> bool:
-        try:
-            return asyncio.get_running_loop() is self._loop
-        except RuntimeError:
-            return False
+        return _loops.is_current(self._loop)
 
-    async def _on_loop(self, coro: Awaitable[T]) -> T:
-        """Await ``coro`` on the runner's loop, from whichever loop calls."""
-        if self._on_own_loop() or self._loop is None:
-            return await coro
-        if self._loop.is_closed():
-            raise RunnerNotRunning("this runner's event loop is closed")
-        future = asyncio.run_coroutine_threadsafe(_as_coroutine(coro), self._loop)
-        return await asyncio.wrap_future(future)
+    async def _on_loop(self, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` on the runner's loop, from whichever loop calls."""
+        return await _loops.call_on(self._loop, awaitable)
 
 
-async def _as_coroutine(awaitable: Awaitable[T]) -> T:
-    return await awaitable
-
-
-async def _watch_across(runner: Runner, job_id: str) -> AsyncIterator[JobStatus]:
-    """Relay :meth:`Runner.watch` from the runner's loop to the caller's."""
-    here = asyncio.get_running_loop()
-    inbox: asyncio.Queue[JobStatus | BaseException] = asyncio.Queue()
-
-    async def pump() -> None:
-        try:
-            async for status in runner.watch(job_id):
-                here.call_soon_threadsafe(inbox.put_nowait, status)
-        except BaseException as exc:  # noqa: BLE001 - handed to the watcher
-            here.call_soon_threadsafe(inbox.put_nowait, exc)
-
-    pumping = await runner._on_loop(_start_task(pump()))
-    try:
-        while True:
-            item = await inbox.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if item.is_final:
-                return
-    finally:
-        if runner._loop is not None and not runner._loop.is_closed():
-            runner._loop.call_soon_threadsafe(pumping.cancel)
-
-
-async def _start_task(coro: Any) -> asyncio.Task[None]:
-    return asyncio.get_running_loop().create_task(coro)
+def _is_final(status: JobStatus) -> bool:
+    return status.is_final
 
 
 def _outcome(status: JobStatus) -> Any:

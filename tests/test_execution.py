@@ -229,7 +229,7 @@ async def test_unstopped_runner_cancelled_with_its_loop() -> None:
     job_id = await runner.perform(forever)
     async with asyncio.timeout(TIMEOUT):
         await started.wait()
-    (worker,) = runner._workers
+    (worker,) = runner._pool._workers
     worker.cancel()
     with pytest.raises(asyncio.CancelledError):
         await worker

@@ -278,7 +278,7 @@ async def test_finished_jobs_are_forgotten_past_the_bounds(make_runner: RunnerFa
     with pytest.raises(asyncjob.JobNotFound):
         await runner.status(ids[0])
     assert await runner.get_progress(ids[0]) is None
-    assert len(runner._workers) <= 4
+    assert runner._pool.size <= 4
     assert runner._executor.running == 0
 
 

@@ -1,0 +1,119 @@
+"""The runner's queue, and the worker tasks that drain it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+
+from ._execution import Executor, logger
+from ._models import Job
+
+__all__ = ("WorkerPool",)
+
+
+class WorkerPool:
+    """A first-in, first-out queue of jobs and up to ``concurrency`` workers.
+
+    Each worker is a task that takes the next job and runs it through the
+    executor, so the number of workers is the concurrency limit: no
+    semaphore, and no task created per job. Workers are started as jobs
+    arrive and none is idle, up to the limit, and live until :meth:`close`.
+
+    Each job starts from the context the pool was started in. A worker
+    whose job set context variables retires after it and is replaced, so
+    nothing a job sets leaks into the next one.
+    """
+
+    def __init__(self, executor: Executor, concurrency: int) -> None:
+        self._executor = executor
+        self._concurrency = concurrency
+        self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._idle = 0  # workers waiting for a job that no submit has claimed
+        self._outstanding = 0  # jobs submitted and not yet done
+        self._all_done = asyncio.Event()
+        self._all_done.set()
+        self._context = contextvars.Context()
+        self._closing = False
+
+    @property
+    def size(self) -> int:
+        """How many worker tasks exist now."""
+        return len(self._workers)
+
+    def start(self) -> None:
+        """Take the calling context as the one every job starts from."""
+        self._context = contextvars.copy_context()
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job``, starting a worker for it if none is free."""
+        self._queue.put_nowait(job)
+        if self._outstanding == 0:
+            self._all_done.clear()
+        self._outstanding += 1
+        if self._idle:
+            self._idle -= 1  # as good as taken by this job
+        elif len(self._workers) < self._concurrency:
+            self._spawn()
+
+    def take_queued(self) -> list[Job]:
+        """Empty the queue and return the jobs that had not started."""
+        jobs = []
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if job is not None:
+                jobs.append(job)
+                self._done()
+        return jobs
+
+    async def join(self) -> None:
+        """Wait until every submitted job is done."""
+        await self._all_done.wait()
+
+    async def close(self, timeout: float) -> set[asyncio.Task[None]]:
+        """Let each worker finish its job and end, waiting ``timeout`` seconds.
+
+        Call :meth:`take_queued` first, or the workers run what is queued.
+        Returns the workers still running a job when the time is up.
+        """
+        self._closing = True
+        workers = set(self._workers)
+        for _ in workers:
+            self._queue.put_nowait(None)
+        if not workers:
+            return set()
+        _, late = await asyncio.wait(workers, timeout=timeout)
+        return late
+
+    def _spawn(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._work(), context=self._context.copy())
+        self._workers.add(task)
+        task.add_done_callback(self._workers.discard)
+
+    def _done(self) -> None:
+        self._outstanding -= 1
+        if self._outstanding == 0:
+            self._all_done.set()
+
+    async def _work(self) -> None:
+        queue = self._queue
+        task = asyncio.current_task()
+        assert task is not None
+        while True:
+            if queue.empty():
+                self._idle += 1
+                job = await queue.get()
+            else:
+                job = queue.get_nowait()
+            if job is None:
+                return
+            try:
+                await self._executor.run(job, task)
+            except Exception:  # noqa: BLE001 - a bug here must not kill the worker
+                logger.exception("internal error while running job %s", job.id)
+            finally:
+                self._done()
+            if contextvars.copy_context() != self._context:
+                if not self._closing:
+                    self._spawn()
+                return
