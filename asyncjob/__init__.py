@@ -24,6 +24,7 @@ from ._errors import (
 )
 from ._models import JobState, JobStatus
 from ._runner import Runner
+from ._sessions import session, timed_query, timed_query_sync
 
 __all__ = (
     "AsyncJobError",
@@ -39,8 +40,11 @@ __all__ = (
     "current_job_id",
     "get_progress",
     "perform",
+    "session",
     "set_progress",
     "status",
+    "timed_query",
+    "timed_query_sync",
     "wait",
     "watch",
 )

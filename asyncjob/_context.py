@@ -20,7 +20,7 @@ __all__ = ("JobContext", "current_job_id", "set_progress")
 class JobContext:
     """The running job's id, its progress reporter and its cancellation flag."""
 
-    __slots__ = ("cancelled", "is_async", "job_id", "report")
+    __slots__ = ("cancelled", "is_async", "job_id", "report", "session")
 
     def __init__(
         self, job_id: str, is_async: bool, report: Callable[[str, float, Any], None]
@@ -34,6 +34,8 @@ class JobContext:
         #: Set by the runner when the job is cancelled or its runner stops;
         #: a sync job sees it at its next ``set_progress``.
         self.cancelled = False
+        #: The job's database session, when the runner gives jobs one.
+        self.session: Any = None
 
 
 current: ContextVar[JobContext | None] = ContextVar("asyncjob_current", default=None)

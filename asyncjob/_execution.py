@@ -7,11 +7,13 @@ import contextvars
 import inspect
 import logging
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import _context
 from ._models import Job, JobState
+from ._sessions import Sessions
 from .stores import Store
 
 __all__ = ("Executor", "logger")
@@ -28,8 +30,9 @@ class Executor:
     meant for a job it no longer runs.
     """
 
-    def __init__(self, store: Store, threads: int) -> None:
+    def __init__(self, store: Store, threads: int, sessions: Sessions) -> None:
         self._store = store
+        self._sessions = sessions
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._thread_slots = asyncio.Semaphore(threads)
@@ -91,7 +94,11 @@ class Executor:
         self._active[job.id] = (ctx, task)
         token = _context.current.set(ctx)
         try:
-            result = await job.func(*job.args, **job.kwargs)
+            if self._sessions.async_maker is None:
+                result = await job.func(*job.args, **job.kwargs)
+            else:
+                async with self._sessions.for_async_job(ctx):
+                    result = await job.func(*job.args, **job.kwargs)
         except asyncio.CancelledError as exc:
             if not ctx.cancelled:
                 await self._not_cancelled_by_us(job, ctx, task, exc)
@@ -118,7 +125,8 @@ class Executor:
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="asyncjob")
         self._active[job.id] = (ctx, task)
         try:
-            future = self._pool.submit(thread_context.run, job.func, *job.args, **job.kwargs)
+            call = job.func if self._sessions.sync_maker is None else self._in_session(ctx, job)
+            future = self._pool.submit(thread_context.run, call, *job.args, **job.kwargs)
             result = await asyncio.wrap_future(future)
         except asyncio.CancelledError as exc:
             if ctx.cancelled:
@@ -144,6 +152,13 @@ class Executor:
             await self._fail(job, result)
             return
         await self._succeed(job, result)
+
+    def _in_session(self, ctx: _context.JobContext, job: Job) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._sessions.for_sync_job(ctx):
+                return job.func(*args, **kwargs)
+
+        return call
 
     async def _not_cancelled_by_us(
         self,

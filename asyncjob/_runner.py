@@ -17,6 +17,7 @@ from ._errors import JobCancelled, JobFailed, JobNotFound, RunnerNotRunning
 from ._execution import Executor, logger
 from ._models import Job, JobState, JobStatus, Progress
 from ._options import RunnerOptions
+from ._sessions import Sessions
 from ._workers import WorkerPool
 from .stores import Store, resolve_store
 
@@ -53,7 +54,11 @@ class Runner:
     Args:
         store: ``"memory"`` (the default), or a :class:`~asyncjob.stores.Store`.
         concurrency: how many jobs may run at once (at least 1).
-        sessionmaker: reserved for per-job database sessions.
+        sessionmaker: an SQLAlchemy ``async_sessionmaker``: each coroutine
+            job then gets its own session (:func:`asyncjob.session`), in a
+            transaction committed when the job returns and rolled back when
+            it raises or is cancelled.
+        sync_sessionmaker: a ``sessionmaker``, the same for sync jobs.
         threads: size of the thread pool for sync jobs (at least 1); by
             default ``min(concurrency, 40)``. See :doc:`threads`.
         grace_period: seconds that :meth:`stop` lets running jobs finish
@@ -70,18 +75,18 @@ class Runner:
         *,
         concurrency: int = 10,
         sessionmaker: Any = None,
+        sync_sessionmaker: Any = None,
         threads: int | None = None,
         grace_period: float = 10.0,
     ) -> None:
         self.options = RunnerOptions.validate(
             concurrency=concurrency, threads=threads, grace_period=grace_period
         )
-        if sessionmaker is not None:
-            raise NotImplementedError("per-job database sessions are not available yet")
+        sessions = Sessions(sessionmaker, sync_sessionmaker)
         self._store = resolve_store(store)
         self._phase = _Phase.new
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor = Executor(self._store, self.options.threads)
+        self._executor = Executor(self._store, self.options.threads, sessions)
         self._pool = WorkerPool(self._executor, self.options.concurrency)
         self._stopped = asyncio.Event()
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,3 +42,74 @@ async def runner(make_runner: RunnerFactory) -> asyncjob.Runner:
     """A running runner on the memory store, with the default options."""
     made: asyncjob.Runner = await make_runner()
     return made
+
+
+# -- databases ----------------------------------------------------------------
+
+PG_HOST = os.environ.get("ASYNCJOB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_reachable() -> str | None:
+    """None when PostgreSQL answers, else why not."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install -e '.[test]')"
+    try:
+        psycopg.connect(PG_HOST, connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        return f"PostgreSQL at {PG_HOST} does not answer: {exc}".strip()
+    return None
+
+
+@dataclass(frozen=True)
+class Database:
+    """One test database, reachable with an async and a sync driver."""
+
+    kind: str
+    async_url: str
+    sync_url: str
+
+
+@pytest.fixture(scope="session")
+def postgres() -> str:
+    """The server's URL; the tests that need it skip on a laptop without
+    one, and fail in CI (``CI`` set), where it must be running."""
+    problem = _postgres_reachable()
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs PostgreSQL: {problem}")
+        pytest.skip(problem)
+    return PG_HOST
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Database:
+    """A fresh SQLite file."""
+    path = tmp_path / "app.db"
+    return Database("sqlite", f"sqlite+aiosqlite:///{path}", f"sqlite:///{path}")
+
+
+@pytest.fixture
+def postgres_db(postgres: str) -> Iterator[Database]:
+    """A database of its own on the PostgreSQL server, dropped afterwards."""
+    import psycopg
+
+    name = f"asyncjob_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = postgres.rsplit("/", 1)[0].split("://", 1)[1]
+    yield Database(
+        "postgresql",
+        f"postgresql+asyncpg://{base}/{name}",
+        f"postgresql+psycopg://{base}/{name}",
+    )
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest) -> Database:
+    """Each test database kind in turn."""
+    db: Database = request.getfixturevalue(f"{request.param}_db")
+    return db
