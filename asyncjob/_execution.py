@@ -13,7 +13,7 @@ from typing import Any
 
 from . import _context
 from ._models import Job, JobState
-from ._sessions import Sessions
+from ._sessions import JobScope
 from .stores import Store
 
 __all__ = ("Executor", "logger")
@@ -30,9 +30,9 @@ class Executor:
     meant for a job it no longer runs.
     """
 
-    def __init__(self, store: Store, threads: int, sessions: Sessions) -> None:
+    def __init__(self, store: Store, threads: int, scope: JobScope) -> None:
         self._store = store
-        self._sessions = sessions
+        self._scope = scope
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._thread_slots = asyncio.Semaphore(threads)
@@ -94,10 +94,10 @@ class Executor:
         self._active[job.id] = (ctx, task)
         token = _context.current.set(ctx)
         try:
-            if self._sessions.async_maker is None:
+            if not self._scope.wraps_async:
                 result = await job.func(*job.args, **job.kwargs)
             else:
-                async with self._sessions.for_async_job(ctx):
+                async with self._scope.for_async_job(ctx):
                     result = await job.func(*job.args, **job.kwargs)
         except asyncio.CancelledError as exc:
             if not ctx.cancelled:
@@ -125,7 +125,7 @@ class Executor:
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="asyncjob")
         self._active[job.id] = (ctx, task)
         try:
-            call = job.func if self._sessions.sync_maker is None else self._in_session(ctx, job)
+            call = self._in_scope(ctx, job) if self._scope.wraps_sync else job.func
             future = self._pool.submit(thread_context.run, call, *job.args, **job.kwargs)
             result = await asyncio.wrap_future(future)
         except asyncio.CancelledError as exc:
@@ -153,9 +153,9 @@ class Executor:
             return
         await self._succeed(job, result)
 
-    def _in_session(self, ctx: _context.JobContext, job: Job) -> Callable[..., Any]:
+    def _in_scope(self, ctx: _context.JobContext, job: Job) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
-            with self._sessions.for_sync_job(ctx):
+            with self._scope.for_sync_job(ctx):
                 return job.func(*args, **kwargs)
 
         return call

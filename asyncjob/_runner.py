@@ -17,7 +17,7 @@ from ._errors import JobCancelled, JobFailed, JobNotFound, RunnerNotRunning
 from ._execution import Executor, logger
 from ._models import Job, JobState, JobStatus, Progress
 from ._options import RunnerOptions
-from ._sessions import Sessions
+from ._sessions import JobScope, Sessions
 from ._workers import WorkerPool
 from .stores import Store, resolve_store
 
@@ -59,6 +59,9 @@ class Runner:
             transaction committed when the job returns and rolled back when
             it raises or is cancelled.
         sync_sessionmaker: a ``sessionmaker``, the same for sync jobs.
+        job_scope: instead of the two above, an object that wraps each job
+            as it likes (see :class:`asyncjob._sessions.JobScope`); the
+            TurboGears2 layer uses one for zope transactions.
         threads: size of the thread pool for sync jobs (at least 1); by
             default ``min(concurrency, 40)``. See :doc:`threads`.
         grace_period: seconds that :meth:`stop` lets running jobs finish
@@ -76,6 +79,7 @@ class Runner:
         concurrency: int = 10,
         sessionmaker: Any = None,
         sync_sessionmaker: Any = None,
+        job_scope: JobScope | None = None,
         threads: int | None = None,
         grace_period: float = 10.0,
     ) -> None:
@@ -83,10 +87,15 @@ class Runner:
             concurrency=concurrency, threads=threads, grace_period=grace_period
         )
         sessions = Sessions(sessionmaker, sync_sessionmaker)
+        if job_scope is not None and (sessions.wraps_async or sessions.wraps_sync):
+            raise ValueError(
+                "give either job_scope= or sessionmaker=/sync_sessionmaker=, not both: "
+                "a job scope decides itself what wraps each job"
+            )
         self._store = resolve_store(store)
         self._phase = _Phase.new
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor = Executor(self._store, self.options.threads, sessions)
+        self._executor = Executor(self._store, self.options.threads, job_scope or sessions)
         self._pool = WorkerPool(self._executor, self.options.concurrency)
         self._stopped = asyncio.Event()
 
@@ -202,9 +211,16 @@ class Runner:
                 f"perform() needs a callable as its first argument, not "
                 f"{type(func).__name__} ({func!r})"
             )
+        return await self._perform_as(os.urandom(16).hex(), func, args, kwargs)
+
+    async def _perform_as(
+        self, job_id: str, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> str:
+        """:meth:`perform` with the id chosen by the caller (who made it as
+        :meth:`perform` does), for a job whose id had to be known first."""
         self._check_running()
         name, is_async = describe(func)
-        job = Job(os.urandom(16).hex(), name, func, args, kwargs, is_async, time.time())
+        job = Job(job_id, name, func, args, kwargs, is_async, time.time())
         if not self._on_own_loop():
             return await self._on_loop(self._enqueue(job))
         return await self._enqueue(job)

@@ -14,8 +14,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Any
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+)
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _context
 from ._errors import NotInJob
@@ -25,13 +30,40 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = (
+    "JobScope",
     "Sessions",
+    "check_retries",
+    "refuse_if_written",
     "session",
     "timed_query",
     "timed_query_sync",
+    "track_writes",
 )
 
 _WROTE = "asyncjob.wrote"
+
+
+class JobScope(Protocol):
+    """What wraps each job: a session and transaction, or anything like them.
+
+    :class:`Sessions` is the runner's own; the TurboGears2 layer brings one
+    that runs sync jobs in a zope transaction.
+    """
+
+    @property
+    def wraps_async(self) -> bool:
+        """True when coroutine jobs run inside :meth:`for_async_job`."""
+
+    @property
+    def wraps_sync(self) -> bool:
+        """True when sync jobs run inside :meth:`for_sync_job`."""
+
+    def for_async_job(self, ctx: _context.JobContext) -> AbstractAsyncContextManager[None]:
+        """Wraps a coroutine job, on the loop. An exception from the job
+        comes through it; ``ctx.cancelled`` tells a cancelled job."""
+
+    def for_sync_job(self, ctx: _context.JobContext) -> AbstractContextManager[None]:
+        """Wraps a sync job, in the job's thread."""
 
 
 class Sessions:
@@ -67,9 +99,14 @@ class Sessions:
         self.sync_maker: sessionmaker[Session] | None = sync_maker
 
     @property
-    def configured(self) -> bool:
-        """True when jobs of either kind get a session."""
-        return self.async_maker is not None or self.sync_maker is not None
+    def wraps_async(self) -> bool:
+        """True when coroutine jobs run inside :meth:`for_async_job`."""
+        return self.async_maker is not None
+
+    @property
+    def wraps_sync(self) -> bool:
+        """True when sync jobs run inside :meth:`for_sync_job`."""
+        return self.sync_maker is not None
 
     @asynccontextmanager
     async def for_async_job(self, ctx: _context.JobContext) -> AsyncIterator[None]:
@@ -78,7 +115,7 @@ class Sessions:
             yield
             return
         async with self.async_maker() as db:
-            _track_writes(db.sync_session)
+            track_writes(db.sync_session)
             ctx.session = db
             try:
                 yield
@@ -97,7 +134,7 @@ class Sessions:
             yield
             return
         with self.sync_maker() as db:
-            _track_writes(db)
+            track_writes(db)
             ctx.session = db
             try:
                 yield
@@ -110,7 +147,7 @@ class Sessions:
                 db.commit()
 
 
-def _track_writes(db: Session) -> None:
+def track_writes(db: Session) -> None:
     """Note in ``db.info`` when the job writes, so timed_query knows whether
     it may end the transaction between tries."""
     from sqlalchemy import event
@@ -155,14 +192,14 @@ def session() -> Any:
     return ctx.session
 
 
-def _check_retries(retries: object, interval: object) -> None:
+def check_retries(retries: object, interval: object) -> None:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an int >= 0, not {retries!r}")
     if not isinstance(interval, int | float) or not interval >= 0:
         raise ValueError(f"interval must be a number of seconds >= 0, not {interval!r}")
 
 
-def _refuse_if_written(db: Session) -> None:
+def refuse_if_written(db: Session) -> None:
     if db.info.get(_WROTE) or db.new or db.dirty or db.deleted:
         raise RuntimeError(
             "timed_query() must end the job's transaction between tries, so that "
@@ -186,13 +223,13 @@ async def timed_query(stmt: Any, retries: int = 10, interval: float = 6) -> Any:
         RuntimeError: the job wrote in its session before a retry was needed.
         ValueError: ``retries`` or ``interval`` is negative.
     """
-    _check_retries(retries, interval)
+    check_retries(retries, interval)
     db: AsyncSession = session()
     for attempt in range(retries + 1):
         found = (await db.execute(stmt)).scalars().first()
         if found is not None or attempt == retries:
             return found
-        _refuse_if_written(db.sync_session)
+        refuse_if_written(db.sync_session)
         await db.rollback()
         await asyncio.sleep(interval)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -200,13 +237,13 @@ async def timed_query(stmt: Any, retries: int = 10, interval: float = 6) -> Any:
 
 def timed_query_sync(stmt: Any, retries: int = 10, interval: float = 6) -> Any:
     """:func:`timed_query` for sync jobs, in the job's sync session."""
-    _check_retries(retries, interval)
+    check_retries(retries, interval)
     db: Session = session()
     for attempt in range(retries + 1):
         found = db.execute(stmt).scalars().first()
         if found is not None or attempt == retries:
             return found
-        _refuse_if_written(db)
+        refuse_if_written(db)
         db.rollback()
         time.sleep(interval)
     raise AssertionError("unreachable")  # pragma: no cover

@@ -10,17 +10,40 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
 from asyncjob import JobNotFound, JobState
 from asyncjob._models import Job
 from asyncjob.stores import MemoryStore, Store, resolve_store
+from asyncjob.tg._tracker import TrackedStore
 
 from .conftest import TIMEOUT
 
+
+class DictTracker:
+    """The seed's tracker interface, over a dict."""
+
+    def __init__(self) -> None:
+        self.progress: dict[str, Any] = {}
+
+    def track(self, entryid: str) -> None:
+        self.progress[entryid] = (-1, None)
+
+    def remove(self, entryid: str) -> None:
+        self.progress.pop(entryid, None)
+
+    def set_progress(self, entryid: str, value: Any, message: Any) -> None:
+        self.progress[entryid] = (value, message)
+
+    def get_progress(self, entryid: str) -> Any:
+        return self.progress.get(entryid)
+
+
 STORES: dict[str, Callable[[], Store]] = {
     "memory": MemoryStore,
+    "memory+tracker": lambda: TrackedStore(MemoryStore(), DictTracker()),
 }
 
 
@@ -178,3 +201,20 @@ def test_resolve_store() -> None:
         resolve_store("redis://localhost")
     with pytest.raises(TypeError, match="store must be"):
         resolve_store(None)  # type: ignore[arg-type]
+
+
+async def test_a_tracker_follows_the_store() -> None:
+    """A tracked store tells its tracker of each job, report and end."""
+    tracker = DictTracker()
+    store = TrackedStore(MemoryStore(), tracker)
+    await store.open()
+    await store.enqueue(make_job("a"))
+    await store.enqueue(make_job("b"))
+    assert tracker.get_progress("a") == (-1, None)
+    await store.start("a")
+    store.report_progress("a", 3, "three")
+    assert tracker.get_progress("a") == (3, "three")
+    await store.finish("a", JobState.succeeded)
+    await store.cancel("b")
+    assert tracker.progress == {}
+    await store.close()

@@ -1,0 +1,266 @@
+"""``tgext.asyncjob``'s API, for TurboGears2 and any other WSGI application.
+
+Change the import line and nothing else::
+
+    from asyncjob.tg import start_async_worker, asyncjob_perform, asyncjob_get_progress
+
+The runner runs on an event loop of its own, in a background thread started
+once per process; these functions are plain sync functions that may be
+called from any number of request threads at once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from asyncjob import _context
+from asyncjob._errors import RunnerNotRunning
+from asyncjob._models import Progress
+from asyncjob._runner import Runner
+from asyncjob._sessions import Sessions
+from asyncjob.stores import resolve_store
+
+from ._loop import LoopThread
+from ._tracker import ProgressTracker, TrackedStore
+from ._transactions import TransactionScope, active_transaction
+from ._transactions import timed_query as asyncjob_timed_query
+
+__all__ = (
+    "AsyncJobQueue",
+    "ProgressTracker",
+    "asyncjob_get_progress",
+    "asyncjob_perform",
+    "asyncjob_perform_after_commit",
+    "asyncjob_running_uid",
+    "asyncjob_set_progress",
+    "asyncjob_timed_query",
+    "plugme",
+    "start_async_worker",
+    "stop_async_worker",
+)
+
+#: Like ``tgext.asyncjob``, one job at a time, in order, unless the
+#: application asks for more with ``concurrency=``.
+DEFAULT_CONCURRENCY = 1
+
+_lock = threading.Lock()
+_queue: AsyncJobQueue | None = None
+
+
+class AsyncJobQueue:
+    """The handle that :func:`start_async_worker` returns and stores on the
+    app globals as ``asyncjob_queue``: the runner, on its own loop thread."""
+
+    def __init__(
+        self,
+        loop_thread: LoopThread,
+        tracker: ProgressTracker | None,
+        after_commit: bool,
+    ) -> None:
+        self._thread = loop_thread
+        self.runner: Runner = loop_thread.runner
+        self.tracker = tracker
+        self.after_commit = after_commit
+        self.pid = os.getpid()
+
+    def perform(
+        self, what: Callable[..., Any], args: tuple[Any, ...] = (), params: Any = None
+    ) -> str:
+        """``tgext.asyncjob``'s ``queue.perform(callable, args, params)``."""
+        return self._thread.call(_perform, self.runner, what, args, params or {})
+
+    def get_progress(self, uid: str) -> Progress | None:
+        """``(-1, None)``, ``(value, data)`` or ``None``: see :func:`asyncjob_get_progress`."""
+        if self.tracker is not None:
+            progress: Progress | None = self.tracker.get_progress(uid)
+            return progress
+        return self._thread.call(self.runner.get_progress, uid)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the runner gracefully and end its thread."""
+        self._thread.stop(timeout)
+
+
+async def _perform(
+    runner: Runner, what: Callable[..., Any], args: tuple[Any, ...], params: dict[str, Any]
+) -> str:
+    return await runner.perform(what, *args, **params)
+
+
+def start_async_worker(
+    app_globals: Any = None,
+    progress_tracker: ProgressTracker | None = None,
+    *,
+    after_commit: bool = False,
+    dbsession: Any = None,
+    **runner_options: Any,
+) -> AsyncJobQueue:
+    """Start the runner, once per process, and put it on the app globals.
+
+    A second call returns the same handle. The handle is stored as
+    ``app_globals.asyncjob_queue``; when ``app_globals`` is not given it is
+    the ``self`` of the calling method (as in ``Globals.__init__``), or else
+    ``tg.config['tg.app_globals']``.
+
+    Args:
+        app_globals: where to store the handle.
+        progress_tracker: an object with ``tgext.asyncjob``'s tracker
+            interface (``track``, ``remove``, ``set_progress``,
+            ``get_progress``); progress is then also kept there, and read
+            from there by :func:`asyncjob_get_progress`.
+        after_commit: make :func:`asyncjob_perform` wait, inside a request's
+            transaction, for that transaction to commit (see
+            :func:`asyncjob_perform_after_commit`).
+        dbsession: the scoped session that sync jobs use, removed after each
+            job; by default ``tg.config['DBSession']`` when it is set.
+        runner_options: passed to :class:`asyncjob.Runner` (``store=``,
+            ``concurrency=`` (default 1, as in ``tgext.asyncjob``),
+            ``sessionmaker=`` for coroutine jobs, ``grace_period=``…).
+    """
+    global _queue
+    with _lock:
+        if _queue is not None and _queue.pid == os.getpid() and _queue._thread.alive:
+            _remember(app_globals, inspect.currentframe(), _queue)
+            return _queue
+        runner_options.setdefault("concurrency", DEFAULT_CONCURRENCY)
+        sessions = Sessions(runner_options.pop("sessionmaker", None))
+        store = resolve_store(runner_options.pop("store", "memory"))
+        if progress_tracker is not None:
+            store = TrackedStore(store, progress_tracker)
+        scope = TransactionScope(lambda: dbsession or _config_dbsession(), sessions)
+        runner = Runner(store, job_scope=scope, **runner_options)
+        loop_thread = LoopThread(runner)
+        loop_thread.start()
+        _queue = AsyncJobQueue(loop_thread, progress_tracker, after_commit)
+        _remember(app_globals, inspect.currentframe(), _queue)
+        return _queue
+
+
+def stop_async_worker(timeout: float | None = None) -> None:
+    """Stop the runner started by :func:`start_async_worker`, gracefully.
+
+    Not needed at exit (the runner stops by itself when the main thread
+    ends); for tests and for applications that reload.
+    """
+    global _queue
+    with _lock:
+        queue, _queue = _queue, None
+    if queue is not None:
+        queue.stop(timeout)
+
+
+def _remember(app_globals: Any, frame: Any, queue: AsyncJobQueue) -> None:
+    if app_globals is None:
+        caller = frame.f_back if frame is not None else None
+        app_globals = caller.f_locals.get("self") if caller is not None else None
+    if app_globals is None:
+        app_globals = _tg_config_get("tg.app_globals")
+    if app_globals is not None:
+        app_globals.asyncjob_queue = queue
+
+
+def _tg_config_get(key: str) -> Any:
+    tg = sys.modules.get("tg")  # a TurboGears2 application has imported it
+    if tg is None:
+        return None
+    try:
+        return tg.config.get(key)
+    except (AttributeError, KeyError, TypeError):  # no configuration loaded yet
+        return None
+
+
+def _config_dbsession() -> Any:
+    return _tg_config_get("DBSession")
+
+
+def _get_queue() -> AsyncJobQueue:
+    queue = _queue
+    if queue is None:
+        raise RunnerNotRunning(
+            "asyncjob is not started in this process: call "
+            "asyncjob.tg.start_async_worker() in your app globals, or "
+            "asyncjob.tg.plugme(base_config) in config/app_cfg.py"
+        )
+    return queue
+
+
+def asyncjob_perform(callable: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
+    """Perform ``callable(*args, **kwargs)`` in the background; returns its id.
+
+    Safe from any thread. With ``start_async_worker(after_commit=True)``
+    it behaves as :func:`asyncjob_perform_after_commit`.
+    """
+    queue = _get_queue()
+    if queue.after_commit:
+        return asyncjob_perform_after_commit(callable, *args, **kwargs)
+    return queue.perform(callable, args, kwargs)
+
+
+def asyncjob_perform_after_commit(callable: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
+    """Perform the job only once the current request's transaction commits.
+
+    The id is returned at once. Inside a zope transaction, the job is handed
+    to the runner when that transaction commits, and dropped if it aborts:
+    until then, and for ever if dropped, the id reads as unknown
+    (``asyncjob_get_progress`` gives ``None``). So the job always finds
+    what the request wrote, with no need for :func:`asyncjob_timed_query`.
+    With no transaction begun in this thread the job is performed at once.
+    """
+    queue = _get_queue()
+    if not _is_callable(callable):
+        raise TypeError(f"asyncjob_perform needs a callable, not {type(callable).__name__}")
+    txn = active_transaction()
+    if txn is None:
+        return queue.perform(callable, args, kwargs)
+    job_id = os.urandom(16).hex()
+
+    def after_commit(committed: bool) -> None:
+        if committed:
+            queue._thread.call(queue.runner._perform_as, job_id, callable, args, kwargs)
+
+    txn.addAfterCommitHook(after_commit)
+    return job_id
+
+
+def _is_callable(obj: object) -> bool:
+    # The builtin, which the seed's parameter name shadows in the functions.
+    return callable(obj)
+
+
+def asyncjob_get_progress(uid: str) -> Progress | None:
+    """``(-1, None)`` until the job reports, then ``(value, data)``; ``None``
+    once it has ended or for an unknown id."""
+    return _get_queue().get_progress(uid)
+
+
+def asyncjob_set_progress(value: float, data: Any = None) -> None:
+    """Inside a job: report its progress (:func:`asyncjob.set_progress`)."""
+    _context.set_progress(value, data)
+
+
+def asyncjob_running_uid() -> str | None:
+    """The running job's id, or ``None`` outside a job."""
+    return _context.current_job_id()
+
+
+def plugme(configurator: Any, options: dict[str, Any] | None = None) -> dict[str, str]:
+    """Start the worker when the TurboGears2 application's environment is loaded.
+
+    In ``config/app_cfg.py``::
+
+        import asyncjob.tg
+        asyncjob.tg.plugme(base_config)
+
+    ``options`` are :func:`start_async_worker`'s keyword arguments
+    (``app_globals``, ``progress_tracker``, ``store``, ``concurrency``…).
+    """
+    from tg.configuration import milestones
+
+    opts = dict(options or {})
+    milestones.environment_loaded.register(lambda: start_async_worker(**opts))
+    return {"appid": "asyncjob"}

@@ -1,0 +1,137 @@
+"""The sync layer's own edges: its loop thread, process exit, and bad input.
+
+The TurboGears2 application itself is exercised in ``test_tg.py``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import asyncjob
+from asyncjob.tg import (
+    asyncjob_get_progress,
+    asyncjob_perform,
+    asyncjob_running_uid,
+    asyncjob_set_progress,
+    asyncjob_timed_query,
+    start_async_worker,
+    stop_async_worker,
+)
+
+from .conftest import TIMEOUT
+
+
+class Globals:
+    """Stands for a TurboGears2 app globals object."""
+
+    def __init__(self) -> None:
+        self.handle = start_async_worker()
+
+
+@pytest.fixture
+def app_globals() -> Iterator[Globals]:
+    """A worker started the seed's way, stopped after the test."""
+    made = Globals()
+    yield made
+    stop_async_worker(TIMEOUT)
+
+
+def test_the_handle_is_found_from_the_callers_frame(app_globals: Globals) -> None:
+    """Called in Globals.__init__, the handle lands on that object."""
+    assert app_globals.asyncjob_queue is app_globals.handle  # type: ignore[attr-defined]
+    assert start_async_worker() is app_globals.handle
+
+
+def test_perform_and_progress_from_a_thread(app_globals: Globals) -> None:
+    """From plain threads: perform, progress with the seed semantics, the id inside."""
+    reported = threading.Event()
+    release = threading.Event()
+
+    def job(x: int) -> str | None:
+        asyncjob_set_progress(x, "half")
+        reported.set()
+        assert release.wait(TIMEOUT)
+        return asyncjob_running_uid()
+
+    uid = asyncjob_perform(job, 50)
+    assert reported.wait(TIMEOUT)
+    assert asyncjob_get_progress(uid) == (50, "half")
+    release.set()
+    queue = app_globals.handle
+    assert queue._thread.call(queue.runner.wait, uid, TIMEOUT) == uid
+    assert asyncjob_get_progress(uid) is None
+    assert asyncjob_running_uid() is None
+
+
+def test_bad_input(app_globals: Globals) -> None:
+    """Each mistake is named where it is made."""
+    with pytest.raises(TypeError, match="needs a callable"):
+        asyncjob_perform(42)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="outside a job"):
+        asyncjob_set_progress(1)
+    with pytest.raises(asyncjob.NotInJob, match="outside a job"):
+        asyncjob_timed_query(object())
+    with pytest.raises(ValueError, match="retries"):
+        asyncjob_timed_query(object(), retries=-1)
+
+
+def test_calls_before_the_worker_starts() -> None:
+    """Without start_async_worker, calls say how to start it."""
+    stop_async_worker(TIMEOUT)
+    with pytest.raises(asyncjob.RunnerNotRunning, match="start_async_worker"):
+        asyncjob_perform(print)
+    with pytest.raises(RuntimeError, match="plugme"):
+        asyncjob_get_progress("x")
+
+
+def test_a_bad_option_fails_at_start() -> None:
+    """Runner options are checked when the worker starts, and nothing is left running."""
+    with pytest.raises(ValueError, match="concurrency"):
+        start_async_worker(concurrency=0)
+    with pytest.raises(asyncjob.RunnerNotRunning):
+        asyncjob_perform(print)
+
+
+def test_the_process_exits_after_its_running_job_ends() -> None:
+    """At interpreter exit the worker stops gracefully: the running job
+    finishes (within the grace period) and the process ends, with no hang."""
+    script = textwrap.dedent(
+        """
+        import threading
+        from asyncjob.tg import start_async_worker, asyncjob_perform
+
+        started = threading.Event()
+        exiting = threading.Event()
+
+        def job():
+            started.set()
+            exiting.wait(10)
+            print("job finished after the main thread", flush=True)
+
+        class Globals:
+            def __init__(self):
+                start_async_worker(grace_period=30)
+
+        Globals()
+        asyncjob_perform(job)
+        assert started.wait(10)
+        # Runs at exit just before the worker's own hook: the job learns
+        # that the interpreter is exiting, and must still get to finish.
+        threading._register_atexit(exiting.set)
+        print("main thread ends", flush=True)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "main thread ends",
+        "job finished after the main thread",
+    ]
