@@ -22,18 +22,20 @@ from ._errors import (
     NotInJob,
     RunnerNotRunning,
 )
-from ._models import JobState, JobStatus
+from ._models import JobState, JobStatus, Progress
 from ._runner import Runner
-from ._sessions import session, timed_query, timed_query_sync
+from ._sessions import JobScope, session, timed_query, timed_query_sync
 
 __all__ = (
     "AsyncJobError",
     "JobCancelled",
     "JobFailed",
     "JobNotFound",
+    "JobScope",
     "JobState",
     "JobStatus",
     "NotInJob",
+    "Progress",
     "Runner",
     "RunnerNotRunning",
     "cancel",

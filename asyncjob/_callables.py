@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from types import FunctionType
+from types import CodeType, FunctionType
 from typing import Any
 
 __all__ = ("callable_name", "describe", "is_async_callable")
@@ -21,11 +21,17 @@ def describe(func: Callable[..., Any]) -> tuple[str, bool]:
     code flags answer at once.
     """
     if type(func) is FunctionType:
-        return (
-            f"{func.__module__}.{func.__qualname__}",
-            bool(func.__code__.co_flags & _CO_COROUTINE),
-        )
+        code = func.__code__
+        # Keyed by code, not function: the closures a request makes each
+        # time share their code, so the cache stays as small as the program.
+        name = _names.get(code)
+        if name is None:
+            name = _names[code] = f"{func.__module__}.{func.__qualname__}"
+        return name, bool(code.co_flags & _CO_COROUTINE)
     return callable_name(func), is_async_callable(func)
+
+
+_names: dict[CodeType, str] = {}
 
 
 def _unwrap(obj: Any) -> Any:
@@ -44,6 +50,8 @@ def is_async_callable(obj: Any) -> bool:
     obj = _unwrap(obj)
     if inspect.iscoroutinefunction(obj):
         return True
+    if inspect.isclass(obj):
+        return False  # calling a class makes an instance, whatever its __call__
     call = getattr(obj, "__call__", None)  # noqa: B004 - we want the attribute itself
     return not inspect.isroutine(obj) and inspect.iscoroutinefunction(_unwrap(call))
 

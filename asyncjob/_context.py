@@ -51,9 +51,8 @@ def set_progress(value: float, data: Any = None) -> None:
     """Report the running job's progress: a number, and anything else you like.
 
     Works in coroutine and sync jobs alike, with no job id. ``value`` is
-    usually a percentage or a count of items done; ``data`` is any object
-    (with an SQL store, anything JSON can hold). Both can be read back with
-    :func:`asyncjob.get_progress` or :meth:`Runner.status` while the job runs.
+    usually a percentage or a count of items done; ``data`` is any object.
+    Both can be read back with :func:`asyncjob.get_progress` or :meth:`Runner.status` while the job runs.
 
     It is also where a sync job learns that it was cancelled: once it is,
     this raises :class:`JobCancelled` inside the job.

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
 import traceback
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -35,7 +37,13 @@ class Executor:
         self._scope = scope
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
+        # Only needed when fewer threads than workers could want them.
         self._thread_slots = asyncio.Semaphore(threads)
+        self._limit_threads = True
+        # Finished sync jobs, handed back to the loop in batches (see _post).
+        self._finished: deque[tuple[asyncio.Future[Any], bool, Any]] = deque()
+        self._drain_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         # The jobs running now: their context, and the worker task running them.
         self._active: dict[str, tuple[_context.JobContext, asyncio.Task[Any]]] = {}
 
@@ -44,17 +52,24 @@ class Executor:
         """How many jobs are running now."""
         return len(self._active)
 
+    def start(self, concurrency: int) -> None:
+        """Bind to the running loop; ``concurrency`` workers will call :meth:`run`."""
+        self._loop = asyncio.get_running_loop()
+        self._limit_threads = self._threads < concurrency
+
     async def run(self, job: Job, task: asyncio.Task[Any]) -> None:
         """Run ``job`` in the worker ``task`` (the caller) to its end and
         record the outcome; never raises for anything the job does."""
         if job.is_async:
             if await self._store.start(job.id):
                 await self._run_async(job, task)
-        else:
+        elif self._limit_threads:
             # A sync job only counts as running once it has a thread.
             async with self._thread_slots:
                 if await self._store.start(job.id):
                     await self._run_sync(job, task)
+        elif await self._store.start(job.id):
+            await self._run_sync(job, task)
 
     def interrupt(self, job_id: str) -> None:
         """Stop a running job whose state the store has already made final.
@@ -126,8 +141,7 @@ class Executor:
         self._active[job.id] = (ctx, task)
         try:
             call = self._in_scope(ctx, job) if self._scope.wraps_sync else job.func
-            future = self._pool.submit(thread_context.run, call, *job.args, **job.kwargs)
-            result = await asyncio.wrap_future(future)
+            result = await self._in_thread(thread_context, call, job.args, job.kwargs)
         except asyncio.CancelledError as exc:
             if ctx.cancelled:
                 task.uncancel()  # abandon_sync_jobs(): the runner stopped waiting
@@ -152,6 +166,61 @@ class Executor:
             await self._fail(job, result)
             return
         await self._succeed(job, result)
+
+    def _in_thread(
+        self,
+        thread_context: contextvars.Context,
+        call: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> asyncio.Future[Any]:
+        """Run ``call`` in the pool; the future resolves on the loop."""
+        assert self._loop is not None
+        assert self._pool is not None
+        future = self._loop.create_future()
+        self._pool.submit(self._run_in_thread, future, thread_context, call, args, kwargs)
+        return future
+
+    def _run_in_thread(
+        self,
+        future: asyncio.Future[Any],
+        thread_context: contextvars.Context,
+        call: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        try:
+            outcome = (future, True, thread_context.run(call, *args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the job's worker
+            outcome = (future, False, exc)
+        self._post(outcome)
+
+    def _post(self, outcome: tuple[asyncio.Future[Any], bool, Any]) -> None:
+        """Hand a finished sync job back to the loop, from its thread.
+
+        One wake-up of the loop carries every outcome posted until the loop
+        gets to it: under load, far fewer wake-ups than jobs.
+        """
+        assert self._loop is not None
+        self._finished.append(outcome)
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        # Reset the flag first: an outcome posted from now on schedules
+        # another drain, or is taken by this one; none is left behind.
+        self._drain_scheduled = False
+        finished = self._finished
+        while finished:
+            future, ok, value = finished.popleft()
+            if future.cancelled():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
 
     def _in_scope(self, ctx: _context.JobContext, job: Job) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:

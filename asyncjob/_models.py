@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-__all__ = ("Job", "JobState", "JobStatus", "Progress", "timestamp_to_datetime")
+__all__ = ("Job", "JobState", "JobStatus", "Outcome", "Progress", "timestamp_to_datetime")
 
 #: ``(value, data)`` as last given to :func:`asyncjob.set_progress`.
 Progress = tuple[float, Any]
@@ -41,11 +41,20 @@ _FINAL = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
 class JobStatus:
     """A snapshot of one job, as the store knew it when it was taken.
 
-    Timestamps are timezone-aware UTC datetimes. ``progress`` and ``data`` are
-    what the job last gave :func:`asyncjob.set_progress` (``None`` until it
-    does) and are kept after the job ends. ``result`` is the return value of
-    a succeeded job; ``error`` the exception's type and message of a failed
-    one (``"ValueError: bad input"``), and ``traceback`` its full traceback.
+    Attributes:
+        id: the job's id, as :meth:`Runner.perform` returned it.
+        name: the dotted name of the function performed, e.g. ``app.jobs.resize``.
+        state: where the job is in its life.
+        progress: the value the job last gave :func:`asyncjob.set_progress`;
+            ``None`` until it does. Kept after the job ends.
+        data: the data given with that value.
+        result: a succeeded job's return value.
+        error: a failed job's exception, type and message
+            (``"ValueError: bad input"``).
+        traceback: a failed job's full traceback, as text.
+        enqueued_at: when it was performed (an aware UTC datetime).
+        started_at: when it started running, if it has.
+        finished_at: when it ended, if it has.
     """
 
     id: str
@@ -64,6 +73,10 @@ class JobStatus:
     def is_final(self) -> bool:
         """True once the job has ended: succeeded, failed or cancelled."""
         return self.state.is_final
+
+    def outcome(self) -> Outcome:
+        """The part of the status that says how the job ended."""
+        return Outcome(self.state, self.result, self.error, self.traceback)
 
 
 class Job(NamedTuple):
@@ -85,6 +98,15 @@ class Job(NamedTuple):
     is_async: bool
     #: Seconds since the epoch (``time.time()``).
     enqueued_at: float
+
+
+class Outcome(NamedTuple):
+    """How a job ended, or that it has not: what waiting for it needs."""
+
+    state: JobState
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
 
 
 def timestamp_to_datetime(ts: float | None) -> datetime | None:

@@ -7,15 +7,15 @@ import enum
 import functools
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from types import TracebackType
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from types import MappingProxyType, TracebackType
 from typing import Any, Self, TypeVar
 
 from . import _current, _loops
 from ._callables import describe
 from ._errors import JobCancelled, JobFailed, JobNotFound, RunnerNotRunning
 from ._execution import Executor, logger
-from ._models import Job, JobState, JobStatus, Progress
+from ._models import Job, JobState, JobStatus, Outcome, Progress
 from ._options import RunnerOptions
 from ._sessions import JobScope, Sessions
 from ._workers import WorkerPool
@@ -24,6 +24,8 @@ from .stores import Store, resolve_store
 __all__ = ("Runner",)
 
 T = TypeVar("T")
+
+_NO_KWARGS: Mapping[str, Any] = MappingProxyType({})
 
 
 class _Phase(enum.Enum):
@@ -60,7 +62,7 @@ class Runner:
             it raises or is cancelled.
         sync_sessionmaker: a ``sessionmaker``, the same for sync jobs.
         job_scope: instead of the two above, an object that wraps each job
-            as it likes (see :class:`asyncjob._sessions.JobScope`); the
+            as it likes (see :class:`asyncjob.JobScope`); the
             TurboGears2 layer uses one for zope transactions.
         threads: size of the thread pool for sync jobs (at least 1); by
             default ``min(concurrency, 40)``. See :doc:`threads`.
@@ -127,6 +129,7 @@ class Runner:
         # Jobs run in a copy of the context the runner was started in, as
         # they would in tasks created here.
         self._pool.start()
+        self._executor.start(self.options.concurrency)
         self._phase = _Phase.running
         _current.push(self)
 
@@ -211,10 +214,16 @@ class Runner:
                 f"perform() needs a callable as its first argument, not "
                 f"{type(func).__name__} ({func!r})"
             )
-        return await self._perform_as(os.urandom(16).hex(), func, args, kwargs)
+        # Most jobs take no keyword arguments: keep one shared empty mapping
+        # rather than an empty dict per queued job.
+        return await self._perform_as(os.urandom(16).hex(), func, args, kwargs or _NO_KWARGS)
 
     async def _perform_as(
-        self, job_id: str, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        job_id: str,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
     ) -> str:
         """:meth:`perform` with the id chosen by the caller (who made it as
         :meth:`perform` does), for a job whose id had to be known first."""
@@ -289,12 +298,15 @@ class Runner:
             JobNotFound: no job has this id.
             TimeoutError: ``timeout`` seconds passed first (the job goes on).
         """
-        status = await self.status(job_id)
-        if not status.is_final:
+        outcome = await self._on_loop(self._store.outcome(job_id))
+        if outcome is None:
+            raise JobNotFound(job_id)
+        if not outcome.state.is_final:
             async with asyncio.timeout(timeout):
-                async for status in self.watch(job_id):  # noqa: B007 - the last one counts
-                    pass
-        return _outcome(status)
+                async for status in self.watch(job_id):
+                    if status.is_final:
+                        outcome = status.outcome()
+        return _result(job_id, outcome)
 
     async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
         """Yield the job's status now and on every change; stop after the
@@ -347,9 +359,9 @@ def _is_final(status: JobStatus) -> bool:
     return status.is_final
 
 
-def _outcome(status: JobStatus) -> Any:
-    if status.state is JobState.succeeded:
-        return status.result
-    if status.state is JobState.failed:
-        raise JobFailed(status.id, status.error or "unknown error", status.traceback)
-    raise JobCancelled(status.id)
+def _result(job_id: str, outcome: Outcome) -> Any:
+    if outcome.state is JobState.succeeded:
+        return outcome.result
+    if outcome.state is JobState.failed:
+        raise JobFailed(job_id, outcome.error or "unknown error", outcome.traceback)
+    raise JobCancelled(job_id)

@@ -10,6 +10,10 @@ from ._models import Job
 
 __all__ = ("WorkerPool",)
 
+#: A worker that takes jobs from a full queue lets the loop run other tasks
+#: at least this often (a few hundred microseconds of no-op jobs).
+_YIELD_EVERY = 32
+
 
 class WorkerPool:
     """A first-in, first-out queue of jobs and up to ``concurrency`` workers.
@@ -99,10 +103,18 @@ class WorkerPool:
         queue = self._queue
         task = asyncio.current_task()
         assert task is not None
+        in_a_row = 0
         while True:
+            in_a_row += 1
+            if in_a_row == _YIELD_EVERY:
+                # Jobs that never await would otherwise keep the loop to
+                # this worker for as long as the queue is full.
+                in_a_row = 0
+                await asyncio.sleep(0)
             if queue.empty():
                 self._idle += 1
                 job = await queue.get()
+                in_a_row = 0
             else:
                 job = queue.get_nowait()
             if job is None:

@@ -383,3 +383,14 @@ async def test_status_timestamps(runner: asyncjob.Runner) -> None:
     assert status.enqueued_at <= status.started_at <= status.finished_at
     assert status.name == "tests.test_runner.noop"
     assert status.is_final
+
+
+async def test_jobs_that_never_await_do_not_starve_the_loop(
+    make_runner: RunnerFactory,
+) -> None:
+    """Other tasks get the loop while a full queue of no-await jobs drains."""
+    runner = await make_runner(concurrency=1)
+    ids = [await runner.perform(noop) for _ in range(5000)]
+    await asyncio.sleep(0)  # one turn of the loop for this task
+    assert (await runner.status(ids[-1])).state is asyncjob.JobState.queued
+    await runner.join(TIMEOUT)

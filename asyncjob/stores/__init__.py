@@ -6,10 +6,12 @@ turns into one.
 
 from __future__ import annotations
 
+from asyncjob._models import Job, Outcome
+
 from ._base import Store
 from .memory import MemoryStore
 
-__all__ = ("MemoryStore", "Store", "resolve_store")
+__all__ = ("Job", "MemoryStore", "Outcome", "Store", "resolve_store")
 
 
 def resolve_store(store: str | Store) -> Store:

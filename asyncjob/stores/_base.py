@@ -6,7 +6,7 @@ import abc
 from collections.abc import AsyncIterator
 from typing import Any
 
-from asyncjob._models import Job, JobState, JobStatus
+from asyncjob._models import Job, JobState, JobStatus, Outcome
 
 __all__ = ("Store",)
 
@@ -94,6 +94,16 @@ class Store(abc.ABC):
     async def get(self, job_id: str) -> JobStatus | None:
         """The job's current status, or ``None`` for an id the store does
         not know (never performed, or forgotten after it finished)."""
+
+    async def outcome(self, job_id: str) -> Outcome | None:
+        """The job's state and, once it has ended, its outcome; ``None`` for
+        an unknown id.
+
+        What :meth:`asyncjob.Runner.wait` reads first. The default takes it
+        from :meth:`get`; a store may answer more cheaply.
+        """
+        status = await self.get(job_id)
+        return None if status is None else status.outcome()
 
     @abc.abstractmethod
     def watch(self, job_id: str) -> AsyncIterator[JobStatus]:

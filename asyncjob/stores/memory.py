@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from asyncjob._errors import JobNotFound
-from asyncjob._models import Job, JobState, JobStatus, timestamp_to_datetime
+from asyncjob._models import Job, JobState, JobStatus, Outcome, timestamp_to_datetime
 
 from ._base import Store
 from ._hub import StatusHub
@@ -162,6 +162,13 @@ class MemoryStore(Store):
         self._forget_expired()
         rec = self._records.get(job_id)
         return None if rec is None else rec.snapshot()
+
+    async def outcome(self, job_id: str) -> Outcome | None:
+        self._forget_expired()
+        rec = self._records.get(job_id)
+        if rec is None:
+            return None
+        return Outcome(rec.state, rec.result, rec.error, rec.traceback)
 
     async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
         self._forget_expired()

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import anyio.to_thread
 
-from asyncjob._models import Job, JobState, JobStatus
+from asyncjob._models import Job, JobState, JobStatus, Outcome
 from asyncjob.stores import Store
 
 __all__ = ("ProgressTracker", "TrackedStore")
@@ -86,6 +86,9 @@ class TrackedStore(Store):
 
     async def get(self, job_id: str) -> JobStatus | None:
         return await self.inner.get(job_id)
+
+    async def outcome(self, job_id: str) -> Outcome | None:
+        return await self.inner.outcome(job_id)
 
     def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
         return self.inner.watch(job_id)
