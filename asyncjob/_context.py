@@ -52,7 +52,8 @@ def set_progress(value: float, data: Any = None) -> None:
 
     Works in coroutine and sync jobs alike, with no job id. ``value`` is
     usually a percentage or a count of items done; ``data`` is any object.
-    Both can be read back with :func:`asyncjob.get_progress` or :meth:`Runner.status` while the job runs.
+    Both can be read back with :func:`asyncjob.get_progress` or
+    :meth:`Runner.status` while the job runs.
 
     It is also where a sync job learns that it was cancelled: once it is,
     this raises :class:`JobCancelled` inside the job.

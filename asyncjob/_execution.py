@@ -61,14 +61,12 @@ class Executor:
         """Run ``job`` in the worker ``task`` (the caller) to its end and
         record the outcome; never raises for anything the job does."""
         if job.is_async:
-            if await self._store.start(job.id):
-                await self._run_async(job, task)
+            await self.run_async(job, task)
         elif self._limit_threads:
             # A sync job only counts as running once it has a thread.
             async with self._thread_slots:
-                if await self._store.start(job.id):
-                    await self._run_sync(job, task)
-        elif await self._store.start(job.id):
+                await self._run_sync(job, task)
+        else:
             await self._run_sync(job, task)
 
     def interrupt(self, job_id: str) -> None:
@@ -104,7 +102,10 @@ class Executor:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _run_async(self, job: Job, task: asyncio.Task[Any]) -> None:
+    async def run_async(self, job: Job, task: asyncio.Task[Any]) -> None:
+        """:meth:`run` for a coroutine job."""
+        if not await self._store.start(job.id):
+            return  # cancelled while it was queued
         ctx = _context.JobContext(job.id, True, self._store.report_progress)
         self._active[job.id] = (ctx, task)
         token = _context.current.set(ctx)
@@ -133,6 +134,8 @@ class Executor:
             await self._succeed(job, result)
 
     async def _run_sync(self, job: Job, task: asyncio.Task[Any]) -> None:
+        if not await self._store.start(job.id):
+            return
         ctx = _context.JobContext(job.id, False, self._store.report_progress)
         thread_context = contextvars.copy_context()
         thread_context.run(_context.current.set, ctx)

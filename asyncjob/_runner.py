@@ -216,23 +216,23 @@ class Runner:
             )
         # Most jobs take no keyword arguments: keep one shared empty mapping
         # rather than an empty dict per queued job.
-        return await self._perform_as(os.urandom(16).hex(), func, args, kwargs or _NO_KWARGS)
+        job = self._new_job(os.urandom(16).hex(), func, args, kwargs or _NO_KWARGS)
+        if asyncio.get_running_loop() is self._loop:
+            return await self._enqueue(job)
+        return await self._on_loop(self._enqueue(job))
 
-    async def _perform_as(
+    def _new_job(
         self,
         job_id: str,
         func: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
-    ) -> str:
-        """:meth:`perform` with the id chosen by the caller (who made it as
-        :meth:`perform` does), for a job whose id had to be known first."""
+    ) -> Job:
+        """The job to perform, with the id chosen by the caller: the id of a
+        job handed over later (after a commit) must be known first."""
         self._check_running()
         name, is_async = describe(func)
-        job = Job(job_id, name, func, args, kwargs, is_async, time.time())
-        if not self._on_own_loop():
-            return await self._on_loop(self._enqueue(job))
-        return await self._enqueue(job)
+        return Job(job_id, name, func, args, kwargs, is_async, time.time())
 
     def _check_running(self) -> None:
         if self._phase is not _Phase.running:
@@ -270,7 +270,7 @@ class Runner:
         Raises:
             JobNotFound: no job has this id (or it was forgotten).
         """
-        status = await self._on_loop(self._store.get(job_id))
+        status = await self._read(self._store.get, job_id)
         if status is None:
             raise JobNotFound(job_id)
         return status
@@ -282,7 +282,7 @@ class Runner:
         ``(value, data)`` as last given to :func:`asyncjob.set_progress`;
         ``None`` once the job has ended, and for an unknown id.
         """
-        status = await self._on_loop(self._store.get(job_id))
+        status = await self._read(self._store.get, job_id)
         if status is None or status.is_final:
             return None
         if status.progress is None:
@@ -298,7 +298,7 @@ class Runner:
             JobNotFound: no job has this id.
             TimeoutError: ``timeout`` seconds passed first (the job goes on).
         """
-        outcome = await self._on_loop(self._store.outcome(job_id))
+        outcome = await self._read(self._store.outcome, job_id)
         if outcome is None:
             raise JobNotFound(job_id)
         if not outcome.state.is_final:
@@ -349,6 +349,12 @@ class Runner:
 
     def _on_own_loop(self) -> bool:
         return _loops.is_current(self._loop)
+
+    async def _read(self, method: Callable[[str], Awaitable[T]], job_id: str) -> T:
+        """``await method(job_id)``: a store read, on the runner's loop."""
+        if asyncio.get_running_loop() is self._loop:
+            return await method(job_id)
+        return await self._on_loop(method(job_id))
 
     async def _on_loop(self, awaitable: Awaitable[T]) -> T:
         """Await ``awaitable`` on the runner's loop, from whichever loop calls."""

@@ -120,7 +120,10 @@ class WorkerPool:
             if job is None:
                 return
             try:
-                await self._executor.run(job, task)
+                if job.is_async:  # the common case, one call shorter
+                    await self._executor.run_async(job, task)
+                else:
+                    await self._executor.run(job, task)
             except Exception:  # noqa: BLE001 - a bug here must not kill the worker
                 logger.exception("internal error while running job %s", job.id)
             finally:

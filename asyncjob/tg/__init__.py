@@ -92,6 +92,16 @@ async def _perform(
     return await runner.perform(what, *args, **params)
 
 
+async def _perform_as(
+    runner: Runner,
+    job_id: str,
+    what: Callable[..., Any],
+    args: tuple[Any, ...],
+    params: dict[str, Any],
+) -> str:
+    return await runner._enqueue(runner._new_job(job_id, what, args, params))
+
+
 def start_async_worker(
     app_globals: Any = None,
     progress_tracker: ProgressTracker | None = None,
@@ -221,7 +231,7 @@ def asyncjob_perform_after_commit(callable: Callable[..., Any], *args: Any, **kw
 
     def after_commit(committed: bool) -> None:
         if committed:
-            queue._thread.call(queue.runner._perform_as, job_id, callable, args, kwargs)
+            queue._thread.call(_perform_as, queue.runner, job_id, callable, args, kwargs)
 
     txn.addAfterCommitHook(after_commit)
     return job_id
