@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncjob import _demo
+from asyncjob import _demo, _demo_jobs
 from asyncjob._cli import main
 from asyncjob._version import __version__
 
@@ -193,8 +193,8 @@ def test_demo_fails_when_a_job_does_not_end_as_planned(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The demo exits 1 if a job meant to fail succeeds (or the other way round)."""
-    clean = _demo.sample_records(2, corrupt=2)[:1]
-    job = _demo.DemoJob("import", _demo.import_records, (clean,), len(clean), fails=True)
+    clean = _demo_jobs.sample_records(2, corrupt=2)[:1]
+    job = _demo_jobs.DemoJob("import", _demo_jobs.import_records, (clean,), len(clean), fails=True)
     monkeypatch.setattr(_demo, "demo_jobs", lambda: [job])
     assert main(["demo", "--plain"]) == 1
     out = capsys.readouterr().out
