@@ -25,7 +25,7 @@ def _install(session: nox.Session, extras: str) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite with branch coverage, then again in asyncio debug mode."""
-    _install(session, "test,demo")
+    _install(session, "test,demo,docs")
     session.run(
         "pytest", "--cov=asyncjob", "--cov-report=term-missing:skip-covered", *session.posargs
     )

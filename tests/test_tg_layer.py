@@ -135,3 +135,27 @@ def test_the_process_exits_after_its_running_job_ends() -> None:
         "main thread ends",
         "job finished after the main thread",
     ]
+
+
+def test_the_sync_api_inside_a_coroutine_job(app_globals: Globals) -> None:
+    """On the runner's own loop the sync API would deadlock: it says to await."""
+
+    async def job() -> str:
+        try:
+            asyncjob_perform(print)
+        except RuntimeError as exc:
+            return str(exc)
+        return "no error"  # pragma: no cover
+
+    uid = asyncjob_perform(job)
+    queue = app_globals.handle
+    assert "await asyncjob.perform" in queue.call(queue.runner.wait, uid, TIMEOUT)
+
+
+def test_a_second_start_with_options_warns(
+    app_globals: Globals, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Options given to a second start cannot apply: that is said, not hidden."""
+    assert start_async_worker(concurrency=8) is app_globals.handle
+    assert "runs already" in caplog.text
+    assert app_globals.handle.runner.options.concurrency == 1

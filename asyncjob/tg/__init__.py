@@ -15,11 +15,12 @@ import inspect
 import os
 import sys
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from asyncjob import _context
 from asyncjob._errors import RunnerNotRunning
+from asyncjob._execution import logger
 from asyncjob._models import Progress
 from asyncjob._runner import Runner
 from asyncjob._sessions import Sessions
@@ -43,6 +44,8 @@ __all__ = (
     "start_async_worker",
     "stop_async_worker",
 )
+
+T = TypeVar("T")
 
 #: Like ``tgext.asyncjob``, one job at a time, in order, unless the
 #: application asks for more with ``concurrency=``.
@@ -72,14 +75,29 @@ class AsyncJobQueue:
         self, what: Callable[..., Any], args: tuple[Any, ...] = (), params: Any = None
     ) -> str:
         """``tgext.asyncjob``'s ``queue.perform(callable, args, params)``."""
-        return self._thread.call(_perform, self.runner, what, args, params or {})
+        return self.call(_perform, self.runner, what, args, params or {})
+
+    def call(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``await func(*args)`` on the runner's loop, from a sync caller.
+
+        Raises:
+            RuntimeError: called on the runner's own loop, from a coroutine
+                job: there, ``await`` the async API instead.
+        """
+        if self._thread.is_loop_thread():
+            raise RuntimeError(
+                "the asyncjob.tg functions are for sync code; in a coroutine job "
+                "use the async API instead: await asyncjob.perform(...), "
+                "await asyncjob.get_progress(...)"
+            )
+        return self._thread.call(func, *args)
 
     def get_progress(self, uid: str) -> Progress | None:
         """``(-1, None)``, ``(value, data)`` or ``None``: see :func:`asyncjob_get_progress`."""
         if self.tracker is not None:
             progress: Progress | None = self.tracker.get_progress(uid)
             return progress
-        return self._thread.call(self.runner.get_progress, uid)
+        return self.call(self.runner.get_progress, uid)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the runner gracefully and end its thread."""
@@ -135,6 +153,11 @@ def start_async_worker(
     global _queue
     with _lock:
         if _queue is not None and _queue.pid == os.getpid() and _queue._thread.alive:
+            if progress_tracker is not None or after_commit or dbsession or runner_options:
+                logger.warning(
+                    "start_async_worker() was called again with options: the worker "
+                    "runs already, with the options of the first call"
+                )
             _remember(app_globals, inspect.currentframe(), _queue)
             return _queue
         runner_options.setdefault("concurrency", DEFAULT_CONCURRENCY)
@@ -230,8 +253,14 @@ def asyncjob_perform_after_commit(callable: Callable[..., Any], *args: Any, **kw
     job_id = os.urandom(16).hex()
 
     def after_commit(committed: bool) -> None:
-        if committed:
-            queue._thread.call(_perform_as, queue.runner, job_id, callable, args, kwargs)
+        if not committed:
+            return
+        try:
+            queue.call(_perform_as, queue.runner, job_id, callable, args, kwargs)
+        except Exception:  # noqa: BLE001 - the request has committed: log, not raise
+            logger.exception(
+                "job %s could not be performed after its transaction committed", job_id
+            )
 
     txn.addAfterCommitHook(after_commit)
     return job_id
@@ -272,5 +301,21 @@ def plugme(configurator: Any, options: dict[str, Any] | None = None) -> dict[str
     from tg.configuration import milestones
 
     opts = dict(options or {})
-    milestones.environment_loaded.register(lambda: start_async_worker(**opts))
+
+    def start() -> None:
+        # The milestone is process-wide: start only for the application
+        # that this configurator makes.
+        if _current_configurator() in (None, configurator):
+            start_async_worker(**opts)
+
+    milestones.environment_loaded.register(start)
     return {"appid": "asyncjob"}
+
+
+def _current_configurator() -> Any:
+    try:
+        from tg.configurator import ApplicationConfigurator
+
+        return ApplicationConfigurator.current()
+    except Exception:  # noqa: BLE001 - no configurator in place (an old-style AppConfig)
+        return None

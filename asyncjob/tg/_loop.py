@@ -67,6 +67,10 @@ class LoopThread:
         self._ready.result(timeout)
         _at_interpreter_exit(self.stop)
 
+    def is_loop_thread(self) -> bool:
+        """True when called from the loop's own thread."""
+        return threading.current_thread() is self._thread
+
     @property
     def alive(self) -> bool:
         """True while the loop thread runs."""

@@ -42,10 +42,11 @@ class TransactionScope:
     """Wraps each sync job the way ``tgext.asyncjob`` did.
 
     With the ``transaction`` package (the zope transaction manager that
-    TurboGears2 uses): the job runs in a transaction of its own, committed
-    when it returns, aborted when it raises or is cancelled. Without it: the
-    scoped ``DBSession`` is committed or rolled back. Either way
-    ``DBSession.remove()`` follows, so the next job starts afresh.
+    TurboGears2 uses), the job runs in a zope transaction of its own,
+    committed when it returns, aborted when it raises or is cancelled. The
+    scoped ``DBSession`` follows the same way when it is not joined to that
+    transaction (a plain scoped session, or no ``transaction`` package).
+    Then ``DBSession.remove()``, so that the next job starts afresh.
 
     Coroutine jobs get what ``sessions`` gives them.
 
@@ -75,48 +76,39 @@ class TransactionScope:
     @contextmanager
     def for_sync_job(self, ctx: _context.JobContext) -> Iterator[None]:
         dbsession = self._dbsession()
+        session = dbsession() if dbsession is not None else None
         transaction = _transaction_module()
-        if dbsession is not None:
-            track_writes(dbsession())
+        if session is not None:
+            track_writes(session)
+        if transaction is not None:
+            transaction.begin()
         try:
-            if transaction is not None:
-                with _in_transaction(transaction, ctx):
-                    yield
-            elif dbsession is not None:
-                with _in_session(dbsession, ctx):
-                    yield
-            else:
-                yield
+            yield
+        except BaseException:
+            _end(transaction, session, commit=False)
+            raise
+        else:
+            _end(transaction, session, commit=not ctx.cancelled)
         finally:
             if dbsession is not None:
                 dbsession.remove()
 
 
-@contextmanager
-def _in_transaction(transaction: Any, ctx: _context.JobContext) -> Iterator[None]:
-    transaction.begin()
-    try:
-        yield
-    except BaseException:
-        transaction.abort()
-        raise
-    if ctx.cancelled:
-        transaction.abort()
-    else:
-        transaction.commit()
-
-
-@contextmanager
-def _in_session(dbsession: Any, ctx: _context.JobContext) -> Iterator[None]:
-    try:
-        yield
-    except BaseException:
-        dbsession.rollback()
-        raise
-    if ctx.cancelled:
-        dbsession.rollback()
-    else:
-        dbsession.commit()
+def _end(transaction: Any, session: Any, *, commit: bool) -> None:
+    """End a job's unit of work: the zope transaction, then the session
+    itself if it is still in a transaction: one that zope.sqlalchemy does
+    not manage (a plain scoped session, in Flask say) is not joined to the
+    zope transaction, and would otherwise lose its writes."""
+    if transaction is not None:
+        if commit:
+            transaction.commit()
+        else:
+            transaction.abort()
+    if session is not None and session.in_transaction():
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
 
 
 def timed_query(query: Any, retries: int = 10, interval: float = 6) -> Any:
@@ -148,7 +140,7 @@ def timed_query(query: Any, retries: int = 10, interval: float = 6) -> Any:
         if transaction is not None and active_transaction() is not None:
             transaction.abort()
             transaction.begin()
-        else:
+        if session.in_transaction():  # not joined to the zope transaction
             session.rollback()
         time.sleep(interval)
     raise AssertionError("unreachable")  # pragma: no cover
