@@ -23,6 +23,7 @@ from ._errors import (
     RunnerNotRunning,
 )
 from ._models import JobState, JobStatus, Progress
+from ._registry import job
 from ._runner import Runner
 from ._sessions import JobScope, session, timed_query, timed_query_sync
 
@@ -41,6 +42,7 @@ __all__ = (
     "cancel",
     "current_job_id",
     "get_progress",
+    "job",
     "perform",
     "session",
     "set_progress",

@@ -1,0 +1,116 @@
+"""Jobs registered by name: what a worker of a shared store may run.
+
+A worker never imports or calls a function because a stored job names it:
+it runs only what the application registered with :func:`job`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+__all__ = ("JobDefinition", "job", "lookup", "registered_name")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_lock = threading.Lock()
+_by_name: dict[str, JobDefinition] = {}
+_by_function: dict[Callable[..., Any], JobDefinition] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class JobDefinition:
+    """A registered job: its name and the function it runs."""
+
+    name: str
+    func: Callable[..., Any]
+
+
+@overload
+def job(func: F, /) -> F: ...
+
+
+@overload
+def job(*, name: str | None = None) -> Callable[[F], F]: ...
+
+
+def job(func: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
+    """Register a module-level function as a job, by name.
+
+    ::
+
+        @asyncjob.job
+        async def resize(path: str, width: int) -> str: ...
+
+        @asyncjob.job(name="reports.monthly")
+        def monthly_report(year: int, month: int) -> str: ...
+
+    With an SQL store a registered job is durable: any worker of that store
+    may run it, and runs it again if the worker that held it dies. The name
+    defaults to ``module.qualname``; give one to keep it stable when the
+    code moves. The function itself is returned unchanged.
+
+    Raises:
+        TypeError: the function is not a module-level function (a lambda,
+            a closure, a method): a worker in another process could not
+            find it.
+        ValueError: another function is registered under that name.
+    """
+
+    def register(f: F) -> F:
+        _register(f, name)
+        return f
+
+    if func is not None:
+        return register(func)
+    return register
+
+
+def _register(func: object, name: object) -> None:
+    qualname = getattr(func, "__qualname__", None)
+    module = getattr(func, "__module__", None)
+    if not callable(func) or not isinstance(qualname, str) or not isinstance(module, str):
+        raise TypeError(f"@asyncjob.job registers functions, not {type(func).__name__}")
+    if "<" in qualname or "." in qualname:
+        raise TypeError(
+            f"@asyncjob.job registers module-level functions, and {qualname} is not "
+            "one (a lambda, a nested function or a method): a worker in another "
+            "process could not find it. Move it to the top of a module."
+        )
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ValueError(f"a job's name must be a non-empty string, not {name!r}")
+    definition = JobDefinition(name or f"{module}.{qualname}", func)
+    with _lock:
+        other = _by_name.get(definition.name)
+        if other is not None and other.func is not func:
+            if _same_source(other.func, func):
+                # The same module imported again (a reload): the newer wins.
+                _by_function.pop(other.func, None)
+            else:
+                raise ValueError(
+                    f"the job name {definition.name!r} is taken by "
+                    f"{other.func.__module__}.{other.func.__qualname__}: "
+                    "give one of them another name with @asyncjob.job(name=...)"
+                )
+        _by_name[definition.name] = definition
+        _by_function[func] = definition
+
+
+def _same_source(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+
+
+def lookup(name: str) -> JobDefinition | None:
+    """The job registered under ``name``, or ``None``."""
+    return _by_name.get(name)
+
+
+def registered_name(func: Callable[..., Any]) -> str | None:
+    """The name ``func`` is registered under, or ``None`` if it is not."""
+    try:
+        definition = _by_function.get(func)
+    except TypeError:  # unhashable callable object: not registered
+        return None
+    return None if definition is None else definition.name
