@@ -29,7 +29,15 @@ def resolve_store(store: str | Store) -> Store:
         )
     if store == "memory":
         return MemoryStore()
+    if store.startswith(_SQL_SCHEMES):
+        from .sql import SQLStore  # SQLAlchemy is imported only by who needs it
+
+        return SQLStore(store)
     raise ValueError(
-        f"unknown store {store!r}: this version of asyncjob knows 'memory' "
-        "and Store objects (SQL stores by URL are not available yet)"
+        f"unknown store {store!r}: give 'memory', an SQLAlchemy async URL "
+        "('sqlite+aiosqlite:///path/jobs.db', 'postgresql+asyncpg://user@host/db') "
+        "or a Store object"
     )
+
+
+_SQL_SCHEMES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")

@@ -1,0 +1,316 @@
+"""A store in an SQL database: SQLite on one machine, PostgreSQL for many."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import Row, select, update
+
+from asyncjob._errors import AsyncJobError, JobNotFound
+from asyncjob._models import Job, JobState, JobStatus, Outcome, timestamp_to_datetime
+from asyncjob._serialization import dumps, loads
+from asyncjob.stores._base import Store
+
+from ._engine import Database
+from ._schema import Tables, ensure_schema
+
+__all__ = ("BadRecord", "SQLStore")
+
+#: A job's progress is written at most this often (seconds): set_progress
+#: may be called thousands of times a second, the database sees a few.
+PROGRESS_INTERVAL = 0.1
+
+
+class BadRecord(AsyncJobError):
+    """A job's row holds something asyncjob did not write (edited by hand?)."""
+
+
+class _Signals:
+    """Wakes the watchers of a job when this process changes it."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, list[asyncio.Event]] = {}
+
+    def notify(self, job_id: str) -> None:
+        for event in self._events.get(job_id, ()):
+            event.set()
+
+    async def wait(self, job_id: str, timeout: float) -> None:
+        """Until the job changes here, or ``timeout`` seconds pass."""
+        event = asyncio.Event()
+        self._events.setdefault(job_id, []).append(event)
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            pass
+        finally:
+            events = self._events[job_id]
+            events.remove(event)
+            if not events:
+                del self._events[job_id]
+
+
+class SQLStore(Store):
+    """Jobs in SQL tables, readable from every process that opens the store.
+
+    Args:
+        url: an SQLAlchemy async URL: ``sqlite+aiosqlite:///path/jobs.db``
+            or ``postgresql+asyncpg://user@host/db``.
+        table_prefix: the tables are ``<prefix>jobs`` and ``<prefix>meta``.
+        poll_interval: how often a watcher reads a job that another process
+            may change (seconds); changes made here wake it at once.
+    """
+
+    def __init__(
+        self, url: str, *, table_prefix: str = "asyncjob_", poll_interval: float = 0.25
+    ) -> None:
+        if not poll_interval > 0:
+            raise ValueError(f"poll_interval must be > 0 seconds, not {poll_interval!r}")
+        self.url = url
+        self.poll_interval = poll_interval
+        self.tables = Tables(table_prefix)
+        self._db: Database | None = None
+        self._signals = _Signals()
+        #: Identifies this process as the owner of the jobs it runs itself.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Progress reports waiting to be written: the latest per job.
+        self._progress_lock = threading.Lock()
+        self._progress: dict[str, tuple[float, str | None]] = {}
+        self._progress_due = asyncio.Event()
+        self._flush_scheduled = False
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            raise RuntimeError("the store is not open: a Runner opens it when it starts")
+        return self._db
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._db = Database(self.url)
+        async with self._db.write() as conn:
+            await conn.run_sync(ensure_schema, self.tables)
+        self._flusher = self._loop.create_task(self._flush_progress_forever())
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._write_progress()
+        if self._db is not None:
+            await self._db.dispose()
+
+    async def enqueue(self, job: Job) -> None:
+        args = dumps(list(job.args), f"the arguments of {job.name}")
+        kwargs = dumps(dict(job.kwargs), f"the keyword arguments of {job.name}")
+        async with self.db.write() as conn:
+            await conn.execute(
+                self.tables.jobs.insert().values(
+                    id=job.id,
+                    name=job.name,
+                    registered=False,
+                    owner=self.owner,
+                    state=JobState.queued.value,
+                    args=args,
+                    kwargs=kwargs,
+                    attempts=0,
+                    enqueued_at=job.enqueued_at,
+                    run_after=job.enqueued_at,
+                )
+            )
+
+    async def start(self, job_id: str) -> bool:
+        jobs = self.tables.jobs
+        return await self._update(
+            job_id,
+            jobs.c.state == JobState.queued.value,
+            state=JobState.running.value,
+            started_at=time.time(),
+            attempts=jobs.c.attempts + 1,
+        )
+
+    def report_progress(self, job_id: str, value: float, data: Any) -> None:
+        encoded = None if data is None else dumps(data, "the progress data")
+        with self._progress_lock:
+            self._progress[job_id] = (value, encoded)
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._progress_due.set()
+        else:
+            loop.call_soon_threadsafe(self._progress_due.set)
+
+    async def finish(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> bool:
+        encoded = None
+        if state is JobState.succeeded:
+            try:
+                encoded = dumps(result, "the result")
+            except TypeError as exc:
+                state, error = JobState.failed, f"TypeError: {exc}"
+        values: dict[str, Any] = {
+            "state": state.value,
+            "result": encoded,
+            "error": error,
+            "traceback": traceback,
+            "finished_at": time.time(),
+            "locked_by": None,
+            "lease_expires_at": None,
+        }
+        with self._progress_lock:
+            last = self._progress.pop(job_id, None)
+        if last is not None:  # the last report is stored with the final state
+            values["progress"], values["data"] = last
+        return await self._update(
+            job_id, self.tables.jobs.c.state == JobState.running.value, **values
+        )
+
+    async def cancel(self, job_id: str) -> JobState | None:
+        jobs = self.tables.jobs
+        async with self.db.write() as conn:
+            found = await conn.scalar(
+                select(jobs.c.state).where(jobs.c.id == job_id).with_for_update()
+            )
+            if found is None:
+                return None
+            before = _state(job_id, found)
+            if not before.is_final:
+                await conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id)
+                    .values(
+                        state=JobState.cancelled.value,
+                        finished_at=time.time(),
+                        locked_by=None,
+                        lease_expires_at=None,
+                    )
+                )
+        if not before.is_final:
+            self._signals.notify(job_id)
+        return before
+
+    async def get(self, job_id: str) -> JobStatus | None:
+        jobs = self.tables.jobs
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
+        return None if row is None else _status(row)
+
+    async def outcome(self, job_id: str) -> Outcome | None:
+        jobs = self.tables.jobs
+        query = select(jobs.c.state, jobs.c.result, jobs.c.error, jobs.c.traceback)
+        async with self.db.read() as conn:
+            row = (await conn.execute(query.where(jobs.c.id == job_id))).first()
+        if row is None:
+            return None
+        state = _state(job_id, row.state)
+        return Outcome(state, _json(job_id, "result", row.result), row.error, row.traceback)
+
+    async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
+        status = await self.get(job_id)
+        if status is None:
+            raise JobNotFound(job_id)
+        yield status
+        while not status.is_final:
+            await self._signals.wait(job_id, self.poll_interval)
+            now = await self.get(job_id)
+            if now is None:
+                return  # forgotten meanwhile
+            if now != status:
+                status = now
+                yield status
+
+    # -- helpers ------------------------------------------------------------
+
+    async def _update(self, job_id: str, condition: Any, **values: Any) -> bool:
+        jobs = self.tables.jobs
+        async with self.db.write() as conn:
+            done = await conn.execute(
+                update(jobs).where(jobs.c.id == job_id, condition).values(**values)
+            )
+        changed = bool(done.rowcount)
+        if changed:
+            self._signals.notify(job_id)
+        return changed
+
+    async def _flush_progress_forever(self) -> None:
+        while True:
+            await self._progress_due.wait()
+            self._progress_due.clear()
+            await self._write_progress()
+            # At most one write of each job's progress per interval.
+            await asyncio.sleep(PROGRESS_INTERVAL)
+
+    async def _write_progress(self) -> None:
+        with self._progress_lock:
+            pending, self._progress = self._progress, {}
+            self._flush_scheduled = False
+        if not pending or self._db is None:
+            return
+        jobs = self.tables.jobs
+        async with self.db.write() as conn:
+            for job_id, (value, data) in pending.items():
+                await conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.state == JobState.running.value)
+                    .values(progress=value, data=data)
+                )
+        for job_id in pending:
+            self._signals.notify(job_id)
+
+
+def _state(job_id: str, text: Any) -> JobState:
+    try:
+        return JobState(text)
+    except ValueError:
+        raise BadRecord(
+            f"job {job_id} has the state {text!r}, which asyncjob never writes"
+        ) from None
+
+
+def _json(job_id: str, column: str, text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return loads(text)
+    except ValueError as exc:
+        raise BadRecord(f"job {job_id} holds invalid JSON in its {column}: {exc}") from None
+
+
+def _status(row: Row[Any]) -> JobStatus:
+    return JobStatus(
+        id=row.id,
+        name=row.name,
+        state=_state(row.id, row.state),
+        progress=row.progress,
+        data=_json(row.id, "data", row.data),
+        result=_json(row.id, "result", row.result),
+        error=row.error,
+        traceback=row.traceback,
+        enqueued_at=timestamp_to_datetime(row.enqueued_at),
+        started_at=timestamp_to_datetime(row.started_at),
+        finished_at=timestamp_to_datetime(row.finished_at),
+    )

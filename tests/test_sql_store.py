@@ -1,0 +1,201 @@
+"""The SQL store under a runner: JSON, schema versions, bad rows, other readers."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import threading
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import create_engine, text
+
+import asyncjob
+from asyncjob import JobState
+from asyncjob.stores.sql import SCHEMA_VERSION, BadRecord, SchemaError, SQLStore
+
+from .conftest import TIMEOUT, Database, RunnerFactory
+
+
+@pytest.fixture
+async def sql_runner(make_runner: RunnerFactory, database: Database) -> asyncjob.Runner:
+    """A running runner on an SQL store of each kind, made from its URL."""
+    runner: asyncjob.Runner = await make_runner(database.async_url)
+    assert isinstance(runner.store, SQLStore)
+    return runner
+
+
+@pytest.fixture
+async def reader(database: Database) -> AsyncIterator[SQLStore]:
+    """Another store object on the same database: what another process sees."""
+    store = SQLStore(database.async_url, poll_interval=0.02)
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def resize(path: str, width: int) -> dict[str, object]:
+    """A job whose arguments and result are JSON."""
+    asyncjob.set_progress(50, {"path": path})
+    return {"path": path, "width": width}
+
+
+async def test_perform_wait_and_read_back(sql_runner: asyncjob.Runner) -> None:
+    """The whole round trip through the database."""
+    job_id = await sql_runner.perform(resize, "cat.jpg", width=64)
+    assert await sql_runner.wait(job_id, timeout=TIMEOUT) == {"path": "cat.jpg", "width": 64}
+    status = await sql_runner.status(job_id)
+    assert status.state is JobState.succeeded
+    assert (status.progress, status.data) == (50, {"path": "cat.jpg"})
+    assert status.enqueued_at is not None
+    assert status.finished_at is not None
+    assert status.enqueued_at.tzinfo is datetime.UTC
+
+
+async def test_another_process_reads_status_and_progress(
+    sql_runner: asyncjob.Runner, reader: SQLStore
+) -> None:
+    """A second store on the same database sees the job advance and end."""
+    release = threading.Event()
+
+    def job() -> str:
+        asyncjob.set_progress(30, "a third")
+        assert release.wait(TIMEOUT)
+        return "done"
+
+    job_id = await sql_runner.perform(job)
+    seen: list[tuple[str, float | None]] = []
+    async with asyncio.timeout(TIMEOUT):
+        async for status in reader.watch(job_id):
+            seen.append((status.state.value, status.progress))
+            if status.progress == 30:
+                release.set()
+    assert seen[-1] == ("succeeded", 30)
+    assert any(state == "running" and progress == 30 for state, progress in seen)
+    outcome = await reader.outcome(job_id)
+    assert outcome is not None
+    assert outcome.result == "done"
+
+
+async def test_arguments_that_are_not_json_are_refused(
+    sql_runner: asyncjob.Runner, reader: SQLStore
+) -> None:
+    """perform() refuses at once, naming the value; nothing is written."""
+    with pytest.raises(TypeError, match=r"arguments of .*resize must be JSON.*\[0\].*datetime"):
+        await sql_runner.perform(resize, datetime.datetime.now(), 1)
+    with pytest.raises(TypeError, match=r"keyword arguments.*\['width'\].*set"):
+        await sql_runner.perform(resize, "a", width={1})
+    async with reader.db.read() as conn:
+        count = await conn.scalar(text(f"SELECT count(*) FROM {reader.tables.jobs.name}"))
+    assert count == 0
+
+
+async def test_progress_data_that_is_not_json(sql_runner: asyncjob.Runner) -> None:
+    """set_progress raises TypeError inside the job; the last good value stays."""
+
+    async def job() -> None:
+        asyncjob.set_progress(1, {"ok": True})
+        asyncjob.set_progress(2, {"when": datetime.date.today()})
+
+    job_id = await sql_runner.perform(job)
+    with pytest.raises(asyncjob.JobFailed, match=r"progress data must be JSON.*\['when'\]"):
+        await sql_runner.wait(job_id, timeout=TIMEOUT)
+    status = await sql_runner.status(job_id)
+    assert (status.progress, status.data) == (1, {"ok": True})
+
+
+async def test_a_result_that_is_not_json_fails_the_job(sql_runner: asyncjob.Runner) -> None:
+    """The job ends failed, with an error that names the value."""
+
+    async def job() -> object:
+        return {"made": object()}
+
+    job_id = await sql_runner.perform(job)
+    with pytest.raises(asyncjob.JobFailed, match=r"result must be JSON.*\['made'\].*object"):
+        await sql_runner.wait(job_id, timeout=TIMEOUT)
+
+
+async def test_many_progress_reports_few_writes(
+    sql_runner: asyncjob.Runner, database: Database
+) -> None:
+    """Thousands of reports cost the database a handful of writes, and the
+    last value is stored with the final state."""
+    store = sql_runner.store
+    assert isinstance(store, SQLStore)
+    writes = 0
+
+    def count(*args: object) -> None:
+        nonlocal writes
+        writes += "UPDATE" in str(args[2]) and "progress" in str(args[2])
+
+    from sqlalchemy import event
+
+    event.listen(store.db.engine.sync_engine, "before_cursor_execute", count)
+
+    def job() -> None:
+        for i in range(20_000):
+            asyncjob.set_progress(i)
+
+    job_id = await sql_runner.perform(job)
+    await sql_runner.wait(job_id, timeout=TIMEOUT)
+    assert (await sql_runner.status(job_id)).progress == 19_999
+    assert writes < 200
+
+
+async def test_a_newer_schema_is_refused(database: Database) -> None:
+    """A store written by a newer release is refused, saying why."""
+    first = SQLStore(database.async_url)
+    await first.open()
+    async with first.db.write() as conn:
+        await conn.execute(first.tables.meta.update().values(value=str(SCHEMA_VERSION + 1)))
+    await first.close()
+    newer = SQLStore(database.async_url)
+    with pytest.raises(SchemaError, match="written by a newer asyncjob"):
+        await newer.open()
+    await newer.db.dispose()
+
+
+async def test_rows_edited_into_nonsense(sql_runner: asyncjob.Runner, database: Database) -> None:
+    """Bad JSON or an unknown state: a clear error naming the job; the
+    runner carries on with other jobs."""
+    good = await sql_runner.perform(resize, "a", 1)
+    await sql_runner.wait(good, timeout=TIMEOUT)
+    bad_json = await sql_runner.perform(resize, "b", 2)
+    await sql_runner.wait(bad_json, timeout=TIMEOUT)
+    bad_state = await sql_runner.perform(resize, "c", 3)
+    await sql_runner.wait(bad_state, timeout=TIMEOUT)
+    engine = create_engine(database.sync_url)
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE asyncjob_jobs SET result = '{{nope' WHERE id = '{bad_json}'"))
+        conn.execute(text(f"UPDATE asyncjob_jobs SET state = 'lost' WHERE id = '{bad_state}'"))
+    engine.dispose()
+    with pytest.raises(BadRecord, match=f"job {bad_json} holds invalid JSON in its result"):
+        await sql_runner.status(bad_json)
+    with pytest.raises(BadRecord, match=f"job {bad_state} has the state 'lost'"):
+        await sql_runner.wait(bad_state, timeout=TIMEOUT)
+    again = await sql_runner.perform(resize, "d", 4)
+    assert await sql_runner.wait(again, timeout=TIMEOUT) == {"path": "d", "width": 4}
+
+
+async def test_cancel_through_the_database(sql_runner: asyncjob.Runner) -> None:
+    """Cancelling a running job is stored, and the job is stopped."""
+    started = asyncio.Event()
+
+    async def job() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    job_id = await sql_runner.perform(job)
+    async with asyncio.timeout(TIMEOUT):
+        await started.wait()
+    assert await sql_runner.cancel(job_id)
+    with pytest.raises(asyncjob.JobCancelled):
+        await sql_runner.wait(job_id, timeout=TIMEOUT)
+    assert await sql_runner.cancel(job_id) is False
+    assert await sql_runner.cancel("nope") is False
+
+
+def test_bad_options() -> None:
+    """poll_interval must be positive."""
+    with pytest.raises(ValueError, match="poll_interval"):
+        SQLStore("sqlite+aiosqlite:///x.db", poll_interval=0)
