@@ -70,7 +70,8 @@ async def test_another_process_reads_status_and_progress(
             seen.append((status.state.value, status.progress))
             if status.progress == 30:
                 release.set()
-    assert seen[-1] == ("succeeded", 30)
+    last_state, last_progress = seen[-1]
+    assert (last_state, last_progress) == ("succeeded", 30.0)
     assert any(state == "running" and progress == 30 for state, progress in seen)
     outcome = await reader.outcome(job_id)
     assert outcome is not None
