@@ -10,7 +10,11 @@ Each fenced ``python`` block in ``docs/*.md`` (and in ``README.md``) is one of:
   written under that name and run with pytest, and must pass;
 - a sketch, titled with the word ``sketch`` (``title="app.py (sketch)"``):
   code that needs what the test environment lacks, such as a web framework.
-  It is compiled, not run, and there may be only :data:`MAX_SKETCHES` of them.
+  It is compiled, not run, and there may be only :data:`MAX_SKETCHES` of them;
+- an include, made of pymdownx snippet lines only
+  (``--8<-- "docs/examples/flask_app.py:main"``): it shows (part of) a
+  program of ``docs/examples/``, which ``tests/test_examples.py`` runs and
+  checks against the ``Output`` block after it.
 
 Failures name the file and line of the block, and tracebacks point into the
 Markdown file itself.
@@ -75,6 +79,9 @@ asyncio_default_fixture_loop_scope = function
 OPENING = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*?)[ \t]*$")
 TITLE = re.compile(r'\btitle="(?P<title>[^"]*)"')
 TEST_MODULE = re.compile(r"^test_\w+\.py$")
+#: A pymdownx snippet line: ``--8<-- "docs/examples/app.py"``, or one of the
+#: file's sections, ``--8<-- "docs/examples/app.py:main"``.
+SNIPPET = re.compile(r'^-+8<-+[ \t]+"(?P<path>[^":]+)(?::[^"]*)?"[ \t]*$')
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,18 @@ class Block:
     def is_test_module(self) -> bool:
         """True for a block that is a pytest module."""
         return TEST_MODULE.match(self.title) is not None
+
+    @property
+    def included(self) -> list[str]:
+        """The files a block of snippet lines only includes; ``[]`` for code."""
+        lines = [line for line in self.code.splitlines() if line.strip()]
+        found = [SNIPPET.match(line) for line in lines]
+        return [match["path"] for match in found if match] if lines and all(found) else []
+
+    @property
+    def is_include(self) -> bool:
+        """True for a block that shows a program of docs/examples/."""
+        return bool(self.included)
 
     def padded(self) -> str:
         """The code, after blank lines that put it at its Markdown line."""
@@ -185,7 +204,10 @@ def sources() -> list[Path]:
 
 
 EXAMPLES = [example for path in sources() for example in read_examples(path)]
-PROGRAMS = [e for e in EXAMPLES if not (e.block.is_sketch or e.block.is_test_module)]
+PROGRAMS = [
+    e for e in EXAMPLES if not (e.block.is_sketch or e.block.is_test_module or e.block.is_include)
+]
+INCLUDES = [e.block for e in EXAMPLES if e.block.is_include]
 TEST_MODULES = [e.block for e in EXAMPLES if e.block.is_test_module]
 SKETCHES = [e.block for e in EXAMPLES if e.block.is_sketch]
 
@@ -285,7 +307,19 @@ def test_every_guide_has_a_running_example() -> None:
     """Each guide page shows code that runs, not only prose."""
     guides = {path.name for path in DOCS.glob("*.md")} - {"reference.md", "changelog.md"}
     with_programs = {e.block.path.name for e in PROGRAMS} | {b.path.name for b in TEST_MODULES}
+    with_programs |= {b.path.name for b in INCLUDES}  # run by tests/test_examples.py
     assert guides <= with_programs, f"no runnable example in {sorted(guides - with_programs)}"
+
+
+@pytest.mark.parametrize("block", INCLUDES, ids=ids(INCLUDES))
+def test_includes_show_tested_programs(block: Block) -> None:
+    """An include shows a program of docs/examples/, which
+    tests/test_examples.py runs; not code that nothing would run."""
+    for path in block.included:
+        assert Path(path).parent == Path("docs/examples"), (
+            f"{block.where}: {path} is not a program of docs/examples/"
+        )
+        assert (ROOT / path).is_file(), f"{block.where}: {path} does not exist"
 
 
 def test_output_blocks_follow_examples() -> None:

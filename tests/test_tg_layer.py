@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -159,3 +160,43 @@ def test_a_second_start_with_options_warns(
     assert start_async_worker(concurrency=8) is app_globals.handle
     assert "runs already" in caplog.text
     assert app_globals.handle.runner.options.concurrency == 1
+
+
+def test_the_handle_waits_and_reads_status(app_globals: Globals) -> None:
+    """Sync callers wait for a job, and read its status, through the handle."""
+    queue = app_globals.handle
+    uid = asyncjob_perform(sum, [1, 2, 3])
+    assert queue.wait(uid, TIMEOUT) == 6
+    assert queue.status(uid).state == "succeeded"
+
+
+def test_options_the_layer_decides_itself(app_globals: Globals) -> None:
+    """sync_sessionmaker= and job_scope= are refused with what to use instead."""
+    stop_async_worker(TIMEOUT)
+    with pytest.raises(TypeError, match="dbsession="):
+        start_async_worker(sync_sessionmaker=object())
+
+
+def test_after_fork_the_parents_worker_is_not_used(app_globals: Globals) -> None:
+    """In a forked child the parent's thread is gone: a clear error, no hang."""
+    import os
+
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        # Newer Pythons warn that forking a threaded process is risky: that
+        # is the very situation under test.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            asyncjob_perform(print)
+            message = b"no error"
+        except asyncjob.RunnerNotRunning as exc:
+            message = str(exc).encode()
+        os.write(write, message)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        said = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert "start it in each worker process" in said

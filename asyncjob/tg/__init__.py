@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from asyncjob import _context
 from asyncjob._errors import RunnerNotRunning
 from asyncjob._execution import logger
-from asyncjob._models import Progress
+from asyncjob._models import JobStatus, Progress
 from asyncjob._runner import Runner
 from asyncjob._sessions import Sessions
 from asyncjob.stores import resolve_store
@@ -99,6 +99,16 @@ class AsyncJobQueue:
             return progress
         return self.call(self.runner.get_progress, uid)
 
+    def status(self, uid: str) -> JobStatus:
+        """The job's :class:`asyncjob.JobStatus`; see :meth:`asyncjob.Runner.status`."""
+        return self.call(self.runner.status, uid)
+
+    def wait(self, uid: str, timeout: float | None = None) -> Any:
+        """Block until the job ends and return its result; see
+        :meth:`asyncjob.Runner.wait` (``JobFailed``, ``JobCancelled``,
+        ``TimeoutError``)."""
+        return self.call(self.runner.wait, uid, timeout)
+
     def stop(self, timeout: float | None = None) -> None:
         """Stop the runner gracefully and end its thread."""
         self._thread.stop(timeout)
@@ -160,6 +170,13 @@ def start_async_worker(
                 )
             _remember(app_globals, inspect.currentframe(), _queue)
             return _queue
+        for option in ("sync_sessionmaker", "job_scope"):
+            if option in runner_options:
+                raise TypeError(
+                    f"start_async_worker() takes no {option}=: sync jobs use the "
+                    "application's scoped session, given as dbsession= (by default "
+                    "tg.config['DBSession']), in a transaction of their own"
+                )
         runner_options.setdefault("concurrency", DEFAULT_CONCURRENCY)
         sessions = Sessions(runner_options.pop("sessionmaker", None))
         store = resolve_store(runner_options.pop("store", "memory"))
@@ -218,6 +235,13 @@ def _get_queue() -> AsyncJobQueue:
             "asyncjob is not started in this process: call "
             "asyncjob.tg.start_async_worker() in your app globals, or "
             "asyncjob.tg.plugme(base_config) in config/app_cfg.py"
+        )
+    if queue.pid != os.getpid():
+        # Threads do not survive fork(): the worker is in the parent only.
+        raise RunnerNotRunning(
+            "asyncjob was started in the parent of this process, before it forked, "
+            "and its thread does not exist here: start it in each worker process, "
+            "after the fork (for gunicorn --preload, in a post_fork hook)"
         )
     return queue
 

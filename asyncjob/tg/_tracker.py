@@ -71,18 +71,17 @@ class TrackedStore(Store):
         error: str | None = None,
         traceback: str | None = None,
     ) -> bool:
-        done = await self.inner.finish(
+        # The tracker first: whoever sees the job end must find no progress.
+        await anyio.to_thread.run_sync(self.tracker.remove, job_id)
+        return await self.inner.finish(
             job_id, state, result=result, error=error, traceback=traceback
         )
-        if done:
-            await anyio.to_thread.run_sync(self.tracker.remove, job_id)
-        return done
 
     async def cancel(self, job_id: str) -> JobState | None:
-        before = await self.inner.cancel(job_id)
-        if before is not None and not before.is_final:
+        status = await self.inner.get(job_id)
+        if status is not None and not status.is_final:
             await anyio.to_thread.run_sync(self.tracker.remove, job_id)
-        return before
+        return await self.inner.cancel(job_id)
 
     async def get(self, job_id: str) -> JobStatus | None:
         return await self.inner.get(job_id)
