@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         title="commands", dest="command", metavar="COMMAND", required=True
     )
     _add_demo(commands)
+    _add_worker(commands)
     return parser
 
 
@@ -75,3 +76,71 @@ def _run_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
     return run_demo(plain=args.plain)
+
+
+# -- asyncjob worker -----------------------------------------------------------
+
+
+def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    worker = commands.add_parser(
+        "worker",
+        help="run the registered jobs of a shared store until stopped",
+        description=(
+            "Run the jobs registered (with @asyncjob.job) in the given modules, as "
+            "they are performed into the store, until SIGINT or SIGTERM; then stop "
+            "gracefully: running jobs get the grace period to finish, and jobs "
+            "still held are handed back to the store for another worker."
+        ),
+    )
+    worker.add_argument("--store", required=True, help="the store's URL")
+    worker.add_argument(
+        "--import",
+        dest="modules",
+        action="append",
+        required=True,
+        metavar="MODULE",
+        help="a module that registers jobs (repeat for more)",
+    )
+    worker.add_argument(
+        "--concurrency", type=_positive_int, default=10, help="jobs run at once (default 10)"
+    )
+    worker.add_argument(
+        "--lease",
+        type=float,
+        default=30.0,
+        help="seconds a job stays held without renewal: a dead worker's jobs run "
+        "again elsewhere after it (default 30)",
+    )
+    worker.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.25,
+        help="seconds between looks for jobs performed elsewhere (default 0.25)",
+    )
+    worker.add_argument(
+        "--grace-period",
+        type=float,
+        default=10.0,
+        help="seconds running jobs get to finish when stopping (default 10)",
+    )
+    worker.set_defaults(handler=_run_worker)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from ._worker import run_worker
+
+    return run_worker(
+        args.store,
+        args.modules,
+        concurrency=args.concurrency,
+        grace_period=args.grace_period,
+        lease=args.lease,
+        poll_interval=args.poll_interval,
+    )

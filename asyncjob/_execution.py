@@ -46,6 +46,7 @@ class Executor:
         self._loop: asyncio.AbstractEventLoop | None = None
         # The jobs running now: their context, and the worker task running them.
         self._active: dict[str, tuple[_context.JobContext, asyncio.Task[Any]]] = {}
+        self._claimed: set[str] = set()
 
     @property
     def running(self) -> int:
@@ -60,14 +61,19 @@ class Executor:
     async def run(self, job: Job, task: asyncio.Task[Any]) -> None:
         """Run ``job`` in the worker ``task`` (the caller) to its end and
         record the outcome; never raises for anything the job does."""
-        if job.is_async:
-            await self.run_async(job, task)
-        elif self._limit_threads:
-            # A sync job only counts as running once it has a thread.
-            async with self._thread_slots:
+        if job.claimed:
+            self._claimed.add(job.id)
+        try:
+            if job.is_async:
+                await self.run_async(job, task)
+            elif self._limit_threads:
+                # A sync job only counts as running once it has a thread.
+                async with self._thread_slots:
+                    await self._run_sync(job, task)
+            else:
                 await self._run_sync(job, task)
-        else:
-            await self._run_sync(job, task)
+        finally:
+            self._claimed.discard(job.id)
 
     def interrupt(self, job_id: str) -> None:
         """Stop a running job whose state the store has already made final.
@@ -97,6 +103,10 @@ class Executor:
         """The ids of the jobs running now."""
         return list(self._active)
 
+    def claimed_ids(self) -> set[str]:
+        """The ids of the running jobs that were claimed from a durable store."""
+        return set(self._claimed)
+
     def close(self) -> None:
         """Release the thread pool without waiting for its threads."""
         if self._pool is not None:
@@ -104,7 +114,7 @@ class Executor:
 
     async def run_async(self, job: Job, task: asyncio.Task[Any]) -> None:
         """:meth:`run` for a coroutine job."""
-        if not await self._store.start(job.id):
+        if not job.claimed and not await self._store.start(job.id):
             return  # cancelled while it was queued
         ctx = _context.JobContext(job.id, True, self._store.report_progress)
         self._active[job.id] = (ctx, task)
@@ -134,7 +144,7 @@ class Executor:
             await self._succeed(job, result)
 
     async def _run_sync(self, job: Job, task: asyncio.Task[Any]) -> None:
-        if not await self._store.start(job.id):
+        if not job.claimed and not await self._store.start(job.id):
             return
         ctx = _context.JobContext(job.id, False, self._store.report_progress)
         thread_context = contextvars.copy_context()

@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-__all__ = ("Job", "JobState", "JobStatus", "Outcome", "Progress", "timestamp_to_datetime")
+__all__ = (
+    "Claimed",
+    "Job",
+    "JobState",
+    "JobStatus",
+    "Outcome",
+    "Progress",
+    "timestamp_to_datetime",
+)
 
 #: ``(value, data)`` as last given to :func:`asyncjob.set_progress`.
 Progress = tuple[float, Any]
@@ -98,6 +106,11 @@ class Job(NamedTuple):
     is_async: bool
     #: Seconds since the epoch (``time.time()``).
     enqueued_at: float
+    #: Registered with :func:`asyncjob.job`: with a durable store, any
+    #: worker of the store may run it (``name`` is then its registered name).
+    registered: bool = False
+    #: Claimed from a durable store, which marked it running already.
+    claimed: bool = False
 
 
 class Outcome(NamedTuple):
@@ -107,6 +120,22 @@ class Outcome(NamedTuple):
     result: Any = None
     error: str | None = None
     traceback: str | None = None
+
+
+class Claimed(NamedTuple):
+    """A registered job that a worker took from a durable store.
+
+    ``problem`` says why it cannot run (its stored arguments are not valid
+    JSON): the worker then records it as failed instead of running it.
+    """
+
+    id: str
+    name: str
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    enqueued_at: float
+    attempts: int
+    problem: str | None = None
 
 
 def timestamp_to_datetime(ts: float | None) -> datetime | None:

@@ -14,10 +14,13 @@ from typing import Any, Self, TypeVar
 from . import _current, _loops
 from ._callables import describe
 from ._errors import JobCancelled, JobFailed, JobNotFound, RunnerNotRunning
-from ._execution import Executor, logger
+from ._execution import Executor
+from ._fetcher import Fetcher
 from ._models import Job, JobState, JobStatus, Outcome, Progress
 from ._options import RunnerOptions
+from ._registry import registered_name
 from ._sessions import JobScope, Sessions
+from ._shutdown import shut_down
 from ._workers import WorkerPool
 from .stores import Store, resolve_store
 
@@ -67,7 +70,11 @@ class Runner:
         threads: size of the thread pool for sync jobs (at least 1); by
             default ``min(concurrency, 40)``. See :doc:`threads`.
         grace_period: seconds that :meth:`stop` lets running jobs finish
-            before it cancels them.
+            before it cancels them (or, with a durable store, hands
+            registered jobs back to its queue).
+        producer_only: with a durable store, only perform: registered jobs
+            are left to the store's workers (a web process, say). Jobs that
+            are not registered still run here.
 
     Raises:
         ValueError: an option is out of range.
@@ -84,6 +91,7 @@ class Runner:
         job_scope: JobScope | None = None,
         threads: int | None = None,
         grace_period: float = 10.0,
+        producer_only: bool = False,
     ) -> None:
         self.options = RunnerOptions.validate(
             concurrency=concurrency, threads=threads, grace_period=grace_period
@@ -100,6 +108,9 @@ class Runner:
         self._executor = Executor(self._store, self.options.threads, job_scope or sessions)
         self._pool = WorkerPool(self._executor, self.options.concurrency)
         self._stopped = asyncio.Event()
+        self.producer_only = producer_only
+        self._fetcher: Fetcher | None = None
+        self._fetching: asyncio.Task[None] | None = None
 
     @property
     def store(self) -> Store:
@@ -130,6 +141,8 @@ class Runner:
         # they would in tasks created here.
         self._pool.start()
         self._executor.start(self.options.concurrency)
+        if self._store.durable and not self.producer_only:
+            self._start_fetching()
         self._phase = _Phase.running
         _current.push(self)
 
@@ -158,30 +171,24 @@ class Runner:
             self._stopped.set()
 
     async def _shut_down(self) -> None:
-        for job in self._pool.take_queued():
-            await self._store.cancel(job.id)
-        late = await self._pool.close(self.options.grace_period)
-        if late:
-            await self._cancel_late(late)
-        self._executor.close()
-        await self._store.close()
-
-    async def _cancel_late(self, late: set[asyncio.Task[None]]) -> None:
-        ids = self._executor.active_ids()
-        logger.warning(
-            "cancelling %d job(s) still running after the %.1f s grace period: %s",
-            len(ids),
-            self.options.grace_period,
-            ", ".join(ids),
+        if self._fetching is not None:
+            self._fetching.cancel()
+            await asyncio.gather(self._fetching, return_exceptions=True)
+        await shut_down(
+            self._store, self._pool, self._executor, self.options.grace_period, self._cancel_here
         )
-        for job_id in ids:
-            await self._cancel_here(job_id)
-        self._executor.abandon_sync_jobs()
-        _, stuck = await asyncio.wait(late, timeout=max(1.0, self.options.grace_period))
-        if stuck:
-            logger.error(
-                "%d job(s) ignored cancellation; the runner stops without them", len(stuck)
-            )
+
+    def _start_fetching(self) -> None:
+        store = self._store
+        self._fetcher = Fetcher(
+            store,
+            self._pool,
+            poll_interval=getattr(store, "poll_interval", 1.0),
+            lease=getattr(store, "lease", 30.0),
+            on_lost=self._executor.interrupt,
+        )
+        self._pool.on_free = self._fetcher.wake
+        self._fetching = asyncio.get_running_loop().create_task(self._fetcher.run())
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -232,7 +239,10 @@ class Runner:
         job handed over later (after a commit) must be known first."""
         self._check_running()
         name, is_async = describe(func)
-        return Job(job_id, name, func, args, kwargs, is_async, time.time())
+        registered = registered_name(func)
+        if registered is not None:
+            name = registered
+        return Job(job_id, name, func, args, kwargs, is_async, time.time(), registered is not None)
 
     def _check_running(self) -> None:
         if self._phase is not _Phase.running:
@@ -244,6 +254,11 @@ class Runner:
     async def _enqueue(self, job: Job) -> str:
         self._check_running()  # again: a call from another loop may cross stop()
         await self._store.enqueue(job)
+        if job.registered and self._store.durable:
+            # It waits in the store for a worker: this runner's, if it is one.
+            if self._fetcher is not None:
+                self._fetcher.wake()
+            return job.id
         if self._phase is not _Phase.running:
             await self._store.cancel(job.id)  # stop() began while it was written
             self._check_running()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections.abc import Callable
 
 from ._execution import Executor, logger
 from ._models import Job
@@ -39,6 +40,13 @@ class WorkerPool:
         self._all_done.set()
         self._context = contextvars.Context()
         self._closing = False
+        #: Called whenever a job is done, so that more may be fetched.
+        self.on_free: Callable[[], None] | None = None
+
+    @property
+    def free(self) -> int:
+        """How many more jobs could start now."""
+        return self._concurrency - self._outstanding
 
     @property
     def size(self) -> int:
@@ -98,6 +106,8 @@ class WorkerPool:
         self._outstanding -= 1
         if self._outstanding == 0:
             self._all_done.set()
+        if self.on_free is not None:
+            self.on_free()
 
     async def _work(self) -> None:
         queue = self._queue
@@ -120,7 +130,7 @@ class WorkerPool:
             if job is None:
                 return
             try:
-                if job.is_async:  # the common case, one call shorter
+                if job.is_async and not job.claimed:  # the common case, one call shorter
                     await self._executor.run_async(job, task)
                 else:
                     await self._executor.run(job, task)

@@ -6,7 +6,7 @@ import abc
 from collections.abc import AsyncIterator
 from typing import Any
 
-from asyncjob._models import Job, JobState, JobStatus, Outcome
+from asyncjob._models import Claimed, Job, JobState, JobStatus, Outcome
 
 __all__ = ("Store",)
 
@@ -24,7 +24,14 @@ class Store(abc.ABC):
 
     Subclasses implement the abstract methods; :meth:`open` and
     :meth:`close` are optional hooks.
+
+    A *durable* store (``durable = True``) is shared by several processes:
+    registered jobs wait in it until a worker :meth:`claim` s them, and a
+    worker holds what it claimed by a lease that :meth:`renew` extends.
     """
+
+    #: True for a store that several workers share (see :meth:`claim`).
+    durable: bool = False
 
     async def open(self) -> None:  # noqa: B027 - an optional hook
         """Prepare the store. Called once by :meth:`Runner.start`, on the loop
@@ -104,6 +111,32 @@ class Store(abc.ABC):
         """
         status = await self.get(job_id)
         return None if status is None else status.outcome()
+
+    async def claim(self, limit: int) -> list[Claimed]:
+        """Durable stores: take up to ``limit`` queued registered jobs, oldest
+        first, and mark them ``running``, held by this store object.
+
+        Two workers never claim the same job. Each claimed job counts an
+        attempt. The default, for stores that are not durable, claims nothing.
+        """
+        return []
+
+    async def release(self, job_ids: list[str]) -> None:  # noqa: B027 - optional
+        """Durable stores: put jobs this store holds back in the queue, for
+        another worker (they were claimed but not finished here)."""
+
+    async def renew(self) -> list[str]:
+        """Durable stores: extend the lease of every job this store holds.
+
+        Returns the ids of the jobs it no longer holds (cancelled, or taken
+        back after the lease ran out), which the runner must stop.
+        """
+        return []
+
+    async def recover(self) -> int:
+        """Durable stores: put back in the queue the jobs whose holder's
+        lease ran out (its worker died). Returns how many."""
+        return 0
 
     @abc.abstractmethod
     def watch(self, job_id: str) -> AsyncIterator[JobStatus]:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import ColumnElement, Float, cast, event, func
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 __all__ = ("Database",)
@@ -50,6 +50,17 @@ class Database:
         """A transaction that only reads."""
         async with self.engine.connect() as conn, conn.begin():
             yield conn
+
+    def now(self) -> ColumnElement[float]:
+        """The database's clock, in seconds since the epoch.
+
+        Leases are stamped and compared with it, not with each worker's own
+        clock, so that workers on machines whose clocks disagree still agree
+        on when a lease has run out.
+        """
+        if self.is_sqlite:
+            return (func.julianday("now") - 2440587.5) * 86400.0
+        return cast(func.extract("epoch", func.clock_timestamp()), Float)
 
     async def dispose(self) -> None:
         """Close every pooled connection."""

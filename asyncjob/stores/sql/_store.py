@@ -13,10 +13,12 @@ from typing import Any
 from sqlalchemy import Row, select, update
 
 from asyncjob._errors import AsyncJobError, JobNotFound
-from asyncjob._models import Job, JobState, JobStatus, Outcome, timestamp_to_datetime
+from asyncjob._execution import logger
+from asyncjob._models import Claimed, Job, JobState, JobStatus, Outcome, timestamp_to_datetime
 from asyncjob._serialization import dumps, loads
 from asyncjob.stores._base import Store
 
+from . import _claims
 from ._engine import Database
 from ._schema import Tables, ensure_schema
 
@@ -65,16 +67,32 @@ class SQLStore(Store):
             or ``postgresql+asyncpg://user@host/db``.
         table_prefix: the tables are ``<prefix>jobs`` and ``<prefix>meta``.
         poll_interval: how often a watcher reads a job that another process
-            may change (seconds); changes made here wake it at once.
+            may change, and a worker looks for queued jobs (seconds);
+            changes made here wake them at once.
+        lease: how long a worker holds a claimed job without renewing
+            (seconds): a dead worker's jobs run again elsewhere this long
+            after it last renewed. Workers renew at a third of it.
     """
 
+    durable = True
+
     def __init__(
-        self, url: str, *, table_prefix: str = "asyncjob_", poll_interval: float = 0.25
+        self,
+        url: str,
+        *,
+        table_prefix: str = "asyncjob_",
+        poll_interval: float = 0.25,
+        lease: float = 30.0,
     ) -> None:
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be > 0 seconds, not {poll_interval!r}")
+        if not lease > 0:
+            raise ValueError(f"lease must be > 0 seconds, not {lease!r}")
         self.url = url
         self.poll_interval = poll_interval
+        self.lease = lease
+        #: The registered jobs this store object holds (claimed, not finished).
+        self.held: set[str] = set()
         self.tables = Tables(table_prefix)
         self._db: Database | None = None
         self._signals = _Signals()
@@ -85,6 +103,7 @@ class SQLStore(Store):
         self._progress_lock = threading.Lock()
         self._progress: dict[str, tuple[float, str | None]] = {}
         self._progress_due = asyncio.Event()
+        self._flushing = asyncio.Lock()
         self._flush_scheduled = False
         self._flusher: asyncio.Task[None] | None = None
 
@@ -117,8 +136,8 @@ class SQLStore(Store):
                 self.tables.jobs.insert().values(
                     id=job.id,
                     name=job.name,
-                    registered=False,
-                    owner=self.owner,
+                    registered=job.registered,
+                    owner=None if job.registered else self.owner,
                     state=JobState.queued.value,
                     args=args,
                     kwargs=kwargs,
@@ -136,6 +155,7 @@ class SQLStore(Store):
             state=JobState.running.value,
             started_at=time.time(),
             attempts=jobs.c.attempts + 1,
+            locked_by=self.owner,
         )
 
     def report_progress(self, job_id: str, value: float, data: Any) -> None:
@@ -181,13 +201,19 @@ class SQLStore(Store):
             "locked_by": None,
             "lease_expires_at": None,
         }
-        with self._progress_lock:
-            last = self._progress.pop(job_id, None)
+        # A flush in flight may hold this job's last report: let it land
+        # first, or it would be refused once the job is no longer running.
+        async with self._flushing:
+            with self._progress_lock:
+                last = self._progress.pop(job_id, None)
         if last is not None:  # the last report is stored with the final state
             values["progress"], values["data"] = last
-        return await self._update(
-            job_id, self.tables.jobs.c.state == JobState.running.value, **values
-        )
+        jobs = self.tables.jobs
+        # Held by this store object: a job whose lease ran out and that
+        # another worker took meanwhile is that worker's to finish.
+        held = (jobs.c.state == JobState.running.value) & (jobs.c.locked_by == self.owner)
+        self.held.discard(job_id)
+        return await self._update(job_id, held, **values)
 
     async def cancel(self, job_id: str) -> JobState | None:
         jobs = self.tables.jobs
@@ -212,6 +238,27 @@ class SQLStore(Store):
         if not before.is_final:
             self._signals.notify(job_id)
         return before
+
+    async def claim(self, limit: int) -> list[Claimed]:
+        claimed = await _claims.claim(self.db, self.tables, self.owner, limit, self.lease)
+        self.held.update(c.id for c in claimed)
+        for c in claimed:
+            self._signals.notify(c.id)
+        return claimed
+
+    async def release(self, job_ids: list[str]) -> None:
+        await _claims.release(self.db, self.tables, self.owner, job_ids)
+        self.held.difference_update(job_ids)
+        for job_id in job_ids:
+            self._signals.notify(job_id)
+
+    async def renew(self) -> list[str]:
+        lost = await _claims.renew(self.db, self.tables, self.owner, list(self.held), self.lease)
+        self.held.difference_update(lost)
+        return lost
+
+    async def recover(self) -> int:
+        return await _claims.recover(self.db, self.tables)
 
     async def get(self, job_id: str) -> JobStatus | None:
         jobs = self.tables.jobs
@@ -260,11 +307,18 @@ class SQLStore(Store):
         while True:
             await self._progress_due.wait()
             self._progress_due.clear()
-            await self._write_progress()
+            try:
+                await self._write_progress()
+            except Exception:  # noqa: BLE001 - progress is best effort; the next report retries
+                logger.exception("could not write job progress")
             # At most one write of each job's progress per interval.
             await asyncio.sleep(PROGRESS_INTERVAL)
 
     async def _write_progress(self) -> None:
+        async with self._flushing:
+            await self._write_pending_progress()
+
+    async def _write_pending_progress(self) -> None:
         with self._progress_lock:
             pending, self._progress = self._progress, {}
             self._flush_scheduled = False

@@ -1,0 +1,66 @@
+"""``asyncjob worker``: a process that runs a shared store's registered jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from ._execution import logger
+from ._runner import Runner
+
+__all__ = ("run_worker",)
+
+
+def run_worker(
+    store: str,
+    modules: Sequence[str],
+    *,
+    concurrency: int = 10,
+    grace_period: float = 10.0,
+    lease: float = 30.0,
+    poll_interval: float = 0.25,
+) -> int:
+    """Import ``modules`` (which register jobs), then run the store's jobs
+    until SIGINT or SIGTERM, and stop gracefully. Returns the exit code:
+    0 after a graceful stop, 2 when a module cannot be imported or the
+    store cannot be used."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - reported, with the module named
+            print(f"asyncjob worker: cannot import {module}: {exc!r}", file=sys.stderr)
+            return 2
+    try:
+        if not store.startswith(("sqlite", "postgresql")):
+            raise ValueError(f"{store!r} is not a store that workers share: give a database URL")
+        from .stores.sql import SQLStore
+
+        shared = SQLStore(store, lease=lease, poll_interval=poll_interval)
+        runner = Runner(shared, concurrency=concurrency, grace_period=grace_period)
+    except (TypeError, ValueError) as exc:
+        print(f"asyncjob worker: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(runner))
+    except OSError as exc:  # the database cannot be reached
+        print(f"asyncjob worker: cannot open the store: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _serve(runner: Runner) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with runner:
+        logger.info("worker running with concurrency %d", runner.options.concurrency)
+        await stop.wait()
+        logger.info("stopping: running jobs get %.0f s to finish", runner.options.grace_period)
+    logger.info("worker stopped")

@@ -1,0 +1,217 @@
+"""Registered jobs in a shared store, run by real worker processes.
+
+Each test starts ``asyncjob worker`` processes on an SQLite file or a
+PostgreSQL database, performs from this process with a producer-only
+runner, and reads the outcome back through the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+import asyncjob
+from asyncjob import JobState
+from asyncjob.stores.sql import SQLStore
+
+from . import worker_jobs
+from .conftest import TIMEOUT, Database, RunnerFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Workers:
+    """Worker processes started by a test, all stopped after it."""
+
+    def __init__(self, url: str, logs: Path) -> None:
+        self.url = url
+        self.logs = logs
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def start(self, *, lease: float = 30.0, concurrency: int = 10) -> subprocess.Popen[str]:
+        log = (self.logs / f"worker-{len(self.processes)}.log").open("w")
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "asyncjob",
+                "worker",
+                "--store",
+                self.url,
+                "--import",
+                "tests.worker_jobs",
+                "--concurrency",
+                str(concurrency),
+                "--lease",
+                str(lease),
+                "--poll-interval",
+                "0.05",
+                "--grace-period",
+                "5",
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        log.close()  # the child has its own copy
+        self.processes.append(process)
+        return process
+
+    def output(self) -> str:
+        """What the workers printed, for a failing test's report."""
+        return "\n".join(path.read_text() for path in sorted(self.logs.glob("worker-*.log")))
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(TIMEOUT)
+
+
+@pytest.fixture
+def workers(database: Database, tmp_path: Path) -> Iterator[Workers]:
+    """Start worker processes on the test database; stop them afterwards,
+    and show what they printed."""
+    made = Workers(database.async_url, tmp_path)
+    yield made
+    made.stop_all()
+    print(made.output())
+
+
+@pytest.fixture
+async def producer(make_runner: RunnerFactory, database: Database) -> asyncjob.Runner:
+    """A web process's runner: it performs, and leaves registered jobs to workers."""
+    runner: asyncjob.Runner = await make_runner(
+        SQLStore(database.async_url, poll_interval=0.05), producer_only=True
+    )
+    return runner
+
+
+@pytest.fixture
+async def reader(database: Database) -> AsyncIterator[SQLStore]:
+    """The store, read directly."""
+    store = SQLStore(database.async_url, poll_interval=0.05)
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def test_workers_share_the_jobs(producer: asyncjob.Runner, workers: Workers) -> None:
+    """Three worker processes run 300 jobs, each exactly once, none here."""
+    for _ in range(3):
+        workers.start()
+    ids = [await producer.perform(worker_jobs.whoami, n) for n in range(150)]
+    ids += [await producer.perform(worker_jobs.sync_whoami, n) for n in range(150, 300)]
+    results = [await producer.wait(job_id, timeout=TIMEOUT * 3) for job_id in ids]
+    assert [r["n"] for r in results] == list(range(300))
+    pids = {r["pid"] for r in results}
+    assert os.getpid() not in pids
+    assert pids <= {p.pid for p in workers.processes}
+    for job_id in ids[:5]:
+        status = await producer.status(job_id)
+        assert (status.state, status.progress) == (JobState.succeeded, 50)
+
+
+async def test_a_killed_workers_jobs_run_again_elsewhere(
+    producer: asyncjob.Runner, workers: Workers, reader: SQLStore
+) -> None:
+    """kill -9 a worker in the middle of a batch; another one finishes every
+    job, the interrupted ones on a second attempt."""
+    first = workers.start(lease=1.0, concurrency=4)
+    ids = [await producer.perform(worker_jobs.slow, n, 0.2) for n in range(12)]
+    async with asyncio.timeout(TIMEOUT):
+        async for status in reader.watch(ids[0]):
+            if status.state is JobState.running:
+                break
+    first.send_signal(signal.SIGKILL)
+    first.wait(TIMEOUT)
+    second = workers.start(lease=1.0, concurrency=4)
+    results = [await producer.wait(job_id, timeout=TIMEOUT * 3) for job_id in ids]
+    assert [r["n"] for r in results] == list(range(12))
+    assert {r["pid"] for r in results} <= {first.pid, second.pid}
+    async with reader.db.read() as conn:
+        from sqlalchemy import select
+
+        jobs = reader.tables.jobs
+        attempts = dict((await conn.execute(select(jobs.c.id, jobs.c.attempts))).all())
+    assert attempts[ids[0]] == 2  # it was running when its worker died
+    assert all(attempts[job_id] in (1, 2) for job_id in ids)
+
+
+async def test_a_job_no_worker_registered_fails_saying_so(
+    producer: asyncjob.Runner, workers: Workers, reader: SQLStore
+) -> None:
+    """A stored job naming anything not registered is never imported or called."""
+    workers.start()
+    job_id = await producer.perform(worker_jobs.whoami, 1)
+    await producer.wait(job_id, timeout=TIMEOUT)
+    async with reader.db.write() as conn:
+        from sqlalchemy import insert
+
+        await conn.execute(
+            insert(reader.tables.jobs).values(
+                id="f" * 32,
+                name="os.system",
+                registered=True,
+                state="queued",
+                args='["echo pwned"]',
+                kwargs="{}",
+                attempts=0,
+                enqueued_at=0.0,
+                run_after=0.0,
+            )
+        )
+    with pytest.raises(asyncjob.JobFailed, match=r"'os\.system' is not registered in this worker"):
+        await producer.wait("f" * 32, timeout=TIMEOUT)
+
+
+async def test_sigterm_stops_a_worker_gracefully(
+    producer: asyncjob.Runner, workers: Workers
+) -> None:
+    """SIGTERM: the running job finishes, the worker exits 0."""
+    worker = workers.start()
+    job_id = await producer.perform(worker_jobs.slow, 1, 0.5)
+    async for status in producer.watch(job_id):
+        if status.state is JobState.running:
+            break
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(TIMEOUT) == 0
+    assert (await producer.wait(job_id, timeout=TIMEOUT))["pid"] == worker.pid
+
+
+def test_worker_command_refuses_bad_input(tmp_path: Path) -> None:
+    """A module that cannot be imported, or a store that is not shared: exit 2."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
+    for store, module, message in [
+        (url, "no_such_module", "cannot import no_such_module"),
+        ("memory", "tests.worker_jobs", "not a store that workers share"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "asyncjob", "worker", "--store", store, "--import", module],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert done.returncode == 2
+        assert message in done.stderr
+
+
+async def test_a_worker_runner_in_process(make_runner: RunnerFactory, database: Database) -> None:
+    """A runner on a shared store runs registered jobs itself unless producer-only."""
+    runner = await make_runner(database.async_url)
+    job_id = await runner.perform(worker_jobs.whoami, 7)
+    assert (await runner.wait(job_id, timeout=TIMEOUT))["pid"] == os.getpid()

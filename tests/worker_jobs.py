@@ -1,0 +1,31 @@
+"""Registered jobs that the worker processes of the tests import."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import asyncjob
+
+
+@asyncjob.job
+async def whoami(n: int) -> dict[str, int]:
+    """Say which process ran job ``n``."""
+    asyncjob.set_progress(50)
+    await asyncio.sleep(0)
+    return {"n": n, "pid": os.getpid()}
+
+
+@asyncjob.job(name="tests.slow")
+async def slow(n: int, seconds: float) -> dict[str, int]:
+    """A job that takes a while: long enough to be caught mid-way by a kill."""
+    await asyncio.sleep(seconds)  # the work
+    return {"n": n, "pid": os.getpid()}
+
+
+@asyncjob.job
+def sync_whoami(n: int) -> dict[str, int]:
+    """The same as whoami, in a worker thread."""
+    asyncjob.set_progress(50)
+    return {"n": n, "pid": os.getpid(), "thread": threading.get_ident()}
