@@ -165,11 +165,19 @@ async def test_rows_edited_into_nonsense(sql_runner: asyncjob.Runner, database: 
     await sql_runner.wait(bad_json, timeout=TIMEOUT)
     bad_state = await sql_runner.perform(resize, "c", 3)
     await sql_runner.wait(bad_state, timeout=TIMEOUT)
-    engine = create_engine(database.sync_url)
-    with engine.begin() as conn:
-        conn.execute(text(f"UPDATE asyncjob_jobs SET result = '{{nope' WHERE id = '{bad_json}'"))
-        conn.execute(text(f"UPDATE asyncjob_jobs SET state = 'lost' WHERE id = '{bad_state}'"))
-    engine.dispose()
+
+    def edit_by_hand() -> None:
+        engine = create_engine(database.sync_url)
+        with engine.begin() as conn:
+            conn.execute(
+                text(f"UPDATE asyncjob_jobs SET result = '{{nope' WHERE id = '{bad_json}'")
+            )
+            conn.execute(text(f"UPDATE asyncjob_jobs SET state = 'lost' WHERE id = '{bad_state}'"))
+        engine.dispose()
+
+    # In a thread: a blocking write on the loop would wait, with the loop
+    # stopped, for a write of the runner's that needs the loop to finish.
+    await asyncio.to_thread(edit_by_hand)
     with pytest.raises(BadRecord, match=f"job {bad_json} holds invalid JSON in its result"):
         await sql_runner.status(bad_json)
     with pytest.raises(BadRecord, match=f"job {bad_state} has the state 'lost'"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,20 +12,16 @@ from typing import Any
 from sqlalchemy import Row, select, update
 
 from asyncjob._errors import AsyncJobError, JobNotFound
-from asyncjob._execution import logger
 from asyncjob._models import Claimed, Job, JobState, JobStatus, Outcome, timestamp_to_datetime
 from asyncjob._serialization import dumps, loads
 from asyncjob.stores._base import Store
 
 from . import _claims
 from ._engine import Database
+from ._progress import ProgressBuffer
 from ._schema import Tables, ensure_schema
 
 __all__ = ("BadRecord", "SQLStore")
-
-#: A job's progress is written at most this often (seconds): set_progress
-#: may be called thousands of times a second, the database sees a few.
-PROGRESS_INTERVAL = 0.1
 
 
 class BadRecord(AsyncJobError):
@@ -98,14 +93,7 @@ class SQLStore(Store):
         self._signals = _Signals()
         #: Identifies this process as the owner of the jobs it runs itself.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
-        self._loop: asyncio.AbstractEventLoop | None = None
-        # Progress reports waiting to be written: the latest per job.
-        self._progress_lock = threading.Lock()
-        self._progress: dict[str, tuple[float, str | None]] = {}
-        self._progress_due = asyncio.Event()
-        self._flushing = asyncio.Lock()
-        self._flush_scheduled = False
-        self._flusher: asyncio.Task[None] | None = None
+        self._progress = ProgressBuffer(self._write_progress)
 
     @property
     def db(self) -> Database:
@@ -114,17 +102,13 @@ class SQLStore(Store):
         return self._db
 
     async def open(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self._db = Database(self.url)
         async with self._db.write() as conn:
             await conn.run_sync(ensure_schema, self.tables)
-        self._flusher = self._loop.create_task(self._flush_progress_forever())
+        self._progress.start()
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
-        await self._write_progress()
+        await self._progress.stop()
         if self._db is not None:
             await self._db.dispose()
 
@@ -160,22 +144,7 @@ class SQLStore(Store):
 
     def report_progress(self, job_id: str, value: float, data: Any) -> None:
         encoded = None if data is None else dumps(data, "the progress data")
-        with self._progress_lock:
-            self._progress[job_id] = (value, encoded)
-            if self._flush_scheduled:
-                return
-            self._flush_scheduled = True
-        loop = self._loop
-        if loop is None:
-            return
-        try:
-            on_loop = asyncio.get_running_loop() is loop
-        except RuntimeError:
-            on_loop = False
-        if on_loop:
-            self._progress_due.set()
-        else:
-            loop.call_soon_threadsafe(self._progress_due.set)
+        self._progress.report(job_id, (value, encoded))
 
     async def finish(
         self,
@@ -201,11 +170,7 @@ class SQLStore(Store):
             "locked_by": None,
             "lease_expires_at": None,
         }
-        # A flush in flight may hold this job's last report: let it land
-        # first, or it would be refused once the job is no longer running.
-        async with self._flushing:
-            with self._progress_lock:
-                last = self._progress.pop(job_id, None)
+        last = await self._progress.take(job_id)
         if last is not None:  # the last report is stored with the final state
             values["progress"], values["data"] = last
         jobs = self.tables.jobs
@@ -303,27 +268,7 @@ class SQLStore(Store):
             self._signals.notify(job_id)
         return changed
 
-    async def _flush_progress_forever(self) -> None:
-        while True:
-            await self._progress_due.wait()
-            self._progress_due.clear()
-            try:
-                await self._write_progress()
-            except Exception:  # noqa: BLE001 - progress is best effort; the next report retries
-                logger.exception("could not write job progress")
-            # At most one write of each job's progress per interval.
-            await asyncio.sleep(PROGRESS_INTERVAL)
-
-    async def _write_progress(self) -> None:
-        async with self._flushing:
-            await self._write_pending_progress()
-
-    async def _write_pending_progress(self) -> None:
-        with self._progress_lock:
-            pending, self._progress = self._progress, {}
-            self._flush_scheduled = False
-        if not pending or self._db is None:
-            return
+    async def _write_progress(self, pending: dict[str, tuple[float, str | None]]) -> None:
         jobs = self.tables.jobs
         async with self.db.write() as conn:
             for job_id, (value, data) in pending.items():
