@@ -54,10 +54,13 @@ class Fetcher:
         """Look for jobs now."""
         self._wakeup.set()
 
-    async def run(self) -> None:
-        """Claim and keep leases until cancelled."""
+    async def run(self, *, claim: bool = True) -> None:
+        """Keep leases, and claim jobs unless ``claim`` is false (a
+        producer-only runner still holds the jobs it runs itself), until
+        cancelled."""
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._claim_forever())
+            if claim:
+                tasks.create_task(self._claim_forever())
             tasks.create_task(self._keep_leases_forever())
 
     async def _claim_forever(self) -> None:
@@ -125,5 +128,6 @@ class Fetcher:
                     self._on_lost(job_id)
                 if await self._store.recover():
                     self.wake()
+                await self._store.forget_finished()
             except Exception:  # noqa: BLE001 - the database may come back
                 logger.exception("could not renew leases; trying again")

@@ -141,7 +141,7 @@ class Runner:
         # they would in tasks created here.
         self._pool.start()
         self._executor.start(self.options.concurrency)
-        if self._store.durable and not self.producer_only:
+        if self._store.durable:
             self._start_fetching()
         self._phase = _Phase.running
         _current.push(self)
@@ -188,7 +188,8 @@ class Runner:
             on_lost=self._executor.interrupt,
         )
         self._pool.on_free = self._fetcher.wake
-        self._fetching = asyncio.get_running_loop().create_task(self._fetcher.run())
+        fetching = self._fetcher.run(claim=not self.producer_only)
+        self._fetching = asyncio.get_running_loop().create_task(fetching)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -256,7 +257,7 @@ class Runner:
         await self._store.enqueue(job)
         if job.registered and self._store.durable:
             # It waits in the store for a worker: this runner's, if it is one.
-            if self._fetcher is not None:
+            if self._fetcher is not None and not self.producer_only:
                 self._fetcher.wake()
             return job.id
         if self._phase is not _Phase.running:

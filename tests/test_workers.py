@@ -215,3 +215,142 @@ async def test_a_worker_runner_in_process(make_runner: RunnerFactory, database: 
     runner = await make_runner(database.async_url)
     job_id = await runner.perform(worker_jobs.whoami, 7)
     assert (await runner.wait(job_id, timeout=TIMEOUT))["pid"] == os.getpid()
+
+
+async def test_stopping_hands_claimed_jobs_back(
+    make_runner: RunnerFactory, database: Database, reader: SQLStore
+) -> None:
+    """A stopping worker hands back what it claimed and did not finish: the
+    queued ones at once, the running one after the grace period."""
+    worker = await make_runner(
+        SQLStore(database.async_url, poll_interval=0.05), concurrency=1, grace_period=0.1
+    )
+    first = await worker.perform(worker_jobs.slow, 0, 60.0)
+    rest = [await worker.perform(worker_jobs.slow, n, 60.0) for n in range(1, 4)]
+    async with asyncio.timeout(TIMEOUT):
+        async for status in reader.watch(first):
+            if status.state is JobState.running:
+                break
+    await worker.stop()
+    for job_id in [first, *rest]:
+        now = await reader.get(job_id)
+        assert now is not None
+        assert now.state is JobState.queued
+
+
+async def test_a_job_cancelled_elsewhere_stops_here(
+    make_runner: RunnerFactory, database: Database, reader: SQLStore
+) -> None:
+    """Cancelled from another process, a running job learns it at the next
+    lease renewal and is stopped."""
+    worker = await make_runner(SQLStore(database.async_url, poll_interval=0.05, lease=0.3))
+    job_id = await worker.perform(worker_jobs.slow, 0, 60.0)
+    async with asyncio.timeout(TIMEOUT):
+        async for status in reader.watch(job_id):
+            if status.state is JobState.running:
+                break
+    assert await reader.cancel(job_id) is JobState.running
+    await worker.join(TIMEOUT)  # the job was stopped, far before its 60 s
+    assert (await worker.status(job_id)).state is JobState.cancelled
+
+
+async def test_a_lease_that_runs_out_is_recovered(database: Database) -> None:
+    """A job whose holder stopped renewing goes back to the queue."""
+    from asyncjob._models import Job
+
+    holder = SQLStore(database.async_url, lease=0.05)
+    other = SQLStore(database.async_url)
+    await holder.open()
+    await other.open()
+    try:
+        job = Job("a" * 32, "tests.worker_jobs.whoami", print, (1,), {}, True, 0.0, True)
+        await holder.enqueue(job)
+        (claimed,) = await holder.claim(10)
+        assert (claimed.id, claimed.args, claimed.attempts) == (job.id, (1,), 1)
+        assert await other.claim(10) == []
+        async with asyncio.timeout(TIMEOUT):
+            while not await other.recover():  # noqa: ASYNC110 - waits for the database's clock
+                await asyncio.sleep(0.05)
+        (again,) = await other.claim(10)
+        assert again.attempts == 2
+        assert await holder.renew() == [job.id]  # the first holder lost it
+    finally:
+        await holder.close()
+        await other.close()
+
+
+PERFORMER = """
+import asyncio, sys
+import asyncjob
+from asyncjob.stores.sql import SQLStore
+
+async def main():
+    async with asyncjob.Runner(SQLStore(sys.argv[1], lease=0.3), concurrency=1) as runner:
+        started = asyncio.Event()
+
+        async def forever():  # a closure: not registered, runs only here
+            started.set()
+            await asyncio.Event().wait()
+
+        running = await runner.perform(forever)
+        queued = await runner.perform(forever)
+        await started.wait()
+        print(running, queued, flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_jobs_of_a_dead_process_that_no_one_else_may_run_fail(
+    database: Database, reader: SQLStore
+) -> None:
+    """A job that is not registered runs only where it was performed: when
+    that process dies, it ends failed, "worker lost", running or queued."""
+    process = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
+        [sys.executable, "-c", PERFORMER, database.async_url],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), TIMEOUT)
+    running, queued = line.split()
+    process.kill()
+    process.wait(TIMEOUT)
+    process.stdout.close()
+    recovered = 0
+    async with asyncio.timeout(TIMEOUT):
+        while recovered < 2:
+            recovered += await reader.recover()
+            await asyncio.sleep(0.05)  # until the lease runs out, on the database's clock
+    for job_id in (running, queued):
+        status = await reader.get(job_id)
+        assert status is not None
+        assert status.state is JobState.failed
+        assert status.error is not None
+        assert status.error.startswith("worker lost")
+
+
+async def test_finished_jobs_are_deleted_after_keep_finished(
+    database: Database, make_runner: RunnerFactory
+) -> None:
+    """Past keep_finished, finished jobs are deleted; others stay."""
+    store = SQLStore(database.async_url, keep_finished=0)
+    runner = await make_runner(store)
+    done = await runner.perform(worker_jobs.whoami, 1)
+    await runner.wait(done, timeout=TIMEOUT)
+    waiting = await runner.perform(asyncio.Event().wait)
+    assert await store.forget_finished() == 1
+    with pytest.raises(asyncjob.JobNotFound):
+        await runner.status(done)
+    assert not (await runner.status(waiting)).is_final  # kept: not finished
+    await runner.cancel(waiting)
+
+
+def test_bad_store_options() -> None:
+    """lease and keep_finished are checked where they are given."""
+    with pytest.raises(ValueError, match="lease"):
+        SQLStore("sqlite+aiosqlite:///x.db", lease=0)
+    with pytest.raises(ValueError, match="keep_finished"):
+        SQLStore("sqlite+aiosqlite:///x.db", keep_finished=-1)

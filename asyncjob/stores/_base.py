@@ -138,6 +138,12 @@ class Store(abc.ABC):
         lease ran out (its worker died). Returns how many."""
         return 0
 
+    async def forget_finished(self) -> int:
+        """Durable stores: delete some of the jobs that finished long enough
+        ago, in a short statement; called again and again by the workers.
+        Returns how many."""
+        return 0
+
     @abc.abstractmethod
     def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
         """Yield the job's status now, then again on every change, and stop

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, delete, select, update
 
 from asyncjob._models import Claimed, JobState
 from asyncjob._serialization import loads
@@ -21,7 +21,7 @@ from asyncjob._serialization import loads
 from ._engine import Database
 from ._schema import Tables
 
-__all__ = ("claim", "recover", "release", "renew")
+__all__ = ("PURGE_BATCH", "WORKER_LOST", "claim", "purge", "recover", "release", "renew")
 
 _QUEUED = JobState.queued.value
 _RUNNING = JobState.running.value
@@ -95,7 +95,11 @@ async def renew(
     async with db.write() as conn:
         renewed = await conn.execute(
             update(jobs)
-            .where(jobs.c.id.in_(held), jobs.c.locked_by == owner, jobs.c.state == _RUNNING)
+            .where(
+                jobs.c.id.in_(held),
+                jobs.c.locked_by == owner,
+                jobs.c.state.in_((_QUEUED, _RUNNING)),
+            )
             .values(lease_expires_at=db.now() + lease)
             .returning(jobs.c.id)
         )
@@ -103,17 +107,58 @@ async def renew(
     return [job_id for job_id in held if job_id not in still]
 
 
+#: The error of a job that was not registered and whose process died.
+WORKER_LOST = (
+    "worker lost: the process that performed this job stopped renewing it (it died "
+    "or lost the database); a job that is not registered with @asyncjob.job runs "
+    "only in the process that performed it, so no other worker could take it over"
+)
+
+
 async def recover(db: Database, tables: Tables) -> int:
-    """Requeue registered jobs whose lease ran out. Returns how many."""
+    """Deal with the jobs whose lease ran out. Returns how many.
+
+    A registered job that was running goes back to the queue, for any
+    worker. A job that is not registered, queued or running, could run only
+    in its own process, which is gone: it ends as failed, "worker lost".
+    """
     jobs = tables.jobs
+    now = db.now()
+    expired = jobs.c.lease_expires_at < now
     async with db.write() as conn:
-        done = await conn.execute(
+        requeued = await conn.execute(
             update(jobs)
-            .where(
-                jobs.c.state == _RUNNING,
-                jobs.c.registered.is_(True),
-                jobs.c.lease_expires_at < db.now(),
-            )
-            .values(state=_QUEUED, locked_by=None, lease_expires_at=None, run_after=db.now())
+            .where(jobs.c.state == _RUNNING, jobs.c.registered.is_(True), expired)
+            .values(state=_QUEUED, locked_by=None, lease_expires_at=None, run_after=now)
         )
+        lost = await conn.execute(
+            update(jobs)
+            .where(jobs.c.state.in_((_QUEUED, _RUNNING)), jobs.c.registered.is_(False), expired)
+            .values(
+                state=JobState.failed.value,
+                error=WORKER_LOST,
+                finished_at=now,
+                locked_by=None,
+                lease_expires_at=None,
+            )
+        )
+    return int(requeued.rowcount) + int(lost.rowcount)
+
+
+#: Finished jobs deleted per statement: small, so that no lock is held long.
+PURGE_BATCH = 500
+
+
+async def purge(db: Database, tables: Tables, keep_finished: float) -> int:
+    """Delete up to :data:`PURGE_BATCH` jobs that finished more than
+    ``keep_finished`` seconds ago. Returns how many."""
+    jobs = tables.jobs
+    old = (
+        select(jobs.c.id)
+        .where(jobs.c.finished_at < db.now() - keep_finished)
+        .limit(PURGE_BATCH)
+        .scalar_subquery()
+    )
+    async with db.write() as conn:
+        done = await conn.execute(delete(jobs).where(jobs.c.id.in_(old)))
     return int(done.rowcount)

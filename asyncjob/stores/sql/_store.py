@@ -67,6 +67,9 @@ class SQLStore(Store):
         lease: how long a worker holds a claimed job without renewing
             (seconds): a dead worker's jobs run again elsewhere this long
             after it last renewed. Workers renew at a third of it.
+        keep_finished: seconds a finished job stays readable (default a
+            week); older ones are deleted by the workers, a few hundred at
+            a time.
     """
 
     durable = True
@@ -78,15 +81,20 @@ class SQLStore(Store):
         table_prefix: str = "asyncjob_",
         poll_interval: float = 0.25,
         lease: float = 30.0,
+        keep_finished: float = 7 * 24 * 3600.0,
     ) -> None:
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be > 0 seconds, not {poll_interval!r}")
         if not lease > 0:
             raise ValueError(f"lease must be > 0 seconds, not {lease!r}")
+        if not keep_finished >= 0:
+            raise ValueError(f"keep_finished must be >= 0 seconds, not {keep_finished!r}")
+        self.keep_finished = keep_finished
         self.url = url
         self.poll_interval = poll_interval
         self.lease = lease
-        #: The registered jobs this store object holds (claimed, not finished).
+        #: The jobs this store object holds, under a lease it renews: the
+        #: registered jobs it claimed, and the others it was given to run.
         self.held: set[str] = set()
         self.tables = Tables(table_prefix)
         self._db: Database | None = None
@@ -122,6 +130,10 @@ class SQLStore(Store):
                     name=job.name,
                     registered=job.registered,
                     owner=None if job.registered else self.owner,
+                    # Not registered: only this process may run it, and it
+                    # keeps it alive by renewing this lease (see recover).
+                    locked_by=None if job.registered else self.owner,
+                    lease_expires_at=None if job.registered else self.db.now() + self.lease,
                     state=JobState.queued.value,
                     args=args,
                     kwargs=kwargs,
@@ -130,8 +142,10 @@ class SQLStore(Store):
                     run_after=job.enqueued_at,
                 )
             )
+        if not job.registered:
+            self.held.add(job.id)
 
-    async def start(self, job_id: str) -> bool:
+    async def start(self, job_id: str) -> bool:  # a job not registered, run here
         jobs = self.tables.jobs
         return await self._update(
             job_id,
@@ -182,6 +196,7 @@ class SQLStore(Store):
 
     async def cancel(self, job_id: str) -> JobState | None:
         jobs = self.tables.jobs
+        self.held.discard(job_id)
         async with self.db.write() as conn:
             found = await conn.scalar(
                 select(jobs.c.state).where(jobs.c.id == job_id).with_for_update()
@@ -224,6 +239,9 @@ class SQLStore(Store):
 
     async def recover(self) -> int:
         return await _claims.recover(self.db, self.tables)
+
+    async def forget_finished(self) -> int:
+        return await _claims.purge(self.db, self.tables, self.keep_finished)
 
     async def get(self, job_id: str) -> JobStatus | None:
         jobs = self.tables.jobs
