@@ -20,7 +20,7 @@ __all__ = ("JobContext", "current_job_id", "set_progress")
 class JobContext:
     """The running job's id, its progress reporter and its cancellation flag."""
 
-    __slots__ = ("cancelled", "is_async", "job_id", "report", "session")
+    __slots__ = ("cancelled", "is_async", "job_id", "report", "session", "timed_out")
 
     def __init__(
         self, job_id: str, is_async: bool, report: Callable[[str, float, Any], None]
@@ -34,6 +34,9 @@ class JobContext:
         #: Set by the runner when the job is cancelled or its runner stops;
         #: a sync job sees it at its next ``set_progress``.
         self.cancelled = False
+        #: Set when the attempt ran past its timeout: a sync job then gets
+        #: TimeoutError from its next ``set_progress``.
+        self.timed_out = False
         #: The job's database session, when the runner gives jobs one.
         self.session: Any = None
 
@@ -62,6 +65,7 @@ def set_progress(value: float, data: Any = None) -> None:
         NotInJob: called outside a job (it is a ``RuntimeError``).
         TypeError: ``value`` is not a number.
         JobCancelled: the job was cancelled or its runner is shutting down.
+        TimeoutError: a sync job ran past its timeout (see :func:`asyncjob.job`).
     """
     ctx = current.get()
     if ctx is None:
@@ -77,4 +81,6 @@ def set_progress(value: float, data: Any = None) -> None:
         )
     if ctx.cancelled:
         raise JobCancelled(ctx.job_id)
+    if ctx.timed_out:
+        raise TimeoutError(f"job {ctx.job_id} ran longer than its timeout")
     ctx.report(ctx.job_id, value, data)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from . import _context
+from . import _context, _policy
 from ._models import Job, JobState
 from ._sessions import JobScope
 from .stores import Store
@@ -47,6 +47,8 @@ class Executor:
         # The jobs running now: their context, and the worker task running them.
         self._active: dict[str, tuple[_context.JobContext, asyncio.Task[Any]]] = {}
         self._claimed: set[str] = set()
+        #: Runs a job again after a delay: the runner's worker pool sets it.
+        self.resubmit: Callable[[Job, float], None] = _cannot_resubmit
 
     @property
     def running(self) -> int:
@@ -120,11 +122,10 @@ class Executor:
         self._active[job.id] = (ctx, task)
         token = _context.current.set(ctx)
         try:
-            if not self._scope.wraps_async:
+            if not job.registered and not self._scope.wraps_async:  # the fast path
                 result = await job.func(*job.args, **job.kwargs)
             else:
-                async with self._scope.for_async_job(ctx):
-                    result = await job.func(*job.args, **job.kwargs)
+                result = await _policy.call_async(job, ctx, self._scope, _policy.timeout_of(job))
         except asyncio.CancelledError as exc:
             if not ctx.cancelled:
                 await self._not_cancelled_by_us(job, ctx, task, exc)
@@ -152,9 +153,16 @@ class Executor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="asyncjob")
         self._active[job.id] = (ctx, task)
+        timeout = _policy.timeout_of(job)
+        deadline = None
+        if timeout is not None:
+            # A thread cannot be stopped: the job learns at its next report.
+            deadline = asyncio.get_running_loop().call_later(timeout, _time_out, ctx)
         try:
             call = self._in_scope(ctx, job) if self._scope.wraps_sync else job.func
             result = await self._in_thread(thread_context, call, job.args, job.kwargs)
+            if ctx.timed_out and timeout is not None:
+                raise _policy.timed_out(job, timeout)
         except asyncio.CancelledError as exc:
             if ctx.cancelled:
                 task.uncancel()  # abandon_sync_jobs(): the runner stopped waiting
@@ -163,10 +171,13 @@ class Executor:
             return
         except BaseException as exc:  # noqa: BLE001 - SystemExit in a job's thread is the job's failure
             if not ctx.cancelled:
-                await self._fail(job, exc)
+                late = ctx.timed_out and timeout is not None
+                await self._fail(job, _policy.timed_out(job, timeout or 0) if late else exc)
             return
         finally:
             del self._active[job.id]
+            if deadline is not None:
+                deadline.cancel()
         if ctx.cancelled:
             return
         if inspect.iscoroutine(result):
@@ -271,6 +282,23 @@ class Executor:
 
     async def _fail(self, job: Job, exc: BaseException) -> None:
         error = "".join(traceback.format_exception_only(exc)).strip()
+        delay = _policy.retry_delay(job)
+        if delay is not None and await self._store.retry(job.id, error=error, delay=delay):
+            logger.warning(
+                "job %s (%s) failed on attempt %d, trying again in %.1f s: %s",
+                job.id, job.name, job.attempt, delay, error,
+            )  # fmt: skip
+            if not self._store.durable:  # else any worker of the store takes it
+                self.resubmit(job._replace(attempt=job.attempt + 1), delay)
+            return
         tb = "".join(traceback.format_exception(exc))
         logger.error("job %s (%s) failed: %s", job.id, job.name, error, exc_info=exc)
         await self._store.finish(job.id, JobState.failed, error=error, traceback=tb)
+
+
+def _time_out(ctx: _context.JobContext) -> None:
+    ctx.timed_out = True
+
+
+def _cannot_resubmit(job: Job, delay: float) -> None:
+    raise RuntimeError("no worker pool to run the job again")  # pragma: no cover

@@ -115,6 +115,7 @@ class Fetcher:
                 claimed.enqueued_at,
                 registered=True,
                 claimed=True,
+                attempt=claimed.attempts,
             )
         )
 

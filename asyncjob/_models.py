@@ -60,6 +60,10 @@ class JobStatus:
         error: a failed job's exception, type and message
             (``"ValueError: bad input"``).
         traceback: a failed job's full traceback, as text.
+        attempts: how many times the job started; more than 1 after a
+            retry, or after its worker died and another took it over.
+        errors: the error of each failed attempt before the last, oldest
+            first (the last one is ``error``).
         enqueued_at: when it was performed (an aware UTC datetime).
         started_at: when it started running, if it has.
         finished_at: when it ended, if it has.
@@ -73,6 +77,8 @@ class JobStatus:
     result: Any = None
     error: str | None = None
     traceback: str | None = None
+    attempts: int = 0
+    errors: tuple[str, ...] = ()
     enqueued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -111,6 +117,8 @@ class Job(NamedTuple):
     registered: bool = False
     #: Claimed from a durable store, which marked it running already.
     claimed: bool = False
+    #: Which attempt this is, from 1.
+    attempt: int = 1
 
 
 class Outcome(NamedTuple):

@@ -6,6 +6,7 @@ it runs only what the application registered with :func:`job`.
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,10 +23,31 @@ _by_function: dict[Callable[..., Any], JobDefinition] = {}
 
 @dataclass(frozen=True, slots=True)
 class JobDefinition:
-    """A registered job: its name and the function it runs."""
+    """A registered job: its name, the function it runs, and how to run it.
+
+    Attributes:
+        retries: how many times a failed job is tried again (0: never).
+        backoff: seconds before the first retry; each next one waits twice
+            as long, up to ``max_backoff``, and a random part of it (so that
+            jobs failed together do not all come back at once).
+        max_backoff: the longest wait between two attempts.
+        timeout: seconds an attempt may run before it fails, or None.
+    """
 
     name: str
     func: Callable[..., Any]
+    retries: int = 0
+    backoff: float = 1.0
+    max_backoff: float = 300.0
+    timeout: float | None = None
+
+    def delay_before(self, attempt: int) -> float | None:
+        """Seconds to wait before attempt number ``attempt + 1``, after
+        attempt ``attempt`` failed; None when no attempt is left."""
+        if attempt > self.retries:
+            return None
+        ceiling = min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 @overload
@@ -33,10 +55,26 @@ def job(func: F, /) -> F: ...
 
 
 @overload
-def job(*, name: str | None = None) -> Callable[[F], F]: ...
+def job(
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    backoff: float = 1.0,
+    max_backoff: float = 300.0,
+    timeout: float | None = None,
+) -> Callable[[F], F]: ...
 
 
-def job(func: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
+def job(
+    func: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    backoff: float = 1.0,
+    max_backoff: float = 300.0,
+    timeout: float | None = None,
+) -> F | Callable[[F], F]:
     """Register a module-level function as a job, by name.
 
     ::
@@ -52,15 +90,28 @@ def job(func: F | None = None, /, *, name: str | None = None) -> F | Callable[[F
     defaults to ``module.qualname``; give one to keep it stable when the
     code moves. The function itself is returned unchanged.
 
+    Args:
+        name: the name stored with each job.
+        retries: how many more attempts a failing job gets.
+        backoff: seconds before the first retry, doubled for each next one
+            (with jitter), up to ``max_backoff``.
+        max_backoff: the longest wait between attempts.
+        timeout: seconds an attempt may run; past it, the attempt fails
+            (a coroutine is cancelled, a sync job gets ``JobCancelled``
+            from its next ``set_progress``).
+
     Raises:
         TypeError: the function is not a module-level function (a lambda,
             a closure, a method): a worker in another process could not
             find it.
-        ValueError: another function is registered under that name.
+        ValueError: another function is registered under that name, or
+            an option is out of range.
     """
+    _check_policy(retries, backoff, max_backoff, timeout)
+    policy = {"retries": retries, "backoff": backoff, "max_backoff": max_backoff}
 
     def register(f: F) -> F:
-        _register(f, name)
+        _register(f, name, timeout=timeout, **policy)
         return f
 
     if func is not None:
@@ -68,7 +119,17 @@ def job(func: F | None = None, /, *, name: str | None = None) -> F | Callable[[F
     return register
 
 
-def _register(func: object, name: object) -> None:
+def _check_policy(retries: object, backoff: object, max_backoff: object, timeout: object) -> None:
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an int >= 0, not {retries!r}")
+    for option, value in (("backoff", backoff), ("max_backoff", max_backoff)):
+        if not isinstance(value, int | float) or not value >= 0:
+            raise ValueError(f"{option} must be a number of seconds >= 0, not {value!r}")
+    if timeout is not None and (not isinstance(timeout, int | float) or not timeout > 0):
+        raise ValueError(f"timeout must be a number of seconds > 0, or None, not {timeout!r}")
+
+
+def _register(func: object, name: object, **options: Any) -> None:
     qualname = getattr(func, "__qualname__", None)
     module = getattr(func, "__module__", None)
     if not callable(func) or not isinstance(qualname, str) or not isinstance(module, str):
@@ -81,7 +142,7 @@ def _register(func: object, name: object) -> None:
         )
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise ValueError(f"a job's name must be a non-empty string, not {name!r}")
-    definition = JobDefinition(name or f"{module}.{qualname}", func)
+    definition = JobDefinition(name or f"{module}.{qualname}", func, **options)
     with _lock:
         other = _by_name.get(definition.name)
         if other is not None and other.func is not func:

@@ -107,6 +107,7 @@ class Runner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = Executor(self._store, self.options.threads, job_scope or sessions)
         self._pool = WorkerPool(self._executor, self.options.concurrency)
+        self._executor.resubmit = self._pool.submit_later
         self._stopped = asyncio.Event()
         self.producer_only = producer_only
         self._fetcher: Fetcher | None = None

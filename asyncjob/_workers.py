@@ -40,6 +40,7 @@ class WorkerPool:
         self._all_done.set()
         self._context = contextvars.Context()
         self._closing = False
+        self._delayed: dict[str, tuple[asyncio.TimerHandle, Job]] = {}
         #: Called whenever a job is done, so that more may be fetched.
         self.on_free: Callable[[], None] | None = None
 
@@ -68,9 +69,28 @@ class WorkerPool:
         elif len(self._workers) < self._concurrency:
             self._spawn()
 
+    def submit_later(self, job: Job, delay: float) -> None:
+        """Queue ``job`` after ``delay`` seconds (a retry); :meth:`join`
+        waits for it meanwhile."""
+        if self._outstanding == 0:
+            self._all_done.clear()
+        self._outstanding += 1
+        handle = asyncio.get_running_loop().call_later(delay, self._submit_delayed, job.id)
+        self._delayed[job.id] = (handle, job)
+
+    def _submit_delayed(self, job_id: str) -> None:
+        _, job = self._delayed.pop(job_id)
+        self._outstanding -= 1  # submit() counts it again
+        self.submit(job)
+
     def take_queued(self) -> list[Job]:
         """Empty the queue and return the jobs that had not started."""
         jobs = []
+        for handle, delayed in self._delayed.values():
+            handle.cancel()
+            jobs.append(delayed)
+            self._done()
+        self._delayed.clear()
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if job is not None:

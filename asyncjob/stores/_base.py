@@ -89,6 +89,17 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def retry(self, job_id: str, *, error: str, delay: float) -> bool:
+        """Move a failed attempt of a ``running`` job back to ``queued``, to
+        start again in ``delay`` seconds, keeping ``error`` in its errors.
+
+        Returns ``False``, changing nothing, when the job was no longer
+        running here (cancelled meanwhile). A durable store hands the job to
+        whichever worker claims it after the delay; otherwise the runner
+        that called it runs it again.
+        """
+
+    @abc.abstractmethod
     async def cancel(self, job_id: str) -> JobState | None:
         """Move a ``queued`` or ``running`` job to ``cancelled`` at once.
 

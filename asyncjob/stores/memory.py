@@ -22,9 +22,11 @@ class _Record:
     the runner's queue holds them until the job runs."""
 
     __slots__ = (
+        "attempts",
         "data",
         "enqueued_at",
         "error",
+        "errors",
         "finished_at",
         "id",
         "name",
@@ -44,6 +46,8 @@ class _Record:
         self.result: Any = None
         self.error: str | None = None
         self.traceback: str | None = None
+        self.attempts = 0
+        self.errors: tuple[str, ...] = ()
         self.enqueued_at = job.enqueued_at
         self.started_at: float | None = None
         self.finished_at: float | None = None
@@ -58,6 +62,8 @@ class _Record:
             result=self.result,
             error=self.error,
             traceback=self.traceback,
+            attempts=self.attempts,
+            errors=self.errors,
             enqueued_at=timestamp_to_datetime(self.enqueued_at),
             started_at=timestamp_to_datetime(self.started_at),
             finished_at=timestamp_to_datetime(self.finished_at),
@@ -111,6 +117,7 @@ class MemoryStore(Store):
             return False
         rec.state = JobState.running
         rec.started_at = time.time()
+        rec.attempts += 1
         self._changed(rec)
         return True
 
@@ -147,6 +154,15 @@ class MemoryStore(Store):
             return False
         rec.result, rec.error, rec.traceback = result, error, traceback
         self._end(rec, state)
+        return True
+
+    async def retry(self, job_id: str, *, error: str, delay: float) -> bool:
+        rec = self._records.get(job_id)
+        if rec is None or rec.state is not JobState.running:
+            return False
+        rec.state = JobState.queued
+        rec.errors = (*rec.errors, error)
+        self._changed(rec)
         return True
 
     async def cancel(self, job_id: str) -> JobState | None:

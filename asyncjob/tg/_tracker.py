@@ -77,6 +77,9 @@ class TrackedStore(Store):
             job_id, state, result=result, error=error, traceback=traceback
         )
 
+    async def retry(self, job_id: str, *, error: str, delay: float) -> bool:
+        return await self.inner.retry(job_id, error=error, delay=delay)
+
     async def cancel(self, job_id: str) -> JobState | None:
         status = await self.inner.get(job_id)
         if status is not None and not status.is_final:

@@ -63,6 +63,7 @@ class Tables:
             Column("result", Text, nullable=True),  # JSON
             Column("error", Text, nullable=True),
             Column("traceback", Text, nullable=True),
+            Column("errors", Text, nullable=True),  # JSON: earlier attempts' errors
             Column("attempts", Integer, nullable=False, default=0),
             # Seconds since the epoch, as the store's clock tells them.
             Column("enqueued_at", Float, nullable=False),

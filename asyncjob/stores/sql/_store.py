@@ -194,6 +194,33 @@ class SQLStore(Store):
         self.held.discard(job_id)
         return await self._update(job_id, held, **values)
 
+    async def retry(self, job_id: str, *, error: str, delay: float) -> bool:
+        jobs = self.tables.jobs
+        held = jobs.c.state == JobState.running.value, jobs.c.locked_by == self.owner
+        async with self.db.write() as conn:
+            row = (
+                await conn.execute(
+                    select(jobs.c.errors).where(jobs.c.id == job_id, *held).with_for_update()
+                )
+            ).first()
+            if row is None:
+                return False
+            errors = [*(_json(job_id, "errors", row.errors) or []), error]
+            await conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(
+                    state=JobState.queued.value,
+                    errors=dumps(errors, "the errors"),
+                    run_after=self.db.now() + delay,
+                    locked_by=None,
+                    lease_expires_at=None,
+                )
+            )
+        self.held.discard(job_id)
+        self._signals.notify(job_id)
+        return True
+
     async def cancel(self, job_id: str) -> JobState | None:
         jobs = self.tables.jobs
         self.held.discard(job_id)
@@ -327,6 +354,8 @@ def _status(row: Row[Any]) -> JobStatus:
         result=_json(row.id, "result", row.result),
         error=row.error,
         traceback=row.traceback,
+        attempts=row.attempts,
+        errors=tuple(_json(row.id, "errors", row.errors) or ()),
         enqueued_at=timestamp_to_datetime(row.enqueued_at),
         started_at=timestamp_to_datetime(row.started_at),
         finished_at=timestamp_to_datetime(row.finished_at),
