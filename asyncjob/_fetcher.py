@@ -49,6 +49,7 @@ class Fetcher:
         self._lease = lease
         self._on_lost = on_lost
         self._wakeup = asyncio.Event()
+        store.on_queued = self.wake
 
     def wake(self) -> None:
         """Look for jobs now."""

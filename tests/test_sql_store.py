@@ -14,6 +14,7 @@ import asyncjob
 from asyncjob import JobState
 from asyncjob.stores.sql import SCHEMA_VERSION, BadRecord, SchemaError, SQLStore
 
+from . import worker_jobs
 from .conftest import TIMEOUT, Database, RunnerFactory
 
 
@@ -208,3 +209,60 @@ def test_bad_options() -> None:
     """poll_interval must be positive."""
     with pytest.raises(ValueError, match="poll_interval"):
         SQLStore("sqlite+aiosqlite:///x.db", poll_interval=0)
+
+
+async def _listening(store: SQLStore) -> None:
+    listener = store._listener
+    assert listener is not None
+    async with asyncio.timeout(TIMEOUT):
+        await listener.listening.wait()
+
+
+async def test_postgres_pushes_changes_to_other_processes(
+    make_runner: RunnerFactory, postgres_db: Database
+) -> None:
+    """With polls 60 s apart, a watcher elsewhere and a worker elsewhere still
+    hear of a job at once: NOTIFY, sent by the table's trigger."""
+    url = postgres_db.async_url
+    worker = await make_runner(SQLStore(url, poll_interval=60.0))
+    producer = await make_runner(SQLStore(url, poll_interval=60.0), producer_only=True)
+    watcher = SQLStore(url, poll_interval=60.0)
+    await watcher.open()
+    try:
+        for store in (worker.store, producer.store, watcher):
+            assert isinstance(store, SQLStore)
+            await _listening(store)
+        job_id = await producer.perform(worker_jobs.whoami, 3)
+        states = []
+        async with asyncio.timeout(TIMEOUT):
+            async for status in watcher.watch(job_id):
+                states.append(status.state.value)
+        assert states[-1] == "succeeded"
+    finally:
+        await watcher.close()
+
+
+async def test_postgres_listens_again_after_losing_its_connection(
+    make_runner: RunnerFactory, postgres_db: Database
+) -> None:
+    """The listening connection killed: it is opened again, and pushes resume."""
+    runner = await make_runner(SQLStore(postgres_db.async_url, poll_interval=60.0))
+    store = runner.store
+    assert isinstance(store, SQLStore)
+    await _listening(store)
+    listener = store._listener
+    assert listener is not None
+    before = listener.connections
+    async with store.db.write() as conn:
+        await conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+            )
+        )
+    async with asyncio.timeout(TIMEOUT):
+        while listener.connections == before:  # noqa: ASYNC110 - it reconnects on its own
+            await asyncio.sleep(0.01)
+    await _listening(store)
+    job_id = await runner.perform(worker_jobs.whoami, 4)
+    assert (await runner.wait(job_id, timeout=TIMEOUT))["n"] == 4

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from asyncjob._models import Claimed, Job, JobState, JobStatus, Outcome
@@ -32,6 +32,11 @@ class Store(abc.ABC):
 
     #: True for a store that several workers share (see :meth:`claim`).
     durable: bool = False
+
+    #: Durable stores call it, on the loop, when a registered job may be
+    #: waiting to be claimed (performed by another process, say); a worker
+    #: sets it to look for jobs at once rather than at its next poll.
+    on_queued: Callable[[], None] | None = None
 
     async def open(self) -> None:  # noqa: B027 - an optional hook
         """Prepare the store. Called once by :meth:`Runner.start`, on the loop

@@ -20,11 +20,12 @@ from sqlalchemy import (
     Text,
     inspect,
     select,
+    text,
 )
 
 from asyncjob._errors import AsyncJobError
 
-__all__ = ("SCHEMA_VERSION", "SchemaError", "Tables", "ensure_schema")
+__all__ = ("SCHEMA_VERSION", "SchemaError", "Tables", "channels", "ensure_schema")
 
 #: The version this release writes and reads.
 SCHEMA_VERSION = 1
@@ -81,13 +82,21 @@ class Tables:
 def ensure_schema(conn: Connection, tables: Tables) -> None:
     """Create the tables if they are missing; refuse a version we cannot read.
 
+    Runs in a write transaction; on PostgreSQL it first takes an advisory
+    lock, so that processes opening a new store at once create it once.
+
     Raises:
         SchemaError: the store was written by a newer release, or its
             version record is damaged.
     """
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
     if not inspect(conn).has_table(tables.meta.name):
         tables.metadata.create_all(conn)
         conn.execute(tables.meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+        if postgres:
+            _create_notify_trigger(conn, tables)
         return
     found = conn.scalar(select(tables.meta.c.value).where(tables.meta.c.key == "schema_version"))
     try:
@@ -105,3 +114,42 @@ def ensure_schema(conn: Connection, tables: Tables) -> None:
             f"this release reads up to {SCHEMA_VERSION}): upgrade asyncjob here too"
         )
     tables.metadata.create_all(conn)  # indexes or tables added since are created
+
+
+#: Any number, the same in every process: the advisory lock's key.
+_LOCK_KEY = 0x61737963  # "asyc"
+
+
+def channels(tables: Tables) -> tuple[str, str]:
+    """PostgreSQL's notification channels: a registered job was queued;
+    a job changed (payload: its id)."""
+    prefix = tables.jobs.name.removesuffix("jobs")
+    return f"{prefix}queued", f"{prefix}changed"
+
+
+def _create_notify_trigger(conn: Connection, tables: Tables) -> None:
+    """Every change of a job notifies, from the database itself: whoever
+    writes it, watchers and workers everywhere hear of it at commit."""
+    queued, changed = channels(tables)
+    jobs = tables.jobs.name
+    conn.execute(
+        text(
+            f"""
+            CREATE OR REPLACE FUNCTION {jobs}_notify() RETURNS trigger AS $$
+            BEGIN
+                PERFORM pg_notify('{changed}', NEW.id);
+                IF NEW.state = 'queued' AND NEW.registered THEN
+                    PERFORM pg_notify('{queued}', '');
+                END IF;
+                RETURN NULL;
+            END
+            $$ LANGUAGE plpgsql
+            """
+        )
+    )
+    conn.execute(
+        text(
+            f"CREATE TRIGGER {jobs}_notify AFTER INSERT OR UPDATE ON {jobs} "
+            f"FOR EACH ROW EXECUTE FUNCTION {jobs}_notify()"
+        )
+    )

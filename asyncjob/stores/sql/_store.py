@@ -18,8 +18,9 @@ from asyncjob.stores._base import Store
 
 from . import _claims
 from ._engine import Database
+from ._listen import Listener
 from ._progress import ProgressBuffer
-from ._schema import Tables, ensure_schema
+from ._schema import Tables, channels, ensure_schema
 
 __all__ = ("BadRecord", "SQLStore")
 
@@ -102,6 +103,8 @@ class SQLStore(Store):
         #: Identifies this process as the owner of the jobs it runs itself.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self._progress = ProgressBuffer(self._write_progress)
+        self._listener: Listener | None = None
+        self._changed_channel = channels(self.tables)[1]
 
     @property
     def db(self) -> Database:
@@ -114,11 +117,22 @@ class SQLStore(Store):
         async with self._db.write() as conn:
             await conn.run_sync(ensure_schema, self.tables)
         self._progress.start()
+        if not self._db.is_sqlite:
+            self._listener = Listener(self.url, channels(self.tables), self._notified)
+            self._listener.start()
 
     async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
         await self._progress.stop()
         if self._db is not None:
             await self._db.dispose()
+
+    def _notified(self, channel: str, payload: str) -> None:
+        if channel == self._changed_channel:
+            self._signals.notify(payload)
+        elif self.on_queued is not None:
+            self.on_queued()
 
     async def enqueue(self, job: Job) -> None:
         args = dumps(list(job.args), f"the arguments of {job.name}")
