@@ -54,7 +54,7 @@ async def claim(
             jobs.c.id, jobs.c.name, jobs.c.args, jobs.c.kwargs, jobs.c.enqueued_at, jobs.c.attempts
         )
     )
-    async with db.write() as conn:
+    async with db.write(durable=False) as conn:  # lost in a crash, it stays queued
         rows = (await conn.execute(statement)).all()
     claimed = [_claimed(row) for row in rows]
     claimed.sort(key=lambda c: c.enqueued_at)  # RETURNING keeps no order
@@ -92,7 +92,7 @@ async def renew(
     if not held:
         return []
     jobs = tables.jobs
-    async with db.write() as conn:
+    async with db.write(durable=False) as conn:
         renewed = await conn.execute(
             update(jobs)
             .where(

@@ -329,7 +329,7 @@ class SQLStore(Store):
 
     async def _write_progress(self, pending: dict[str, tuple[float, str | None]]) -> None:
         jobs = self.tables.jobs
-        async with self.db.write() as conn:
+        async with self.db.write(durable=False) as conn:
             for job_id, (value, data) in pending.items():
                 await conn.execute(
                     update(jobs)
