@@ -340,6 +340,14 @@ class SQLStore(Store):
             self._signals.notify(job_id)
 
 
+def _number(value: float | None) -> float | None:
+    """A progress value as reported: the column is a float, but a whole
+    number (the usual count of items done) reads back as the int it was."""
+    if value is not None and value.is_integer():
+        return int(value)
+    return value
+
+
 def _state(job_id: str, text: Any) -> JobState:
     try:
         return JobState(text)
@@ -363,7 +371,7 @@ def _status(row: Row[Any]) -> JobStatus:
         id=row.id,
         name=row.name,
         state=_state(row.id, row.state),
-        progress=row.progress,
+        progress=_number(row.progress),
         data=_json(row.id, "data", row.data),
         result=_json(row.id, "result", row.result),
         error=row.error,
