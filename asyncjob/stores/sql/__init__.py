@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
+from ._rows import BadRecord
 from ._schema import SCHEMA_VERSION, SchemaError
-from ._store import BadRecord, SQLStore
+from ._store import SQLStore
 
 __all__ = ("SCHEMA_VERSION", "BadRecord", "SQLStore", "SchemaError")

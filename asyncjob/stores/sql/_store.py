@@ -2,57 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import select, update
 
-from asyncjob._errors import AsyncJobError, JobNotFound
-from asyncjob._models import Claimed, Job, JobState, JobStatus, Outcome, timestamp_to_datetime
-from asyncjob._serialization import dumps, loads
+from asyncjob._errors import JobNotFound
+from asyncjob._models import Claimed, Job, JobState, JobStatus, Outcome
+from asyncjob._serialization import dumps
 from asyncjob.stores._base import Store
 
 from . import _claims
 from ._engine import Database
 from ._listen import Listener
 from ._progress import ProgressBuffer
+from ._rows import BadRecord, json_column, state_of, status_of
 from ._schema import Tables, channels, ensure_schema
+from ._signals import Signals
 
 __all__ = ("BadRecord", "SQLStore")
-
-
-class BadRecord(AsyncJobError):
-    """A job's row holds something asyncjob did not write (edited by hand?)."""
-
-
-class _Signals:
-    """Wakes the watchers of a job when this process changes it."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, list[asyncio.Event]] = {}
-
-    def notify(self, job_id: str) -> None:
-        for event in self._events.get(job_id, ()):
-            event.set()
-
-    async def wait(self, job_id: str, timeout: float) -> None:
-        """Until the job changes here, or ``timeout`` seconds pass."""
-        event = asyncio.Event()
-        self._events.setdefault(job_id, []).append(event)
-        try:
-            async with asyncio.timeout(timeout):
-                await event.wait()
-        except TimeoutError:
-            pass
-        finally:
-            events = self._events[job_id]
-            events.remove(event)
-            if not events:
-                del self._events[job_id]
 
 
 class SQLStore(Store):
@@ -99,7 +70,7 @@ class SQLStore(Store):
         self.held: set[str] = set()
         self.tables = Tables(table_prefix)
         self._db: Database | None = None
-        self._signals = _Signals()
+        self._signals = Signals()
         #: Identifies this process as the owner of the jobs it runs itself.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self._progress = ProgressBuffer(self._write_progress)
@@ -219,7 +190,7 @@ class SQLStore(Store):
             ).first()
             if row is None:
                 return False
-            errors = [*(_json(job_id, "errors", row.errors) or []), error]
+            errors = [*(json_column(job_id, "errors", row.errors) or []), error]
             await conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id)
@@ -244,7 +215,7 @@ class SQLStore(Store):
             )
             if found is None:
                 return None
-            before = _state(job_id, found)
+            before = state_of(job_id, found)
             if not before.is_final:
                 await conn.execute(
                     update(jobs)
@@ -288,7 +259,7 @@ class SQLStore(Store):
         jobs = self.tables.jobs
         async with self.db.read() as conn:
             row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
-        return None if row is None else _status(row)
+        return None if row is None else status_of(row)
 
     async def outcome(self, job_id: str) -> Outcome | None:
         jobs = self.tables.jobs
@@ -297,8 +268,8 @@ class SQLStore(Store):
             row = (await conn.execute(query.where(jobs.c.id == job_id))).first()
         if row is None:
             return None
-        state = _state(job_id, row.state)
-        return Outcome(state, _json(job_id, "result", row.result), row.error, row.traceback)
+        state = state_of(job_id, row.state)
+        return Outcome(state, json_column(job_id, "result", row.result), row.error, row.traceback)
 
     async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
         status = await self.get(job_id)
@@ -338,47 +309,3 @@ class SQLStore(Store):
                 )
         for job_id in pending:
             self._signals.notify(job_id)
-
-
-def _number(value: float | None) -> float | None:
-    """A progress value as reported: the column is a float, but a whole
-    number (the usual count of items done) reads back as the int it was."""
-    if value is not None and value.is_integer():
-        return int(value)
-    return value
-
-
-def _state(job_id: str, text: Any) -> JobState:
-    try:
-        return JobState(text)
-    except ValueError:
-        raise BadRecord(
-            f"job {job_id} has the state {text!r}, which asyncjob never writes"
-        ) from None
-
-
-def _json(job_id: str, column: str, text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return loads(text)
-    except ValueError as exc:
-        raise BadRecord(f"job {job_id} holds invalid JSON in its {column}: {exc}") from None
-
-
-def _status(row: Row[Any]) -> JobStatus:
-    return JobStatus(
-        id=row.id,
-        name=row.name,
-        state=_state(row.id, row.state),
-        progress=_number(row.progress),
-        data=_json(row.id, "data", row.data),
-        result=_json(row.id, "result", row.result),
-        error=row.error,
-        traceback=row.traceback,
-        attempts=row.attempts,
-        errors=tuple(_json(row.id, "errors", row.errors) or ()),
-        enqueued_at=timestamp_to_datetime(row.enqueued_at),
-        started_at=timestamp_to_datetime(row.started_at),
-        finished_at=timestamp_to_datetime(row.finished_at),
-    )
