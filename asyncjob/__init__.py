@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from ._api import cancel, get_progress, perform, status, wait, watch
+from ._api import cancel, get_progress, perform, perform_in, status, wait, watch
 from ._context import current_job_id, set_progress
 from ._errors import (
     AsyncJobError,
@@ -44,6 +44,7 @@ __all__ = (
     "get_progress",
     "job",
     "perform",
+    "perform_in",
     "session",
     "set_progress",
     "status",

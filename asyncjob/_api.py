@@ -13,12 +13,17 @@ from typing import Any
 from . import _current
 from ._models import JobStatus, Progress
 
-__all__ = ("cancel", "get_progress", "perform", "status", "wait", "watch")
+__all__ = ("cancel", "get_progress", "perform", "perform_in", "status", "wait", "watch")
 
 
 async def perform(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
     """:meth:`Runner.perform` on the running runner."""
     return await _current.get().perform(func, *args, **kwargs)
+
+
+async def perform_in(session: Any, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+    """:meth:`Runner.perform_in` on the running runner."""
+    return await _current.get().perform_in(session, func, *args, **kwargs)
 
 
 async def get_progress(job_id: str) -> Progress | None:

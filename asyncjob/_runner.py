@@ -230,6 +230,28 @@ class Runner:
             return await self._enqueue(job)
         return await self._on_loop(self._enqueue(job))
 
+    async def perform_in(
+        self, session: Any, func: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> str:
+        """:meth:`perform`, in the application's transaction.
+
+        ``session`` is the application's SQLAlchemy ``AsyncSession``, on
+        the store's own database: the job is written in its transaction, so
+        it exists, and runs, only if the application commits; a rollback
+        leaves no trace of it. ``func`` must be registered with
+        :func:`asyncjob.job` (any worker of the store may run it).
+
+        Raises:
+            TypeError: the store is not an SQL store, or ``func`` is not
+                registered, or not callable.
+            RunnerNotRunning: the runner is not started, or is stopping.
+        """
+        if not callable(func):
+            raise TypeError(f"perform_in() needs a callable, not {type(func).__name__}")
+        job = self._new_job(os.urandom(16).hex(), func, args, kwargs or _NO_KWARGS)
+        await self._store.enqueue_in(session, job)
+        return job.id
+
     def _new_job(
         self,
         job_id: str,

@@ -55,6 +55,20 @@ class Store(abc.ABC):
         it needs to store them (the runner holds them for running).
         """
 
+    async def enqueue_in(self, session: Any, job: Job) -> None:
+        """Record ``job`` through the application's SQLAlchemy ``AsyncSession``,
+        in its transaction: the job exists only if that transaction commits.
+
+        Only SQL stores on the session's database can; the default refuses.
+
+        Raises:
+            TypeError: this store cannot, or the job is not registered.
+        """
+        raise TypeError(
+            f"{type(self).__name__} cannot write a job in your transaction: "
+            "perform_in() needs an SQL store on the session's database"
+        )
+
     @abc.abstractmethod
     async def start(self, job_id: str) -> bool:
         """Move a ``queued`` job to ``running`` and stamp ``started_at``.

@@ -55,6 +55,10 @@ class TrackedStore(Store):
         await anyio.to_thread.run_sync(self.tracker.track, job.id)
         await self.inner.enqueue(job)
 
+    async def enqueue_in(self, session: Any, job: Job) -> None:
+        await anyio.to_thread.run_sync(self.tracker.track, job.id)
+        await self.inner.enqueue_in(session, job)
+
     async def start(self, job_id: str) -> bool:
         return await self.inner.start(job_id)
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Insert, event, select, update
 
 from asyncjob._errors import JobNotFound
 from asyncjob._models import Claimed, Job, JobState, JobStatus, Outcome
@@ -106,29 +106,42 @@ class SQLStore(Store):
             self.on_queued()
 
     async def enqueue(self, job: Job) -> None:
-        args = dumps(list(job.args), f"the arguments of {job.name}")
-        kwargs = dumps(dict(job.kwargs), f"the keyword arguments of {job.name}")
+        insert = self._insert(job)
         async with self.db.write() as conn:
-            await conn.execute(
-                self.tables.jobs.insert().values(
-                    id=job.id,
-                    name=job.name,
-                    registered=job.registered,
-                    owner=None if job.registered else self.owner,
-                    # Not registered: only this process may run it, and it
-                    # keeps it alive by renewing this lease (see recover).
-                    locked_by=None if job.registered else self.owner,
-                    lease_expires_at=None if job.registered else self.db.now() + self.lease,
-                    state=JobState.queued.value,
-                    args=args,
-                    kwargs=kwargs,
-                    attempts=0,
-                    enqueued_at=job.enqueued_at,
-                    run_after=job.enqueued_at,
-                )
-            )
+            await conn.execute(insert)
         if not job.registered:
             self.held.add(job.id)
+
+    async def enqueue_in(self, session: Any, job: Job) -> None:
+        if not job.registered:
+            raise TypeError(
+                f"{job.name} is not registered with @asyncjob.job: only registered "
+                "jobs can be performed in your transaction, as any worker may run them"
+            )
+        await session.execute(self._insert(job))
+        on_queued = self.on_queued
+        if on_queued is not None:  # wake this process's worker once it commits
+            event.listen(session.sync_session, "after_commit", lambda _: on_queued(), once=True)
+
+    def _insert(self, job: Job) -> Insert:
+        args = dumps(list(job.args), f"the arguments of {job.name}")
+        kwargs = dumps(dict(job.kwargs), f"the keyword arguments of {job.name}")
+        return self.tables.jobs.insert().values(
+            id=job.id,
+            name=job.name,
+            registered=job.registered,
+            owner=None if job.registered else self.owner,
+            # Not registered: only this process may run it, and it keeps it
+            # alive by renewing this lease (see _claims.recover).
+            locked_by=None if job.registered else self.owner,
+            lease_expires_at=None if job.registered else self.db.now() + self.lease,
+            state=JobState.queued.value,
+            args=args,
+            kwargs=kwargs,
+            attempts=0,
+            enqueued_at=job.enqueued_at,
+            run_after=job.enqueued_at,
+        )
 
     async def start(self, job_id: str) -> bool:  # a job not registered, run here
         jobs = self.tables.jobs
