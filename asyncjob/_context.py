@@ -20,7 +20,7 @@ __all__ = ("JobContext", "current_job_id", "set_progress")
 class JobContext:
     """The running job's id, its progress reporter and its cancellation flag."""
 
-    __slots__ = ("cancelled", "is_async", "job_id", "report", "session", "timed_out")
+    __slots__ = ("cancelled", "finished", "is_async", "job_id", "report", "session", "timed_out")
 
     def __init__(
         self, job_id: str, is_async: bool, report: Callable[[str, float, Any], None]
@@ -39,6 +39,8 @@ class JobContext:
         self.timed_out = False
         #: The job's database session, when the runner gives jobs one.
         self.session: Any = None
+        #: Its success was recorded in that session, with the job's writes.
+        self.finished = False
 
 
 current: ContextVar[JobContext | None] = ContextVar("asyncjob_current", default=None)

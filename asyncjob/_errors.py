@@ -6,6 +6,7 @@ Every error of the package derives from :class:`AsyncJobError`::
     ├── JobNotFound          (also a LookupError)
     ├── JobFailed
     ├── JobCancelled
+    ├── JobLost              (a worker's job taken from it; internal)
     ├── RunnerNotRunning     (also a RuntimeError)
     └── NotInJob             (also a RuntimeError)
 
@@ -19,6 +20,7 @@ __all__ = (
     "AsyncJobError",
     "JobCancelled",
     "JobFailed",
+    "JobLost",
     "JobNotFound",
     "NotInJob",
     "RunnerNotRunning",
@@ -68,6 +70,18 @@ class JobCancelled(AsyncJobError):
     def __init__(self, job_id: str | None = None) -> None:
         self.job_id = job_id
         super().__init__(f"job {job_id} was cancelled" if job_id else "the job was cancelled")
+
+
+class JobLost(AsyncJobError):
+    """The job is no longer held by this worker: it was cancelled, or its
+    lease ran out and another worker took it. Its writes are rolled back."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(
+            f"job {job_id} is no longer held by this worker (cancelled, or taken "
+            "over after its lease ran out): its writes are rolled back"
+        )
 
 
 class RunnerNotRunning(AsyncJobError, RuntimeError):

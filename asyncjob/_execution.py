@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import _context, _policy
+from ._errors import JobLost
 from ._models import Job, JobState
 from ._sessions import JobScope
 from .stores import Store
@@ -47,6 +48,9 @@ class Executor:
         # The jobs running now: their context, and the worker task running them.
         self._active: dict[str, tuple[_context.JobContext, asyncio.Task[Any]]] = {}
         self._claimed: set[str] = set()
+        #: Records a coroutine job's success in its own session, when the
+        #: runner's sessions are on the store's database (see _policy).
+        self.finish_in: _policy.FinishIn | None = None
         #: Runs a job again after a delay: the runner's worker pool sets it.
         self.resubmit: Callable[[Job, float], None] = _cannot_resubmit
 
@@ -125,10 +129,19 @@ class Executor:
             if not job.registered and not self._scope.wraps_async:  # the fast path
                 result = await job.func(*job.args, **job.kwargs)
             else:
-                result = await _policy.call_async(job, ctx, self._scope, _policy.timeout_of(job))
+                result = await _policy.call_async(
+                    job, ctx, self._scope, _policy.timeout_of(job), self.finish_in
+                )
         except asyncio.CancelledError as exc:
             if not ctx.cancelled:
                 await self._not_cancelled_by_us(job, ctx, task, exc)
+            return
+        except JobLost:
+            logger.warning(
+                "job %s (%s) was taken from this worker: its writes are rolled back",
+                job.id,
+                job.name,
+            )
             return
         except Exception as exc:  # noqa: BLE001 - any error of the job is its failure
             if not ctx.cancelled:
@@ -141,7 +154,7 @@ class Executor:
                 # interrupt() cancelled this worker task for the job; the job
                 # has ended, so the worker must not stay marked as cancelling.
                 task.uncancel()
-        if not ctx.cancelled:
+        if not ctx.cancelled and not ctx.finished:
             await self._succeed(job, result)
 
     async def _run_sync(self, job: Job, task: asyncio.Task[Any]) -> None:

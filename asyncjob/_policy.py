@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import _context
@@ -11,7 +12,10 @@ from ._models import Job
 from ._registry import lookup
 from ._sessions import JobScope
 
-__all__ = ("call_async", "retry_delay", "timeout_of")
+__all__ = ("FinishIn", "call_async", "retry_delay", "timeout_of")
+
+#: ``finish_in(session, job_id, result)``: record a job's success in its session.
+FinishIn = Callable[[Any, str, Any], Awaitable[None]]
 
 
 def timeout_of(job: Job) -> float | None:
@@ -37,19 +41,36 @@ def timed_out(job: Job, timeout: float) -> TimeoutError:
 
 
 async def call_async(
-    job: Job, ctx: _context.JobContext, scope: JobScope, timeout: float | None
+    job: Job,
+    ctx: _context.JobContext,
+    scope: JobScope,
+    timeout: float | None,
+    finish_in: FinishIn | None = None,
 ) -> Any:
-    """Await the coroutine job inside its scope and under its timeout."""
+    """Await the coroutine job inside its scope and under its timeout.
+
+    With ``finish_in``, the job's success is recorded through its own
+    session, before the scope commits it: the job's writes and its final
+    state are one transaction (``ctx.finished`` says it is done).
+    """
     async with contextlib.AsyncExitStack() as stack:
         if scope.wraps_async:
             await stack.enter_async_context(scope.for_async_job(ctx))
-        if timeout is None:
+        result = await _call_with_timeout(job, timeout)
+        if finish_in is not None and ctx.session is not None and not ctx.cancelled:
+            await finish_in(ctx.session, job.id, result)
+            ctx.finished = True
+        return result
+
+
+async def _call_with_timeout(job: Job, timeout: float | None) -> Any:
+    if timeout is None:
+        return await job.func(*job.args, **job.kwargs)
+    limit = asyncio.timeout(timeout)
+    try:
+        async with limit:
             return await job.func(*job.args, **job.kwargs)
-        limit = asyncio.timeout(timeout)
-        try:
-            async with limit:
-                return await job.func(*job.args, **job.kwargs)
-        except TimeoutError:
-            if limit.expired():
-                raise timed_out(job, timeout) from None
-            raise
+    except TimeoutError:
+        if limit.expired():
+            raise timed_out(job, timeout) from None
+        raise

@@ -18,6 +18,7 @@ from ._execution import Executor
 from ._fetcher import Fetcher
 from ._models import Job, JobState, JobStatus, Outcome, Progress
 from ._options import RunnerOptions
+from ._policy import FinishIn
 from ._registry import registered_name
 from ._sessions import JobScope, Sessions
 from ._shutdown import shut_down
@@ -108,6 +109,7 @@ class Runner:
         self._executor = Executor(self._store, self.options.threads, job_scope or sessions)
         self._pool = WorkerPool(self._executor, self.options.concurrency)
         self._executor.resubmit = self._pool.submit_later
+        self._executor.finish_in = _finish_in_session(self._store, sessions)
         self._stopped = asyncio.Event()
         self.producer_only = producer_only
         self._fetcher: Fetcher | None = None
@@ -398,6 +400,21 @@ class Runner:
     async def _on_loop(self, awaitable: Awaitable[T]) -> T:
         """Await ``awaitable`` on the runner's loop, from whichever loop calls."""
         return await _loops.call_on(self._loop, awaitable)
+
+
+def _finish_in_session(store: Store, sessions: Sessions) -> FinishIn | None:
+    """The store's way of recording a job's success in the job's own session,
+    when the runner's sessions are on the store's own database."""
+    maker = sessions.async_maker
+    finish_in = getattr(store, "finish_in", None)
+    shares = getattr(store, "shares_database_with", None)
+    if maker is None or finish_in is None or shares is None:
+        return None
+    engine = maker.kw.get("bind")
+    if engine is None or not shares(engine):
+        return None
+    result: FinishIn = finish_in
+    return result
 
 
 def _is_final(status: JobStatus) -> bool:

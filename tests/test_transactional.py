@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
-from sqlalchemy import String, select
+from sqlalchemy import String, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -67,4 +69,72 @@ async def test_only_registered_jobs_and_sql_stores(
             await memory_runner.perform_in(db, worker_jobs.whoami, 1)
         with pytest.raises(TypeError, match="needs a callable"):
             await sql_runner.perform_in(db, 42)
+    await engine.dispose()
+
+
+async def test_a_jobs_writes_and_its_success_commit_together(
+    make_runner: RunnerFactory, database: Database
+) -> None:
+    """With sessions on the store's database, the job's writes and its
+    succeeded state are one transaction: if the job is taken from its worker
+    before it ends, neither is committed."""
+    engine = create_async_engine(database.async_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    sessions = async_sessionmaker(engine)
+    runner = await make_runner(database.async_url, sessionmaker=sessions)
+    store = runner.store
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def place_order(note: str) -> str:
+        # Waits before it writes: a SQLite writer would lock out everyone else.
+        started.set()
+        await release.wait()
+        asyncjob.session().add(Order(note=note))
+        await asyncjob.session().flush()
+        return note
+
+    kept = await runner.perform(place_order, "kept")
+    release.set()
+    assert await runner.wait(kept, timeout=TIMEOUT) == "kept"
+
+    started, release = asyncio.Event(), asyncio.Event()
+    taken = await runner.perform(place_order, "taken")
+    async with asyncio.timeout(TIMEOUT):
+        await started.wait()
+    async with store.db.write() as conn:  # another worker took it over
+        await conn.execute(
+            update(store.tables.jobs)
+            .where(store.tables.jobs.c.id == taken)
+            .values(locked_by="another-worker")
+        )
+    release.set()
+    await runner.join(TIMEOUT)
+    async with sessions() as db:
+        assert list(await db.scalars(select(Order.note))) == ["kept"]
+    assert (await runner.status(kept)).state is JobState.succeeded
+    assert (await runner.status(taken)).state is JobState.running  # the other worker's now
+    await engine.dispose()
+
+
+async def test_a_result_that_is_not_json_rolls_the_writes_back(
+    make_runner: RunnerFactory, sqlite_db: Database
+) -> None:
+    """The success cannot be recorded, so the job fails and its writes go."""
+    engine = create_async_engine(sqlite_db.async_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    sessions = async_sessionmaker(engine)
+    runner = await make_runner(sqlite_db.async_url, sessionmaker=sessions)
+
+    async def job() -> object:
+        asyncjob.session().add(Order(note="never"))
+        return {1, 2}
+
+    job_id = await runner.perform(job)
+    with pytest.raises(asyncjob.JobFailed, match="result must be JSON"):
+        await runner.wait(job_id, timeout=TIMEOUT)
+    async with sessions() as db:
+        assert list(await db.scalars(select(Order.note))) == []
     await engine.dispose()

@@ -13,9 +13,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import ColumnElement, Float, cast, event, func, text
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-__all__ = ("Database",)
+__all__ = ("Database", "same_database")
 
 #: How long a SQLite writer waits for another process's write (seconds).
 SQLITE_BUSY_TIMEOUT = 30.0
@@ -98,3 +99,14 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def begin(conn: Any) -> None:
         write = conn.get_execution_options().get("asyncjob_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def same_database(a: str, b: str) -> bool:
+    """True when two URLs name the same database, whatever their drivers
+    (``postgresql+psycopg://`` and ``postgresql+asyncpg://`` alike)."""
+    first, second = make_url(a), make_url(b)
+
+    def where(url: URL) -> tuple[object, ...]:
+        return (url.get_backend_name(), url.host, url.port, url.database, url.username)
+
+    return where(first) == where(second)

@@ -10,13 +10,13 @@ from typing import Any
 
 from sqlalchemy import Insert, event, select, update
 
-from asyncjob._errors import JobNotFound
+from asyncjob._errors import JobLost, JobNotFound
 from asyncjob._models import Claimed, Job, JobState, JobStatus, Outcome
 from asyncjob._serialization import dumps
 from asyncjob.stores._base import Store
 
 from . import _claims
-from ._engine import Database
+from ._engine import Database, same_database
 from ._listen import Listener
 from ._progress import ProgressBuffer
 from ._rows import BadRecord, json_column, state_of, status_of
@@ -191,6 +191,53 @@ class SQLStore(Store):
         held = (jobs.c.state == JobState.running.value) & (jobs.c.locked_by == self.owner)
         self.held.discard(job_id)
         return await self._update(job_id, held, **values)
+
+    def shares_database_with(self, engine: Any) -> bool:
+        """True when ``engine`` (an application's) is on this store's database."""
+        return same_database(str(engine.url.render_as_string(hide_password=False)), self.url)
+
+    async def finish_in(self, session: Any, job_id: str, result: Any) -> None:
+        """Record the job's success through ``session``, in the transaction
+        that holds the job's own writes: both are committed together, or
+        neither is.
+
+        Raises:
+            TypeError: the result is not JSON (the job then fails, its writes
+                rolled back).
+            JobLost: the job is no longer held here (cancelled, or its lease
+                ran out and another worker took it): its writes must not be
+                committed, and are rolled back.
+        """
+        encoded = dumps(result, "the result")
+        values: dict[str, Any] = {
+            "state": JobState.succeeded.value,
+            "result": encoded,
+            "finished_at": time.time(),
+            "locked_by": None,
+            "lease_expires_at": None,
+        }
+        last = await self._progress.take(job_id)
+        if last is not None:
+            values["progress"], values["data"] = last
+        jobs = self.tables.jobs
+        done = await session.execute(
+            update(jobs)
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.state == JobState.running.value,
+                jobs.c.locked_by == self.owner,
+            )
+            .values(**values)
+        )
+        if not done.rowcount:
+            raise JobLost(job_id)
+        self.held.discard(job_id)
+        event.listen(
+            session.sync_session,
+            "after_commit",
+            lambda _: self._signals.notify(job_id),
+            once=True,
+        )
 
     async def retry(self, job_id: str, *, error: str, delay: float) -> bool:
         jobs = self.tables.jobs
