@@ -8,7 +8,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import Insert, event, select, update
+from sqlalchemy import bindparam, case, event, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from asyncjob._errors import JobLost, JobNotFound
 from asyncjob._models import Claimed, Job, JobState, JobStatus, Outcome
@@ -16,6 +17,7 @@ from asyncjob._serialization import dumps
 from asyncjob.stores._base import Store
 
 from . import _claims
+from ._batch import GroupCommit
 from ._engine import Database, same_database
 from ._listen import Listener
 from ._progress import ProgressBuffer
@@ -74,6 +76,27 @@ class SQLStore(Store):
         #: Identifies this process as the owner of the jobs it runs itself.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self._progress = ProgressBuffer(self._write_progress)
+        # Jobs performed, and jobs ended, at the same time share a commit.
+        self._enqueues = GroupCommit(lambda: self.db, self._write_inserts)
+        self._finishes = GroupCommit(lambda: self.db, self._write_finishes)
+        jobs = self.tables.jobs
+        self._finish_statement = (
+            update(jobs)
+            .where(jobs.c.id == bindparam("b_id"))
+            .values(
+                state=bindparam("b_state"),
+                result=bindparam("b_result"),
+                error=bindparam("b_error"),
+                traceback=bindparam("b_traceback"),
+                finished_at=bindparam("b_finished_at"),
+                locked_by=None,
+                lease_expires_at=None,
+                progress=case(
+                    (bindparam("b_reported"), bindparam("b_progress")), else_=jobs.c.progress
+                ),
+                data=case((bindparam("b_reported"), bindparam("b_data")), else_=jobs.c.data),
+            )
+        )
         self._listener: Listener | None = None
         self._changed_channel = channels(self.tables)[1]
 
@@ -106,11 +129,13 @@ class SQLStore(Store):
             self.on_queued()
 
     async def enqueue(self, job: Job) -> None:
-        insert = self._insert(job)
-        async with self.db.write() as conn:
-            await conn.execute(insert)
+        await self._enqueues.submit(self._row(job))
         if not job.registered:
             self.held.add(job.id)
+
+    async def _write_inserts(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[None]:
+        await conn.execute(self.tables.jobs.insert(), rows)
+        return [None] * len(rows)
 
     async def enqueue_in(self, session: Any, job: Job) -> None:
         if not job.registered:
@@ -118,30 +143,32 @@ class SQLStore(Store):
                 f"{job.name} is not registered with @asyncjob.job: only registered "
                 "jobs can be performed in your transaction, as any worker may run them"
             )
-        await session.execute(self._insert(job))
+        await session.execute(self.tables.jobs.insert().values(**self._row(job)))
         on_queued = self.on_queued
         if on_queued is not None:  # wake this process's worker once it commits
             event.listen(session.sync_session, "after_commit", lambda _: on_queued(), once=True)
 
-    def _insert(self, job: Job) -> Insert:
+    def _row(self, job: Job) -> dict[str, Any]:
         args = dumps(list(job.args), f"the arguments of {job.name}")
         kwargs = dumps(dict(job.kwargs), f"the keyword arguments of {job.name}")
-        return self.tables.jobs.insert().values(
-            id=job.id,
-            name=job.name,
-            registered=job.registered,
-            owner=None if job.registered else self.owner,
+        return {
+            "id": job.id,
+            "name": job.name,
+            "registered": job.registered,
+            "owner": None if job.registered else self.owner,
             # Not registered: only this process may run it, and it keeps it
             # alive by renewing this lease (see _claims.recover).
-            locked_by=None if job.registered else self.owner,
-            lease_expires_at=None if job.registered else self.db.now() + self.lease,
-            state=JobState.queued.value,
-            args=args,
-            kwargs=kwargs,
-            attempts=0,
-            enqueued_at=job.enqueued_at,
-            run_after=job.enqueued_at,
-        )
+            "locked_by": None if job.registered else self.owner,
+            # Stamped by this process's clock at first; renewals use the
+            # database's (leases of jobs not registered last long anyway).
+            "lease_expires_at": None if job.registered else time.time() + self.lease,
+            "state": JobState.queued.value,
+            "args": args,
+            "kwargs": kwargs,
+            "attempts": 0,
+            "enqueued_at": job.enqueued_at,
+            "run_after": job.enqueued_at,
+        }
 
     async def start(self, job_id: str) -> bool:  # a job not registered, run here
         jobs = self.tables.jobs
@@ -185,12 +212,35 @@ class SQLStore(Store):
         last = await self._progress.take(job_id)
         if last is not None:  # the last report is stored with the final state
             values["progress"], values["data"] = last
-        jobs = self.tables.jobs
-        # Held by this store object: a job whose lease ran out and that
-        # another worker took meanwhile is that worker's to finish.
-        held = (jobs.c.state == JobState.running.value) & (jobs.c.locked_by == self.owner)
         self.held.discard(job_id)
-        return await self._update(job_id, held, **values)
+        changed = await self._finishes.submit((job_id, values))
+        if changed:
+            self._signals.notify(job_id)
+        return changed
+
+    async def _write_finishes(
+        self, conn: AsyncConnection, items: list[tuple[str, dict[str, Any]]]
+    ) -> list[bool]:
+        """End many jobs in one statement: those still held by this store."""
+        jobs = self.tables.jobs
+        ids = [job_id for job_id, _ in items]
+        held = set(
+            await conn.scalars(
+                select(jobs.c.id)
+                .where(
+                    jobs.c.id.in_(ids),
+                    # A job whose lease ran out and that another worker took
+                    # meanwhile is that worker's to finish.
+                    jobs.c.state == JobState.running.value,
+                    jobs.c.locked_by == self.owner,
+                )
+                .with_for_update()
+            )
+        )
+        rows = [_finish_row(job_id, values) for job_id, values in items if job_id in held]
+        if rows:
+            await conn.execute(self._finish_statement, rows)
+        return [job_id in held for job_id in ids]
 
     def shares_database_with(self, engine: Any) -> bool:
         """True when ``engine`` (an application's) is on this store's database."""
@@ -369,3 +419,18 @@ class SQLStore(Store):
                 )
         for job_id in pending:
             self._signals.notify(job_id)
+
+
+def _finish_row(job_id: str, values: dict[str, Any]) -> dict[str, Any]:
+    reported = "progress" in values
+    return {
+        "b_id": job_id,
+        "b_state": values["state"],
+        "b_result": values.get("result"),
+        "b_error": values.get("error"),
+        "b_traceback": values.get("traceback"),
+        "b_finished_at": values["finished_at"],
+        "b_reported": reported,
+        "b_progress": values.get("progress"),
+        "b_data": values.get("data"),
+    }
