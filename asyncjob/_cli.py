@@ -9,6 +9,7 @@ when the subcommand runs, so that ``asyncjob --version`` stays fast.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
 
 from ._version import __version__
@@ -92,7 +93,12 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
             "still held are handed back to the store for another worker."
         ),
     )
-    worker.add_argument("--store", required=True, help="the store's URL")
+    worker.add_argument(
+        "--store",
+        default=os.environ.get("ASYNCJOB_STORE"),
+        required="ASYNCJOB_STORE" not in os.environ,
+        help="the store's URL (default: $ASYNCJOB_STORE, which keeps a password out of ps)",
+    )
     worker.add_argument(
         "--import",
         dest="modules",
@@ -103,6 +109,21 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     worker.add_argument(
         "--concurrency", type=_positive_int, default=10, help="jobs run at once (default 10)"
+    )
+    worker.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="threads for sync jobs (default min(concurrency, 40))",
+    )
+    worker.add_argument(
+        "--keep-finished",
+        type=float,
+        default=7 * 24 * 3600.0,
+        help="seconds finished jobs stay readable before they are deleted (default a week)",
+    )
+    worker.add_argument(
+        "--table-prefix", default="asyncjob_", help="the store's table prefix (default asyncjob_)"
     )
     worker.add_argument(
         "--lease",
@@ -143,4 +164,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         grace_period=args.grace_period,
         lease=args.lease,
         poll_interval=args.poll_interval,
+        threads=args.threads,
+        keep_finished=args.keep_finished,
+        table_prefix=args.table_prefix,
     )

@@ -8,7 +8,9 @@ Every error of the package derives from :class:`AsyncJobError`::
     ├── JobCancelled
     ├── JobLost              (a worker's job taken from it; internal)
     ├── RunnerNotRunning     (also a RuntimeError)
-    └── NotInJob             (also a RuntimeError)
+    ├── NotInJob             (also a RuntimeError)
+    ├── stores.sql.SchemaError
+    └── stores.sql.BadRecord
 
 A class's docstring is its default message, so ``raise JobNotFound()`` still
 says something useful.

@@ -97,7 +97,7 @@ def job(
             (with jitter), up to ``max_backoff``.
         max_backoff: the longest wait between attempts.
         timeout: seconds an attempt may run; past it, the attempt fails
-            (a coroutine is cancelled, a sync job gets ``JobCancelled``
+            (a coroutine is cancelled, a sync job gets ``TimeoutError``
             from its next ``set_progress``).
 
     Raises:

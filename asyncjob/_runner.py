@@ -58,7 +58,11 @@ class Runner:
     from another loop are carried over to the runner's own.
 
     Args:
-        store: ``"memory"`` (the default), or a :class:`~asyncjob.stores.Store`.
+        store: ``"memory"`` (the default), an SQLAlchemy async URL
+            (``"sqlite+aiosqlite:///path/jobs.db"``,
+            ``"postgresql+asyncpg://user@host/db"``: see
+            :class:`asyncjob.stores.sql.SQLStore`), or a
+            :class:`~asyncjob.stores.Store`.
         concurrency: how many jobs may run at once (at least 1).
         sessionmaker: an SQLAlchemy ``async_sessionmaker``: each coroutine
             job then gets its own session (:func:`asyncjob.session`), in a
@@ -104,6 +108,11 @@ class Runner:
                 "a job scope decides itself what wraps each job"
             )
         self._store = resolve_store(store)
+        if producer_only and not self._store.durable:
+            raise ValueError(
+                "producer_only=True needs a store that workers share (an SQL store): "
+                "with this store, no other process could run the jobs"
+            )
         self._phase = _Phase.new
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = Executor(self._store, self.options.threads, job_scope or sessions)

@@ -9,6 +9,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from ._errors import AsyncJobError
 from ._execution import logger
 from ._runner import Runner
 
@@ -23,6 +26,9 @@ def run_worker(
     grace_period: float = 10.0,
     lease: float = 30.0,
     poll_interval: float = 0.25,
+    threads: int | None = None,
+    keep_finished: float = 7 * 24 * 3600.0,
+    table_prefix: str = "asyncjob_",
 ) -> int:
     """Import ``modules`` (which register jobs), then run the store's jobs
     until SIGINT or SIGTERM, and stop gracefully. Returns the exit code:
@@ -37,18 +43,27 @@ def run_worker(
             print(f"asyncjob worker: cannot import {module}: {exc!r}", file=sys.stderr)
             return 2
     try:
-        if not store.startswith(("sqlite", "postgresql")):
-            raise ValueError(f"{store!r} is not a store that workers share: give a database URL")
+        if not store.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                f"{store!r} is not a store that workers share: give an async database URL, "
+                "sqlite+aiosqlite:///path/jobs.db or postgresql+asyncpg://user@host/db"
+            )
         from .stores.sql import SQLStore
 
-        shared = SQLStore(store, lease=lease, poll_interval=poll_interval)
-        runner = Runner(shared, concurrency=concurrency, grace_period=grace_period)
+        shared = SQLStore(
+            store,
+            lease=lease,
+            poll_interval=poll_interval,
+            keep_finished=keep_finished,
+            table_prefix=table_prefix,
+        )
+        runner = Runner(shared, concurrency=concurrency, threads=threads, grace_period=grace_period)
     except (TypeError, ValueError) as exc:
         print(f"asyncjob worker: {exc}", file=sys.stderr)
         return 2
     try:
         asyncio.run(_serve(runner))
-    except OSError as exc:  # the database cannot be reached
+    except (OSError, SQLAlchemyError, AsyncJobError) as exc:  # cannot open the store
         print(f"asyncjob worker: cannot open the store: {exc}", file=sys.stderr)
         return 2
     return 0

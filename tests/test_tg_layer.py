@@ -11,6 +11,7 @@ import textwrap
 import threading
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -200,3 +201,23 @@ def test_after_fork_the_parents_worker_is_not_used(app_globals: Globals) -> None
         said = pipe.read().decode()
     os.waitpid(pid, 0)
     assert "start it in each worker process" in said
+
+
+def test_a_tracker_over_a_shared_store(tmp_path: Path) -> None:
+    """A progress tracker does not hide the SQL store: registered jobs are
+    claimed and leased as without one, and the tracker follows them."""
+    from . import worker_jobs
+    from .test_stores import DictTracker
+
+    stop_async_worker(TIMEOUT)
+    tracker = DictTracker()
+    queue = start_async_worker(
+        Globals.__new__(Globals), tracker, store=f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
+    )
+    try:
+        assert queue.runner.store.durable
+        uid = asyncjob_perform(worker_jobs.whoami, 5)
+        assert queue.wait(uid, TIMEOUT)["n"] == 5
+        assert tracker.progress == {}  # tracked, then removed at the end
+    finally:
+        stop_async_worker(TIMEOUT)

@@ -198,6 +198,12 @@ def test_worker_command_refuses_bad_input(tmp_path: Path) -> None:
     for store, module, message in [
         (url, "no_such_module", "cannot import no_such_module"),
         ("memory", "tests.worker_jobs", "not a store that workers share"),
+        ("sqlite:///sync-driver.db", "tests.worker_jobs", "give an async database URL"),
+        (
+            "postgresql+asyncpg://no_such_role@127.0.0.1:5432/test",
+            "tests.worker_jobs",
+            "cannot open the store",
+        ),
     ]:
         done = subprocess.run(
             [sys.executable, "-m", "asyncjob", "worker", "--store", store, "--import", module],
@@ -236,6 +242,7 @@ async def test_stopping_hands_claimed_jobs_back(
         now = await reader.get(job_id)
         assert now is not None
         assert now.state is JobState.queued
+        assert now.attempts == 0  # handed back: no attempt used up
 
 
 async def test_a_job_cancelled_elsewhere_stops_here(
@@ -354,3 +361,31 @@ def test_bad_store_options() -> None:
         SQLStore("sqlite+aiosqlite:///x.db", lease=0)
     with pytest.raises(ValueError, match="keep_finished"):
         SQLStore("sqlite+aiosqlite:///x.db", keep_finished=-1)
+
+
+def test_the_store_can_come_from_the_environment(tmp_path: Path) -> None:
+    """$ASYNCJOB_STORE stands for --store, keeping a password out of ps."""
+    env = {**os.environ, "ASYNCJOB_STORE": "memory"}
+    done = subprocess.run(
+        [sys.executable, "-m", "asyncjob", "worker", "--import", "tests.worker_jobs"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+    )
+    assert done.returncode == 2
+    assert "'memory' is not a store that workers share" in done.stderr
+
+
+def test_store_options_are_checked() -> None:
+    """A table prefix that is not a plain identifier is refused."""
+    for prefix in ["MyApp_", "my-app_", "1app_", ""]:
+        with pytest.raises(ValueError, match="table_prefix"):
+            SQLStore("sqlite+aiosqlite:///x.db", table_prefix=prefix)
+
+
+def test_producer_only_needs_a_shared_store() -> None:
+    """With the memory store, no other process could run the jobs: refused."""
+    with pytest.raises(ValueError, match="producer_only=True needs a store that workers share"):
+        asyncjob.Runner(producer_only=True)

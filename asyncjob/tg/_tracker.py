@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import anyio.to_thread
 
-from asyncjob._models import Job, JobState, JobStatus, Outcome
+from asyncjob._models import Claimed, Job, JobState, JobStatus, Outcome
 from asyncjob.stores import Store
 
 __all__ = ("ProgressTracker", "TrackedStore")
@@ -44,6 +44,35 @@ class TrackedStore(Store):
     def __init__(self, inner: Store, tracker: ProgressTracker) -> None:
         self.inner = inner
         self.tracker = tracker
+        self.durable = inner.durable
+
+    @property
+    def on_queued(self) -> Callable[[], None] | None:
+        return self.inner.on_queued
+
+    @on_queued.setter
+    def on_queued(self, callback: Callable[[], None] | None) -> None:
+        self.inner.on_queued = callback
+
+    def __getattr__(self, name: str) -> Any:
+        # Whatever else the inner store offers (a durable store's lease,
+        # poll_interval, finish_in...) is the inner store's.
+        return getattr(self.inner, name)
+
+    async def claim(self, limit: int) -> list[Claimed]:
+        return await self.inner.claim(limit)
+
+    async def release(self, job_ids: list[str]) -> None:
+        await self.inner.release(job_ids)
+
+    async def renew(self) -> list[str]:
+        return await self.inner.renew()
+
+    async def recover(self) -> int:
+        return await self.inner.recover()
+
+    async def forget_finished(self) -> int:
+        return await self.inner.forget_finished()
 
     async def open(self) -> None:
         await self.inner.open()

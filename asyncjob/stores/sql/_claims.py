@@ -81,7 +81,14 @@ async def release(db: Database, tables: Tables, owner: str, job_ids: list[str]) 
         await conn.execute(
             update(jobs)
             .where(jobs.c.id.in_(job_ids), jobs.c.locked_by == owner, jobs.c.state == _RUNNING)
-            .values(state=_QUEUED, locked_by=None, lease_expires_at=None, started_at=None)
+            # Handed back, not failed: this attempt does not count.
+            .values(
+                state=_QUEUED,
+                locked_by=None,
+                lease_expires_at=None,
+                started_at=None,
+                attempts=jobs.c.attempts - 1,
+            )
         )
 
 

@@ -59,3 +59,6 @@ def status_of(row: Row[Any]) -> JobStatus:
         started_at=timestamp_to_datetime(row.started_at),
         finished_at=timestamp_to_datetime(row.finished_at),
     )
+
+
+BadRecord.__module__ = "asyncjob.stores.sql"  # where users import it from

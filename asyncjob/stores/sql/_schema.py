@@ -153,3 +153,6 @@ def _create_notify_trigger(conn: Connection, tables: Tables) -> None:
             f"FOR EACH ROW EXECUTE FUNCTION {jobs}_notify()"
         )
     )
+
+
+SchemaError.__module__ = "asyncjob.stores.sql"  # where users import it from

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -26,6 +27,9 @@ from ._schema import Tables, channels, ensure_schema
 from ._signals import Signals
 
 __all__ = ("BadRecord", "SQLStore")
+
+#: It goes into table, index, trigger and channel names, unquoted.
+_PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,30}")
 
 
 class SQLStore(Store):
@@ -57,6 +61,11 @@ class SQLStore(Store):
         lease: float = 30.0,
         keep_finished: float = 7 * 24 * 3600.0,
     ) -> None:
+        if not _PREFIX.fullmatch(table_prefix):
+            raise ValueError(
+                f"table_prefix must be lower-case letters, digits and underscores, "
+                f"starting with a letter or underscore, not {table_prefix!r}"
+            )
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be > 0 seconds, not {poll_interval!r}")
         if not lease > 0:
