@@ -19,7 +19,7 @@ import pytest
 
 import asyncjob
 from asyncjob import JobState
-from asyncjob.stores.sql import SQLStore
+from asyncjob.stores.sql import SQLStore, _claims
 
 from . import worker_jobs
 from .conftest import TIMEOUT, Database, RunnerFactory
@@ -275,12 +275,15 @@ async def test_a_lease_that_runs_out_is_recovered(database: Database) -> None:
         (claimed,) = await holder.claim(10)
         assert (claimed.id, claimed.args, claimed.attempts) == (job.id, (1,), 1)
         assert await other.claim(10) == []
+        assert holder._keeper is not None
+        holder._keeper.stop()  # the holder dies: nobody renews its lease
         async with asyncio.timeout(TIMEOUT):
             while not await other.recover():  # noqa: ASYNC110 - waits for the database's clock
                 await asyncio.sleep(0.05)
         (again,) = await other.claim(10)
         assert again.attempts == 2
-        assert await holder.renew() == [job.id]  # the first holder lost it
+        lost = await _claims.renew(holder.db, holder.tables, holder.owner, [job.id], 1.0)
+        assert lost == [job.id]  # the first holder lost it
     finally:
         await holder.close()
         await other.close()
@@ -289,7 +292,7 @@ async def test_a_lease_that_runs_out_is_recovered(database: Database) -> None:
 PERFORMER = """
 import asyncio, sys
 import asyncjob
-from asyncjob.stores.sql import SQLStore
+from asyncjob.stores.sql import SQLStore, _claims
 
 async def main():
     async with asyncjob.Runner(SQLStore(sys.argv[1], lease=0.3), concurrency=1) as runner:
@@ -389,3 +392,23 @@ def test_producer_only_needs_a_shared_store() -> None:
     """With the memory store, no other process could run the jobs: refused."""
     with pytest.raises(ValueError, match="producer_only=True needs a store that workers share"):
         asyncjob.Runner(producer_only=True)
+
+
+async def test_a_worker_whose_loop_is_blocked_keeps_its_jobs(
+    producer: asyncjob.Runner, workers: Workers, reader: SQLStore
+) -> None:
+    """A coroutine job that blocks its loop for several leases is not taken
+    from its worker: the leases are renewed by a thread of their own."""
+    workers.start(lease=0.3)
+    job_id = await producer.perform(worker_jobs.blocks_loop, 1.5)
+    async with asyncio.timeout(TIMEOUT):
+        async for status in reader.watch(job_id):
+            if status.state is JobState.running:
+                break
+    recovered = 0
+    for _ in range(10):  # across the 1.5 s the loop is blocked, five leases
+        recovered += await reader.recover()
+        await asyncio.sleep(0.1)
+    assert recovered == 0
+    await producer.wait(job_id, timeout=TIMEOUT)
+    assert (await producer.status(job_id)).attempts == 1

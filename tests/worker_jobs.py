@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 
 import asyncjob
 
@@ -29,3 +30,10 @@ def sync_whoami(n: int) -> dict[str, int]:
     """The same as whoami, in a worker thread."""
     asyncjob.set_progress(50)
     return {"n": n, "pid": os.getpid(), "thread": threading.get_ident()}
+
+
+@asyncjob.job
+async def blocks_loop(seconds: float) -> str:
+    """Computes without awaiting, which blocks the worker's event loop."""
+    time.sleep(seconds)  # noqa: ASYNC251 - CPU-bound work done on the loop by mistake
+    return "done"

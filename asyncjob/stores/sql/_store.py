@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -20,6 +21,7 @@ from asyncjob.stores._base import Store
 from . import _claims
 from ._batch import GroupCommit
 from ._engine import Database, same_database
+from ._keeper import LeaseKeeper
 from ._listen import Listener
 from ._progress import ProgressBuffer
 from ._rows import BadRecord, json_column, state_of, status_of
@@ -107,6 +109,7 @@ class SQLStore(Store):
             )
         )
         self._listener: Listener | None = None
+        self._keeper: LeaseKeeper | None = None
         self._changed_channel = channels(self.tables)[1]
 
     @property
@@ -120,11 +123,17 @@ class SQLStore(Store):
         async with self._db.write() as conn:
             await conn.run_sync(ensure_schema, self.tables)
         self._progress.start()
+        self._keeper = LeaseKeeper(
+            self.url, self.tables, self.owner, self.lease, lambda: frozenset(self.held)
+        )
+        self._keeper.start()
         if not self._db.is_sqlite:
             self._listener = Listener(self.url, channels(self.tables), self._notified)
             self._listener.start()
 
     async def close(self) -> None:
+        if self._keeper is not None:
+            await asyncio.to_thread(self._keeper.stop)
         if self._listener is not None:
             await self._listener.stop()
         await self._progress.stop()
@@ -364,7 +373,9 @@ class SQLStore(Store):
             self._signals.notify(job_id)
 
     async def renew(self) -> list[str]:
-        lost = await _claims.renew(self.db, self.tables, self.owner, list(self.held), self.lease)
+        # The renewing itself is the keeper thread's (see _keeper): here,
+        # only what it found lost is taken.
+        lost = self._keeper.take_lost() if self._keeper is not None else []
         self.held.difference_update(lost)
         return lost
 
