@@ -88,7 +88,14 @@ class Fetcher:
             return False
         claimed = await self._store.claim(free)
         for job in claimed:
-            await self._admit(job)
+            try:
+                await self._admit(job)
+            except Exception:  # noqa: BLE001 - one job's trouble must not strand the others
+                logger.exception(
+                    "could not record that job %s cannot run; it runs again once its "
+                    "lease runs out",
+                    job.id,
+                )
         return len(claimed) == free
 
     async def _admit(self, claimed: Claimed) -> None:

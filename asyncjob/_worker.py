@@ -63,10 +63,14 @@ def run_worker(
         return 2
     try:
         asyncio.run(_serve(runner))
-    except (OSError, SQLAlchemyError, AsyncJobError) as exc:  # cannot open the store
-        print(f"asyncjob worker: cannot open the store: {exc}", file=sys.stderr)
+    except _CannotOpen as exc:
+        print(f"asyncjob worker: cannot open the store: {exc.__cause__}", file=sys.stderr)
         return 2
     return 0
+
+
+class _CannotOpen(Exception):
+    """The store could not be opened (its cause says why)."""
 
 
 async def _serve(runner: Runner) -> None:
@@ -74,8 +78,14 @@ async def _serve(runner: Runner) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with runner:
+    try:
+        await runner.start()
+    except (OSError, SQLAlchemyError, AsyncJobError) as exc:
+        raise _CannotOpen from exc
+    try:
         logger.info("worker running with concurrency %d", runner.options.concurrency)
         await stop.wait()
         logger.info("stopping: running jobs get %.0f s to finish", runner.options.grace_period)
+    finally:
+        await runner.stop()
     logger.info("worker stopped")

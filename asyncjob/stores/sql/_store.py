@@ -120,8 +120,12 @@ class SQLStore(Store):
 
     async def open(self) -> None:
         self._db = Database(self.url)
-        async with self._db.write() as conn:
-            await conn.run_sync(ensure_schema, self.tables)
+        try:
+            async with self._db.write() as conn:
+                await conn.run_sync(ensure_schema, self.tables)
+        except BaseException:
+            await self._db.dispose()  # nothing is left open by a store that cannot open
+            raise
         self._progress.start()
         self._keeper = LeaseKeeper(
             self.url, self.tables, self.owner, self.lease, lambda: frozenset(self.held)
@@ -310,6 +314,9 @@ class SQLStore(Store):
     async def retry(self, job_id: str, *, error: str, delay: float) -> bool:
         jobs = self.tables.jobs
         held = jobs.c.state == JobState.running.value, jobs.c.locked_by == self.owner
+        # As in finish: if this write fails, the lease runs out and the job
+        # runs again, rather than being renewed for ever and never ending.
+        self.held.discard(job_id)
         async with self.db.write() as conn:
             row = (
                 await conn.execute(
@@ -318,7 +325,13 @@ class SQLStore(Store):
             ).first()
             if row is None:
                 return False
-            errors = [*(json_column(job_id, "errors", row.errors) or []), error]
+            try:
+                earlier = json_column(job_id, "errors", row.errors) or []
+            except BadRecord as exc:  # edited by hand: keep the new error all the same
+                earlier = [f"(earlier errors unreadable: {exc})"]
+            if not isinstance(earlier, list):
+                earlier = [f"(earlier errors unreadable: {earlier!r})"]
+            errors = [*earlier, error]
             await conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id)
@@ -330,7 +343,6 @@ class SQLStore(Store):
                     lease_expires_at=None,
                 )
             )
-        self.held.discard(job_id)
         self._signals.notify(job_id)
         return True
 

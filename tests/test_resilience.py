@@ -1,0 +1,555 @@
+"""A worker process, and a producer, when the database misbehaves.
+
+PostgreSQL's connections are killed under them (``pg_terminate_backend``),
+the server is restarted, and rows are edited by hand into nonsense: the
+worker carries on, and every registered job still ends, at least once.
+
+The restart test restarts the PostgreSQL cluster that the tests use, with
+``pg_ctlcluster``: it runs wherever that is possible (as root, the cluster
+on this machine, as in CI), skips elsewhere, and fails instead of skipping
+when ``CI`` is set. ``ASYNCJOB_TEST_PG_RESTART=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+from psycopg.rows import TupleRow
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.exc import DBAPIError
+
+import asyncjob
+from asyncjob import JobState
+from asyncjob.stores.sql import BadRecord, SQLStore
+
+from . import resilience_jobs
+from .conftest import PG_HOST, TIMEOUT, Database, RunnerFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: The workers' lease (seconds): short, so that a job whose end could not
+#: be recorded (its connection died) runs again soon.
+LEASE = 1.0
+
+
+class Workers:
+    """``asyncjob worker`` processes started by a test, all stopped after it."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def start(self, url: str, *, concurrency: int = 8) -> subprocess.Popen[str]:
+        log = (self.logs / f"worker-{len(self.processes)}.log").open("w")
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "asyncjob",
+                "worker",
+                "--store",
+                url,
+                "--import",
+                "tests.resilience_jobs",
+                "--concurrency",
+                str(concurrency),
+                "--lease",
+                str(LEASE),
+                "--poll-interval",
+                "0.05",
+                "--grace-period",
+                "2",
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        log.close()  # the child has its own copy
+        self.processes.append(process)
+        return process
+
+    def output(self) -> str:
+        return "\n".join(path.read_text() for path in sorted(self.logs.glob("worker-*.log")))
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(TIMEOUT)
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    """Start worker processes; stop them afterwards, and show what they printed."""
+    made = Workers(tmp_path)
+    yield made
+    made.stop_all()
+    print(made.output())
+
+
+OpenStore = Callable[[str], Awaitable[SQLStore]]
+
+
+@pytest.fixture
+async def open_store() -> AsyncIterator[OpenStore]:
+    """Open stores to read directly; closed after the test."""
+    opened: list[SQLStore] = []
+
+    async def open_one(url: str) -> SQLStore:
+        store = SQLStore(url, poll_interval=0.05)
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        await store.close()
+
+
+async def producer_on(make_runner: RunnerFactory, url: str) -> asyncjob.Runner:
+    """A web process's runner: it performs, and leaves registered jobs to workers."""
+    runner: asyncjob.Runner = await make_runner(
+        SQLStore(url, poll_interval=0.05), producer_only=True
+    )
+    return runner
+
+
+async def started_worker(
+    workers: Workers, producer: asyncjob.Runner, url: str, *, concurrency: int = 8
+) -> subprocess.Popen[str]:
+    """A worker that is up: it has run a first job."""
+    worker = workers.start(url, concurrency=concurrency)
+    first = await producer.perform(resilience_jobs.step, -1, 0)
+    assert (await producer.wait(first, timeout=TIMEOUT))["pid"] == worker.pid
+    return worker
+
+
+def edit_by_hand(sync_url: str, *statements: str) -> None:
+    """Run SQL as someone at a database prompt would: outside asyncjob."""
+    engine = create_engine(sync_url)
+    try:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+def insert_job(
+    job_id: str, name: str, *, state: str, args: str, errors: str | None = None, at: float = 0.0
+) -> str:
+    """A registered job's row, as written by hand."""
+    errors_sql = "NULL" if errors is None else f"'{errors}'"
+    return (
+        "INSERT INTO asyncjob_jobs (id, name, registered, state, args, kwargs, errors,"
+        " attempts, enqueued_at, run_after)"
+        f" VALUES ('{job_id}', '{name}', TRUE, '{state}', '{args}', '{{}}', {errors_sql},"
+        f" 0, {at or time.time()}, 0)"
+    )
+
+
+async def attempts_of(store: SQLStore) -> dict[str, int]:
+    jobs = store.tables.jobs
+    async with store.db.read() as conn:
+        rows = (await conn.execute(select(jobs.c.id, jobs.c.attempts))).all()
+    return dict(rows)
+
+
+async def until_taken(store: SQLStore, job_id: str) -> None:
+    """Until a worker has claimed the job (it may have finished already)."""
+    async with asyncio.timeout(TIMEOUT):
+        async for status in store.watch(job_id):
+            if status.state is not JobState.queued:
+                return
+
+
+# -- connections killed -------------------------------------------------------
+
+
+Killer = psycopg.AsyncConnection[TupleRow]
+
+
+def conninfo(database: Database) -> str:
+    """The test database's address, for psycopg."""
+    return f"{PG_HOST.rsplit('/', 1)[0]}/{database.async_url.rsplit('/', 1)[1]}"
+
+
+@pytest.fixture
+async def killer(postgres_db: Database) -> AsyncIterator[Killer]:
+    """A connection of the test's own to the test database, to kill the others."""
+    conn = await psycopg.AsyncConnection.connect(conninfo(postgres_db), autocommit=True)
+    yield conn
+    await conn.close()
+
+
+async def terminate_backends(killer: Killer, *, spare: int | None = None) -> int:
+    """Kill every connection to the killer's database but its own (and
+    ``spare``'s), and wait until they are gone; returns how many died."""
+    # Chosen first, killed after: in one statement, PostgreSQL may call
+    # pg_terminate_backend before it has filtered the rows.
+    cursor = await killer.execute(
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> %s",
+        (spare or 0,),
+    )
+    pids = [pid for (pid,) in await cursor.fetchall()]
+    await killer.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            cursor = await killer.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+            )
+            alive = await cursor.fetchone()
+            if alive == (0,):
+                return len(pids)
+            await asyncio.sleep(0.002)  # polls the server's process table
+
+
+async def test_worker_rides_out_killed_connections(
+    postgres_db: Database,
+    workers: Workers,
+    make_runner: RunnerFactory,
+    open_store: OpenStore,
+    killer: Killer,
+) -> None:
+    """Every connection to the database is killed every few performs while
+    a worker runs the stream of jobs: the worker reconnects and carries on,
+    and every job ends succeeded; the jobs whose end could not be recorded
+    run again (at least once)."""
+    url = postgres_db.async_url
+    producer = await producer_on(make_runner, url)
+    reader = await open_store(url)
+    # Killed while it opens the store, a worker exits: it is up first.
+    worker = await started_worker(workers, producer, url)
+    ids: list[str] = []
+    killed = []
+    for n in range(400):
+        ids.append(await producer.perform(resilience_jobs.step, n, 0.02))
+        if n % 5 == 4:
+            killed.append(await terminate_backends(killer))
+    results = [await producer.wait(job_id, timeout=TIMEOUT) for job_id in ids]
+    assert [r["n"] for r in results] == list(range(400))
+    assert {r["pid"] for r in results} == {worker.pid}
+    assert worker.poll() is None
+    # The producer's pooled connection every time, and the worker's too (a
+    # pooled one, and the one that listens) most of the time.
+    assert min(killed) >= 1
+    assert sum(killed) >= 2 * len(killed)
+    attempts = await attempts_of(reader)
+    assert all(attempts[job_id] >= 1 for job_id in ids)
+    print(f"connections killed {sum(killed)} in {len(killed)} rounds;", end=" ")
+    print(f"jobs by attempts {sorted(Counter(attempts[i] for i in ids).items())}")
+
+
+async def test_producer_connections_killed_between_performs(
+    postgres_db: Database, make_runner: RunnerFactory, killer: Killer
+) -> None:
+    """Killed between two performs, the producer's pooled connection is
+    replaced before it is used (pool_pre_ping): the next perform, and the
+    next read, work without an error to retry."""
+    producer = await producer_on(make_runner, postgres_db.async_url)
+    previous = await producer.perform(resilience_jobs.step, 0, 0)
+    for n in range(1, 6):
+        assert await terminate_backends(killer) >= 1
+        job_id = await producer.perform(resilience_jobs.step, n, 0)
+        assert await terminate_backends(killer) >= 1
+        assert (await producer.status(previous)).state is JobState.queued  # no worker here
+        previous = job_id
+
+
+async def test_a_perform_killed_mid_way_fails_clearly_and_again_works(
+    postgres_db: Database, make_runner: RunnerFactory, killer: Killer
+) -> None:
+    """Killed in the middle of a perform, the connection takes the perform
+    with it: it raises the driver's error, "terminating connection due to
+    administrator command", nothing is recorded, and performing again works."""
+    producer = await producer_on(make_runner, postgres_db.async_url)
+    done = await producer.perform(resilience_jobs.step, 0, 0)
+    async with await psycopg.AsyncConnection.connect(conninfo(postgres_db)) as locker:
+        # The perform's INSERT waits for this lock: caught in the middle.
+        await locker.execute("LOCK TABLE asyncjob_jobs IN EXCLUSIVE MODE")
+        perform = asyncio.create_task(producer.perform(resilience_jobs.step, 1, 0))
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                cursor = await killer.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                if await cursor.fetchone() == (1,):
+                    break
+                await asyncio.sleep(0.005)  # polls the server's process table
+        await terminate_backends(killer, spare=locker.info.backend_pid)
+        with pytest.raises(DBAPIError, match="terminating connection due to administrator") as lost:
+            await perform
+        assert lost.value.connection_invalidated  # SQLAlchemy's sign that a retry may work
+        await locker.rollback()
+    again = await producer.perform(resilience_jobs.step, 1, 0)
+    cursor = await killer.execute("SELECT id FROM asyncjob_jobs ORDER BY enqueued_at")
+    assert await cursor.fetchall() == [(done,), (again,)]
+
+
+# -- the server restarted -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A PostgreSQL cluster on this machine, as pg_ctlcluster names it."""
+
+    version: str
+    name: str
+
+    def command(self, action: str, *options: str) -> list[str]:
+        return [
+            "pg_ctlcluster",
+            "--skip-systemctl-redirect",
+            *options,
+            self.version,
+            self.name,
+            action,
+        ]
+
+    def ensure_running(self) -> None:
+        """Start it if it is down, and wait until it answers."""
+        status = subprocess.run(self.command("status"), capture_output=True, timeout=TIMEOUT)
+        if status.returncode != 0:
+            subprocess.run(self.command("start"), check=True, timeout=TIMEOUT * 3)
+        deadline = time.monotonic() + TIMEOUT * 3
+        while True:
+            try:
+                psycopg.connect(PG_HOST, connect_timeout=3).close()
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)  # until it accepts connections again
+
+
+def cluster_to_restart() -> Cluster | str:
+    """The cluster the tests use, if this process may restart it; else why not."""
+    if os.environ.get("ASYNCJOB_TEST_PG_RESTART") == "0":
+        return "ASYNCJOB_TEST_PG_RESTART=0"
+    if shutil.which("pg_ctlcluster") is None or shutil.which("pg_lsclusters") is None:
+        return "no pg_ctlcluster here to restart PostgreSQL with"
+    if os.geteuid() != 0:
+        return "restarting PostgreSQL takes root"
+    address = urlsplit(PG_HOST)
+    if address.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return f"PostgreSQL at {address.hostname} is not on this machine"
+    port = str(address.port or 5432)
+    listing = subprocess.run(
+        ["pg_lsclusters", "--no-header"], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    for line in listing.stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[2] == port and fields[3].startswith("online"):
+            return Cluster(fields[0], fields[1])
+    return f"no cluster of pg_lsclusters is online on port {port}"
+
+
+@pytest.fixture
+def cluster(postgres: str) -> Iterator[Cluster]:
+    """The test's PostgreSQL cluster, running again after the test whatever happens."""
+    found = cluster_to_restart()
+    if isinstance(found, str):
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must restart PostgreSQL: {found}")
+        pytest.skip(found)
+    try:
+        yield found
+    finally:
+        found.ensure_running()
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+async def test_worker_carries_on_after_the_server_restarts(
+    postgres_db: Database,
+    cluster: Cluster,
+    mode: str,
+    workers: Workers,
+    make_runner: RunnerFactory,
+    open_store: OpenStore,
+) -> None:
+    """PostgreSQL restarts while a worker runs jobs (``fast``: connections are
+    ended and the server shuts down cleanly; ``immediate``: as in a crash,
+    with recovery from the log): once it is back, the worker carries on
+    and every job ends succeeded, the producer's next perform included."""
+    url = postgres_db.async_url
+    producer = await producer_on(make_runner, url)
+    reader = await open_store(url)
+    worker = await started_worker(workers, producer, url, concurrency=4)
+    ids = [await producer.perform(resilience_jobs.step, n, 0.05) for n in range(60)]
+    await until_taken(reader, ids[0])
+    try:
+        restart = await asyncio.create_subprocess_exec(*cluster.command("restart", "-m", mode))
+        async with asyncio.timeout(TIMEOUT * 2):
+            assert await restart.wait() == 0
+    finally:
+        await asyncio.to_thread(cluster.ensure_running)
+    ids += [await producer.perform(resilience_jobs.step, n, 0.05) for n in range(60, 80)]
+    results = [await producer.wait(job_id, timeout=TIMEOUT) for job_id in ids]
+    assert [r["n"] for r in results] == list(range(80))
+    assert {r["pid"] for r in results} == {worker.pid}
+    assert worker.poll() is None
+    attempts = await attempts_of(reader)
+    print(f"jobs by attempts {sorted(Counter(attempts[i] for i in ids).items())}")
+
+
+# -- rows edited by hand ----------------------------------------------------------
+
+
+async def test_rows_edited_into_nonsense_under_a_worker(
+    database: Database, workers: Workers, make_runner: RunnerFactory, open_store: OpenStore
+) -> None:
+    """A queued job whose arguments are not JSON fails, saying so, without
+    running; a row in a state asyncjob never writes is left alone, and
+    reading it raises BadRecord; the worker carries on with the others."""
+    producer = await producer_on(make_runner, database.async_url)
+    worker = await started_worker(workers, producer, database.async_url)
+    bad_args, bad_state = "a" * 32, "b" * 32
+    step = "tests.resilience.step"
+    before = [await producer.perform(resilience_jobs.step, n, 0.01) for n in range(20)]
+    await asyncio.to_thread(  # in a thread: the loop must go on while it writes
+        edit_by_hand,
+        database.sync_url,
+        insert_job(bad_args, step, state="queued", args="[1, nope"),
+        insert_job(bad_state, step, state="exploded", args="[2, 0]"),
+    )
+    after = [await producer.perform(resilience_jobs.step, n, 0.01) for n in range(20, 40)]
+    with pytest.raises(asyncjob.JobFailed, match=f"job {bad_args} has stored arguments") as failed:
+        await producer.wait(bad_args, timeout=TIMEOUT)
+    assert "cannot read" in str(failed.value)
+    results = [await producer.wait(job_id, timeout=TIMEOUT) for job_id in before + after]
+    assert [r["n"] for r in results] == list(range(40))
+    with pytest.raises(BadRecord, match=f"job {bad_state} has the state 'exploded'"):
+        await producer.status(bad_state)
+    with pytest.raises(BadRecord, match=f"job {bad_state} has the state 'exploded'"):
+        await producer.wait(bad_state, timeout=TIMEOUT)
+    reader = await open_store(database.async_url)
+    assert (await attempts_of(reader))[bad_state] == 0  # never claimed
+    assert worker.poll() is None
+
+
+async def test_a_running_jobs_row_edited_into_an_unknown_state(
+    database: Database, workers: Workers, make_runner: RunnerFactory, open_store: OpenStore
+) -> None:
+    """A running job's state edited into nonsense: its worker no longer
+    holds it, stops it at its next lease renewal, and takes the next job."""
+    producer = await producer_on(make_runner, database.async_url)
+    reader = await open_store(database.async_url)
+    worker = await started_worker(workers, producer, database.async_url, concurrency=1)
+    stuck = await producer.perform(resilience_jobs.step, 0, 60.0)
+    await until_taken(reader, stuck)
+    await asyncio.to_thread(
+        edit_by_hand,
+        database.sync_url,
+        f"UPDATE asyncjob_jobs SET state = 'exploded' WHERE id = '{stuck}'",
+    )
+    following = await producer.perform(resilience_jobs.step, 1, 0)
+    assert (await producer.wait(following, timeout=TIMEOUT))["n"] == 1  # the one slot came free
+    with pytest.raises(BadRecord, match=f"job {stuck} has the state 'exploded'"):
+        await producer.status(stuck)
+    assert worker.poll() is None
+
+
+async def test_a_failing_job_whose_earlier_errors_are_nonsense_still_ends(
+    database: Database, workers: Workers, make_runner: RunnerFactory, open_store: OpenStore
+) -> None:
+    """A job with retries fails; the errors of its earlier attempts, which
+    a retry appends to, were edited into nonsense: the job still ends."""
+    producer = await producer_on(make_runner, database.async_url)
+    worker = await started_worker(workers, producer, database.async_url)
+    bad = "c" * 32
+    await asyncio.to_thread(
+        edit_by_hand,
+        database.sync_url,
+        insert_job(bad, "tests.resilience.always_fails", state="queued", args='["boom"]',
+                   errors="{nope"),
+    )  # fmt: skip
+    following = await producer.perform(resilience_jobs.step, 1, 0)
+    assert (await producer.wait(following, timeout=TIMEOUT))["pid"] == worker.pid
+    reader = await open_store(database.async_url)
+    async with asyncio.timeout(4 * LEASE):
+        # Its outcome, not its status: reading the errors would raise BadRecord.
+        while True:
+            outcome = await reader.outcome(bad)
+            if outcome is not None and outcome.state.is_final:
+                break
+            await asyncio.sleep(0.05)  # the worker is another process: polls the store
+    assert outcome.state is JobState.failed
+    assert outcome.error == "RuntimeError: boom"
+
+
+async def test_a_write_refused_while_failing_a_bad_job_strands_no_other_job(
+    database: Database, workers: Workers, make_runner: RunnerFactory
+) -> None:
+    """The database refuses to record the failure of a job whose arguments
+    cannot be read (a trigger here; a connection lost, in life): the other
+    jobs the worker claimed with it still run, and the bad one fails on its
+    next attempt, saying why."""
+    producer = await producer_on(make_runner, database.async_url)
+    bad = "d" * 32
+    refuse = f"NEW.id = '{bad}' AND NEW.state = 'failed' AND NEW.attempts = 1"
+    if database.kind == "sqlite":
+        trigger = [
+            "CREATE TRIGGER refuse BEFORE UPDATE ON asyncjob_jobs"
+            f" WHEN {refuse} BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+        ]
+    else:
+        trigger = [
+            "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN"
+            f" IF {refuse} THEN RAISE EXCEPTION 'refused by a trigger'; END IF;"
+            " RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER refuse BEFORE UPDATE ON asyncjob_jobs"
+            " FOR EACH ROW EXECUTE FUNCTION refuse()",
+        ]
+    # Oldest first: the worker claims it first, in one batch with the others.
+    await asyncio.to_thread(
+        edit_by_hand,
+        database.sync_url,
+        *trigger,
+        insert_job(bad, "tests.resilience.step", state="queued", args="[", at=1.0),
+    )
+    others = [await producer.perform(resilience_jobs.step, n, 0) for n in range(5)]
+    workers.start(database.async_url)
+    async with asyncio.timeout(4 * LEASE):
+        results = [await producer.wait(job_id) for job_id in others]
+        assert [r["n"] for r in results] == list(range(5))
+        with pytest.raises(asyncjob.JobFailed, match="stored arguments asyncjob cannot read"):
+            await producer.wait(bad)
+
+
+def test_a_worker_that_cannot_open_the_store_says_so(postgres: str) -> None:
+    """The server answers but refuses (no such database; in a restart, "the
+    database system is starting up"): the worker says so and exits 2, as
+    when the server does not answer at all."""
+    base = PG_HOST.rsplit("/", 1)[0].split("://", 1)[1]
+    store = f"postgresql+asyncpg://{base}/asyncjob_no_such_database"
+    done = subprocess.run(
+        [sys.executable, "-m", "asyncjob", "worker", "--store", store, "--import", "tests"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert "Traceback" not in done.stderr
+    assert "cannot open the store" in done.stderr
+    assert done.returncode == 2
