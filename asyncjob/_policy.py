@@ -11,8 +11,9 @@ from . import _context
 from ._models import Job
 from ._registry import lookup
 from ._sessions import JobScope
+from .stores import Store
 
-__all__ = ("FinishIn", "call_async", "retry_delay", "timeout_of")
+__all__ = ("FinishIn", "call_async", "finish_in_session", "retry_delay", "timeout_of")
 
 #: ``finish_in(session, job_id, result)``: record a job's success in its session.
 FinishIn = Callable[[Any, str, Any], Awaitable[None]]
@@ -74,3 +75,17 @@ async def _call_with_timeout(job: Job, timeout: float | None) -> Any:
         if limit.expired():
             raise timed_out(job, timeout) from None
         raise
+
+
+def finish_in_session(store: Store, maker: Any) -> FinishIn | None:
+    """The store's way of recording a job's success in the job's own session,
+    when the runner's sessions are on the store's own database."""
+    finish_in = getattr(store, "finish_in", None)
+    shares = getattr(store, "shares_database_with", None)
+    if maker is None or finish_in is None or shares is None:
+        return None
+    engine = maker.kw.get("bind")
+    if engine is None or not shares(engine):
+        return None
+    result: FinishIn = finish_in
+    return result

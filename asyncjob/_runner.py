@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Self, TypeVar
 
-from . import _current, _loops
+from . import _current, _policy
 from ._callables import describe
-from ._errors import JobCancelled, JobFailed, JobNotFound, RunnerNotRunning
+from ._errors import RunnerNotRunning
 from ._execution import Executor
 from ._fetcher import Fetcher
-from ._models import Job, JobState, JobStatus, Outcome, Progress
+from ._models import Job
 from ._options import RunnerOptions
-from ._policy import FinishIn
+from ._queries import JobQueries
 from ._registry import registered_name
 from ._sessions import JobScope, Sessions
 from ._shutdown import shut_down
@@ -39,7 +38,7 @@ class _Phase(enum.Enum):
     stopped = "stopped"
 
 
-class Runner:
+class Runner(JobQueries):
     """Runs jobs in the background of an asyncio application.
 
     Use it as an async context manager (or call :meth:`start` and
@@ -118,7 +117,7 @@ class Runner:
         self._executor = Executor(self._store, self.options.threads, job_scope or sessions)
         self._pool = WorkerPool(self._executor, self.options.concurrency)
         self._executor.resubmit = self._pool.submit_later
-        self._executor.finish_in = _finish_in_session(self._store, sessions)
+        self._executor.finish_in = _policy.finish_in_session(self._store, sessions.async_maker)
         self._stopped = asyncio.Event()
         self.producer_only = producer_only
         self._fetcher: Fetcher | None = None
@@ -311,128 +310,3 @@ class Runner:
         """
         async with asyncio.timeout(timeout):
             await self._on_loop(self._pool.join())
-
-    # -- asking about jobs ------------------------------------------------
-
-    async def status(self, job_id: str) -> JobStatus:
-        """The job's current :class:`JobStatus`.
-
-        Raises:
-            JobNotFound: no job has this id (or it was forgotten).
-        """
-        status = await self._read(self._store.get, job_id)
-        if status is None:
-            raise JobNotFound(job_id)
-        return status
-
-    async def get_progress(self, job_id: str) -> Progress | None:
-        """The job's progress, with ``tgext.asyncjob``'s meaning.
-
-        ``(-1, None)`` while the job has not reported any progress yet;
-        ``(value, data)`` as last given to :func:`asyncjob.set_progress`;
-        ``None`` once the job has ended, and for an unknown id.
-        """
-        status = await self._read(self._store.get, job_id)
-        if status is None or status.is_final:
-            return None
-        if status.progress is None:
-            return (-1, None)
-        return (status.progress, status.data)
-
-    async def wait(self, job_id: str, timeout: float | None = None) -> Any:
-        """Wait for the job to end and return its result.
-
-        Raises:
-            JobFailed: the job raised; the text has the original error.
-            JobCancelled: the job was cancelled.
-            JobNotFound: no job has this id.
-            TimeoutError: ``timeout`` seconds passed first (the job goes on).
-        """
-        outcome = await self._read(self._store.outcome, job_id)
-        if outcome is None:
-            raise JobNotFound(job_id)
-        if not outcome.state.is_final:
-            async with asyncio.timeout(timeout):
-                async for status in self.watch(job_id):
-                    if status.is_final:
-                        outcome = status.outcome()
-        return _result(job_id, outcome)
-
-    async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
-        """Yield the job's status now and on every change; stop after the
-        final one.
-
-        Changes are pushed to the watcher as they happen; many watchers of
-        one job are fine. A watcher that falls far behind may miss
-        intermediate progress, never the final status.
-
-        Raises:
-            JobNotFound: no job has this id.
-        """
-        if self._loop is None or self._on_own_loop():
-            async for status in self._store.watch(job_id):
-                yield status
-            return
-        source = functools.partial(self.watch, job_id)
-        async for status in _loops.relay(self._loop, source, _is_final):
-            yield status
-
-    async def cancel(self, job_id: str) -> bool:
-        """Cancel the job; returns True if it was queued or running.
-
-        Its state is ``cancelled`` as soon as this returns: a queued job
-        never starts; a running coroutine job gets
-        :class:`asyncio.CancelledError` at its current ``await`` (it may
-        clean up); a running sync job gets :class:`JobCancelled` from its
-        next :func:`asyncjob.set_progress`, since a thread cannot be stopped
-        from outside. A job that has ended, or an unknown id, gives False.
-        """
-        return await self._on_loop(self._cancel_here(job_id))
-
-    async def _cancel_here(self, job_id: str) -> bool:
-        before = await self._store.cancel(job_id)
-        if before is JobState.running:
-            self._executor.interrupt(job_id)
-        return before in (JobState.queued, JobState.running)
-
-    # -- loops ------------------------------------------------------------
-
-    def _on_own_loop(self) -> bool:
-        return _loops.is_current(self._loop)
-
-    async def _read(self, method: Callable[[str], Awaitable[T]], job_id: str) -> T:
-        """``await method(job_id)``: a store read, on the runner's loop."""
-        if asyncio.get_running_loop() is self._loop:
-            return await method(job_id)
-        return await self._on_loop(method(job_id))
-
-    async def _on_loop(self, awaitable: Awaitable[T]) -> T:
-        """Await ``awaitable`` on the runner's loop, from whichever loop calls."""
-        return await _loops.call_on(self._loop, awaitable)
-
-
-def _finish_in_session(store: Store, sessions: Sessions) -> FinishIn | None:
-    """The store's way of recording a job's success in the job's own session,
-    when the runner's sessions are on the store's own database."""
-    maker = sessions.async_maker
-    finish_in = getattr(store, "finish_in", None)
-    shares = getattr(store, "shares_database_with", None)
-    if maker is None or finish_in is None or shares is None:
-        return None
-    engine = maker.kw.get("bind")
-    if engine is None or not shares(engine):
-        return None
-    result: FinishIn = finish_in
-    return result
-
-
-def _is_final(status: JobStatus) -> bool:
-    return status.is_final
-
-
-def _result(job_id: str, outcome: Outcome) -> Any:
-    if outcome.state is JobState.succeeded:
-        return outcome.result
-    if outcome.state is JobState.failed:
-        raise JobFailed(job_id, outcome.error or "unknown error", outcome.traceback)
-    raise JobCancelled(job_id)
