@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -37,70 +36,17 @@ from asyncjob.stores.sql import BadRecord, SQLStore
 
 from . import resilience_jobs
 from .conftest import PG_HOST, TIMEOUT, Database, RunnerFactory
-
-ROOT = Path(__file__).resolve().parent.parent
+from .processes import ROOT, Workers
 
 #: The workers' lease (seconds): short, so that a job whose end could not
 #: be recorded (its connection died) runs again soon.
 LEASE = 1.0
 
 
-class Workers:
-    """``asyncjob worker`` processes started by a test, all stopped after it."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.processes: list[subprocess.Popen[str]] = []
-
-    def start(self, url: str, *, concurrency: int = 8) -> subprocess.Popen[str]:
-        log = (self.logs / f"worker-{len(self.processes)}.log").open("w")
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "asyncjob",
-                "worker",
-                "--store",
-                url,
-                "--import",
-                "tests.resilience_jobs",
-                "--concurrency",
-                str(concurrency),
-                "--lease",
-                str(LEASE),
-                "--poll-interval",
-                "0.05",
-                "--grace-period",
-                "2",
-            ],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        log.close()  # the child has its own copy
-        self.processes.append(process)
-        return process
-
-    def output(self) -> str:
-        return "\n".join(path.read_text() for path in sorted(self.logs.glob("worker-*.log")))
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(TIMEOUT)
-
-
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Workers]:
     """Start worker processes; stop them afterwards, and show what they printed."""
-    made = Workers(tmp_path)
+    made = Workers(tmp_path, module="tests.resilience_jobs")
     yield made
     made.stop_all()
     print(made.output())
@@ -137,7 +83,7 @@ async def started_worker(
     workers: Workers, producer: asyncjob.Runner, url: str, *, concurrency: int = 8
 ) -> subprocess.Popen[str]:
     """A worker that is up: it has run a first job."""
-    worker = workers.start(url, concurrency=concurrency)
+    worker = workers.start(url, concurrency=concurrency, lease=LEASE, grace_period=2)
     first = await producer.perform(resilience_jobs.step, -1, 0)
     assert (await producer.wait(first, timeout=TIMEOUT))["pid"] == worker.pid
     return worker
@@ -529,7 +475,7 @@ async def test_a_write_refused_while_failing_a_bad_job_strands_no_other_job(
         insert_job(bad, "tests.resilience.step", state="queued", args="[", at=1.0),
     )
     others = [await producer.perform(resilience_jobs.step, n, 0) for n in range(5)]
-    workers.start(database.async_url)
+    workers.start(database.async_url, lease=LEASE, grace_period=2)
     async with asyncio.timeout(4 * LEASE):
         results = [await producer.wait(job_id) for job_id in others]
         assert [r["n"] for r in results] == list(range(5))

@@ -23,69 +23,14 @@ from asyncjob.stores.sql import SQLStore, _claims
 
 from . import worker_jobs
 from .conftest import TIMEOUT, Database, RunnerFactory
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class Workers:
-    """Worker processes started by a test, all stopped after it."""
-
-    def __init__(self, url: str, logs: Path) -> None:
-        self.url = url
-        self.logs = logs
-        self.processes: list[subprocess.Popen[str]] = []
-
-    def start(self, *, lease: float = 30.0, concurrency: int = 10) -> subprocess.Popen[str]:
-        log = (self.logs / f"worker-{len(self.processes)}.log").open("w")
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "asyncjob",
-                "worker",
-                "--store",
-                self.url,
-                "--import",
-                "tests.worker_jobs",
-                "--concurrency",
-                str(concurrency),
-                "--lease",
-                str(lease),
-                "--poll-interval",
-                "0.05",
-                "--grace-period",
-                "5",
-            ],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        log.close()  # the child has its own copy
-        self.processes.append(process)
-        return process
-
-    def output(self) -> str:
-        """What the workers printed, for a failing test's report."""
-        return "\n".join(path.read_text() for path in sorted(self.logs.glob("worker-*.log")))
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(TIMEOUT)
+from .processes import ROOT, Workers
 
 
 @pytest.fixture
 def workers(database: Database, tmp_path: Path) -> Iterator[Workers]:
     """Start worker processes on the test database; stop them afterwards,
     and show what they printed."""
-    made = Workers(database.async_url, tmp_path)
+    made = Workers(tmp_path, url=database.async_url)
     yield made
     made.stop_all()
     print(made.output())
