@@ -357,3 +357,17 @@ async def test_a_worker_whose_loop_is_blocked_keeps_its_jobs(
     assert recovered == 0
     await producer.wait(job_id, timeout=TIMEOUT)
     assert (await producer.status(job_id)).attempts == 1
+
+
+def test_run_worker_refuses_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The worker command's checks, called in-process: exit code 2 and why."""
+    from asyncjob._worker import run_worker
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
+    assert run_worker(url, ["no_such_module"]) == 2
+    assert run_worker("memory", ["tests.worker_jobs"]) == 2
+    assert run_worker(url, ["tests.worker_jobs"], lease=0) == 2
+    err = capsys.readouterr().err
+    assert "cannot import no_such_module" in err
+    assert "not a store that workers share" in err
+    assert "lease must be > 0" in err
