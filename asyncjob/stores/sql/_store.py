@@ -10,17 +10,18 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import bindparam, case, event, select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from asyncjob._errors import JobLost, JobNotFound
+from asyncjob._errors import JobNotFound
 from asyncjob._models import Claimed, Job, JobState, JobStatus, Outcome
 from asyncjob._serialization import dumps
 from asyncjob.stores._base import Store
 
 from . import _claims
 from ._batch import GroupCommit
-from ._engine import Database, same_database
+from ._endings import JobEndings, finish_statement
+from ._engine import Database
 from ._keeper import LeaseKeeper
 from ._listen import Listener
 from ._progress import ProgressBuffer
@@ -34,7 +35,7 @@ __all__ = ("BadRecord", "SQLStore")
 _PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,30}")
 
 
-class SQLStore(Store):
+class SQLStore(JobEndings, Store):
     """Jobs in SQL tables, readable from every process that opens the store.
 
     Args:
@@ -90,24 +91,7 @@ class SQLStore(Store):
         # Jobs performed, and jobs ended, at the same time share a commit.
         self._enqueues = GroupCommit(lambda: self.db, self._write_inserts)
         self._finishes = GroupCommit(lambda: self.db, self._write_finishes)
-        jobs = self.tables.jobs
-        self._finish_statement = (
-            update(jobs)
-            .where(jobs.c.id == bindparam("b_id"))
-            .values(
-                state=bindparam("b_state"),
-                result=bindparam("b_result"),
-                error=bindparam("b_error"),
-                traceback=bindparam("b_traceback"),
-                finished_at=bindparam("b_finished_at"),
-                locked_by=None,
-                lease_expires_at=None,
-                progress=case(
-                    (bindparam("b_reported"), bindparam("b_progress")), else_=jobs.c.progress
-                ),
-                data=case((bindparam("b_reported"), bindparam("b_data")), else_=jobs.c.data),
-            )
-        )
+        self._finish_statement = finish_statement(self.tables)
         self._listener: Listener | None = None
         self._keeper: LeaseKeeper | None = None
         self._changed_channel = channels(self.tables)[1]
@@ -206,145 +190,6 @@ class SQLStore(Store):
     def report_progress(self, job_id: str, value: float, data: Any) -> None:
         encoded = None if data is None else dumps(data, "the progress data")
         self._progress.report(job_id, (value, encoded))
-
-    async def finish(
-        self,
-        job_id: str,
-        state: JobState,
-        *,
-        result: Any = None,
-        error: str | None = None,
-        traceback: str | None = None,
-    ) -> bool:
-        encoded = None
-        if state is JobState.succeeded:
-            try:
-                encoded = dumps(result, "the result")
-            except TypeError as exc:
-                state, error = JobState.failed, f"TypeError: {exc}"
-        values: dict[str, Any] = {
-            "state": state.value,
-            "result": encoded,
-            "error": error,
-            "traceback": traceback,
-            "finished_at": time.time(),
-            "locked_by": None,
-            "lease_expires_at": None,
-        }
-        last = await self._progress.take(job_id)
-        if last is not None:  # the last report is stored with the final state
-            values["progress"], values["data"] = last
-        self.held.discard(job_id)
-        changed = await self._finishes.submit((job_id, values))
-        if changed:
-            self._signals.notify(job_id)
-        return changed
-
-    async def _write_finishes(
-        self, conn: AsyncConnection, items: list[tuple[str, dict[str, Any]]]
-    ) -> list[bool]:
-        """End many jobs in one statement: those still held by this store."""
-        jobs = self.tables.jobs
-        ids = [job_id for job_id, _ in items]
-        held = set(
-            await conn.scalars(
-                select(jobs.c.id)
-                .where(
-                    jobs.c.id.in_(ids),
-                    # A job whose lease ran out and that another worker took
-                    # meanwhile is that worker's to finish.
-                    jobs.c.state == JobState.running.value,
-                    jobs.c.locked_by == self.owner,
-                )
-                .with_for_update()
-            )
-        )
-        rows = [_finish_row(job_id, values) for job_id, values in items if job_id in held]
-        if rows:
-            await conn.execute(self._finish_statement, rows)
-        return [job_id in held for job_id in ids]
-
-    def shares_database_with(self, engine: Any) -> bool:
-        """True when ``engine`` (an application's) is on this store's database."""
-        return same_database(str(engine.url.render_as_string(hide_password=False)), self.url)
-
-    async def finish_in(self, session: Any, job_id: str, result: Any) -> None:
-        """Record the job's success through ``session``, in the transaction
-        that holds the job's own writes: both are committed together, or
-        neither is.
-
-        Raises:
-            TypeError: the result is not JSON (the job then fails, its writes
-                rolled back).
-            JobLost: the job is no longer held here (cancelled, or its lease
-                ran out and another worker took it): its writes must not be
-                committed, and are rolled back.
-        """
-        encoded = dumps(result, "the result")
-        values: dict[str, Any] = {
-            "state": JobState.succeeded.value,
-            "result": encoded,
-            "finished_at": time.time(),
-            "locked_by": None,
-            "lease_expires_at": None,
-        }
-        last = await self._progress.take(job_id)
-        if last is not None:
-            values["progress"], values["data"] = last
-        jobs = self.tables.jobs
-        done = await session.execute(
-            update(jobs)
-            .where(
-                jobs.c.id == job_id,
-                jobs.c.state == JobState.running.value,
-                jobs.c.locked_by == self.owner,
-            )
-            .values(**values)
-        )
-        if not done.rowcount:
-            raise JobLost(job_id)
-        self.held.discard(job_id)
-        event.listen(
-            session.sync_session,
-            "after_commit",
-            lambda _: self._signals.notify(job_id),
-            once=True,
-        )
-
-    async def retry(self, job_id: str, *, error: str, delay: float) -> bool:
-        jobs = self.tables.jobs
-        held = jobs.c.state == JobState.running.value, jobs.c.locked_by == self.owner
-        # As in finish: if this write fails, the lease runs out and the job
-        # runs again, rather than being renewed for ever and never ending.
-        self.held.discard(job_id)
-        async with self.db.write() as conn:
-            row = (
-                await conn.execute(
-                    select(jobs.c.errors).where(jobs.c.id == job_id, *held).with_for_update()
-                )
-            ).first()
-            if row is None:
-                return False
-            try:
-                earlier = json_column(job_id, "errors", row.errors) or []
-            except BadRecord as exc:  # edited by hand: keep the new error all the same
-                earlier = [f"(earlier errors unreadable: {exc})"]
-            if not isinstance(earlier, list):
-                earlier = [f"(earlier errors unreadable: {earlier!r})"]
-            errors = [*earlier, error]
-            await conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(
-                    state=JobState.queued.value,
-                    errors=dumps(errors, "the errors"),
-                    run_after=self.db.now() + delay,
-                    locked_by=None,
-                    lease_expires_at=None,
-                )
-            )
-        self._signals.notify(job_id)
-        return True
 
     async def cancel(self, job_id: str) -> JobState | None:
         jobs = self.tables.jobs
@@ -451,18 +296,3 @@ class SQLStore(Store):
                 )
         for job_id in pending:
             self._signals.notify(job_id)
-
-
-def _finish_row(job_id: str, values: dict[str, Any]) -> dict[str, Any]:
-    reported = "progress" in values
-    return {
-        "b_id": job_id,
-        "b_state": values["state"],
-        "b_result": values.get("result"),
-        "b_error": values.get("error"),
-        "b_traceback": values.get("traceback"),
-        "b_finished_at": values["finished_at"],
-        "b_reported": reported,
-        "b_progress": values.get("progress"),
-        "b_data": values.get("data"),
-    }
