@@ -554,10 +554,17 @@ def progress(message: str) -> None:
     print(f"  {message}", file=sys.stderr, flush=True)
 
 
-def one_repetition(sizes: Sizes, kinds: Sequence[str], admin: str) -> dict[str, float]:
-    """Every measurement once, each subject next to its baselines."""
+def one_repetition(
+    sizes: Sizes, kinds: Sequence[str], admin: str, keys: frozenset[str] | None = None
+) -> dict[str, float]:
+    """Every measurement once, each subject next to its baselines (only the
+    subjects named in ``keys``, when given)."""
     r: dict[str, float] = {}
     n = sizes.jobs
+
+    def subjects(kind: str) -> tuple[Subject, ...]:
+        return tuple(s for s in subjects_of(kind) if keys is None or s.key in keys)
+
     for kind in kinds:
         progress(f"{kind}: commit latency")
         probe = pg_commit_latency if kind == "postgres" else sqlite_commit_latency
@@ -566,7 +573,7 @@ def one_repetition(sizes: Sizes, kinds: Sequence[str], admin: str) -> dict[str, 
             r[f"{kind}.{key}.p50"] = percentile(values, 0.50) * 1000
             r[f"{kind}.{key}.p99"] = percentile(values, 0.99) * 1000
         runs: dict[str, float] = {}
-        for s in subjects_of(kind):
+        for s in subjects(kind):
             progress(f"{kind}: {s.label}: enqueue {n:,} jobs ({s.many}), then run them")
             timing = measure(kind, admin, functools.partial(enqueue_and_run, subject=s, n=n))
             runs[s.key] = timing.run
@@ -577,13 +584,13 @@ def one_repetition(sizes: Sizes, kinds: Sequence[str], admin: str) -> dict[str, 
             r[f"{kind}.wcpu.{s.key}"] = timing.worker_cpu / n * 1e6
             if timing.machine_cpu is not None:
                 r[f"{kind}.mcpu.{s.key}"] = timing.machine_cpu / n * 1e6
-        for s in subjects_of(kind):
+        for s in subjects(kind):
             progress(f"{kind}: {s.label}: enqueue {n:,} jobs one at a time")
             seconds = measure(kind, admin, functools.partial(enqueue_one_at_a_time, subject=s, n=n))
             r[f"{kind}.enq1.{s.key}"] = n / seconds
             r[f"{kind}.e2e1.{s.key}"] = n / (seconds + runs[s.key])
         samples = sizes.latency_samples if kind == "postgres" else sizes.polled_latency_samples
-        for s in subjects_of(kind):
+        for s in subjects(kind):
             progress(f"{kind}: {s.label}: latency, {samples} samples")
             bench = functools.partial(latency, subject=s, samples=samples)
             delays = measure(kind, admin, bench)
@@ -945,6 +952,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "creates (and drops) a database per measurement; default $ASYNCJOB_BENCH_PG "
         "or postgresql://postgres@127.0.0.1:5432/postgres",
     )  # fmt: skip
+    parser.add_argument(
+        "--subjects", metavar="KEYS",
+        help="measure only these, comma-separated: asyncjob, procrastinate, pgqueuer, raw "
+        "(the others' columns stay empty: for a quick look while working on one)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables too")
     parser.add_argument(
@@ -995,10 +1007,15 @@ def run_benchmark(sizes: Sizes, kinds: Sequence[str], args: argparse.Namespace) 
     digest = source_digest()  # of the code just imported, before any of it runs
     found = versions(args.pg, kinds)
     load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    keys = None if args.subjects is None else frozenset(args.subjects.split(","))
+    known = {s.key for s in (*POSTGRES, *SQLITE)}
+    if keys is not None and not keys <= known:
+        unknown, valid = ", ".join(sorted(keys - known)), ", ".join(sorted(known))
+        sys.exit(f"--subjects: unknown {unknown}; known: {valid}")
     samples: dict[str, list[float]] = {}
     for i in range(sizes.repeat):
         print(f"repetition {i + 1}/{sizes.repeat} ...", file=sys.stderr, flush=True)
-        for key, value in one_repetition(sizes, kinds, args.pg).items():
+        for key, value in one_repetition(sizes, kinds, args.pg, keys).items():
             samples.setdefault(key, []).append(value)
     medians = {k: statistics.median(v) for k, v in samples.items()}
     parts = [header(sizes, digest, found)]
