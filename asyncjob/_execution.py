@@ -53,6 +53,9 @@ class Executor:
         self.finish_in: _policy.FinishIn | None = None
         #: Runs a job again after a delay: the runner's worker pool sets it.
         self.resubmit: Callable[[Job, float], None] = _cannot_resubmit
+        #: Told, with the job's id, when a job's code has ended and its
+        #: outcome is about to be recorded: the worker pool sets it.
+        self.ended: Callable[[str], None] = _ignore
 
     @property
     def running(self) -> int:
@@ -289,11 +292,13 @@ class Executor:
         await self._fail(job, exc)
 
     async def _succeed(self, job: Job, result: Any) -> None:
+        self.ended(job.id)
         await self._store.finish(job.id, JobState.succeeded, result=result)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("job %s (%s) succeeded", job.id, job.name)
 
     async def _fail(self, job: Job, exc: BaseException) -> None:
+        self.ended(job.id)
         error = "".join(traceback.format_exception_only(exc)).strip()
         delay = _policy.retry_delay(job)
         if delay is not None and await self._store.retry(job.id, error=error, delay=delay):
@@ -311,6 +316,10 @@ class Executor:
 
 def _time_out(ctx: _context.JobContext) -> None:
     ctx.timed_out = True
+
+
+def _ignore(job_id: str) -> None:
+    pass
 
 
 def _cannot_resubmit(job: Job, delay: float) -> None:

@@ -39,28 +39,31 @@ class Fetcher:
         store: Store,
         pool: WorkerPool,
         *,
+        claims: bool,
         poll_interval: float,
         lease: float,
         on_lost: Callable[[str], None],
     ) -> None:
         self._store = store
         self._pool = pool
+        self._claims = claims
         self._poll_interval = poll_interval
         self._lease = lease
         self._on_lost = on_lost
         self._wakeup = asyncio.Event()
-        store.on_queued = self.wake
+        if claims:
+            store.on_queued = self.wake
 
     def wake(self) -> None:
         """Look for jobs now."""
         self._wakeup.set()
 
-    async def run(self, *, claim: bool = True) -> None:
-        """Keep leases, and claim jobs unless ``claim`` is false (a
-        producer-only runner still holds the jobs it runs itself), until
+    async def run(self) -> None:
+        """Keep leases, and claim jobs if it ``claims`` (a producer-only
+        runner does not, but still holds the jobs it runs itself), until
         cancelled."""
         async with asyncio.TaskGroup() as tasks:
-            if claim:
+            if self._claims:
                 tasks.create_task(self._claim_forever())
             tasks.create_task(self._keep_leases_forever())
 

@@ -117,6 +117,7 @@ class Runner(JobQueries):
         self._executor = Executor(self._store, self.options.threads, job_scope or sessions)
         self._pool = WorkerPool(self._executor, self.options.concurrency)
         self._executor.resubmit = self._pool.submit_later
+        self._executor.ended = self._pool.ended
         self._executor.finish_in = _policy.finish_in_session(self._store, sessions.async_maker)
         self._stopped = asyncio.Event()
         self.producer_only = producer_only
@@ -147,13 +148,16 @@ class Runner(JobQueries):
                 "create a new Runner to start again"
             )
         self._loop = asyncio.get_running_loop()
+        if self._store.durable:
+            self._fetcher = self._new_fetcher()
         await self._store.open()
         # Jobs run in a copy of the context the runner was started in, as
         # they would in tasks created here.
         self._pool.start()
         self._executor.start(self.options.concurrency)
-        if self._store.durable:
-            self._start_fetching()
+        if self._fetcher is not None:
+            fetching = self._fetcher.run()
+            self._fetching = asyncio.get_running_loop().create_task(fetching)
         self._phase = _Phase.running
         _current.push(self)
 
@@ -189,18 +193,20 @@ class Runner(JobQueries):
             self._store, self._pool, self._executor, self.options.grace_period, self._cancel_here
         )
 
-    def _start_fetching(self) -> None:
+    def _new_fetcher(self) -> Fetcher:
+        """The fetcher of a durable store: made before the store opens, so
+        that a worker's store knows from the start that it claims."""
         store = self._store
-        self._fetcher = Fetcher(
+        fetcher = Fetcher(
             store,
             self._pool,
+            claims=not self.producer_only,
             poll_interval=getattr(store, "poll_interval", 1.0),
             lease=getattr(store, "lease", 30.0),
             on_lost=self._executor.interrupt,
         )
-        self._pool.on_free = self._fetcher.wake
-        fetching = self._fetcher.run(claim=not self.producer_only)
-        self._fetching = asyncio.get_running_loop().create_task(fetching)
+        self._pool.on_free = fetcher.wake
+        return fetcher
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -41,13 +41,20 @@ class WorkerPool:
         self._context = contextvars.Context()
         self._closing = False
         self._delayed: dict[str, tuple[asyncio.TimerHandle, Job]] = {}
-        #: Called whenever a job is done, so that more may be fetched.
+        # Jobs whose code has ended, and whose outcome is being recorded.
+        self._recording: set[str] = set()
+        #: Called whenever a job's code has ended, so that more may be fetched.
         self.on_free: Callable[[], None] | None = None
 
     @property
     def free(self) -> int:
-        """How many more jobs could start now."""
-        return self._concurrency - self._outstanding
+        """How many more jobs could start now.
+
+        A job whose code has ended no longer counts, though its worker is
+        still recording its outcome: the jobs fetched meanwhile wait for the
+        few milliseconds that takes, and the fetch and the record overlap.
+        """
+        return self._concurrency - self._outstanding + len(self._recording)
 
     @property
     def size(self) -> int:
@@ -89,13 +96,13 @@ class WorkerPool:
         for handle, delayed in self._delayed.values():
             handle.cancel()
             jobs.append(delayed)
-            self._done()
+            self._done(delayed.id)
         self._delayed.clear()
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if job is not None:
                 jobs.append(job)
-                self._done()
+                self._done(job.id)
         return jobs
 
     async def join(self) -> None:
@@ -122,11 +129,19 @@ class WorkerPool:
         self._workers.add(task)
         task.add_done_callback(self._workers.discard)
 
-    def _done(self) -> None:
+    def ended(self, job_id: str) -> None:
+        """The job's code has ended; its outcome is being recorded."""
+        self._recording.add(job_id)
+        if self.on_free is not None:
+            self.on_free()
+
+    def _done(self, job_id: str) -> None:
         self._outstanding -= 1
         if self._outstanding == 0:
             self._all_done.set()
-        if self.on_free is not None:
+        if job_id in self._recording:
+            self._recording.remove(job_id)  # its slot was freed when it ended
+        elif self.on_free is not None:
             self.on_free()
 
     async def _work(self) -> None:
@@ -157,7 +172,7 @@ class WorkerPool:
             except Exception:  # noqa: BLE001 - a bug here must not kill the worker
                 logger.exception("internal error while running job %s", job.id)
             finally:
-                self._done()
+                self._done(job.id)
             if contextvars.copy_context() != self._context:
                 if not self._closing:
                     self._spawn()

@@ -210,8 +210,8 @@ async def test_producer_connections_killed_between_performs(
     postgres_db: Database, make_runner: RunnerFactory, killer: Killer
 ) -> None:
     """Killed between two performs, the producer's pooled connection is
-    replaced before it is used (pool_pre_ping): the next perform, and the
-    next read, work without an error to retry."""
+    replaced as it is handed out, or its statement is sent again on a new
+    one: the next perform, and the next read, work without an error."""
     producer = await producer_on(make_runner, postgres_db.async_url)
     previous = await producer.perform(resilience_jobs.step, 0, 0)
     for n in range(1, 6):
@@ -222,33 +222,50 @@ async def test_producer_connections_killed_between_performs(
         previous = job_id
 
 
-async def test_a_perform_killed_mid_way_fails_clearly_and_again_works(
+async def blocked_on_lock(killer: Killer) -> None:
+    """Until one connection to the database waits for a lock."""
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            cursor = await killer.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if await cursor.fetchone() == (1,):
+                return
+            await asyncio.sleep(0.005)  # polls the server's process table
+
+
+async def test_a_perform_killed_mid_way_is_sent_again_once(
     postgres_db: Database, make_runner: RunnerFactory, killer: Killer
 ) -> None:
-    """Killed in the middle of a perform, the connection takes the perform
-    with it: it raises the driver's error, "terminating connection due to
-    administrator command", nothing is recorded, and performing again works."""
+    """Killed in the middle of a perform, the connection takes the perform's
+    statement with it: the perform sends it again on a new connection, and
+    the job is recorded once. Killed a second time, the perform raises the
+    driver's error, "terminating connection due to administrator command",
+    and nothing is recorded."""
     producer = await producer_on(make_runner, postgres_db.async_url)
     done = await producer.perform(resilience_jobs.step, 0, 0)
     async with await psycopg.AsyncConnection.connect(conninfo(postgres_db)) as locker:
+        spare = locker.info.backend_pid
         # The perform's INSERT waits for this lock: caught in the middle.
         await locker.execute("LOCK TABLE asyncjob_jobs IN EXCLUSIVE MODE")
         perform = asyncio.create_task(producer.perform(resilience_jobs.step, 1, 0))
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                cursor = await killer.execute(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-                if await cursor.fetchone() == (1,):
-                    break
-                await asyncio.sleep(0.005)  # polls the server's process table
-        await terminate_backends(killer, spare=locker.info.backend_pid)
+        await blocked_on_lock(killer)
+        await terminate_backends(killer, spare=spare)
+        await blocked_on_lock(killer)  # sent again, it waits for the lock again
+        await terminate_backends(killer, spare=spare)
         with pytest.raises(DBAPIError, match="terminating connection due to administrator") as lost:
             await perform
         assert lost.value.connection_invalidated  # SQLAlchemy's sign that a retry may work
         await locker.rollback()
-    again = await producer.perform(resilience_jobs.step, 1, 0)
+
+        await locker.execute("LOCK TABLE asyncjob_jobs IN EXCLUSIVE MODE")
+        perform = asyncio.create_task(producer.perform(resilience_jobs.step, 2, 0))
+        await blocked_on_lock(killer)
+        await terminate_backends(killer, spare=spare)
+        await blocked_on_lock(killer)
+        await locker.rollback()  # the lock is released: the second try goes through
+        again = await perform
     cursor = await killer.execute("SELECT id FROM asyncjob_jobs ORDER BY enqueued_at")
     assert await cursor.fetchall() == [(done,), (again,)]
 

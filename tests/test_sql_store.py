@@ -154,7 +154,97 @@ async def test_a_newer_schema_is_refused(database: Database) -> None:
     newer = SQLStore(database.async_url)
     with pytest.raises(SchemaError, match="written by a newer asyncjob"):
         await newer.open()
-    await newer.db.dispose()
+    await newer.close()  # nothing was left open: closing anyway is harmless
+
+
+#: What version 1 had and version 2 changed: its indexes, and on PostgreSQL
+#: a trigger that notified once per row.
+VERSION_1 = [
+    "CREATE INDEX asyncjob_jobs_claim ON asyncjob_jobs (state, run_after)",
+    "CREATE INDEX asyncjob_jobs_finished ON asyncjob_jobs (finished_at)",
+    "CREATE INDEX asyncjob_jobs_locked_by ON asyncjob_jobs (locked_by)",
+]
+VERSION_1_POSTGRES = [
+    """CREATE FUNCTION asyncjob_jobs_notify() RETURNS trigger AS $$
+    BEGIN
+        PERFORM pg_notify('asyncjob_changed', NEW.id);
+        IF NEW.state = 'queued' AND NEW.registered THEN
+            PERFORM pg_notify('asyncjob_queued', '');
+        END IF;
+        RETURN NULL;
+    END
+    $$ LANGUAGE plpgsql""",
+    "CREATE TRIGGER asyncjob_jobs_notify AFTER INSERT OR UPDATE ON asyncjob_jobs"
+    " FOR EACH ROW EXECUTE FUNCTION asyncjob_jobs_notify()",
+]
+
+
+def store_of_version_1(database: Database) -> None:
+    """Turn a store just made into what version 1 made, with a queued job."""
+    engine = create_engine(database.sync_url)
+    try:
+        with engine.begin() as conn:
+            for index in ("jobs_due", "jobs_leased", "jobs_ended"):
+                conn.execute(text(f"DROP INDEX asyncjob_{index}"))
+            if database.kind == "postgresql":
+                for event in ("insert", "update"):
+                    conn.execute(
+                        text(f"DROP TRIGGER asyncjob_jobs_notify_{event} ON asyncjob_jobs")
+                    )
+                    conn.execute(text(f"DROP FUNCTION asyncjob_jobs_notify_{event}()"))
+            postgres = VERSION_1_POSTGRES if database.kind == "postgresql" else []
+            for statement in VERSION_1 + postgres:
+                conn.execute(text(statement))
+            conn.execute(text("UPDATE asyncjob_meta SET value = '1'"))
+    finally:
+        engine.dispose()
+
+
+def schema_of(database: Database) -> tuple[str, set[str], set[str]]:
+    """The version, index names and trigger names a store's tables have."""
+    engine = create_engine(database.sync_url)
+    try:
+        with engine.connect() as conn:
+            version = conn.scalar(text("SELECT value FROM asyncjob_meta"))
+            if database.kind == "postgresql":
+                indexes = "SELECT indexname FROM pg_indexes WHERE tablename = 'asyncjob_jobs'"
+                triggers = "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"
+            else:
+                indexes = "SELECT name FROM sqlite_master WHERE type = 'index'"
+                triggers = "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+            index_names = set(conn.scalars(text(indexes)))
+            trigger_names = set(conn.scalars(text(triggers)))
+    finally:
+        engine.dispose()
+    index_names = {
+        name
+        for name in index_names
+        if not name.startswith(("sqlite_", "asyncjob_jobs_pkey", "asyncjob_meta_pkey"))
+    }
+    return str(version), index_names, trigger_names
+
+
+async def test_a_store_of_version_1_is_migrated(
+    database: Database, make_runner: RunnerFactory
+) -> None:
+    """Opened by this release, a store that version 1 wrote is migrated to
+    version 2 (partial indexes; on PostgreSQL, one notification per
+    statement), and the jobs queued in it run."""
+    made = SQLStore(database.async_url)
+    await made.open()
+    await made.close()
+    store_of_version_1(database)
+    producer = await make_runner(SQLStore(database.async_url), producer_only=True)
+    job_id = await producer.perform(worker_jobs.whoami, 1)
+    version, indexes, triggers = schema_of(database)
+    assert version == str(SCHEMA_VERSION) == "2"
+    assert indexes == {"asyncjob_jobs_due", "asyncjob_jobs_leased", "asyncjob_jobs_ended"}
+    if database.kind == "postgresql":
+        assert triggers == {"asyncjob_jobs_notify_insert", "asyncjob_jobs_notify_update"}
+    else:
+        assert triggers == set()
+    worker = await make_runner(SQLStore(database.async_url, poll_interval=0.05))
+    assert (await worker.wait(job_id, timeout=TIMEOUT))["n"] == 1
 
 
 async def test_rows_edited_into_nonsense(sql_runner: asyncjob.Runner, database: Database) -> None:
@@ -222,22 +312,29 @@ async def test_postgres_pushes_changes_to_other_processes(
     make_runner: RunnerFactory, postgres_db: Database
 ) -> None:
     """With polls 60 s apart, a watcher elsewhere and a worker elsewhere still
-    hear of a job at once: NOTIFY, sent by the table's trigger."""
+    hear of a job at once: NOTIFY, sent by the table's triggers. A process
+    listens only for what it needs: a producer that watches nothing, not at
+    all; a watcher, from its first watch on."""
     url = postgres_db.async_url
     worker = await make_runner(SQLStore(url, poll_interval=60.0))
     producer = await make_runner(SQLStore(url, poll_interval=60.0), producer_only=True)
     watcher = SQLStore(url, poll_interval=60.0)
     await watcher.open()
     try:
-        for store in (worker.store, producer.store, watcher):
-            assert isinstance(store, SQLStore)
-            await _listening(store)
+        assert isinstance(worker.store, SQLStore)
+        assert isinstance(producer.store, SQLStore)
+        await _listening(worker.store)
+        assert producer.store._listener is not None
+        assert watcher._listener is not None
+        assert producer.store._listener.connections == watcher._listener.connections == 0
         job_id = await producer.perform(worker_jobs.whoami, 3)
         states = []
         async with asyncio.timeout(TIMEOUT):
             async for status in watcher.watch(job_id):
                 states.append(status.state.value)
         assert states[-1] == "succeeded"
+        assert watcher._listener.connections == 1
+        assert producer.store._listener.connections == 0
     finally:
         await watcher.close()
 

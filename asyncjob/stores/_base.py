@@ -34,8 +34,10 @@ class Store(abc.ABC):
     durable: bool = False
 
     #: Durable stores call it, on the loop, when a registered job may be
-    #: waiting to be claimed (performed by another process, say); a worker
-    #: sets it to look for jobs at once rather than at its next poll.
+    #: waiting to be claimed (performed by another process, say). A runner
+    #: that claims sets it before :meth:`open`, to look for jobs at once
+    #: rather than at its next poll; a store may listen for new jobs only
+    #: when it is set.
     on_queued: Callable[[], None] | None = None
 
     async def open(self) -> None:  # noqa: B027 - an optional hook

@@ -9,8 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import Update, bindparam, case, event, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import event, select, update
 
 from asyncjob._errors import JobLost
 from asyncjob._models import JobState
@@ -22,30 +21,9 @@ from ._progress import ProgressBuffer
 from ._rows import BadRecord, json_column
 from ._schema import Tables
 from ._signals import Signals
+from ._writes import Ending
 
-__all__ = ("JobEndings", "finish_statement")
-
-
-def finish_statement(tables: Tables) -> Update:
-    """One update, run for many jobs at once (executemany), that ends a job."""
-    jobs = tables.jobs
-    return (
-        update(jobs)
-        .where(jobs.c.id == bindparam("b_id"))
-        .values(
-            state=bindparam("b_state"),
-            result=bindparam("b_result"),
-            error=bindparam("b_error"),
-            traceback=bindparam("b_traceback"),
-            finished_at=bindparam("b_finished_at"),
-            locked_by=None,
-            lease_expires_at=None,
-            progress=case(
-                (bindparam("b_reported"), bindparam("b_progress")), else_=jobs.c.progress
-            ),
-            data=case((bindparam("b_reported"), bindparam("b_data")), else_=jobs.c.data),
-        )
-    )
+__all__ = ("JobEndings",)
 
 
 class JobEndings:
@@ -62,8 +40,7 @@ class JobEndings:
 
     _progress: ProgressBuffer
     _signals: Signals
-    _finishes: GroupCommit[tuple[str, dict[str, Any]], bool]
-    _finish_statement: Update
+    _finishes: GroupCommit[Ending, bool]
 
     async def finish(
         self,
@@ -80,47 +57,14 @@ class JobEndings:
                 encoded = dumps(result, "the result")
             except TypeError as exc:
                 state, error = JobState.failed, f"TypeError: {exc}"
-        values: dict[str, Any] = {
-            "state": state.value,
-            "result": encoded,
-            "error": error,
-            "traceback": traceback,
-            "finished_at": time.time(),
-            "locked_by": None,
-            "lease_expires_at": None,
-        }
+        # The last report is stored with the final state.
         last = await self._progress.take(job_id)
-        if last is not None:  # the last report is stored with the final state
-            values["progress"], values["data"] = last
         self.held.discard(job_id)
-        changed = await self._finishes.submit((job_id, values))
+        ending = Ending(job_id, state.value, encoded, error, traceback, time.time(), last)
+        changed = await self._finishes.submit(ending)
         if changed:
             self._signals.notify(job_id)
         return changed
-
-    async def _write_finishes(
-        self, conn: AsyncConnection, items: list[tuple[str, dict[str, Any]]]
-    ) -> list[bool]:
-        """End many jobs in one statement: those still held by this store."""
-        jobs = self.tables.jobs
-        ids = [job_id for job_id, _ in items]
-        held = set(
-            await conn.scalars(
-                select(jobs.c.id)
-                .where(
-                    jobs.c.id.in_(ids),
-                    # A job whose lease ran out and that another worker took
-                    # meanwhile is that worker's to finish.
-                    jobs.c.state == JobState.running.value,
-                    jobs.c.locked_by == self.owner,
-                )
-                .with_for_update()
-            )
-        )
-        rows = [_finish_row(job_id, values) for job_id, values in items if job_id in held]
-        if rows:
-            await conn.execute(self._finish_statement, rows)
-        return [job_id in held for job_id in ids]
 
     def shares_database_with(self, engine: Any) -> bool:
         """True when ``engine`` (an application's) is on this store's database."""
@@ -203,18 +147,3 @@ class JobEndings:
             )
         self._signals.notify(job_id)
         return True
-
-
-def _finish_row(job_id: str, values: dict[str, Any]) -> dict[str, Any]:
-    reported = "progress" in values
-    return {
-        "b_id": job_id,
-        "b_state": values["state"],
-        "b_result": values.get("result"),
-        "b_error": values.get("error"),
-        "b_traceback": values.get("traceback"),
-        "b_finished_at": values["finished_at"],
-        "b_reported": reported,
-        "b_progress": values.get("progress"),
-        "b_data": values.get("data"),
-    }

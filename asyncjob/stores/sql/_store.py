@@ -10,8 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import event, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import and_, bindparam, event, or_, select, update
 
 from asyncjob._errors import JobNotFound
 from asyncjob._models import Claimed, Job, JobState, JobStatus, Outcome
@@ -20,14 +19,15 @@ from asyncjob.stores._base import Store
 
 from . import _claims
 from ._batch import GroupCommit
-from ._endings import JobEndings, finish_statement
+from ._endings import JobEndings
 from ._engine import Database
 from ._keeper import LeaseKeeper
 from ._listen import Listener
-from ._progress import ProgressBuffer
+from ._progress import ProgressBuffer, Report
 from ._rows import BadRecord, json_column, state_of, status_of
 from ._schema import Tables, channels, ensure_schema
-from ._signals import Signals
+from ._signals import Signals, wait_for
+from ._writes import Ending, Writes, writes_for
 
 __all__ = ("BadRecord", "SQLStore")
 
@@ -83,41 +83,52 @@ class SQLStore(JobEndings, Store):
         #: registered jobs it claimed, and the others it was given to run.
         self.held: set[str] = set()
         self.tables = Tables(table_prefix)
-        self._db: Database | None = None
+        self._writes: Writes | None = None
         self._signals = Signals()
         #: Identifies this process as the owner of the jobs it runs itself.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self._progress = ProgressBuffer(self._write_progress)
-        # Jobs performed, and jobs ended, at the same time share a commit.
-        self._enqueues = GroupCommit(lambda: self.db, self._write_inserts)
-        self._finishes = GroupCommit(lambda: self.db, self._write_finishes)
-        self._finish_statement = finish_statement(self.tables)
+        # Jobs performed, and jobs ended, at the same time share a statement.
+        self._enqueues: GroupCommit[dict[str, Any], None] = GroupCommit(self._insert)
+        self._finishes: GroupCommit[Ending, bool] = GroupCommit(self._finish)
         self._listener: Listener | None = None
         self._keeper: LeaseKeeper | None = None
-        self._changed_channel = channels(self.tables)[1]
+        self._queued_channel, self._changed_channel = channels(self.tables)
+        jobs = self.tables.jobs
+        by_id = jobs.c.id == bindparam("id")
+        self._get = select(jobs).where(by_id)
+        self._outcome = select(jobs.c.state, jobs.c.result, jobs.c.error, jobs.c.traceback).where(
+            by_id
+        )
+
+    @property
+    def writes(self) -> Writes:
+        if self._writes is None:
+            raise RuntimeError("the store is not open: a Runner opens it when it starts")
+        return self._writes
 
     @property
     def db(self) -> Database:
-        if self._db is None:
-            raise RuntimeError("the store is not open: a Runner opens it when it starts")
-        return self._db
+        return self.writes.db
 
     async def open(self) -> None:
-        self._db = Database(self.url)
+        db = Database(self.url)
         try:
-            async with self._db.write() as conn:
+            async with db.write() as conn:
                 await conn.run_sync(ensure_schema, self.tables)
         except BaseException:
-            await self._db.dispose()  # nothing is left open by a store that cannot open
+            await db.dispose()  # nothing is left open by a store that cannot open
             raise
+        self._writes = writes_for(db, self.tables, self.owner)
         self._progress.start()
         self._keeper = LeaseKeeper(
             self.url, self.tables, self.owner, self.lease, lambda: frozenset(self.held)
         )
         self._keeper.start()
-        if not self._db.is_sqlite:
-            self._listener = Listener(self.url, channels(self.tables), self._notified)
-            self._listener.start()
+        if not db.is_sqlite:
+            self._listener = Listener(self.url, self._notified)
+            if self.on_queued is not None:  # a worker: it wants to hear of new jobs
+                await self._listener.listen(self._queued_channel)
 
     async def close(self) -> None:
         if self._keeper is not None:
@@ -125,12 +136,14 @@ class SQLStore(JobEndings, Store):
         if self._listener is not None:
             await self._listener.stop()
         await self._progress.stop()
-        if self._db is not None:
-            await self._db.dispose()
+        if self._writes is not None:
+            await self._writes.close()
+            await self._writes.db.dispose()
 
     def _notified(self, channel: str, payload: str) -> None:
         if channel == self._changed_channel:
-            self._signals.notify(payload)
+            for job_id in payload.split(","):
+                self._signals.notify(job_id)
         elif self.on_queued is not None:
             self.on_queued()
 
@@ -138,10 +151,6 @@ class SQLStore(JobEndings, Store):
         await self._enqueues.submit(self._row(job))
         if not job.registered:
             self.held.add(job.id)
-
-    async def _write_inserts(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[None]:
-        await conn.execute(self.tables.jobs.insert(), rows)
-        return [None] * len(rows)
 
     async def enqueue_in(self, session: Any, job: Job) -> None:
         if not job.registered:
@@ -178,14 +187,23 @@ class SQLStore(JobEndings, Store):
 
     async def start(self, job_id: str) -> bool:  # a job not registered, run here
         jobs = self.tables.jobs
-        return await self._update(
-            job_id,
-            jobs.c.state == JobState.queued.value,
-            state=JobState.running.value,
-            started_at=time.time(),
-            attempts=jobs.c.attempts + 1,
-            locked_by=self.owner,
-        )
+        now = time.time()
+        # Found running with this very start time, it was this very start,
+        # sent again after its answer was lost (see Database.execute).
+        this_start = and_(jobs.c.state == JobState.running.value, jobs.c.started_at == now)
+        try:
+            return await self._update(
+                job_id,
+                or_(jobs.c.state == JobState.queued.value, this_start),
+                state=JobState.running.value,
+                started_at=now,
+                attempts=1,
+                locked_by=self.owner,
+            )
+        except BaseException:
+            # It will not run: no longer renewed, it ends as "worker lost".
+            self.held.discard(job_id)
+            raise
 
     def report_progress(self, job_id: str, value: float, data: Any) -> None:
         encoded = None if data is None else dumps(data, "the progress data")
@@ -217,7 +235,7 @@ class SQLStore(JobEndings, Store):
         return before
 
     async def claim(self, limit: int) -> list[Claimed]:
-        claimed = await _claims.claim(self.db, self.tables, self.owner, limit, self.lease)
+        claimed = await self.writes.claim(limit, self.lease)
         self.held.update(c.id for c in claimed)
         for c in claimed:
             self._signals.notify(c.id)
@@ -243,56 +261,53 @@ class SQLStore(JobEndings, Store):
         return await _claims.purge(self.db, self.tables, self.keep_finished)
 
     async def get(self, job_id: str) -> JobStatus | None:
-        jobs = self.tables.jobs
-        async with self.db.read() as conn:
-            row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
+        row = (await self.db.fetch(self._get, {"id": job_id})).first()
         return None if row is None else status_of(row)
 
     async def outcome(self, job_id: str) -> Outcome | None:
-        jobs = self.tables.jobs
-        query = select(jobs.c.state, jobs.c.result, jobs.c.error, jobs.c.traceback)
-        async with self.db.read() as conn:
-            row = (await conn.execute(query.where(jobs.c.id == job_id))).first()
+        row = (await self.db.fetch(self._outcome, {"id": job_id})).first()
         if row is None:
             return None
         state = state_of(job_id, row.state)
         return Outcome(state, json_column(job_id, "result", row.result), row.error, row.traceback)
 
     async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
-        status = await self.get(job_id)
-        if status is None:
-            raise JobNotFound(job_id)
-        yield status
-        while not status.is_final:
-            await self._signals.wait(job_id, self.poll_interval)
-            now = await self.get(job_id)
-            if now is None:
-                return  # forgotten meanwhile
-            if now != status:
-                status = now
-                yield status
+        if self._listener is not None:  # the first watcher here starts hearing of changes
+            await self._listener.listen(self._changed_channel)
+        with self._signals.subscribe(job_id) as changed:
+            status = await self.get(job_id)
+            if status is None:
+                raise JobNotFound(job_id)
+            yield status
+            while not status.is_final:
+                await wait_for(changed, self.poll_interval)
+                changed.clear()
+                now = await self.get(job_id)
+                if now is None:
+                    return  # forgotten meanwhile
+                if now != status:
+                    status = now
+                    yield status
 
     # -- helpers ------------------------------------------------------------
 
     async def _update(self, job_id: str, condition: Any, **values: Any) -> bool:
         jobs = self.tables.jobs
-        async with self.db.write() as conn:
-            done = await conn.execute(
-                update(jobs).where(jobs.c.id == job_id, condition).values(**values)
-            )
+        done = await self.db.execute(
+            update(jobs).where(jobs.c.id == job_id, condition).values(**values)
+        )
         changed = bool(done.rowcount)
         if changed:
             self._signals.notify(job_id)
         return changed
 
-    async def _write_progress(self, pending: dict[str, tuple[float, str | None]]) -> None:
-        jobs = self.tables.jobs
-        async with self.db.write(durable=False) as conn:
-            for job_id, (value, data) in pending.items():
-                await conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == job_id, jobs.c.state == JobState.running.value)
-                    .values(progress=value, data=data)
-                )
+    async def _insert(self, rows: list[dict[str, Any]]) -> list[None]:
+        return await self.writes.insert(rows)
+
+    async def _finish(self, endings: list[Ending]) -> list[bool]:
+        return await self.writes.finish(endings)
+
+    async def _write_progress(self, pending: dict[str, Report]) -> None:
+        await self.writes.progress(pending)
         for job_id in pending:
             self._signals.notify(job_id)

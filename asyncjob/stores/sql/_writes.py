@@ -1,0 +1,279 @@
+"""The store's frequent writes, each one statement for a whole batch of jobs.
+
+Performs, claims, ends and progress reports arrive by the thousand; each
+batch of them (see ``_batch``) is written by one statement. This is where
+the two dialects differ most, so it is all here:
+
+- PostgreSQL: a batch travels as one array per column, unpacked by
+  ``unnest()`` on the server: one round trip and one execution of the
+  statement (and of its triggers) whatever the batch's size, and one
+  prepared statement for every size. The statements go straight to the
+  driver on connections of their own (see ``_lanes``): performs and ends
+  on one, durable; claims and progress on another, which commits without
+  waiting for the disk.
+- SQLite: SQLAlchemy's ``executemany`` in one transaction: SQLite runs in
+  this process, where a statement per row costs no round trip.
+
+Both claim with the same statement, whose ``WHERE`` matches the claim's
+partial index word for word (see ``_schema.DUE``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from sqlalchemy import bindparam, case, insert, select, text, update
+
+from asyncjob._models import Claimed, JobState
+
+from ._claims import claimed
+from ._engine import Database
+from ._lanes import Lane
+from ._progress import Report
+from ._schema import DUE, Tables
+
+__all__ = ("Ending", "Writes", "writes_for")
+
+_QUEUED = JobState.queued.value
+_RUNNING = JobState.running.value
+
+
+class Ending(NamedTuple):
+    """How a job held by this store ended, as it is written."""
+
+    job_id: str
+    state: str
+    result: str | None  # JSON
+    error: str | None
+    traceback: str | None
+    finished_at: float
+    #: The last progress report, if it was not written yet.
+    progress: Report | None
+
+
+class Writes:
+    """The frequent writes of one store (see the module's docstring)."""
+
+    def __init__(self, db: Database, tables: Tables, owner: str) -> None:
+        self.db = db
+        self.tables = tables
+        self.owner = owner
+
+    def claim_sql(self, owner: str, lease: str, limit: str) -> str:
+        """The claim, with the placeholders given."""
+        jobs, now = self.tables.jobs.name, self.db.now_sql
+        # On PostgreSQL, workers claiming at once skip each other's rows;
+        # SQLite runs one writer at a time: the statement is atomic as it is.
+        skip_locked = "" if self.db.is_sqlite else "FOR UPDATE SKIP LOCKED"
+        return f"""
+            UPDATE {jobs}
+            SET state = '{_RUNNING}', locked_by = {owner}, started_at = {now},
+                lease_expires_at = {now} + {lease}, attempts = attempts + 1
+            WHERE id IN (SELECT id FROM {jobs} WHERE {DUE} AND run_after <= {now}
+                         ORDER BY run_after LIMIT {limit} {skip_locked})
+              AND state = '{_QUEUED}'
+            RETURNING id, name, args, kwargs, enqueued_at, attempts
+            """
+
+    async def claim(self, limit: int, lease: float) -> list[Claimed]:
+        """Take up to ``limit`` queued registered jobs, in the order they
+        came due, for ``lease`` seconds.
+
+        A claim lost with its connection is not sent again: its jobs, if
+        the first was committed, come back when their lease runs out.
+        """
+        raise NotImplementedError
+
+    async def insert(self, rows: list[dict[str, Any]]) -> list[None]:
+        """Record new jobs (rows as ``SQLStore._row`` makes them)."""
+        raise NotImplementedError
+
+    async def finish(self, endings: list[Ending]) -> list[bool]:
+        """End the jobs this store still holds; for each, whether it did."""
+        raise NotImplementedError
+
+    async def progress(self, reports: dict[str, Report]) -> None:
+        """Store the latest progress of running jobs."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Close what the writes opened of their own."""
+
+
+def writes_for(db: Database, tables: Tables, owner: str) -> Writes:
+    """The writes for the database's dialect."""
+    if db.is_sqlite:
+        return _SQLiteWrites(db, tables, owner)
+    return _PostgresWrites(db, tables, owner)
+
+
+def _by_claim_order(jobs: list[Claimed]) -> list[Claimed]:
+    return sorted(jobs, key=lambda job: job.enqueued_at)  # RETURNING keeps no order
+
+
+class _PostgresWrites(Writes):
+    def __init__(self, db: Database, tables: Tables, owner: str) -> None:
+        super().__init__(db, tables, owner)
+        self._durable = Lane(db.url)
+        self._relaxed = Lane(db.url, durable=False)
+        jobs = tables.jobs.name
+        self._claim = self.claim_sql("$1", "$2", "$3")
+        # Each of these is sent again if its connection turns out dead (see
+        # Lane.fetch): an insert that was committed first is then a conflict,
+        # and does nothing; an end, finds its job no longer running.
+        self._insert = f"""
+            INSERT INTO {jobs} (id, name, registered, owner, locked_by, lease_expires_at,
+                                state, args, kwargs, attempts, enqueued_at, run_after)
+            SELECT v.id, v.name, v.registered, v.owner, v.owner, v.lease,
+                   '{_QUEUED}', v.args, v.kwargs, 0, v.at, v.at
+            FROM unnest($1::varchar[], $2::varchar[], $3::boolean[], $4::varchar[],
+                        $5::float8[], $6::text[], $7::text[], $8::float8[])
+                 AS v(id, name, registered, owner, lease, args, kwargs, at)
+            ON CONFLICT (id) DO NOTHING
+            """
+        self._finish = f"""
+            UPDATE {jobs} AS j
+            SET state = v.state, result = v.result, error = v.error,
+                traceback = v.traceback, finished_at = v.finished_at,
+                locked_by = NULL, lease_expires_at = NULL,
+                progress = CASE WHEN v.reported THEN v.progress ELSE j.progress END,
+                data = CASE WHEN v.reported THEN v.data ELSE j.data END
+            FROM unnest($1::varchar[], $2::varchar[], $3::text[], $4::text[], $5::text[],
+                        $6::float8[], $7::boolean[], $8::float8[], $9::text[])
+                 AS v(id, state, result, error, traceback, finished_at, reported,
+                      progress, data)
+            -- A job whose lease ran out and that another worker took
+            -- meanwhile is that worker's to finish.
+            WHERE j.id = v.id AND j.state = '{_RUNNING}' AND j.locked_by = $10
+            RETURNING j.id
+            """
+        self._progress = f"""
+            UPDATE {jobs} AS j SET progress = v.progress, data = v.data
+            FROM unnest($1::varchar[], $2::float8[], $3::text[]) AS v(id, progress, data)
+            WHERE j.id = v.id AND j.state = '{_RUNNING}'
+            """
+
+    async def claim(self, limit: int, lease: float) -> list[Claimed]:
+        rows = await self._relaxed.fetch(self._claim, self.owner, lease, limit, retry=False)
+        return _by_claim_order([claimed(row) for row in rows])
+
+    async def insert(self, rows: list[dict[str, Any]]) -> list[None]:
+        await self._durable.fetch(
+            self._insert,
+            [r["id"] for r in rows],
+            [r["name"] for r in rows],
+            [r["registered"] for r in rows],
+            [r["owner"] for r in rows],
+            [r["lease_expires_at"] for r in rows],
+            [r["args"] for r in rows],
+            [r["kwargs"] for r in rows],
+            [r["enqueued_at"] for r in rows],
+        )
+        return [None] * len(rows)
+
+    async def finish(self, endings: list[Ending]) -> list[bool]:
+        done = await self._durable.fetch(
+            self._finish,
+            [e.job_id for e in endings],
+            [e.state for e in endings],
+            [e.result for e in endings],
+            [e.error for e in endings],
+            [e.traceback for e in endings],
+            [e.finished_at for e in endings],
+            [e.progress is not None for e in endings],
+            [None if e.progress is None else e.progress[0] for e in endings],
+            [None if e.progress is None else e.progress[1] for e in endings],
+            self.owner,
+        )
+        ended = {row[0] for row in done}
+        return [e.job_id in ended for e in endings]
+
+    async def progress(self, reports: dict[str, Report]) -> None:
+        await self._relaxed.fetch(
+            self._progress,
+            list(reports),
+            [value for value, _ in reports.values()],
+            [data for _, data in reports.values()],
+        )
+
+    async def close(self) -> None:
+        await self._durable.close()
+        await self._relaxed.close()
+
+
+class _SQLiteWrites(Writes):
+    def __init__(self, db: Database, tables: Tables, owner: str) -> None:
+        super().__init__(db, tables, owner)
+        jobs = tables.jobs
+        self._claim = text(self.claim_sql(":owner", ":lease", ":limit"))
+        self._insert = insert(jobs)
+        self._finish = (
+            update(jobs)
+            .where(jobs.c.id == bindparam("b_id"))
+            .values(
+                state=bindparam("b_state"),
+                result=bindparam("b_result"),
+                error=bindparam("b_error"),
+                traceback=bindparam("b_traceback"),
+                finished_at=bindparam("b_finished_at"),
+                locked_by=None,
+                lease_expires_at=None,
+                progress=case(
+                    (bindparam("b_reported"), bindparam("b_progress")), else_=jobs.c.progress
+                ),
+                data=case((bindparam("b_reported"), bindparam("b_data")), else_=jobs.c.data),
+            )
+        )
+        # A job whose lease ran out and that another worker took meanwhile
+        # is that worker's to finish.
+        self._held = select(jobs.c.id).where(
+            jobs.c.id.in_(bindparam("ids", expanding=True)),
+            jobs.c.state == _RUNNING,
+            jobs.c.locked_by == owner,
+        )
+        self._progress = (
+            update(jobs)
+            .where(jobs.c.id == bindparam("b_id"), jobs.c.state == _RUNNING)
+            .values(progress=bindparam("b_progress"), data=bindparam("b_data"))
+        )
+
+    async def claim(self, limit: int, lease: float) -> list[Claimed]:
+        params = {"owner": self.owner, "lease": lease, "limit": limit}
+        rows = (await self.db.execute(self._claim, params)).all()
+        return _by_claim_order([claimed(row) for row in rows])
+
+    async def insert(self, rows: list[dict[str, Any]]) -> list[None]:
+        async with self.db.write() as conn:
+            await conn.execute(self._insert, rows)
+        return [None] * len(rows)
+
+    async def finish(self, endings: list[Ending]) -> list[bool]:
+        ids = [e.job_id for e in endings]
+        async with self.db.write() as conn:
+            held = set(await conn.scalars(self._held, {"ids": ids}))
+            rows = [_finish_row(e) for e in endings if e.job_id in held]
+            if rows:
+                await conn.execute(self._finish, rows)
+        return [job_id in held for job_id in ids]
+
+    async def progress(self, reports: dict[str, Report]) -> None:
+        rows = [
+            {"b_id": job_id, "b_progress": value, "b_data": data}
+            for job_id, (value, data) in reports.items()
+        ]
+        async with self.db.write() as conn:
+            await conn.execute(self._progress, rows)
+
+
+def _finish_row(e: Ending) -> dict[str, Any]:
+    return {
+        "b_id": e.job_id,
+        "b_state": e.state,
+        "b_result": e.result,
+        "b_error": e.error,
+        "b_traceback": e.traceback,
+        "b_finished_at": e.finished_at,
+        "b_reported": e.progress is not None,
+        "b_progress": None if e.progress is None else e.progress[0],
+        "b_data": None if e.progress is None else e.progress[1],
+    }
