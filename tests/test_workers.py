@@ -12,8 +12,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -166,6 +168,22 @@ async def test_a_worker_runner_in_process(make_runner: RunnerFactory, database: 
     runner = await make_runner(database.async_url)
     job_id = await runner.perform(worker_jobs.whoami, 7)
     assert (await runner.wait(job_id, timeout=TIMEOUT))["pid"] == os.getpid()
+
+
+async def test_a_job_from_a_process_whose_clock_is_ahead_runs_at_once(
+    make_runner: RunnerFactory, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job comes due by the database's clock, as claims read it: performed
+    by a process whose clock is an hour ahead, it is not held back an hour
+    (its enqueued_at is that process's clock, as it was given)."""
+    worker = await make_runner(SQLStore(database.async_url, poll_interval=60.0))
+    real = time.time
+    monkeypatch.setattr("asyncjob._runner.time", SimpleNamespace(time=lambda: real() + 3600))
+    job_id = await worker.perform(worker_jobs.whoami, 1)
+    assert (await worker.wait(job_id, timeout=TIMEOUT))["n"] == 1
+    enqueued_at = (await worker.status(job_id)).enqueued_at
+    assert enqueued_at is not None
+    assert enqueued_at.timestamp() > real() + 3000
 
 
 async def test_stopping_hands_claimed_jobs_back(

@@ -37,10 +37,20 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-__all__ = ("Database", "same_database")
+__all__ = ("SQLITE_PRAGMAS", "Database", "same_database")
 
 #: How long a SQLite writer waits for another process's write (seconds).
 SQLITE_BUSY_TIMEOUT = 30.0
+
+#: Set on every SQLite connection of a store: the write-ahead log (readers
+#: do not wait for writers), the busy timeout, and a commit that does not
+#: wait for the disk (a power cut may lose the last commits, never corrupt
+#: the file).
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}",
+    "PRAGMA synchronous=NORMAL",
+)
 
 
 class Database:
@@ -61,14 +71,16 @@ class Database:
         else:
             _check_on_checkout(self.engine)
             self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        # SQLite has one writer at a time: this process's wait their turn here.
-        self._write_lock = asyncio.Lock()
+        #: SQLite has one writer at a time: this process's wait their turn here.
+        self.write_lock = asyncio.Lock()
+        #: The SQLite file (``None`` on PostgreSQL).
+        self.path = make_url(url).database if self.is_sqlite else None
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A transaction that will write: committed on exit, rolled back on error."""
         if self.is_sqlite:
-            async with self._write_lock, self.engine.connect() as conn:
+            async with self.write_lock, self.engine.connect() as conn:
                 conn = await conn.execution_options(asyncjob_write=True)
                 async with conn.begin():
                     yield conn
@@ -179,9 +191,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # Let SQLAlchemy, not the driver, say when a transaction begins.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -1,29 +1,40 @@
-"""PostgreSQL connections held for the statements a store sends most.
+"""Connections held for the statements a store sends most: *lanes*.
 
 A perform, a claim, a batch of ends: each is one statement, and on the path
 from ``perform`` to the job's first line there are two of them. Through
 SQLAlchemy's pool and execution each costs about four times a bare round
 trip on the driver (a checkout, an isolation level set and reset, events,
-a result); so these go straight to asyncpg, on connections the store holds
-open, one statement at a time each: a *lane*. Everything else (reads,
-cancels, retries, the schema) goes through SQLAlchemy.
+a result), so these go straight to the driver, on connections the store
+holds open. Everything else (reads, cancels, retries, the schema) goes
+through SQLAlchemy.
 
-A lane opens its connection when first used, and opens it again when it is
-found dead (the server restarted, the connection was killed); a statement
-that is harmless when run twice is then sent again, once. Errors come out
-as SQLAlchemy's, as from the rest of the store.
+- :class:`PostgresLane`: one asyncpg connection, one statement at a time.
+  It opens its connection when first used, and again when it is found dead
+  (the server restarted, the connection was killed); a statement that is
+  harmless when run twice is then sent again, once.
+- :class:`SQLiteLane`: one ``sqlite3`` connection in a thread of its own,
+  which runs a whole transaction for each call: one hop between threads
+  per batch, where aiosqlite makes one per statement, and one for ``BEGIN``
+  and ``COMMIT`` each.
+
+Errors come out as SQLAlchemy's, as from the rest of the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 
-__all__ = ("Lane", "asyncpg_args")
+T = TypeVar("T")
+
+__all__ = ("PostgresLane", "SQLiteLane", "asyncpg_args")
 
 
 def asyncpg_args(url: str) -> dict[str, Any]:
@@ -34,7 +45,7 @@ def asyncpg_args(url: str) -> dict[str, Any]:
     return args
 
 
-class Lane:
+class PostgresLane:
     """One connection, for statements sent one after the other.
 
     Args:
@@ -119,3 +130,73 @@ def _is_disconnect(exc: BaseException, conn: Any) -> bool:
         | asyncpg.PostgresConnectionError
         | asyncpg.exceptions.OperatorInterventionError,  # the server is going down
     )
+
+
+class SQLiteLane:
+    """One ``sqlite3`` connection, in a thread of its own, for transactions
+    that write (see the module's docstring).
+
+    Args:
+        path: the database file.
+        setup: statements run once on the new connection (pragmas).
+        lock: held around each transaction, with the store's other writers
+            in this process, so that they take turns on the event loop
+            rather than in SQLite's busy handler.
+    """
+
+    def __init__(self, path: str, setup: Sequence[str], lock: asyncio.Lock) -> None:
+        self._path = path
+        self._setup = setup
+        self._lock = lock
+        self._conn: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="asyncjob-sqlite")
+
+    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work(connection)`` in one ``BEGIN IMMEDIATE`` transaction,
+        committed when it returns and rolled back when it raises.
+
+        Raises:
+            sqlalchemy.exc.OperationalError: SQLite could not (the file is
+                locked by another process for longer than the busy timeout,
+                say).
+            sqlalchemy.exc.DatabaseError: SQLite refused a statement.
+        """
+        async with self._lock:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._thread, self._transaction, work
+            )
+
+    async def close(self) -> None:
+        async with self._lock:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
+        self._thread.shutdown(wait=False)
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+        except sqlite3.OperationalError as exc:
+            raise OperationalError(None, None, exc) from exc
+        except sqlite3.Error as exc:
+            raise DatabaseError(None, None, exc) from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            # Autocommit as the driver sees it: the transactions are ours.
+            conn = sqlite3.connect(self._path, isolation_level=None)
+            for statement in self._setup:
+                conn.execute(statement)
+            self._conn = conn
+        return self._conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -158,31 +158,29 @@ class SQLStore(JobEndings, Store):
                 f"{job.name} is not registered with @asyncjob.job: only registered "
                 "jobs can be performed in your transaction, as any worker may run them"
             )
-        await session.execute(self.tables.jobs.insert().values(**self._row(job)))
+        row = self._row(job)
+        await session.execute(
+            self.tables.jobs.insert().values(
+                **row, state=JobState.queued.value, attempts=0, run_after=self.db.now()
+            )
+        )
         on_queued = self.on_queued
         if on_queued is not None:  # wake this process's worker once it commits
             event.listen(session.sync_session, "after_commit", lambda _: on_queued(), once=True)
 
     def _row(self, job: Job) -> dict[str, Any]:
+        """The job as :meth:`Writes.insert` takes it."""
         args = dumps(list(job.args), f"the arguments of {job.name}")
         kwargs = dumps(dict(job.kwargs), f"the keyword arguments of {job.name}")
         return {
             "id": job.id,
             "name": job.name,
             "registered": job.registered,
+            # Not registered: only this process may run it (see _claims.recover).
             "owner": None if job.registered else self.owner,
-            # Not registered: only this process may run it, and it keeps it
-            # alive by renewing this lease (see _claims.recover).
-            "locked_by": None if job.registered else self.owner,
-            # Stamped by this process's clock at first; renewals use the
-            # database's (leases of jobs not registered last long anyway).
-            "lease_expires_at": None if job.registered else time.time() + self.lease,
-            "state": JobState.queued.value,
             "args": args,
             "kwargs": kwargs,
-            "attempts": 0,
             "enqueued_at": job.enqueued_at,
-            "run_after": job.enqueued_at,
         }
 
     async def start(self, job_id: str) -> bool:  # a job not registered, run here
@@ -302,7 +300,7 @@ class SQLStore(JobEndings, Store):
         return changed
 
     async def _insert(self, rows: list[dict[str, Any]]) -> list[None]:
-        return await self.writes.insert(rows)
+        return await self.writes.insert(rows, self.lease)
 
     async def _finish(self, endings: list[Ending]) -> list[bool]:
         return await self.writes.finish(endings)

@@ -11,8 +11,9 @@ the two dialects differ most, so it is all here:
   driver on connections of their own (see ``_lanes``): performs and ends
   on one, durable; claims and progress on another, which commits without
   waiting for the disk.
-- SQLite: SQLAlchemy's ``executemany`` in one transaction: SQLite runs in
-  this process, where a statement per row costs no round trip.
+- SQLite: ``executemany`` in one transaction, run in one go by the
+  store's writing thread (see ``_lanes``): SQLite runs in this process,
+  where a statement per row costs no round trip.
 
 Both claim with the same statement, whose ``WHERE`` matches the claim's
 partial index word for word (see ``_schema.DUE``).
@@ -20,15 +21,14 @@ partial index word for word (see ``_schema.DUE``).
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any, NamedTuple
-
-from sqlalchemy import bindparam, case, insert, select, text, update
 
 from asyncjob._models import Claimed, JobState
 
 from ._claims import claimed
-from ._engine import Database
-from ._lanes import Lane
+from ._engine import SQLITE_PRAGMAS, Database
+from ._lanes import PostgresLane, SQLiteLane
 from ._progress import Report
 from ._schema import DUE, Tables
 
@@ -36,6 +36,13 @@ __all__ = ("Ending", "Writes", "writes_for")
 
 _QUEUED = JobState.queued.value
 _RUNNING = JobState.running.value
+
+
+#: The columns an insert fills, in this order.
+_NEW_COLUMNS = (
+    "id, name, registered, owner, locked_by, lease_expires_at, state, args, kwargs, "
+    "attempts, enqueued_at, run_after"
+)
 
 
 class Ending(NamedTuple):
@@ -84,8 +91,15 @@ class Writes:
         """
         raise NotImplementedError
 
-    async def insert(self, rows: list[dict[str, Any]]) -> list[None]:
-        """Record new jobs (rows as ``SQLStore._row`` makes them)."""
+    async def insert(self, rows: list[dict[str, Any]], lease: float) -> list[None]:
+        """Record new jobs (rows as ``SQLStore._row`` makes them); a job
+        that is not registered is leased for ``lease`` seconds.
+
+        A job comes due, and its lease starts, by the database's clock, as
+        claims and recovery read them: a job performed by a process whose
+        clock is ahead is not held back, nor one whose clock is behind
+        taken for lost.
+        """
         raise NotImplementedError
 
     async def finish(self, endings: list[Ending]) -> list[bool]:
@@ -114,21 +128,22 @@ def _by_claim_order(jobs: list[Claimed]) -> list[Claimed]:
 class _PostgresWrites(Writes):
     def __init__(self, db: Database, tables: Tables, owner: str) -> None:
         super().__init__(db, tables, owner)
-        self._durable = Lane(db.url)
-        self._relaxed = Lane(db.url, durable=False)
+        self._durable = PostgresLane(db.url)
+        self._relaxed = PostgresLane(db.url, durable=False)
         jobs = tables.jobs.name
         self._claim = self.claim_sql("$1", "$2", "$3")
         # Each of these is sent again if its connection turns out dead (see
-        # Lane.fetch): an insert that was committed first is then a conflict,
+        # PostgresLane.fetch): an insert that was committed first is then a conflict,
         # and does nothing; an end, finds its job no longer running.
+        now = db.now_sql
         self._insert = f"""
-            INSERT INTO {jobs} (id, name, registered, owner, locked_by, lease_expires_at,
-                                state, args, kwargs, attempts, enqueued_at, run_after)
-            SELECT v.id, v.name, v.registered, v.owner, v.owner, v.lease,
-                   '{_QUEUED}', v.args, v.kwargs, 0, v.at, v.at
+            INSERT INTO {jobs} ({_NEW_COLUMNS})
+            SELECT v.id, v.name, v.registered, v.owner, v.owner,
+                   CASE WHEN v.registered THEN NULL ELSE {now} + $8 END,
+                   '{_QUEUED}', v.args, v.kwargs, 0, v.at, {now}
             FROM unnest($1::varchar[], $2::varchar[], $3::boolean[], $4::varchar[],
-                        $5::float8[], $6::text[], $7::text[], $8::float8[])
-                 AS v(id, name, registered, owner, lease, args, kwargs, at)
+                        $5::text[], $6::text[], $7::float8[])
+                 AS v(id, name, registered, owner, args, kwargs, at)
             ON CONFLICT (id) DO NOTHING
             """
         self._finish = f"""
@@ -157,17 +172,17 @@ class _PostgresWrites(Writes):
         rows = await self._relaxed.fetch(self._claim, self.owner, lease, limit, retry=False)
         return _by_claim_order([claimed(row) for row in rows])
 
-    async def insert(self, rows: list[dict[str, Any]]) -> list[None]:
+    async def insert(self, rows: list[dict[str, Any]], lease: float) -> list[None]:
         await self._durable.fetch(
             self._insert,
             [r["id"] for r in rows],
             [r["name"] for r in rows],
             [r["registered"] for r in rows],
             [r["owner"] for r in rows],
-            [r["lease_expires_at"] for r in rows],
             [r["args"] for r in rows],
             [r["kwargs"] for r in rows],
             [r["enqueued_at"] for r in rows],
+            lease,
         )
         return [None] * len(rows)
 
@@ -204,76 +219,76 @@ class _PostgresWrites(Writes):
 class _SQLiteWrites(Writes):
     def __init__(self, db: Database, tables: Tables, owner: str) -> None:
         super().__init__(db, tables, owner)
-        jobs = tables.jobs
-        self._claim = text(self.claim_sql(":owner", ":lease", ":limit"))
-        self._insert = insert(jobs)
-        self._finish = (
-            update(jobs)
-            .where(jobs.c.id == bindparam("b_id"))
-            .values(
-                state=bindparam("b_state"),
-                result=bindparam("b_result"),
-                error=bindparam("b_error"),
-                traceback=bindparam("b_traceback"),
-                finished_at=bindparam("b_finished_at"),
-                locked_by=None,
-                lease_expires_at=None,
-                progress=case(
-                    (bindparam("b_reported"), bindparam("b_progress")), else_=jobs.c.progress
-                ),
-                data=case((bindparam("b_reported"), bindparam("b_data")), else_=jobs.c.data),
-            )
-        )
+        assert db.path is not None
+        self._lane = SQLiteLane(db.path, SQLITE_PRAGMAS, db.write_lock)
+        jobs = tables.jobs.name
+        now = db.now_sql
+        self._claim = self.claim_sql(":owner", ":lease", ":limit")
+        self._insert = f"""
+            INSERT INTO {jobs} ({_NEW_COLUMNS})
+            VALUES (:id, :name, :registered, :owner, :owner,
+                    CASE WHEN :registered THEN NULL ELSE {now} + :lease END,
+                    '{_QUEUED}', :args, :kwargs, 0, :enqueued_at, {now})
+            """
+        self._finish = f"""
+            UPDATE {jobs}
+            SET state = :state, result = :result, error = :error, traceback = :traceback,
+                finished_at = :finished_at, locked_by = NULL, lease_expires_at = NULL,
+                progress = CASE WHEN :reported THEN :progress ELSE progress END,
+                data = CASE WHEN :reported THEN :data ELSE data END
+            WHERE id = :id
+            """
         # A job whose lease ran out and that another worker took meanwhile
         # is that worker's to finish.
-        self._held = select(jobs.c.id).where(
-            jobs.c.id.in_(bindparam("ids", expanding=True)),
-            jobs.c.state == _RUNNING,
-            jobs.c.locked_by == owner,
-        )
+        self._held = f"SELECT id FROM {jobs} WHERE state = '{_RUNNING}' AND locked_by = ? AND id IN"
         self._progress = (
-            update(jobs)
-            .where(jobs.c.id == bindparam("b_id"), jobs.c.state == _RUNNING)
-            .values(progress=bindparam("b_progress"), data=bindparam("b_data"))
+            f"UPDATE {jobs} SET progress = :progress, data = :data "
+            f"WHERE id = :id AND state = '{_RUNNING}'"
         )
 
     async def claim(self, limit: int, lease: float) -> list[Claimed]:
         params = {"owner": self.owner, "lease": lease, "limit": limit}
-        rows = (await self.db.execute(self._claim, params)).all()
+        rows = await self._lane.write(lambda conn: conn.execute(self._claim, params).fetchall())
         return _by_claim_order([claimed(row) for row in rows])
 
-    async def insert(self, rows: list[dict[str, Any]]) -> list[None]:
-        async with self.db.write() as conn:
-            await conn.execute(self._insert, rows)
+    async def insert(self, rows: list[dict[str, Any]], lease: float) -> list[None]:
+        leased = [{**row, "lease": lease} for row in rows]
+        await self._lane.write(lambda conn: conn.executemany(self._insert, leased))
         return [None] * len(rows)
 
     async def finish(self, endings: list[Ending]) -> list[bool]:
         ids = [e.job_id for e in endings]
-        async with self.db.write() as conn:
-            held = set(await conn.scalars(self._held, {"ids": ids}))
-            rows = [_finish_row(e) for e in endings if e.job_id in held]
-            if rows:
-                await conn.execute(self._finish, rows)
+
+        def write(conn: sqlite3.Connection) -> set[str]:
+            marks = ", ".join("?" * len(ids))
+            found = conn.execute(f"{self._held} ({marks})", (self.owner, *ids)).fetchall()
+            held = {job_id for (job_id,) in found}
+            conn.executemany(self._finish, [_finish_row(e) for e in endings if e.job_id in held])
+            return held
+
+        held = await self._lane.write(write)
         return [job_id in held for job_id in ids]
 
     async def progress(self, reports: dict[str, Report]) -> None:
         rows = [
-            {"b_id": job_id, "b_progress": value, "b_data": data}
+            {"id": job_id, "progress": value, "data": data}
             for job_id, (value, data) in reports.items()
         ]
-        async with self.db.write() as conn:
-            await conn.execute(self._progress, rows)
+        await self._lane.write(lambda conn: conn.executemany(self._progress, rows))
+
+    async def close(self) -> None:
+        await self._lane.close()
 
 
 def _finish_row(e: Ending) -> dict[str, Any]:
     return {
-        "b_id": e.job_id,
-        "b_state": e.state,
-        "b_result": e.result,
-        "b_error": e.error,
-        "b_traceback": e.traceback,
-        "b_finished_at": e.finished_at,
-        "b_reported": e.progress is not None,
-        "b_progress": None if e.progress is None else e.progress[0],
-        "b_data": None if e.progress is None else e.progress[1],
+        "id": e.job_id,
+        "state": e.state,
+        "result": e.result,
+        "error": e.error,
+        "traceback": e.traceback,
+        "finished_at": e.finished_at,
+        "reported": e.progress is not None,
+        "progress": None if e.progress is None else e.progress[0],
+        "data": None if e.progress is None else e.progress[1],
     }
