@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
+from ._ahead import Ahead, Waiting
 from ._callables import describe
 from ._execution import logger
 from ._models import Claimed, Job, JobState
@@ -28,6 +30,8 @@ class Fetcher:
 
     Wakes when a job is performed here or a worker comes free, and at
     least every ``poll_interval`` seconds for jobs performed elsewhere.
+    Claims a few jobs ahead of the free workers when jobs are short (see
+    ``_ahead``).
     Renews the leases of the jobs it holds every third of a lease, stops the
     ones it lost, and puts back in the queue the jobs of dead workers.
     A worker runs only jobs registered in it: any other claimed job fails,
@@ -51,6 +55,8 @@ class Fetcher:
         self._lease = lease
         self._on_lost = on_lost
         self._wakeup = asyncio.Event()
+        self._ahead = Ahead(pool.concurrency)
+        self._waiting = Waiting()
         if claims:
             store.on_queued = self.wake
 
@@ -67,9 +73,16 @@ class Fetcher:
                 tasks.create_task(self._claim_forever())
             tasks.create_task(self._keep_leases_forever())
 
+    def take_waiting(self) -> list[str]:
+        """The ids of the jobs claimed ahead and not given to a worker yet:
+        the runner hands them back when it stops."""
+        return [job.id for job in self._waiting.take_all()]
+
     async def _claim_forever(self) -> None:
         while True:
+            self._waiting.hand_over(self._pool)
             try:
+                await self._hand_back_stale()
                 full = await self._claim_once()
             except Exception:  # noqa: BLE001 - the database may come back
                 logger.exception("could not claim jobs; trying again in %.0f s", RETRY_AFTER)
@@ -77,57 +90,80 @@ class Fetcher:
                 continue
             if full:
                 continue  # there may be more waiting
+            timeout = self._poll_interval
+            stale_in = self._waiting.next_stale_in()
+            if stale_in is not None:
+                timeout = min(timeout, stale_in)
             try:
-                async with asyncio.timeout(self._poll_interval):
+                async with asyncio.timeout(timeout):
                     await self._wakeup.wait()
             except TimeoutError:
                 pass
             self._wakeup.clear()
 
     async def _claim_once(self) -> bool:
-        """Claim what the free workers can take; True if that filled them."""
-        free = min(self._pool.free, CLAIM_BATCH)
-        if free <= 0:
+        """Claim what the free workers can take, and what they will be free
+        to take by the time another claim would come back (see ``_ahead``);
+        True if that many were claimed."""
+        wanted = self._pool.free - len(self._waiting) + self._ahead.jobs()
+        wanted = min(wanted, CLAIM_BATCH)
+        if wanted <= 0:
             return False
-        claimed = await self._store.claim(free)
-        for job in claimed:
+        sent = time.monotonic()
+        claimed = await self._store.claim(wanted)
+        self._ahead.measure(time.monotonic() - sent, self._pool.done)
+        for found in claimed:
+            job = self._job_of(found)
+            if isinstance(job, Job):
+                self._waiting.add(job)
+                continue
+            logger.error("job %s (%s) cannot run: %s", found.id, found.name, job)
             try:
-                await self._admit(job)
+                await self._store.finish(found.id, JobState.failed, error=job)
             except Exception:  # noqa: BLE001 - one job's trouble must not strand the others
                 logger.exception(
                     "could not record that job %s cannot run; it runs again once its "
                     "lease runs out",
-                    job.id,
+                    found.id,
                 )
-        return len(claimed) == free
+        self._waiting.hand_over(self._pool)
+        return len(claimed) == wanted
 
-    async def _admit(self, claimed: Claimed) -> None:
+    async def _hand_back_stale(self) -> None:
+        """Hand back the jobs claimed ahead that waited too long for a slot."""
+        stale = self._waiting.stale()
+        if not stale:
+            return
+        self._ahead.handed_back()
+        try:
+            await self._store.release([job.id for job in stale])
+        except BaseException:
+            self._waiting.put_back(stale)  # still held here: they wait on
+            raise
+
+    def _job_of(self, claimed: Claimed) -> Job | str:
+        """The job to run; or why it cannot run here."""
         definition = lookup(claimed.name)
-        problem = claimed.problem
-        if problem is None and definition is None:
-            problem = (
+        if claimed.problem is not None:
+            return claimed.problem
+        if definition is None:
+            return (
                 f"the job {claimed.name!r} is not registered in this worker: it runs only "
                 "functions registered with @asyncjob.job in the modules it imports, "
                 "and never imports or calls anything else"
             )
-        if problem is not None or definition is None:
-            logger.error("job %s (%s) cannot run: %s", claimed.id, claimed.name, problem)
-            await self._store.finish(claimed.id, JobState.failed, error=problem)
-            return
         _, is_async = describe(definition.func)
-        self._pool.submit(
-            Job(
-                claimed.id,
-                claimed.name,
-                definition.func,
-                claimed.args,
-                claimed.kwargs,
-                is_async,
-                claimed.enqueued_at,
-                registered=True,
-                claimed=True,
-                attempt=claimed.attempts,
-            )
+        return Job(
+            claimed.id,
+            claimed.name,
+            definition.func,
+            claimed.args,
+            claimed.kwargs,
+            is_async,
+            claimed.enqueued_at,
+            registered=True,
+            claimed=True,
+            attempt=claimed.attempts,
         )
 
     async def _keep_leases_forever(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -54,9 +53,9 @@ async def call_async(
     session, before the scope commits it: the job's writes and its final
     state are one transaction (``ctx.finished`` says it is done).
     """
-    async with contextlib.AsyncExitStack() as stack:
-        if scope.wraps_async:
-            await stack.enter_async_context(scope.for_async_job(ctx))
+    if not scope.wraps_async:
+        return await _call_with_timeout(job, timeout)
+    async with scope.for_async_job(ctx):
         result = await _call_with_timeout(job, timeout)
         if finish_in is not None and ctx.session is not None and not ctx.cancelled:
             await finish_in(ctx.session, job.id, result)

@@ -186,11 +186,18 @@ class Runner(JobQueries):
             self._stopped.set()
 
     async def _shut_down(self) -> None:
-        if self._fetching is not None:
+        claimed_ahead: list[str] = []
+        if self._fetching is not None and self._fetcher is not None:
             self._fetching.cancel()
             await asyncio.gather(self._fetching, return_exceptions=True)
+            claimed_ahead = self._fetcher.take_waiting()
         await shut_down(
-            self._store, self._pool, self._executor, self.options.grace_period, self._cancel_here
+            self._store,
+            self._pool,
+            self._executor,
+            self.options.grace_period,
+            self._cancel_here,
+            claimed_ahead,
         )
 
     def _new_fetcher(self) -> Fetcher:

@@ -25,6 +25,8 @@ def dumps(value: Any, what: str) -> str:
             another type, a dict key that is not a string, a float that is
             not finite, or itself. The message names it and its place.
     """
+    if value is None:  # what most jobs return
+        return "null"
     # Walked first, not left to json.dumps: it would turn a key 1 into "1"
     # silently, and the job would get back something else than was given.
     found = _find(value, "")

@@ -18,18 +18,20 @@ async def shut_down(
     executor: Executor,
     grace_period: float,
     cancel: Callable[[str], Awaitable[bool]],
+    claimed_ahead: list[str],
 ) -> None:
     """Stop taking jobs, let running ones finish, then close the store.
 
     1. Jobs still queued here end: cancelled, or, for jobs claimed from a
-       durable store, handed back to its queue for another worker.
+       durable store (those ``claimed_ahead`` of the workers too), handed
+       back to its queue for another worker.
     2. Running jobs get ``grace_period`` seconds to finish.
     3. Those still running are stopped: cancelled, or handed back (they
        will run again elsewhere: at least once).
     4. The thread pool is let go and the store closed.
     """
     queued = pool.take_queued()
-    await store.release([job.id for job in queued if job.claimed])
+    await store.release([*claimed_ahead, *(job.id for job in queued if job.claimed)])
     for job in queued:
         if not job.claimed:
             await cancel(job.id)

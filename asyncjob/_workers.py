@@ -45,6 +45,8 @@ class WorkerPool:
         self._recording: set[str] = set()
         #: Called whenever a job's code has ended, so that more may be fetched.
         self.on_free: Callable[[], None] | None = None
+        #: How many jobs have been done, in all.
+        self.done = 0
 
     @property
     def free(self) -> int:
@@ -55,6 +57,11 @@ class WorkerPool:
         few milliseconds that takes, and the fetch and the record overlap.
         """
         return self._concurrency - self._outstanding + len(self._recording)
+
+    @property
+    def concurrency(self) -> int:
+        """How many jobs may run at once."""
+        return self._concurrency
 
     @property
     def size(self) -> int:
@@ -136,6 +143,7 @@ class WorkerPool:
             self.on_free()
 
     def _done(self, job_id: str) -> None:
+        self.done += 1
         self._outstanding -= 1
         if self._outstanding == 0:
             self._all_done.set()

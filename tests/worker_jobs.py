@@ -37,3 +37,15 @@ async def blocks_loop(seconds: float) -> str:
     """Computes without awaiting, which blocks the worker's event loop."""
     time.sleep(seconds)  # noqa: ASYNC251 - CPU-bound work done on the loop by mistake
     return "done"
+
+
+#: Gates that a test in this process opens to let waiting jobs end.
+GATES: dict[str, asyncio.Event] = {}
+
+
+@asyncjob.job
+async def wait_for_gate(name: str) -> str:
+    """Wait until the test opens the gate ``name`` (a job run in the test's
+    own process, on its loop)."""
+    await GATES.setdefault(name, asyncio.Event()).wait()
+    return name

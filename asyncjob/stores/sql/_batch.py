@@ -43,8 +43,9 @@ class GroupCommit(Generic[In, Out]):
         self._pending.append((item, future))
         if self._flushing is None:
             self._flushing = loop.create_task(self._flush())
-        # Shielded: a caller that gives up does not cancel the others' write.
-        return await asyncio.shield(future)
+        # A caller that gives up cancels its own future only: the batch,
+        # and the others waiting for it, go on.
+        return await future
 
     async def _flush(self) -> None:
         try:

@@ -30,7 +30,9 @@ def claimed(row: Sequence[Any]) -> Claimed:
     decoded; a row it cannot decode says why."""
     job_id, name, args_text, kwargs_text, enqueued_at, attempts = row
     try:
-        args, kwargs = loads(args_text), loads(kwargs_text)
+        # No arguments is the most common case: no decoder needed.
+        args = [] if args_text == "[]" else loads(args_text)
+        kwargs = {} if kwargs_text == "{}" else loads(kwargs_text)
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise ValueError("arguments must be a JSON array and an object")
     except ValueError as exc:

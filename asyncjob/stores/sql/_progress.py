@@ -75,9 +75,11 @@ class ProgressBuffer:
         A flush in flight may hold the job's last report: it lands first,
         while the job still runs, or the store would refuse it after.
         """
-        async with self._flushing:
-            with self._lock:
-                return self._pending.pop(job_id, None)
+        if self._flushing.locked():
+            async with self._flushing:
+                pass
+        with self._lock:  # no flush can start before this: nothing awaits in between
+            return self._pending.pop(job_id, None)
 
     async def flush(self) -> None:
         """Write every pending report now."""

@@ -69,16 +69,24 @@ class Writes:
     def claim_sql(self, owner: str, lease: str, limit: str) -> str:
         """The claim, with the placeholders given."""
         jobs, now = self.tables.jobs.name, self.db.now_sql
-        # On PostgreSQL, workers claiming at once skip each other's rows;
-        # SQLite runs one writer at a time: the statement is atomic as it is.
-        skip_locked = "" if self.db.is_sqlite else "FOR UPDATE SKIP LOCKED"
+        if self.db.is_sqlite:
+            # One writer at a time: the statement is atomic as it is.
+            chosen = f"""id IN (SELECT id FROM {jobs} WHERE {DUE} AND run_after <= {now}
+                               ORDER BY run_after LIMIT {limit})"""
+        else:
+            # Workers claiming at once skip each other's rows. The rows are
+            # found again by their physical address, which their lock keeps
+            # from changing until this statement updates them: no second
+            # look-up by the primary key.
+            chosen = f"""ctid = ANY(ARRAY(SELECT ctid FROM {jobs}
+                                          WHERE {DUE} AND run_after <= {now}
+                                          ORDER BY run_after LIMIT {limit}
+                                          FOR UPDATE SKIP LOCKED))"""
         return f"""
             UPDATE {jobs}
             SET state = '{_RUNNING}', locked_by = {owner}, started_at = {now},
                 lease_expires_at = {now} + {lease}, attempts = attempts + 1
-            WHERE id IN (SELECT id FROM {jobs} WHERE {DUE} AND run_after <= {now}
-                         ORDER BY run_after LIMIT {limit} {skip_locked})
-              AND state = '{_QUEUED}'
+            WHERE {chosen} AND state = '{_QUEUED}'
             RETURNING id, name, args, kwargs, enqueued_at, attempts
             """
 
