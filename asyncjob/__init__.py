@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from ._api import cancel, get_progress, perform, perform_in, status, wait, watch
+from ._api import cancel, get_progress, perform, perform_in, perform_many, status, wait, watch
 from ._context import current_job_id, set_progress
 from ._errors import (
     AsyncJobError,
@@ -45,6 +45,7 @@ __all__ = (
     "job",
     "perform",
     "perform_in",
+    "perform_many",
     "session",
     "set_progress",
     "status",

@@ -7,18 +7,34 @@ running they raise :class:`RunnerNotRunning`, a ``RuntimeError``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from . import _current
 from ._models import JobStatus, Progress
 
-__all__ = ("cancel", "get_progress", "perform", "perform_in", "status", "wait", "watch")
+__all__ = (
+    "cancel",
+    "get_progress",
+    "perform",
+    "perform_in",
+    "perform_many",
+    "status",
+    "wait",
+    "watch",
+)
 
 
 async def perform(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
     """:meth:`Runner.perform` on the running runner."""
     return await _current.get().perform(func, *args, **kwargs)
+
+
+async def perform_many(
+    func: Callable[..., Any], arguments: Iterable[Sequence[Any] | Mapping[str, Any]], /
+) -> list[str]:
+    """:meth:`Runner.perform_many` on the running runner."""
+    return await _current.get().perform_many(func, arguments)
 
 
 async def perform_in(session: Any, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import enum
-import os
-import time
-from collections.abc import Callable, Mapping
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from . import _current, _policy
-from ._callables import describe
-from ._errors import RunnerNotRunning
 from ._execution import Executor
 from ._fetcher import Fetcher
-from ._models import Job
 from ._options import RunnerOptions
+from ._performing import Performing, Phase
 from ._queries import JobQueries
-from ._registry import registered_name
 from ._sessions import JobScope, Sessions
 from ._shutdown import shut_down
 from ._workers import WorkerPool
@@ -28,17 +21,8 @@ __all__ = ("Runner",)
 
 T = TypeVar("T")
 
-_NO_KWARGS: Mapping[str, Any] = MappingProxyType({})
 
-
-class _Phase(enum.Enum):
-    new = "new"
-    running = "running"
-    stopping = "stopping"
-    stopped = "stopped"
-
-
-class Runner(JobQueries):
+class Runner(Performing, JobQueries):
     """Runs jobs in the background of an asyncio application.
 
     Use it as an async context manager (or call :meth:`start` and
@@ -112,7 +96,7 @@ class Runner(JobQueries):
                 "producer_only=True needs a store that workers share (an SQL store): "
                 "with this store, no other process could run the jobs"
             )
-        self._phase = _Phase.new
+        self._phase = Phase.new
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = Executor(self._store, self.options.threads, job_scope or sessions)
         self._pool = WorkerPool(self._executor, self.options.concurrency)
@@ -132,7 +116,7 @@ class Runner(JobQueries):
     @property
     def running(self) -> bool:
         """True between :meth:`start` and the beginning of :meth:`stop`."""
-        return self._phase is _Phase.running
+        return self._phase is Phase.running
 
     # -- life cycle -------------------------------------------------------
 
@@ -142,7 +126,7 @@ class Runner(JobQueries):
         Raises:
             RuntimeError: the runner was started before.
         """
-        if self._phase is not _Phase.new:
+        if self._phase is not Phase.new:
             raise RuntimeError(
                 f"this runner is {self._phase.value}: a runner starts once; "
                 "create a new Runner to start again"
@@ -158,7 +142,7 @@ class Runner(JobQueries):
         if self._fetcher is not None:
             fetching = self._fetcher.run()
             self._fetching = asyncio.get_running_loop().create_task(fetching)
-        self._phase = _Phase.running
+        self._phase = Phase.running
         _current.push(self)
 
     async def stop(self) -> None:
@@ -170,19 +154,19 @@ class Runner(JobQueries):
         :class:`asyncio.CancelledError`, sync jobs :class:`JobCancelled` from
         their next ``set_progress``). Last, the store is closed.
         """
-        if self._phase is _Phase.new:
-            self._phase = _Phase.stopped
+        if self._phase is Phase.new:
+            self._phase = Phase.stopped
             self._stopped.set()
             return
-        if self._phase is not _Phase.running:
+        if self._phase is not Phase.running:
             await self._on_loop(self._stopped.wait())
             return
-        self._phase = _Phase.stopping
+        self._phase = Phase.stopping
         _current.remove(self)
         try:
             await self._on_loop(self._shut_down())
         finally:
-            self._phase = _Phase.stopped
+            self._phase = Phase.stopped
             self._stopped.set()
 
     async def _shut_down(self) -> None:
@@ -226,91 +210,6 @@ class Runner(JobQueries):
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
-
-    # -- performing -------------------------------------------------------
-
-    async def perform(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
-        """Queue ``func(*args, **kwargs)`` to run in the background.
-
-        Returns the new job's id as soon as the job is recorded, without
-        waiting for it to start. ``func`` may be a coroutine function or any
-        other callable (run in the thread pool); partials, bound methods and
-        callable objects are told apart here, once.
-
-        Raises:
-            TypeError: ``func`` is not callable.
-            RunnerNotRunning: the runner is not started, or is stopping.
-        """
-        if not callable(func):
-            raise TypeError(
-                f"perform() needs a callable as its first argument, not "
-                f"{type(func).__name__} ({func!r})"
-            )
-        # Most jobs take no keyword arguments: keep one shared empty mapping
-        # rather than an empty dict per queued job.
-        job = self._new_job(os.urandom(16).hex(), func, args, kwargs or _NO_KWARGS)
-        if asyncio.get_running_loop() is self._loop:
-            return await self._enqueue(job)
-        return await self._on_loop(self._enqueue(job))
-
-    async def perform_in(
-        self, session: Any, func: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> str:
-        """:meth:`perform`, in the application's transaction.
-
-        ``session`` is the application's SQLAlchemy ``AsyncSession``, on
-        the store's own database: the job is written in its transaction, so
-        it exists, and runs, only if the application commits; a rollback
-        leaves no trace of it. ``func`` must be registered with
-        :func:`asyncjob.job` (any worker of the store may run it).
-
-        Raises:
-            TypeError: the store is not an SQL store, or ``func`` is not
-                registered, or not callable.
-            RunnerNotRunning: the runner is not started, or is stopping.
-        """
-        if not callable(func):
-            raise TypeError(f"perform_in() needs a callable, not {type(func).__name__}")
-        job = self._new_job(os.urandom(16).hex(), func, args, kwargs or _NO_KWARGS)
-        await self._store.enqueue_in(session, job)
-        return job.id
-
-    def _new_job(
-        self,
-        job_id: str,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: Mapping[str, Any],
-    ) -> Job:
-        """The job to perform, with the id chosen by the caller: the id of a
-        job handed over later (after a commit) must be known first."""
-        self._check_running()
-        name, is_async = describe(func)
-        registered = registered_name(func)
-        if registered is not None:
-            name = registered
-        return Job(job_id, name, func, args, kwargs, is_async, time.time(), registered is not None)
-
-    def _check_running(self) -> None:
-        if self._phase is not _Phase.running:
-            raise RunnerNotRunning(
-                f"this runner is {self._phase.value} and takes no jobs: perform() "
-                "works between start() and stop() (inside 'async with runner:')"
-            )
-
-    async def _enqueue(self, job: Job) -> str:
-        self._check_running()  # again: a call from another loop may cross stop()
-        await self._store.enqueue(job)
-        if job.registered and self._store.durable:
-            # It waits in the store for a worker: this runner's, if it is one.
-            if self._fetcher is not None and not self.producer_only:
-                self._fetcher.wake()
-            return job.id
-        if self._phase is not _Phase.running:
-            await self._store.cancel(job.id)  # stop() began while it was written
-            self._check_running()
-        self._pool.submit(job)
-        return job.id
 
     async def join(self, timeout: float | None = None) -> None:
         """Wait until no job of this runner is queued or running.

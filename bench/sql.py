@@ -54,6 +54,7 @@ from sql_subjects import (
     POSTGRES,
     SERVERS,
     SQLITE,
+    AsyncjobProducer,
     Counters,
     Database,
     Producer,
@@ -381,6 +382,19 @@ async def enqueue_and_run(
     return Timing(enqueue, run, enqueue_cpu, worker_cpu, machine_cpu)
 
 
+async def enqueue_concurrently(db: Database, n: int) -> float:
+    """Seconds for asyncjob to enqueue ``n`` jobs by CHUNK ``perform()`` calls
+    at a time, each awaited on its own (what a busy web process does); the
+    store's group commit writes those that arrive together at once."""
+    async with asyncjob_producer(db) as producer:
+        assert isinstance(producer, AsyncjobProducer)
+        gc.collect()
+        async with asyncio.timeout(PHASE_TIMEOUT):
+            start = time.perf_counter()
+            await producer.concurrently(n)
+            return time.perf_counter() - start
+
+
 async def enqueue_one_at_a_time(db: Database, subject: Subject, n: int) -> float:
     """Seconds to enqueue ``n`` no-op jobs one after the other, each in a
     transaction of its own (no worker: they stay queued)."""
@@ -584,6 +598,10 @@ def one_repetition(
             r[f"{kind}.wcpu.{s.key}"] = timing.worker_cpu / n * 1e6
             if timing.machine_cpu is not None:
                 r[f"{kind}.mcpu.{s.key}"] = timing.machine_cpu / n * 1e6
+        if keys is None or "asyncjob" in keys:
+            progress(f"{kind}: asyncjob: enqueue {n:,} jobs, {CHUNK} performs at a time")
+            seconds = measure(kind, admin, functools.partial(enqueue_concurrently, n=n))
+            r[f"{kind}.enqC.asyncjob"] = n / seconds
         for s in subjects(kind):
             progress(f"{kind}: {s.label}: enqueue {n:,} jobs one at a time")
             seconds = measure(kind, admin, functools.partial(enqueue_one_at_a_time, subject=s, n=n))
@@ -635,6 +653,7 @@ def lines_of(kind: str) -> tuple[Line, ...]:
     return (
         Line("enqueue, one at a time", "enq1", "jobs/s"),
         Line("enqueue, fastest way", "enqN", "jobs/s"),
+        Line(f"enqueue, {CHUNK} performs at once", "enqC", "jobs/s"),
         Line("run, 1 worker process", "run", "jobs/s", jobs, fast),
         Line("enqueue (fastest) + run", "e2e", "jobs/s", jobs, fast),
         Line("enqueue (one at a time) + run", "e2e1", "jobs/s"),

@@ -117,7 +117,8 @@ class Producer(Protocol):
 
 
 class AsyncjobProducer:
-    """``await runner.perform(...)`` on a runner of the SQL store."""
+    """``await runner.perform(...)``, and ``runner.perform_many()`` in batches
+    of CHUNK, on a runner of the SQL store."""
 
     def __init__(self, runner: asyncjob.Runner) -> None:
         self.runner = runner
@@ -126,7 +127,11 @@ class AsyncjobProducer:
         await self.runner.perform(noop)
 
     async def many(self, n: int) -> None:
-        # asyncjob has no batch perform: CHUNK performs at once, each its own transaction.
+        for first in range(0, n, CHUNK):
+            await self.runner.perform_many(noop, [()] * min(CHUNK, n - first))
+
+    async def concurrently(self, n: int) -> None:
+        """CHUNK performs at a time, each awaited on its own (group commit)."""
         for first in range(0, n, CHUNK):
             size = min(CHUNK, n - first)
             await asyncio.gather(*(self.runner.perform(noop) for _ in range(size)))
@@ -557,7 +562,7 @@ POSTGRES = (
     Subject(
         "asyncjob", "asyncjob", "postgres", asyncjob_producer, AsyncjobServer,
         ASYNCJOB_LEFT, ASYNCJOB_DONE,
-        f"asyncio.gather of {CHUNK} runner.perform() at a time",
+        f"runner.perform_many() of {CHUNK} jobs at a time",
     ),
     Subject(
         "procrastinate", "procrastinate", "postgres", procrastinate_producer,
@@ -582,7 +587,7 @@ SQLITE = (
     Subject(
         "asyncjob", "asyncjob", "sqlite", asyncjob_producer, AsyncjobServer,
         ASYNCJOB_LEFT, ASYNCJOB_DONE,
-        f"asyncio.gather of {CHUNK} runner.perform() at a time",
+        f"runner.perform_many() of {CHUNK} jobs at a time",
     ),
     Subject(
         "raw", "raw aiosqlite", "sqlite", raw_sqlite_producer, RawSqliteServer,

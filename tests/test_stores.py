@@ -76,6 +76,15 @@ async def test_enqueue_then_get(store: Store) -> None:
     assert status.finished_at is None
 
 
+async def test_enqueue_many_records_each_in_order(store: Store) -> None:
+    """Many jobs at once: each is queued, as one enqueue would have made it."""
+    await store.enqueue_many([make_job(f"m{n}") for n in range(3)])
+    for n in range(3):
+        status = await store.get(f"m{n}")
+        assert status is not None
+        assert (status.state, status.progress) == (JobState.queued, None)
+
+
 async def test_get_unknown(store: Store) -> None:
     """An unknown id is None, not an error."""
     assert await store.get("nope") is None

@@ -178,7 +178,7 @@ async def test_a_job_from_a_process_whose_clock_is_ahead_runs_at_once(
     (its enqueued_at is that process's clock, as it was given)."""
     worker = await make_runner(SQLStore(database.async_url, poll_interval=60.0))
     real = time.time
-    monkeypatch.setattr("asyncjob._runner.time", SimpleNamespace(time=lambda: real() + 3600))
+    monkeypatch.setattr("asyncjob._performing.time", SimpleNamespace(time=lambda: real() + 3600))
     job_id = await worker.perform(worker_jobs.whoami, 1)
     assert (await worker.wait(job_id, timeout=TIMEOUT))["n"] == 1
     enqueued_at = (await worker.status(job_id)).enqueued_at

@@ -57,6 +57,17 @@ class Store(abc.ABC):
         it needs to store them (the runner holds them for running).
         """
 
+    async def enqueue_many(self, jobs: list[Job]) -> None:
+        """Record each of ``jobs`` as :meth:`enqueue` does, in one go.
+
+        A store that can writes them all or none, and checks every job
+        before it writes any: with a ``TypeError`` that says which job (by
+        its place in ``jobs``, from 0) it cannot hold. The default enqueues
+        them one after the other.
+        """
+        for job in jobs:
+            await self.enqueue(job)
+
     async def enqueue_in(self, session: Any, job: Job) -> None:
         """Record ``job`` through the application's SQLAlchemy ``AsyncSession``,
         in its transaction: the job exists only if that transaction commits.

@@ -84,6 +84,14 @@ class TrackedStore(Store):
         await anyio.to_thread.run_sync(self.tracker.track, job.id)
         await self.inner.enqueue(job)
 
+    async def enqueue_many(self, jobs: list[Job]) -> None:
+        def track_all() -> None:
+            for job in jobs:
+                self.tracker.track(job.id)
+
+        await anyio.to_thread.run_sync(track_all)
+        await self.inner.enqueue_many(jobs)
+
     async def enqueue_in(self, session: Any, job: Job) -> None:
         await anyio.to_thread.run_sync(self.tracker.track, job.id)
         await self.inner.enqueue_in(session, job)

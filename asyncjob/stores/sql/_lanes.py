@@ -63,13 +63,15 @@ class PostgresLane:
         self._conn: Any = None
         self._lock = asyncio.Lock()
 
-    async def fetch(self, sql: str, *args: Any, retry: bool = True) -> list[Any]:
+    async def fetch(self, sql: str, *args: Any, retry: bool | str = True) -> list[Any]:
         """Run ``sql`` (its own transaction) and return its rows.
 
         Sent again on a new connection if the first turns out dead, unless
         ``retry`` is false: only for statements that do no harm when run
         twice, since the first may have been committed before its answer
-        was lost.
+        was lost. ``retry`` may also be the statement to send the second
+        time (one made harmless to run after the first, at a cost the first
+        need not pay).
 
         Raises:
             sqlalchemy.exc.OperationalError: the connection was lost (and
@@ -80,9 +82,9 @@ class PostgresLane:
             try:
                 return await self._fetch(sql, args)
             except OperationalError:
-                if not retry:
+                if retry is False:
                     raise
-            return await self._fetch(sql, args)
+            return await self._fetch(sql if retry is True else retry, args)
 
     async def close(self) -> None:
         async with self._lock:

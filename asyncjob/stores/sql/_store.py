@@ -152,6 +152,17 @@ class SQLStore(JobEndings, Store):
         if not job.registered:
             self.held.add(job.id)
 
+    async def enqueue_many(self, jobs: list[Job]) -> None:
+        rows = []
+        for place, job in enumerate(jobs):
+            try:
+                rows.append(self._row(job))
+            except TypeError as exc:
+                raise TypeError(f"job {place} of {len(jobs)}: {exc}") from None
+        # One statement, not the group commit's batches: all of them, or none.
+        await self.writes.insert(rows, self.lease)
+        self.held.update(job.id for job in jobs if not job.registered)
+
     async def enqueue_in(self, session: Any, job: Job) -> None:
         if not job.registered:
             raise TypeError(
@@ -170,8 +181,11 @@ class SQLStore(JobEndings, Store):
 
     def _row(self, job: Job) -> dict[str, Any]:
         """The job as :meth:`Writes.insert` takes it."""
-        args = dumps(list(job.args), f"the arguments of {job.name}")
-        kwargs = dumps(dict(job.kwargs), f"the keyword arguments of {job.name}")
+        # No arguments is common: no encoder needed.
+        args = dumps(list(job.args), f"the arguments of {job.name}") if job.args else "[]"
+        kwargs = (
+            dumps(dict(job.kwargs), f"the keyword arguments of {job.name}") if job.kwargs else "{}"
+        )
         return {
             "id": job.id,
             "name": job.name,
