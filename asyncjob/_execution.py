@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import inspect
 import logging
 import traceback
-from collections import deque
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 from . import _context, _policy
 from ._errors import JobLost
 from ._models import Job, JobState
 from ._sessions import JobScope
+from ._threads import Threads
 from .stores import Store
 
 __all__ = ("Executor", "logger")
@@ -36,21 +34,18 @@ class Executor:
     def __init__(self, store: Store, threads: int, scope: JobScope) -> None:
         self._store = store
         self._scope = scope
-        self._threads = threads
-        self._pool: ThreadPoolExecutor | None = None
+        self._threads = Threads(threads)
         # Only needed when fewer threads than workers could want them.
         self._thread_slots = asyncio.Semaphore(threads)
+        self._thread_count = threads
         self._limit_threads = True
-        # Finished sync jobs, handed back to the loop in batches (see _post).
-        self._finished: deque[tuple[asyncio.Future[Any], bool, Any]] = deque()
-        self._drain_scheduled = False
-        self._loop: asyncio.AbstractEventLoop | None = None
         # The jobs running now: their context, and the worker task running them.
         self._active: dict[str, tuple[_context.JobContext, asyncio.Task[Any]]] = {}
         self._claimed: set[str] = set()
-        #: Records a coroutine job's success in its own session, when the
-        #: runner's sessions are on the store's database (see _policy).
+        #: Record a job's success in its own session, when the runner's
+        #: sessions are on the store's database (see _policy).
         self.finish_in: _policy.FinishIn | None = None
+        self.finish_in_sync: _policy.FinishInSync | None = None
         #: Runs a job again after a delay: the runner's worker pool sets it.
         self.resubmit: Callable[[Job, float], None] = _cannot_resubmit
         #: Told, with the job's id, when a job's code has ended and its
@@ -64,8 +59,8 @@ class Executor:
 
     def start(self, concurrency: int) -> None:
         """Bind to the running loop; ``concurrency`` workers will call :meth:`run`."""
-        self._loop = asyncio.get_running_loop()
-        self._limit_threads = self._threads < concurrency
+        self._threads.start()
+        self._limit_threads = self._thread_count < concurrency
 
     async def run(self, job: Job, task: asyncio.Task[Any]) -> None:
         """Run ``job`` in the worker ``task`` (the caller) to its end and
@@ -118,8 +113,7 @@ class Executor:
 
     def close(self) -> None:
         """Release the thread pool without waiting for its threads."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._threads.close()
 
     async def run_async(self, job: Job, task: asyncio.Task[Any]) -> None:
         """:meth:`run` for a coroutine job."""
@@ -140,11 +134,7 @@ class Executor:
                 await self._not_cancelled_by_us(job, ctx, task, exc)
             return
         except JobLost:
-            logger.warning(
-                "job %s (%s) was taken from this worker: its writes are rolled back",
-                job.id,
-                job.name,
-            )
+            _taken(job)
             return
         except Exception as exc:  # noqa: BLE001 - any error of the job is its failure
             if not ctx.cancelled:
@@ -166,24 +156,27 @@ class Executor:
         ctx = _context.JobContext(job.id, False, self._store.report_progress)
         thread_context = contextvars.copy_context()
         thread_context.run(_context.current.set, ctx)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="asyncjob")
         self._active[job.id] = (ctx, task)
         timeout = _policy.timeout_of(job)
         deadline = None
         if timeout is not None:
             # A thread cannot be stopped: the job learns at its next report.
             deadline = asyncio.get_running_loop().call_later(timeout, _time_out, ctx)
+        call = job.func
+        if self._scope.wraps_sync:
+            call = _policy.in_scope_sync(job, ctx, self._scope, self.finish_in_sync)
         try:
-            call = self._in_scope(ctx, job) if self._scope.wraps_sync else job.func
-            result = await self._in_thread(thread_context, call, job.args, job.kwargs)
-            if ctx.timed_out and timeout is not None:
+            result = await self._threads.run(thread_context, call, job.args, job.kwargs)
+            if ctx.timed_out and timeout is not None and not ctx.finished:
                 raise _policy.timed_out(job, timeout)
         except asyncio.CancelledError as exc:
             if ctx.cancelled:
                 task.uncancel()  # abandon_sync_jobs(): the runner stopped waiting
             else:
                 await self._not_cancelled_by_us(job, ctx, task, exc)
+            return
+        except JobLost:
+            _taken(job)
             return
         except BaseException as exc:  # noqa: BLE001 - SystemExit in a job's thread is the job's failure
             if not ctx.cancelled:
@@ -194,7 +187,7 @@ class Executor:
             del self._active[job.id]
             if deadline is not None:
                 deadline.cancel()
-        if ctx.cancelled:
+        if ctx.cancelled or ctx.finished:
             return
         if inspect.iscoroutine(result):
             result.close()
@@ -206,68 +199,6 @@ class Executor:
             await self._fail(job, result)
             return
         await self._succeed(job, result)
-
-    def _in_thread(
-        self,
-        thread_context: contextvars.Context,
-        call: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: Mapping[str, Any],
-    ) -> asyncio.Future[Any]:
-        """Run ``call`` in the pool; the future resolves on the loop."""
-        assert self._loop is not None
-        assert self._pool is not None
-        future = self._loop.create_future()
-        self._pool.submit(self._run_in_thread, future, thread_context, call, args, kwargs)
-        return future
-
-    def _run_in_thread(
-        self,
-        future: asyncio.Future[Any],
-        thread_context: contextvars.Context,
-        call: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: Mapping[str, Any],
-    ) -> None:
-        try:
-            outcome = (future, True, thread_context.run(call, *args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - handed to the job's worker
-            outcome = (future, False, exc)
-        self._post(outcome)
-
-    def _post(self, outcome: tuple[asyncio.Future[Any], bool, Any]) -> None:
-        """Hand a finished sync job back to the loop, from its thread.
-
-        One wake-up of the loop carries every outcome posted until the loop
-        gets to it: under load, far fewer wake-ups than jobs.
-        """
-        assert self._loop is not None
-        self._finished.append(outcome)
-        if not self._drain_scheduled:
-            self._drain_scheduled = True
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-                self._loop.call_soon_threadsafe(self._drain)
-
-    def _drain(self) -> None:
-        # Reset the flag first: an outcome posted from now on schedules
-        # another drain, or is taken by this one; none is left behind.
-        self._drain_scheduled = False
-        finished = self._finished
-        while finished:
-            future, ok, value = finished.popleft()
-            if future.cancelled():
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-
-    def _in_scope(self, ctx: _context.JobContext, job: Job) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            with self._scope.for_sync_job(ctx):
-                return job.func(*args, **kwargs)
-
-        return call
 
     async def _not_cancelled_by_us(
         self,
@@ -316,6 +247,12 @@ class Executor:
 
 def _time_out(ctx: _context.JobContext) -> None:
     ctx.timed_out = True
+
+
+def _taken(job: Job) -> None:
+    logger.warning(
+        "job %s (%s) was taken from this worker: its writes are rolled back", job.id, job.name
+    )
 
 
 def _ignore(job_id: str) -> None:

@@ -1,8 +1,10 @@
-"""What a registered job's definition asks of each attempt: a timeout, retries."""
+"""What a job's definition asks of each attempt (a timeout, retries), and the
+scope it runs in, with its success recorded in its own session where it can be."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,10 +14,21 @@ from ._registry import lookup
 from ._sessions import JobScope
 from .stores import Store
 
-__all__ = ("FinishIn", "call_async", "finish_in_session", "retry_delay", "timeout_of")
+__all__ = (
+    "FinishIn",
+    "FinishInSync",
+    "call_async",
+    "finish_in_session",
+    "finish_in_sync_session",
+    "in_scope_sync",
+    "retry_delay",
+    "timeout_of",
+)
 
 #: ``finish_in(session, job_id, result)``: record a job's success in its session.
 FinishIn = Callable[[Any, str, Any], Awaitable[None]]
+#: The same for a sync job, called in its thread.
+FinishInSync = Callable[[Any, str, Any], None]
 
 
 def timeout_of(job: Job) -> float | None:
@@ -76,15 +89,51 @@ async def _call_with_timeout(job: Job, timeout: float | None) -> Any:
         raise
 
 
+def in_scope_sync(
+    job: Job, ctx: _context.JobContext, scope: JobScope, finish_in: FinishInSync | None
+) -> Callable[..., Any]:
+    """The sync job as its thread runs it: inside its scope and, with
+    ``finish_in``, its success recorded through its own session before the
+    scope commits it, as :func:`call_async` does for a coroutine job."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with scope.for_sync_job(ctx):
+            result = job.func(*args, **kwargs)
+            if (
+                finish_in is not None
+                and ctx.session is not None
+                and not ctx.cancelled
+                and not inspect.iscoroutine(result)  # a mistake the runner reports
+            ):
+                timeout = timeout_of(job)
+                if ctx.timed_out and timeout is not None:  # too late to succeed
+                    raise timed_out(job, timeout)
+                finish_in(ctx.session, job.id, result)
+                ctx.finished = True
+            return result
+
+    return call
+
+
 def finish_in_session(store: Store, maker: Any) -> FinishIn | None:
-    """The store's way of recording a job's success in the job's own session,
-    when the runner's sessions are on the store's own database."""
-    finish_in = getattr(store, "finish_in", None)
+    """The store's way of recording a coroutine job's success in the job's
+    own session, when the runner's sessions are on the store's database."""
+    method: FinishIn | None = _sharing(store, maker, "finish_in")
+    return method
+
+
+def finish_in_sync_session(store: Store, maker: Any) -> FinishInSync | None:
+    """:func:`finish_in_session` for sync jobs and their sessions."""
+    method: FinishInSync | None = _sharing(store, maker, "finish_in_sync")
+    return method
+
+
+def _sharing(store: Store, maker: Any, name: str) -> Any:
+    method = getattr(store, name, None)
     shares = getattr(store, "shares_database_with", None)
-    if maker is None or finish_in is None or shares is None:
+    if maker is None or method is None or shares is None:
         return None
     engine = maker.kw.get("bind")
     if engine is None or not shares(engine):
         return None
-    result: FinishIn = finish_in
-    return result
+    return method

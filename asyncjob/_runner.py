@@ -103,6 +103,9 @@ class Runner(Performing, JobQueries):
         self._executor.resubmit = self._pool.submit_later
         self._executor.ended = self._pool.ended
         self._executor.finish_in = _policy.finish_in_session(self._store, sessions.async_maker)
+        self._executor.finish_in_sync = _policy.finish_in_sync_session(
+            self._store, sessions.sync_maker
+        )
         self._stopped = asyncio.Event()
         self.producer_only = producer_only
         self._fetcher: Fetcher | None = None

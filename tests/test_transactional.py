@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import String, select, update
+from sqlalchemy import String, create_engine, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 import asyncjob
 from asyncjob import JobState
+from asyncjob.stores.sql import SQLStore
 
 from . import worker_jobs
 from .conftest import TIMEOUT, Database, RunnerFactory
@@ -138,3 +141,89 @@ async def test_a_result_that_is_not_json_rolls_the_writes_back(
     async with sessions() as db:
         assert list(await db.scalars(select(Order.note))) == []
     await engine.dispose()
+
+
+# -- sync jobs -------------------------------------------------------------------
+
+
+@pytest.fixture
+def sync_sessions(database: Database) -> Iterator[sessionmaker[Session]]:
+    """The application's sync sessions, on the store's database, with its tables."""
+    engine = create_engine(database.sync_url)
+    Base.metadata.create_all(engine)
+    yield sessionmaker(engine)
+    engine.dispose()
+
+
+def notes(sessions: sessionmaker[Session]) -> list[str]:
+    with sessions() as db:
+        return list(db.scalars(select(Order.note).order_by(Order.id)))
+
+
+async def test_a_sync_jobs_writes_and_its_success_commit_together(
+    make_runner: RunnerFactory, database: Database, sync_sessions: sessionmaker[Session]
+) -> None:
+    """The same for a sync job and its session, in its thread: taken from
+    its worker before it ends, neither its writes nor its success commit."""
+    runner = await make_runner(database.async_url, sync_sessionmaker=sync_sessions)
+    store = runner.store
+    assert isinstance(store, SQLStore)
+    started = threading.Event()
+    release = threading.Event()
+
+    def place_order(note: str) -> str:
+        started.set()
+        assert release.wait(TIMEOUT)
+        asyncjob.session().add(Order(note=note))
+        asyncjob.session().flush()
+        asyncjob.set_progress(100, "placed")
+        return note
+
+    release.set()
+    kept = await runner.perform(place_order, "kept")
+    assert await runner.wait(kept, timeout=TIMEOUT) == "kept"
+    status = await runner.status(kept)
+    assert (status.state, status.progress, status.data) == (JobState.succeeded, 100, "placed")
+
+    started.clear()
+    release.clear()
+    taken = await runner.perform(place_order, "taken")
+    assert await asyncio.to_thread(started.wait, TIMEOUT)
+    async with store.db.write() as conn:  # another worker took it over
+        await conn.execute(
+            update(store.tables.jobs)
+            .where(store.tables.jobs.c.id == taken)
+            .values(locked_by="another-worker")
+        )
+    release.set()
+    await runner.join(TIMEOUT)
+    assert notes(sync_sessions) == ["kept"]
+    assert (await runner.status(taken)).state is JobState.running  # the other worker's now
+
+
+async def test_a_sync_jobs_result_that_is_not_json_rolls_its_writes_back(
+    make_runner: RunnerFactory, database: Database, sync_sessions: sessionmaker[Session]
+) -> None:
+    """The success cannot be recorded: the job fails, and its writes go."""
+    runner = await make_runner(database.async_url, sync_sessionmaker=sync_sessions)
+
+    def job() -> object:
+        asyncjob.session().add(Order(note="never"))
+        return {1, 2}
+
+    job_id = await runner.perform(job)
+    with pytest.raises(asyncjob.JobFailed, match="result must be JSON"):
+        await runner.wait(job_id, timeout=TIMEOUT)
+    assert notes(sync_sessions) == []
+
+
+async def test_a_sync_job_past_its_timeout_rolls_its_writes_back(
+    make_runner: RunnerFactory, database: Database, sync_sessions: sessionmaker[Session]
+) -> None:
+    """A registered sync job that returns after its timeout fails, and its
+    writes are not committed with a success it no longer has."""
+    runner = await make_runner(database.async_url, sync_sessionmaker=sync_sessions)
+    job_id = await runner.perform(worker_jobs.writes_too_late, "late")
+    with pytest.raises(asyncjob.JobFailed, match="TimeoutError"):
+        await runner.wait(job_id, timeout=TIMEOUT)
+    assert notes(sync_sessions) == []

@@ -49,3 +49,14 @@ async def wait_for_gate(name: str) -> str:
     own process, on its loop)."""
     await GATES.setdefault(name, asyncio.Event()).wait()
     return name
+
+
+@asyncjob.job(timeout=0.05)
+def writes_too_late(note: str) -> str:
+    """A sync job that writes through its session, then takes longer than
+    its timeout (the work), and returns as if it had succeeded."""
+    from sqlalchemy import text
+
+    asyncjob.session().execute(text("INSERT INTO orders (note) VALUES (:note)"), {"note": note})
+    time.sleep(0.2)  # the work, past the timeout
+    return note

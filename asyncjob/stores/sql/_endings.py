@@ -6,10 +6,11 @@ A base of :class:`SQLStore`, apart only to keep each module short.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
-from sqlalchemy import event, select, update
+from sqlalchemy import Update, event, select, update
 
 from asyncjob._errors import JobLost
 from asyncjob._models import JobState
@@ -40,6 +41,7 @@ class JobEndings:
 
     _progress: ProgressBuffer
     _signals: Signals
+    _loop: asyncio.AbstractEventLoop
     _finishes: GroupCommit[Ending, bool]
 
     async def finish(
@@ -58,7 +60,7 @@ class JobEndings:
             except TypeError as exc:
                 state, error = JobState.failed, f"TypeError: {exc}"
         # The last report is stored with the final state.
-        last = await self._progress.take(job_id)
+        last = self._progress.take(job_id)
         self.held.discard(job_id)
         ending = Ending(job_id, state.value, encoded, error, traceback, time.time(), last)
         changed = await self._finishes.submit(ending)
@@ -71,9 +73,9 @@ class JobEndings:
         return same_database(str(engine.url.render_as_string(hide_password=False)), self.url)
 
     async def finish_in(self, session: Any, job_id: str, result: Any) -> None:
-        """Record the job's success through ``session``, in the transaction
-        that holds the job's own writes: both are committed together, or
-        neither is.
+        """Record the job's success through ``session`` (an ``AsyncSession``),
+        in the transaction that holds the job's own writes: both are
+        committed together, or neither is.
 
         Raises:
             TypeError: the result is not JSON (the job then fails, its writes
@@ -82,6 +84,15 @@ class JobEndings:
                 ran out and another worker took it): its writes must not be
                 committed, and are rolled back.
         """
+        done = await session.execute(self._success_in_session(job_id, result))
+        self._succeeded_in(session.sync_session, job_id, done.rowcount)
+
+    def finish_in_sync(self, session: Any, job_id: str, result: Any) -> None:
+        """:meth:`finish_in` for a sync job's ``Session``, in the job's thread."""
+        done = session.execute(self._success_in_session(job_id, result))
+        self._succeeded_in(session, job_id, done.rowcount)
+
+    def _success_in_session(self, job_id: str, result: Any) -> Update:
         encoded = dumps(result, "the result")
         values: dict[str, Any] = {
             "state": JobState.succeeded.value,
@@ -90,11 +101,11 @@ class JobEndings:
             "locked_by": None,
             "lease_expires_at": None,
         }
-        last = await self._progress.take(job_id)
+        last = self._progress.take(job_id)
         if last is not None:
             values["progress"], values["data"] = last
         jobs = self.tables.jobs
-        done = await session.execute(
+        return (
             update(jobs)
             .where(
                 jobs.c.id == job_id,
@@ -103,13 +114,18 @@ class JobEndings:
             )
             .values(**values)
         )
-        if not done.rowcount:
+
+    def _succeeded_in(self, sync_session: Any, job_id: str, rowcount: int) -> None:
+        """After the job's success was written in its session (from the
+        loop, or from a sync job's thread)."""
+        if not rowcount:
             raise JobLost(job_id)
-        self.held.discard(job_id)
+        self.held.discard(job_id)  # one set operation: safe from a thread too
+        loop = self._loop
         event.listen(
-            session.sync_session,
+            sync_session,
             "after_commit",
-            lambda _: self._signals.notify(job_id),
+            lambda _: loop.call_soon_threadsafe(self._signals.notify, job_id),
             once=True,
         )
 

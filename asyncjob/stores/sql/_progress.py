@@ -31,6 +31,8 @@ class ProgressBuffer:
         self._write = write
         self._lock = threading.Lock()
         self._pending: dict[str, Report] = {}
+        # What the flush in flight writes: not stored yet, as far as we know.
+        self._writing: dict[str, Report] = {}
         self._scheduled = False
         self._due = asyncio.Event()
         self._flushing = asyncio.Lock()
@@ -69,26 +71,31 @@ class ProgressBuffer:
             with contextlib.suppress(RuntimeError):  # the loop closed: stopping
                 loop.call_soon_threadsafe(self._due.set)
 
-    async def take(self, job_id: str) -> Report | None:
-        """Remove and return the job's unwritten report, for its final write.
+    def take(self, job_id: str) -> Report | None:
+        """Remove and return the job's latest report that may not be stored
+        yet, for its final write; from any thread, without waiting.
 
-        A flush in flight may hold the job's last report: it lands first,
-        while the job still runs, or the store would refuse it after.
+        That is the one still pending, or the one a flush in flight is
+        writing: the flush may land after the job's end (its write then
+        changes nothing, as the job no longer runs), so the end carries it.
         """
-        if self._flushing.locked():
-            async with self._flushing:
-                pass
-        with self._lock:  # no flush can start before this: nothing awaits in between
-            return self._pending.pop(job_id, None)
+        with self._lock:
+            report = self._pending.pop(job_id, None)
+            return report if report is not None else self._writing.get(job_id)
 
     async def flush(self) -> None:
         """Write every pending report now."""
         async with self._flushing:
             with self._lock:
                 pending, self._pending = self._pending, {}
+                self._writing = pending
                 self._scheduled = False
-            if pending:
-                await self._write(pending)
+            try:
+                if pending:
+                    await self._write(pending)
+            finally:
+                with self._lock:
+                    self._writing = {}
 
     async def _flush_forever(self) -> None:
         while True:

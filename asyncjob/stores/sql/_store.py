@@ -112,6 +112,7 @@ class SQLStore(JobEndings, Store):
         return self.writes.db
 
     async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
         db = Database(self.url)
         try:
             async with db.write() as conn:
