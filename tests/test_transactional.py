@@ -13,6 +13,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 import asyncjob
 from asyncjob import JobState
+from asyncjob.stores import Store
 from asyncjob.stores.sql import SQLStore
 
 from . import worker_jobs
@@ -29,6 +30,17 @@ class Order(Base):
     __tablename__ = "orders"
     id: Mapped[int] = mapped_column(primary_key=True)
     note: Mapped[str] = mapped_column(String(50))
+
+
+async def take_over(store: Store, job_id: str) -> None:
+    """Make the job another worker's, as if its lease had run out and that
+    worker had claimed it."""
+    assert isinstance(store, SQLStore)
+    jobs = store.tables.jobs
+    async with store.db.write() as conn:
+        await conn.execute(
+            update(jobs).where(jobs.c.id == job_id).values(locked_by="another-worker")
+        )
 
 
 async def test_commit_and_rollback(make_runner: RunnerFactory, database: Database) -> None:
@@ -106,12 +118,7 @@ async def test_a_jobs_writes_and_its_success_commit_together(
     taken = await runner.perform(place_order, "taken")
     async with asyncio.timeout(TIMEOUT):
         await started.wait()
-    async with store.db.write() as conn:  # another worker took it over
-        await conn.execute(
-            update(store.tables.jobs)
-            .where(store.tables.jobs.c.id == taken)
-            .values(locked_by="another-worker")
-        )
+    await take_over(store, taken)
     release.set()
     await runner.join(TIMEOUT)
     async with sessions() as db:
@@ -166,8 +173,6 @@ async def test_a_sync_jobs_writes_and_its_success_commit_together(
     """The same for a sync job and its session, in its thread: taken from
     its worker before it ends, neither its writes nor its success commit."""
     runner = await make_runner(database.async_url, sync_sessionmaker=sync_sessions)
-    store = runner.store
-    assert isinstance(store, SQLStore)
     started = threading.Event()
     release = threading.Event()
 
@@ -189,12 +194,7 @@ async def test_a_sync_jobs_writes_and_its_success_commit_together(
     release.clear()
     taken = await runner.perform(place_order, "taken")
     assert await asyncio.to_thread(started.wait, TIMEOUT)
-    async with store.db.write() as conn:  # another worker took it over
-        await conn.execute(
-            update(store.tables.jobs)
-            .where(store.tables.jobs.c.id == taken)
-            .values(locked_by="another-worker")
-        )
+    await take_over(runner.store, taken)
     release.set()
     await runner.join(TIMEOUT)
     assert notes(sync_sessions) == ["kept"]
