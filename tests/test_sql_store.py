@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import datetime
 import threading
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError
 
 import asyncjob
 from asyncjob import JobState
+from asyncjob._models import Job
 from asyncjob.stores.sql import SCHEMA_VERSION, BadRecord, SchemaError, SQLStore
 
 from . import worker_jobs
@@ -293,6 +296,27 @@ async def test_cancel_through_the_database(sql_runner: asyncjob.Runner) -> None:
         await sql_runner.wait(job_id, timeout=TIMEOUT)
     assert await sql_runner.cancel(job_id) is False
     assert await sql_runner.cancel("nope") is False
+
+
+async def test_a_statement_the_database_refuses_raises_sqlalchemys_error(
+    database: Database,
+) -> None:
+    """A write the database refuses (here, a job id recorded twice, which
+    asyncjob never makes) comes out as SQLAlchemy's error, whatever the
+    driver underneath, and the store carries on."""
+    store = SQLStore(database.async_url)
+    await store.open()
+    try:
+        first = Job("0" * 32, "tests.area", print, (), {}, False, time.time(), True)
+        await store.enqueue(first)
+        with pytest.raises(IntegrityError):
+            await store.enqueue(first)
+        second = first._replace(id="1" * 32)
+        await store.enqueue(second)
+        for job in (first, second):
+            assert await store.get(job.id) is not None
+    finally:
+        await store.close()
 
 
 def test_bad_options() -> None:

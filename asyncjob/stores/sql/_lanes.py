@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 
 T = TypeVar("T")
 
@@ -76,7 +76,8 @@ class PostgresLane:
         Raises:
             sqlalchemy.exc.OperationalError: the connection was lost (and
                 could not be replaced, or ``retry`` is false).
-            sqlalchemy.exc.DatabaseError: the database refused the statement.
+            sqlalchemy.exc.IntegrityError: the statement broke a constraint.
+            sqlalchemy.exc.DatabaseError: the database refused it otherwise.
         """
         async with self._lock:
             try:
@@ -111,6 +112,8 @@ class PostgresLane:
             if _is_disconnect(exc, self._conn):
                 self._drop()
                 raise OperationalError(sql, args, exc, connection_invalidated=True) from exc
+            if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+                raise IntegrityError(sql, args, exc) from exc
             raise DatabaseError(sql, args, exc) from exc
 
     def _drop(self) -> None:
@@ -161,7 +164,8 @@ class SQLiteLane:
             sqlalchemy.exc.OperationalError: SQLite could not (the file is
                 locked by another process for longer than the busy timeout,
                 say).
-            sqlalchemy.exc.DatabaseError: SQLite refused a statement.
+            sqlalchemy.exc.IntegrityError: a statement broke a constraint.
+            sqlalchemy.exc.DatabaseError: SQLite refused a statement otherwise.
         """
         async with self._lock:
             return await asyncio.get_running_loop().run_in_executor(
@@ -186,6 +190,8 @@ class SQLiteLane:
             return result
         except sqlite3.OperationalError as exc:
             raise OperationalError(None, None, exc) from exc
+        except sqlite3.IntegrityError as exc:
+            raise IntegrityError(None, None, exc) from exc
         except sqlite3.Error as exc:
             raise DatabaseError(None, None, exc) from exc
 
