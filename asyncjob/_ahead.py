@@ -93,6 +93,14 @@ class Waiting:
             return None
         return max(0.0, self._jobs[0][0] + HAND_BACK_AFTER - time.monotonic())
 
+    def discard(self, job_id: str) -> bool:
+        """Drop the job (cancelled, say) if it waits here; True if it did."""
+        for entry in self._jobs:
+            if entry[1].id == job_id:
+                self._jobs.remove(entry)
+                return True
+        return False
+
     def take_all(self) -> list[Job]:
         jobs = [job for _, job in self._jobs]
         self._jobs.clear()

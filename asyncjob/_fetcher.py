@@ -172,6 +172,9 @@ class Fetcher:
             await asyncio.sleep(self._lease / 3)
             try:
                 for job_id in await self._store.renew():
+                    if self._waiting.discard(job_id):  # claimed ahead: it never starts
+                        logger.warning("job %s is no longer held here: dropping it", job_id)
+                        continue
                     logger.warning("job %s is no longer held here: stopping it", job_id)
                     self._on_lost(job_id)
                 if await self._store.recover():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 
 import pytest
 
@@ -69,8 +70,9 @@ async def test_waiting_jobs_go_to_free_slots_only(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr("asyncjob._ahead.HAND_BACK_AFTER", 0.0)
     assert [job.id for job in waiting.stale()] == ["j2"]
     assert waiting.next_stale_in() is None
-    waiting.put_back([_job(3)])
-    assert [job.id for job in waiting.take_all()] == ["j3"]
+    waiting.put_back([_job(3), _job(4)])
+    assert (waiting.discard("j3"), waiting.discard("j9")) == (True, False)
+    assert [job.id for job in waiting.take_all()] == ["j4"]
     pool.take_queued()
     await pool.close(TIMEOUT)
 
@@ -138,3 +140,48 @@ async def test_jobs_claimed_ahead_are_handed_back_at_a_stop(
     for job_id in (long, short):
         status = await reader.status(job_id)
         assert (status.state, status.attempts) == (JobState.queued, 0)
+
+
+class Heard(logging.Handler):
+    """Sets an event when the ``asyncjob`` logger says ``words``."""
+
+    def __init__(self, words: str) -> None:
+        super().__init__()
+        self.words = words
+        self.event = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.words in record.getMessage():
+            self.loop.call_soon_threadsafe(self.event.set)
+
+
+@pytest.mark.usefixtures("claims_ahead")
+async def test_a_job_claimed_ahead_and_cancelled_never_starts(
+    make_runner: RunnerFactory, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled from another process while it waits for a slot, a job
+    claimed ahead is dropped at the worker's next renewal: it never runs."""
+    monkeypatch.setattr("asyncjob._ahead.HAND_BACK_AFTER", 60.0)  # no hand-back here
+    url = database.async_url
+    producer = await make_runner(SQLStore(url, poll_interval=0.05), producer_only=True)
+    worker_jobs.GATES["long"] = asyncio.Event()
+    worker_jobs.RAN.clear()
+    long = await producer.perform(worker_jobs.wait_for_gate, "long")
+    cancelled = await producer.perform(worker_jobs.record, 1)
+    heard = Heard("no longer held here: dropping it")
+    logging.getLogger("asyncjob").addHandler(heard)
+    try:
+        busy = await make_runner(SQLStore(url, poll_interval=0.05, lease=0.6), concurrency=1)
+        await until_state(busy, cancelled, JobState.running)  # claimed ahead, waiting
+        assert await producer.cancel(cancelled)
+        async with asyncio.timeout(TIMEOUT):
+            await heard.event.wait()
+    finally:
+        logging.getLogger("asyncjob").removeHandler(heard)
+    worker_jobs.GATES["long"].set()
+    assert await busy.wait(long, timeout=TIMEOUT) == "long"
+    after = await producer.perform(worker_jobs.record, 2)
+    assert await busy.wait(after, timeout=TIMEOUT) == 2
+    assert worker_jobs.RAN == [2]
+    assert (await busy.status(cancelled)).state is JobState.cancelled

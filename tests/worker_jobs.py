@@ -60,3 +60,14 @@ def writes_too_late(note: str) -> str:
     asyncjob.session().execute(text("INSERT INTO orders (note) VALUES (:note)"), {"note": note})
     time.sleep(0.2)  # the work, past the timeout
     return note
+
+
+#: What :func:`record` ran, in this process.
+RAN: list[int] = []
+
+
+@asyncjob.job
+async def record(n: int) -> int:
+    """Note that job ``n`` ran here."""
+    RAN.append(n)
+    return n

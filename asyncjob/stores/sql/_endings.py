@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Update, event, select, update
 
@@ -35,9 +35,10 @@ class JobEndings:
     url: str
     held: set[str]
 
-    @property
-    def db(self) -> Database:
-        raise NotImplementedError  # the store's own
+    if TYPE_CHECKING:  # the store's own
+
+        @property
+        def db(self) -> Database: ...
 
     _progress: ProgressBuffer
     _signals: Signals

@@ -88,36 +88,33 @@ class Database:
         async with self.engine.connect() as conn, conn.begin():
             yield conn
 
-    async def execute(
-        self, statement: Executable, params: Any = None, *, retry: bool = True
-    ) -> CursorResult[Any]:
-        """Run one statement in a transaction of its own; the result is buffered.
+    async def execute(self, statement: Executable, params: Any = None) -> CursorResult[Any]:
+        """Run one statement that writes, in a transaction of its own; the
+        result is buffered.
 
         On PostgreSQL, in autocommit: one round trip. If the connection
-        turns out dead (the server restarted, the connection was killed), the
-        statement is sent once more on a new one, unless ``retry`` is false:
-        only for statements that do no harm when run twice, since the first
-        may have been committed before its answer was lost.
+        turns out dead (the server restarted, the connection was killed),
+        the statement is sent once more on a new one: give only statements
+        that do no harm when run twice, since the first may have been
+        committed before its answer was lost.
         """
         if self.is_sqlite:
             async with self.write() as conn:
                 return await conn.execute(statement, params)
-        return await self._autocommitted(statement, params, retry=retry)
+        return await self._autocommitted(statement, params)
 
     async def fetch(self, statement: Executable, params: Any = None) -> CursorResult[Any]:
         """Run one query, which sees what was committed when it began; the
         result is buffered. Sent again on a new connection if the first
         turns out dead, as :meth:`execute` does."""
-        return await self._autocommitted(statement, params, retry=True)
+        return await self._autocommitted(statement, params)
 
-    async def _autocommitted(
-        self, statement: Executable, params: Any, *, retry: bool
-    ) -> CursorResult[Any]:
+    async def _autocommitted(self, statement: Executable, params: Any) -> CursorResult[Any]:
         try:
             async with self._autocommit.connect() as conn:
                 return await conn.execute(statement, params)
         except DBAPIError as exc:
-            if not (retry and exc.connection_invalidated):
+            if not exc.connection_invalidated:
                 raise
         async with self._autocommit.connect() as conn:
             return await conn.execute(statement, params)

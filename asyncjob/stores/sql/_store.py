@@ -10,15 +10,16 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import and_, bindparam, event, or_, select, update
+from sqlalchemy import bindparam, select, update
 
 from asyncjob._errors import JobNotFound
-from asyncjob._models import Claimed, Job, JobState, JobStatus, Outcome
+from asyncjob._models import Claimed, JobState, JobStatus, Outcome
 from asyncjob._serialization import dumps
 from asyncjob.stores._base import Store
 
 from . import _claims
 from ._batch import GroupCommit
+from ._beginnings import JobBeginnings
 from ._endings import JobEndings
 from ._engine import Database
 from ._keeper import LeaseKeeper
@@ -35,7 +36,7 @@ __all__ = ("BadRecord", "SQLStore")
 _PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,30}")
 
 
-class SQLStore(JobEndings, Store):
+class SQLStore(JobBeginnings, JobEndings, Store):
     """Jobs in SQL tables, readable from every process that opens the store.
 
     Args:
@@ -148,76 +149,6 @@ class SQLStore(JobEndings, Store):
         elif self.on_queued is not None:
             self.on_queued()
 
-    async def enqueue(self, job: Job) -> None:
-        await self._enqueues.submit(self._row(job))
-        if not job.registered:
-            self.held.add(job.id)
-
-    async def enqueue_many(self, jobs: list[Job]) -> None:
-        rows = []
-        for place, job in enumerate(jobs):
-            try:
-                rows.append(self._row(job))
-            except TypeError as exc:
-                raise TypeError(f"job {place} of {len(jobs)}: {exc}") from None
-        # One statement, not the group commit's batches: all of them, or none.
-        await self.writes.insert(rows, self.lease)
-        self.held.update(job.id for job in jobs if not job.registered)
-
-    async def enqueue_in(self, session: Any, job: Job) -> None:
-        if not job.registered:
-            raise TypeError(
-                f"{job.name} is not registered with @asyncjob.job: only registered "
-                "jobs can be performed in your transaction, as any worker may run them"
-            )
-        row = self._row(job)
-        await session.execute(
-            self.tables.jobs.insert().values(
-                **row, state=JobState.queued.value, attempts=0, run_after=self.db.now()
-            )
-        )
-        on_queued = self.on_queued
-        if on_queued is not None:  # wake this process's worker once it commits
-            event.listen(session.sync_session, "after_commit", lambda _: on_queued(), once=True)
-
-    def _row(self, job: Job) -> dict[str, Any]:
-        """The job as :meth:`Writes.insert` takes it."""
-        # No arguments is common: no encoder needed.
-        args = dumps(list(job.args), f"the arguments of {job.name}") if job.args else "[]"
-        kwargs = (
-            dumps(dict(job.kwargs), f"the keyword arguments of {job.name}") if job.kwargs else "{}"
-        )
-        return {
-            "id": job.id,
-            "name": job.name,
-            "registered": job.registered,
-            # Not registered: only this process may run it (see _claims.recover).
-            "owner": None if job.registered else self.owner,
-            "args": args,
-            "kwargs": kwargs,
-            "enqueued_at": job.enqueued_at,
-        }
-
-    async def start(self, job_id: str) -> bool:  # a job not registered, run here
-        jobs = self.tables.jobs
-        now = time.time()
-        # Found running with this very start time, it was this very start,
-        # sent again after its answer was lost (see Database.execute).
-        this_start = and_(jobs.c.state == JobState.running.value, jobs.c.started_at == now)
-        try:
-            return await self._update(
-                job_id,
-                or_(jobs.c.state == JobState.queued.value, this_start),
-                state=JobState.running.value,
-                started_at=now,
-                attempts=1,
-                locked_by=self.owner,
-            )
-        except BaseException:
-            # It will not run: no longer renewed, it ends as "worker lost".
-            self.held.discard(job_id)
-            raise
-
     def report_progress(self, job_id: str, value: float, data: Any) -> None:
         encoded = None if data is None else dumps(data, "the progress data")
         self._progress.report(job_id, (value, encoded))
@@ -303,19 +234,6 @@ class SQLStore(JobEndings, Store):
                     yield status
 
     # -- helpers ------------------------------------------------------------
-
-    async def _update(self, job_id: str, condition: Any, **values: Any) -> bool:
-        jobs = self.tables.jobs
-        done = await self.db.execute(
-            update(jobs).where(jobs.c.id == job_id, condition).values(**values)
-        )
-        changed = bool(done.rowcount)
-        if changed:
-            self._signals.notify(job_id)
-        return changed
-
-    async def _insert(self, rows: list[dict[str, Any]]) -> list[None]:
-        return await self.writes.insert(rows, self.lease)
 
     async def _finish(self, endings: list[Ending]) -> list[bool]:
         return await self.writes.finish(endings)

@@ -21,6 +21,7 @@ partial index word for word (see ``_schema.DUE``).
 
 from __future__ import annotations
 
+import abc
 import sqlite3
 from typing import Any, NamedTuple
 
@@ -58,7 +59,7 @@ class Ending(NamedTuple):
     progress: Report | None
 
 
-class Writes:
+class Writes(abc.ABC):
     """The frequent writes of one store (see the module's docstring)."""
 
     def __init__(self, db: Database, tables: Tables, owner: str) -> None:
@@ -90,6 +91,7 @@ class Writes:
             RETURNING id, name, args, kwargs, enqueued_at, attempts
             """
 
+    @abc.abstractmethod
     async def claim(self, limit: int, lease: float) -> list[Claimed]:
         """Take up to ``limit`` queued registered jobs, in the order they
         came due, for ``lease`` seconds.
@@ -97,8 +99,8 @@ class Writes:
         A claim lost with its connection is not sent again: its jobs, if
         the first was committed, come back when their lease runs out.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def insert(self, rows: list[dict[str, Any]], lease: float) -> list[None]:
         """Record new jobs (rows as ``SQLStore._row`` makes them); a job
         that is not registered is leased for ``lease`` seconds.
@@ -108,16 +110,16 @@ class Writes:
         clock is ahead is not held back, nor one whose clock is behind
         taken for lost.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def finish(self, endings: list[Ending]) -> list[bool]:
         """End the jobs this store still holds; for each, whether it did."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def progress(self, reports: dict[str, Report]) -> None:
         """Store the latest progress of running jobs."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def close(self) -> None:
         """Close what the writes opened of their own."""
 
