@@ -8,41 +8,20 @@ A base of :class:`SQLStore`, apart only to keep each module short.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import and_, event, or_, update
 
 from asyncjob._models import Job, JobState
 from asyncjob._serialization import dumps
 
-from ._batch import GroupCommit
-from ._engine import Database
-from ._schema import Tables
-from ._signals import Signals
-from ._writes import Writes
+from ._parts import StorePart
 
 __all__ = ("JobBeginnings",)
 
 
-class JobBeginnings:
+class JobBeginnings(StorePart):
     """The ways a job comes in (see :class:`asyncjob.stores.sql.SQLStore`)."""
-
-    tables: Tables
-    owner: str
-    lease: float
-    held: set[str]
-    on_queued: Callable[[], None] | None
-    _signals: Signals
-    _enqueues: GroupCommit[dict[str, Any], None]
-
-    if TYPE_CHECKING:  # the store's own
-
-        @property
-        def db(self) -> Database: ...
-
-        @property
-        def writes(self) -> Writes: ...
 
     async def enqueue(self, job: Job) -> None:
         await self._enqueues.submit(self._row(job))

@@ -6,9 +6,8 @@ A base of :class:`SQLStore`, apart only to keep each module short.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Update, event, select, update
 
@@ -16,34 +15,16 @@ from asyncjob._errors import JobLost
 from asyncjob._models import JobState
 from asyncjob._serialization import dumps
 
-from ._batch import GroupCommit
-from ._engine import Database, same_database
-from ._progress import ProgressBuffer
+from ._engine import same_database
+from ._parts import StorePart
 from ._rows import BadRecord, json_column
-from ._schema import Tables
-from ._signals import Signals
 from ._writes import Ending
 
 __all__ = ("JobEndings",)
 
 
-class JobEndings:
+class JobEndings(StorePart):
     """The ways a held job ends (see :class:`asyncjob.stores.sql.SQLStore`)."""
-
-    tables: Tables
-    owner: str
-    url: str
-    held: set[str]
-
-    if TYPE_CHECKING:  # the store's own
-
-        @property
-        def db(self) -> Database: ...
-
-    _progress: ProgressBuffer
-    _signals: Signals
-    _loop: asyncio.AbstractEventLoop
-    _finishes: GroupCommit[Ending, bool]
 
     async def finish(
         self,
