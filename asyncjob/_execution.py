@@ -37,7 +37,6 @@ class Executor:
         self._threads = Threads(threads)
         # Only needed when fewer threads than workers could want them.
         self._thread_slots = asyncio.Semaphore(threads)
-        self._thread_count = threads
         self._limit_threads = True
         # The jobs running now: their context, and the worker task running them.
         self._active: dict[str, tuple[_context.JobContext, asyncio.Task[Any]]] = {}
@@ -60,7 +59,7 @@ class Executor:
     def start(self, concurrency: int) -> None:
         """Bind to the running loop; ``concurrency`` workers will call :meth:`run`."""
         self._threads.start()
-        self._limit_threads = self._thread_count < concurrency
+        self._limit_threads = self._threads.size < concurrency
 
     async def run(self, job: Job, task: asyncio.Task[Any]) -> None:
         """Run ``job`` in the worker ``task`` (the caller) to its end and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ __all__ = (
     "JobStatus",
     "Outcome",
     "Progress",
+    "new_job_id",
     "timestamp_to_datetime",
 )
 
@@ -144,6 +146,11 @@ class Claimed(NamedTuple):
     enqueued_at: float
     attempts: int
     problem: str | None = None
+
+
+def new_job_id() -> str:
+    """A new job's id: 32 hexadecimal digits, 128 random bits."""
+    return os.urandom(16).hex()
 
 
 def timestamp_to_datetime(ts: float | None) -> datetime | None:

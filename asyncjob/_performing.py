@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._callables import describe
 from ._errors import RunnerNotRunning
 from ._fetcher import Fetcher
-from ._models import Job
+from ._models import Job, new_job_id
 from ._registry import registered_name
 from ._workers import WorkerPool
 from .stores import Store
@@ -66,7 +65,7 @@ class Performing:
             RunnerNotRunning: the runner is not started, or is stopping.
         """
         _check_callable(func, "perform()")
-        job = self._new_job(os.urandom(16).hex(), func, args, kwargs or _NO_KWARGS)
+        job = self._new_job(new_job_id(), func, args, kwargs or _NO_KWARGS)
         if asyncio.get_running_loop() is self._loop:
             return await self._enqueue(job)
         return await self._on_loop(self._enqueue(job))
@@ -103,7 +102,7 @@ class Performing:
         name, is_async, registered = _kind_of(func)
         now = time.time()
         jobs = [
-            Job(os.urandom(16).hex(), name, func, args, kwargs, is_async, now, registered)
+            Job(new_job_id(), name, func, args, kwargs, is_async, now, registered)
             for args, kwargs in calls
         ]
         if not jobs:
@@ -129,7 +128,7 @@ class Performing:
             RunnerNotRunning: the runner is not started, or is stopping.
         """
         _check_callable(func, "perform_in()")
-        job = self._new_job(os.urandom(16).hex(), func, args, kwargs or _NO_KWARGS)
+        job = self._new_job(new_job_id(), func, args, kwargs or _NO_KWARGS)
         await self._store.enqueue_in(session, job)
         return job.id
 
@@ -156,28 +155,37 @@ class Performing:
     async def _enqueue(self, job: Job) -> str:
         self._check_running()  # again: a call from another loop may cross stop()
         await self._store.enqueue(job)
-        await self._hand_over([job])
+        if not self._hand_over((job,)):
+            await self._refuse((job,))
         return job.id
 
     async def _enqueue_many(self, jobs: list[Job]) -> list[str]:
         self._check_running()
         await self._store.enqueue_many(jobs)
-        await self._hand_over(jobs)
+        if not self._hand_over(jobs):
+            await self._refuse(jobs)
         return [job.id for job in jobs]
 
-    async def _hand_over(self, jobs: list[Job]) -> None:
-        """Jobs just recorded, to whoever runs them."""
+    def _hand_over(self, jobs: Sequence[Job]) -> bool:
+        """Jobs just recorded, to whoever runs them; False, handing over
+        nothing, when this runner would run them but stop() began while
+        they were written."""
         if jobs[0].registered and self._store.durable:
             # They wait in the store for a worker: this runner's, if it is one.
             if self._fetcher is not None and not self.producer_only:
                 self._fetcher.wake()
-            return
+            return True
         if self._phase is not Phase.running:
-            for job in jobs:  # stop() began while they were written
-                await self._store.cancel(job.id)
-            self._check_running()
+            return False
         for job in jobs:
             self._pool.submit(job)
+        return True
+
+    async def _refuse(self, jobs: Sequence[Job]) -> None:
+        """Cancel jobs recorded as stop() began, and say why."""
+        for job in jobs:
+            await self._store.cancel(job.id)
+        self._check_running()
 
 
 def _check_callable(func: object, call: str) -> None:

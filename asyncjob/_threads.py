@@ -25,7 +25,8 @@ class Threads:
     """
 
     def __init__(self, size: int) -> None:
-        self._size = size
+        #: How many threads at most.
+        self.size = size
         self._pool: ThreadPoolExecutor | None = None
         self._finished: deque[_Outcome] = deque()
         self._drain_scheduled = False
@@ -46,7 +47,7 @@ class Threads:
         future resolves on the loop."""
         assert self._loop is not None
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._size, thread_name_prefix="asyncjob")
+            self._pool = ThreadPoolExecutor(self.size, thread_name_prefix="asyncjob")
         future = self._loop.create_future()
         self._pool.submit(self._run, future, context, call, args, kwargs)
         return future

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from asyncjob import _context
 from asyncjob._errors import RunnerNotRunning
 from asyncjob._execution import logger
-from asyncjob._models import JobStatus, Progress
+from asyncjob._models import JobStatus, Progress, new_job_id
 from asyncjob._runner import Runner
 from asyncjob._sessions import Sessions
 from asyncjob.stores import resolve_store
@@ -274,7 +274,7 @@ def asyncjob_perform_after_commit(callable: Callable[..., Any], *args: Any, **kw
     txn = active_transaction()
     if txn is None:
         return queue.perform(callable, args, kwargs)
-    job_id = os.urandom(16).hex()
+    job_id = new_job_id()
 
     def after_commit(committed: bool) -> None:
         if not committed:

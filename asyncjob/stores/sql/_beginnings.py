@@ -36,7 +36,7 @@ class JobBeginnings(StorePart):
             except TypeError as exc:
                 raise TypeError(f"job {place} of {len(jobs)}: {exc}") from None
         # One statement, not the group commit's batches: all of them, or none.
-        await self.writes.insert(rows, self.lease)
+        await self._insert(rows)
         self.held.update(job.id for job in jobs if not job.registered)
 
     async def enqueue_in(self, session: Any, job: Job) -> None:

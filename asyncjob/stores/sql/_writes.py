@@ -67,22 +67,10 @@ class Writes(abc.ABC):
         self.tables = tables
         self.owner = owner
 
-    def claim_sql(self, owner: str, lease: str, limit: str) -> str:
-        """The claim, with the placeholders given."""
+    def claim_sql(self, owner: str, lease: str, chosen: str) -> str:
+        """The claim of the rows ``chosen`` (a condition, in which
+        :meth:`due_sql` picks them), with the placeholders given."""
         jobs, now = self.tables.jobs.name, self.db.now_sql
-        if self.db.is_sqlite:
-            # One writer at a time: the statement is atomic as it is.
-            chosen = f"""id IN (SELECT id FROM {jobs} WHERE {DUE} AND run_after <= {now}
-                               ORDER BY run_after LIMIT {limit})"""
-        else:
-            # Workers claiming at once skip each other's rows. The rows are
-            # found again by their physical address, which their lock keeps
-            # from changing until this statement updates them: no second
-            # look-up by the primary key.
-            chosen = f"""ctid = ANY(ARRAY(SELECT ctid FROM {jobs}
-                                          WHERE {DUE} AND run_after <= {now}
-                                          ORDER BY run_after LIMIT {limit}
-                                          FOR UPDATE SKIP LOCKED))"""
         return f"""
             UPDATE {jobs}
             SET state = '{_RUNNING}', locked_by = {owner}, started_at = {now},
@@ -90,6 +78,12 @@ class Writes(abc.ABC):
             WHERE {chosen} AND state = '{_QUEUED}'
             RETURNING id, name, args, kwargs, enqueued_at, attempts
             """
+
+    def due_sql(self, column: str, limit: str) -> str:
+        """``column`` of the first ``limit`` rows due, by their claim index."""
+        jobs, now = self.tables.jobs.name, self.db.now_sql
+        return f"""SELECT {column} FROM {jobs} WHERE {DUE} AND run_after <= {now}
+                   ORDER BY run_after LIMIT {limit}"""
 
     @abc.abstractmethod
     async def claim(self, limit: int, lease: float) -> list[Claimed]:
@@ -141,7 +135,12 @@ class _PostgresWrites(Writes):
         self._durable = PostgresLane(db.url)
         self._relaxed = PostgresLane(db.url, durable=False)
         jobs = tables.jobs.name
-        self._claim = self.claim_sql("$1", "$2", "$3")
+        # Workers claiming at once skip each other's rows. The rows are found
+        # again by their physical address, which their lock keeps from
+        # changing until this statement updates them: no second look-up by
+        # the primary key.
+        due = self.due_sql("ctid", "$3")
+        self._claim = self.claim_sql("$1", "$2", f"ctid = ANY(ARRAY({due} FOR UPDATE SKIP LOCKED))")
         # Each of these is sent again if its connection turns out dead (see
         # PostgresLane.fetch): an end that was committed first finds its job
         # no longer running; an insert is sent again as one for which rows
@@ -236,7 +235,9 @@ class _SQLiteWrites(Writes):
         self._lane = SQLiteLane(db.path, SQLITE_PRAGMAS, db.write_lock)
         jobs = tables.jobs.name
         now = db.now_sql
-        self._claim = self.claim_sql(":owner", ":lease", ":limit")
+        # One writer at a time: the statement is atomic as it is.
+        due = self.due_sql("id", ":limit")
+        self._claim = self.claim_sql(":owner", ":lease", f"id IN ({due})")
         self._insert = f"""
             INSERT INTO {jobs} ({_NEW_COLUMNS})
             VALUES (:id, :name, :registered, :owner, :owner,
