@@ -3,8 +3,8 @@
 Each fenced ``python`` block in ``docs/*.md`` (and in ``README.md``) is one of:
 
 - a program, the default: it runs in a fresh interpreter, in development
-  mode with warnings as errors, and must exit cleanly within
-  :data:`EXAMPLE_SECONDS`. When the next block is a ``text``
+  mode with warnings as errors, and must exit cleanly. When the next
+  block is a ``text``
   block titled ``Output``, what the program prints must be exactly that;
 - a test module, titled after its file (``title="test_reports.py"``): it is
   written under that name and run with pytest, and must pass;
@@ -40,12 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 
-#: How long one example may take, not counting the interpreter's start-up.
-EXAMPLE_SECONDS = 1.0
 #: How many examples may be left unrun. Raise it only with a good reason.
 MAX_SKETCHES = 2
-#: A backstop for an example that hangs; EXAMPLE_SECONDS is the real limit.
-SUBPROCESS_TIMEOUT = 30.0
+#: An example that hangs fails after this many seconds. It bounds a hang,
+#: not the example's speed, which is no test's business (see bench/): no
+#: machine, however busy, takes this long for an example that works.
+SUBPROCESS_TIMEOUT = 60.0
 
 #: Signs in an example's stderr of something left unclean, such as a task
 #: that was never awaited; the program may still have exited with 0.
@@ -57,17 +57,12 @@ UNCLEAN = (
 )
 
 #: Runs one program block: compiled under the Markdown file's name, padded
-#: so that traceback line numbers are the Markdown file's. asyncjob is
-#: imported before the clock starts: imports are start-up, not the example.
+#: so that traceback line numbers are the Markdown file's.
 DRIVER = """\
-import sys, time
-path, first_line, timing = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+import sys
+path, first_line = sys.argv[1], int(sys.argv[2])
 code = compile("\\n" * (first_line - 1) + sys.stdin.read(), path, "exec")
-import asyncjob
-start = time.perf_counter()
 exec(code, {"__name__": "__main__", "__file__": path})
-with open(timing, "w") as f:
-    f.write(repr(time.perf_counter() - start))
 """
 
 #: The configuration the testing page tells readers to use.
@@ -238,23 +233,17 @@ def report(result: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.mark.parametrize("example", PROGRAMS, ids=ids([e.block for e in PROGRAMS]))
 def test_example_runs(example: Example, tmp_path: Path) -> None:
-    """A program in the docs runs quickly and cleanly, and prints what the
-    docs say it prints."""
+    """A program in the docs runs cleanly, and prints what the docs say it
+    prints."""
     block = example.block
-    timing = tmp_path / "seconds"
     result = run(
-        ["-c", DRIVER, str(block.path), str(block.line), str(timing)],
+        ["-c", DRIVER, str(block.path), str(block.line)],
         cwd=tmp_path,
         stdin=block.code,
     )
     assert result.returncode == 0, f"{block.where}: the example failed{report(result)}"
     unclean = [sign for sign in UNCLEAN if sign in result.stderr]
     assert not unclean, f"{block.where}: the example left {unclean}{report(result)}"
-    seconds = float(timing.read_text())
-    assert seconds < EXAMPLE_SECONDS, (
-        f"{block.where}: the example took {seconds:.2f} s; examples must take "
-        f"less than {EXAMPLE_SECONDS} s (wait for events, do not sleep)"
-    )
     if example.output is not None:
         assert result.stdout.rstrip() == example.output.rstrip(), (
             f"{block.where}: the example's output differs from the Output block after it"

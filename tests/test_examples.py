@@ -11,8 +11,8 @@ with pymdownx snippets::
 
 followed by a ``text`` block titled ``Output``: what the program prints.
 Each program runs as a script in a fresh interpreter, in development mode
-with warnings as errors, and must exit cleanly, print exactly that output,
-and do its work within :data:`EXAMPLE_SECONDS`.
+with warnings as errors, and must exit cleanly and print exactly that
+output.
 """
 
 from __future__ import annotations
@@ -26,39 +26,14 @@ from pathlib import Path
 
 import pytest
 
-from .test_docs import DOCS, ROOT, UNCLEAN, Block, read_blocks, report
+from .test_docs import DOCS, ROOT, SUBPROCESS_TIMEOUT, UNCLEAN, Block, read_blocks, report
 
 EXAMPLES = DOCS / "examples"
-
-#: How long an example may take, not counting the interpreter's start-up
-#: and the example's imports (frameworks are slow to import).
-EXAMPLE_SECONDS = 1.0
-#: A backstop for an example that hangs; EXAMPLE_SECONDS is the real limit.
-SUBPROCESS_TIMEOUT = 30.0
 
 #: Warnings of the frameworks themselves that ``-W error`` must not turn
 #: into errors: WebOb 1.8, which TurboGears2 2.5 runs on, imports the cgi
 #: module, deprecated since Python 3.11.
 IGNORED_WARNINGS = ("ignore:'cgi' is deprecated:DeprecationWarning",)
-
-#: Runs an example as a script (``__name__ == "__main__"``), after importing
-#: what it imports, so that the clock counts the example's work only.
-DRIVER = """\
-import ast, runpy, sys, time
-path, timing = sys.argv[1], sys.argv[2]
-with open(path, encoding="utf-8") as source:
-    tree = ast.parse(source.read(), path)
-for node in tree.body:
-    if isinstance(node, ast.Import) or (
-        isinstance(node, ast.ImportFrom) and node.module != "__future__"
-    ):
-        exec(compile(ast.Module([node], []), path, "exec"), {})
-sys.argv = [path]
-start = time.perf_counter()
-runpy.run_path(path, run_name="__main__")
-with open(timing, "w") as f:
-    f.write(repr(time.perf_counter() - start))
-"""
 
 #: A snippet line of pymdownx: ``--8<-- "path"`` or ``--8<-- "path:section"``.
 SNIPPET = re.compile(r'^-+8<-+[ \t]+"(?P<path>[^":]+)(?::[^"]*)?"[ \t]*$')
@@ -135,13 +110,11 @@ def test_example_is_shown_with_its_output(shown: Shown) -> None:
 
 @pytest.mark.parametrize("shown", SHOWN.values(), ids=[path.name for path in SHOWN])
 def test_example_runs(shown: Shown, tmp_path: Path) -> None:
-    """The program runs quickly and cleanly, and prints what its page shows."""
+    """The program runs cleanly, and prints what its page shows."""
     name = shown.path.relative_to(ROOT)
-    timing = tmp_path / "seconds"
     warnings = [arg for rule in IGNORED_WARNINGS for arg in ("-W", rule)]
-    script = ["-c", DRIVER, str(shown.path), str(timing)]
     result = subprocess.run(
-        [sys.executable, "-X", "dev", "-W", "error", *warnings, *script],
+        [sys.executable, "-X", "dev", "-W", "error", *warnings, str(shown.path)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -152,11 +125,6 @@ def test_example_runs(shown: Shown, tmp_path: Path) -> None:
     assert result.returncode == 0, f"{name}: the example failed{report(result)}"
     unclean = [sign for sign in UNCLEAN if sign in result.stderr]
     assert not unclean, f"{name}: the example left {unclean}{report(result)}"
-    seconds = float(timing.read_text())
-    assert seconds < EXAMPLE_SECONDS, (
-        f"{name}: the example took {seconds:.2f} s; examples must take less than "
-        f"{EXAMPLE_SECONDS} s, imports aside (wait for events, do not sleep)"
-    )
     if shown.output is not None:
         assert result.stdout.rstrip() == shown.output.rstrip(), (
             f"{name}: the output differs from the Output block after its include "
