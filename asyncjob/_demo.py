@@ -182,7 +182,7 @@ def _terminal_console() -> Console | None:
     try:
         from rich.console import Console
     except ImportError:
-        print("(install asyncjob[demo] to see progress bars)", file=sys.stderr)
+        print("(install asyncjob-runner[demo] to see progress bars)", file=sys.stderr)
         return None
     return Console()
 

@@ -28,6 +28,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -319,6 +320,33 @@ def test_output_blocks_follow_examples() -> None:
         assert len(outputs) == len(checked), (
             f"{path.relative_to(ROOT)}: an Output block does not directly follow a program"
         )
+
+
+#: A package that an install line asks for: ``asyncjob-runner``,
+#: ``"asyncjob-runner[tg]"``, ``'.[demo]'``…
+INSTALLED = re.compile(r"""["']?(?P<name>[\w.-]+?)(?:\[(?P<extras>[\w,]+)\])?["']?$""")
+
+
+def test_install_lines_name_the_distribution() -> None:
+    """Every ``pip install`` line that installs asyncjob names its
+    distribution (``asyncjob`` on the package index is another project),
+    with extras that exist."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = set(project["optional-dependencies"])
+    found = 0
+    for path in [README, *sorted(DOCS.glob("*.md")), ROOT / "bench" / "README.md"]:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            for command in re.findall(r"pip install ([^`&|;]*)", line):
+                for word in command.split():
+                    match = INSTALLED.match(word)
+                    if word.startswith("-") or match is None:
+                        continue
+                    if match["name"].startswith("asyncjob") or match["name"] == ".":
+                        found += 1
+                        where = f"{path.relative_to(ROOT)}: {line.strip()!r}"
+                        assert match["name"] in (project["name"], "."), where
+                        assert set((match["extras"] or "").split(",")) - {""} <= extras, where
+    assert found >= 4, "the install lines were not found"
 
 
 def test_reference_covers_the_public_api() -> None:
