@@ -12,9 +12,8 @@
 
 from __future__ import annotations
 
-from ._api import cancel, get_progress, perform, perform_in, perform_many, status, wait, watch
-from ._context import current_job_id, set_progress
-from ._errors import (
+from ._api import cancel, get_progress, jobs, perform, perform_in, perform_many, status, wait, watch
+from ._core.errors import (
     AsyncJobError,
     JobCancelled,
     JobFailed,
@@ -22,15 +21,18 @@ from ._errors import (
     NotInJob,
     RunnerNotRunning,
 )
-from ._models import JobState, JobStatus, Progress
-from ._registry import job
-from ._runner import Runner
-from ._sessions import JobScope, session, timed_query, timed_query_sync
+from ._core.models import JobState, JobStatus, Progress, new_job_id
+from ._core.registry import job
+from ._engine.context import current_job_id, set_progress
+from ._engine.hooks import JobHooks
+from ._engine.sessions import JobScope, session, timed_query, timed_query_sync
+from ._runner.runner import Runner
 
 __all__ = (
     "AsyncJobError",
     "JobCancelled",
     "JobFailed",
+    "JobHooks",
     "JobNotFound",
     "JobScope",
     "JobState",
@@ -43,6 +45,8 @@ __all__ = (
     "current_job_id",
     "get_progress",
     "job",
+    "jobs",
+    "new_job_id",
     "perform",
     "perform_in",
     "perform_many",

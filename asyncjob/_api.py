@@ -1,8 +1,8 @@
 """Module-level calls on the runner running in this process.
 
-Each is one line of delegation to :func:`asyncjob._current.get`'s runner, so
-that application code need not pass the runner around. With no runner
-running they raise :class:`RunnerNotRunning`, a ``RuntimeError``.
+Each is one line of delegation to :func:`asyncjob._runner.runner.current`'s
+runner, so that application code need not pass the runner around. With no
+runner running they raise :class:`RunnerNotRunning`, a ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from . import _current
-from ._models import JobStatus, Progress
+from ._core.models import JobState, JobStatus, Progress
+from ._runner.runner import current
 
 __all__ = (
     "cancel",
     "get_progress",
+    "jobs",
     "perform",
     "perform_in",
     "perform_many",
@@ -27,41 +28,52 @@ __all__ = (
 
 async def perform(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
     """:meth:`Runner.perform` on the running runner."""
-    return await _current.get().perform(func, *args, **kwargs)
+    return await current().perform(func, *args, **kwargs)
 
 
 async def perform_many(
     func: Callable[..., Any], arguments: Iterable[Sequence[Any] | Mapping[str, Any]], /
 ) -> list[str]:
     """:meth:`Runner.perform_many` on the running runner."""
-    return await _current.get().perform_many(func, arguments)
+    return await current().perform_many(func, arguments)
 
 
 async def perform_in(session: Any, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
     """:meth:`Runner.perform_in` on the running runner."""
-    return await _current.get().perform_in(session, func, *args, **kwargs)
+    return await current().perform_in(session, func, *args, **kwargs)
 
 
 async def get_progress(job_id: str) -> Progress | None:
     """:meth:`Runner.get_progress` on the running runner."""
-    return await _current.get().get_progress(job_id)
+    return await current().get_progress(job_id)
 
 
 async def status(job_id: str) -> JobStatus:
     """:meth:`Runner.status` on the running runner."""
-    return await _current.get().status(job_id)
+    return await current().status(job_id)
 
 
 async def wait(job_id: str, timeout: float | None = None) -> Any:
     """:meth:`Runner.wait` on the running runner."""
-    return await _current.get().wait(job_id, timeout)
+    return await current().wait(job_id, timeout)
 
 
 def watch(job_id: str) -> AsyncIterator[JobStatus]:
     """:meth:`Runner.watch` on the running runner."""
-    return _current.get().watch(job_id)
+    return current().watch(job_id)
 
 
 async def cancel(job_id: str) -> bool:
     """:meth:`Runner.cancel` on the running runner."""
-    return await _current.get().cancel(job_id)
+    return await current().cancel(job_id)
+
+
+async def jobs(
+    state: JobState | str | Iterable[JobState | str] | None = None,
+    name: str | None = None,
+    *,
+    limit: int = 100,
+    before: str | None = None,
+) -> list[JobStatus]:
+    """:meth:`Runner.jobs` on the running runner."""
+    return await current().jobs(state, name, limit=limit, before=before)

@@ -1,4 +1,9 @@
-"""Cancellation: of queued jobs, running coroutine jobs, running sync jobs."""
+"""Cancellation: of queued jobs, running coroutine jobs, running sync jobs.
+
+Cancellation is true when it is reported: a running job is ``cancelled``
+(for status, wait and watch alike) only once its code has stopped; until
+then it is ``running``, with its cancel requested, and holds its slot.
+"""
 
 from __future__ import annotations
 
@@ -55,11 +60,49 @@ async def test_a_running_coroutine_job_gets_cancelled_error(runner: asyncjob.Run
     job_id = await runner.perform(job)
     await _until_running(runner, job_id)
     assert await runner.cancel(job_id) is True
-    assert (await runner.status(job_id)).state is JobState.cancelled
-    async with asyncio.timeout(TIMEOUT):
-        await cleaned.wait()
+    status = await runner.status(job_id)
+    assert (status.state, status.cancel_requested) == (JobState.running, True)
     with pytest.raises(asyncjob.JobCancelled):
         await runner.wait(job_id, timeout=TIMEOUT)
+    assert cleaned.is_set()
+    status = await runner.status(job_id)
+    assert (status.state, status.cancel_requested) == (JobState.cancelled, False)
+
+
+async def test_wait_reports_a_cancel_once_the_cleanup_is_done(runner: asyncjob.Runner) -> None:
+    """A coroutine job that takes its time to clean up is still running, its
+    cancel requested, until it has; wait() and watch() tell cancelled only
+    then, so that what follows them never races the job."""
+    cleaning = asyncio.Event()
+    finish_cleanup = asyncio.Event()
+    cleaned: list[str] = []
+
+    async def job() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cleaning.set()
+            await finish_cleanup.wait()
+            cleaned.append("done")
+            raise
+
+    job_id = await runner.perform(job)
+    await _until_running(runner, job_id)
+    watch = runner.watch(job_id)
+    assert (await anext(watch)).cancel_requested is False
+    waiting = asyncio.create_task(runner.wait(job_id, timeout=TIMEOUT))
+    assert await runner.cancel(job_id) is True
+    async with asyncio.timeout(TIMEOUT):
+        await cleaning.wait()
+        requested = await anext(watch)
+    assert (requested.state, requested.cancel_requested) == (JobState.running, True)
+    assert not waiting.done()
+    finish_cleanup.set()
+    with pytest.raises(asyncjob.JobCancelled):
+        await waiting
+    assert cleaned == ["done"]
+    async with asyncio.timeout(TIMEOUT):
+        assert [s.state async for s in watch] == [JobState.cancelled]
 
 
 async def test_the_worker_is_clean_after_a_cancellation(make_runner: RunnerFactory) -> None:
@@ -124,10 +167,15 @@ async def test_a_running_sync_job_stops_at_its_next_report(runner: asyncjob.Runn
     job_id = await runner.perform(job)
     assert await asyncio.to_thread(reported.wait, TIMEOUT)
     assert await runner.cancel(job_id) is True
-    assert (await runner.status(job_id)).state is JobState.cancelled
+    status = await runner.status(job_id)
+    assert (status.state, status.cancel_requested) == (JobState.running, True)
+    waiting = asyncio.create_task(runner.wait(job_id, timeout=TIMEOUT))
+    await asyncio.sleep(0)  # one turn: the waiter waits, and has not returned
+    assert not waiting.done()
     cancelled.set()
-    await runner.join(TIMEOUT)
-    (exc,) = seen
+    with pytest.raises(asyncjob.JobCancelled):
+        await waiting
+    (exc,) = seen  # the job's code had stopped by the time wait() said so
     assert exc.job_id == job_id
     status = await runner.status(job_id)
     assert (status.state, status.progress) == (JobState.cancelled, 1)
@@ -151,9 +199,11 @@ async def test_a_sync_job_that_never_reports_runs_out_its_time(
     assert await asyncio.to_thread(started.wait, TIMEOUT)
     assert await runner.cancel(job_id)
     assert (await runner.status(after)).state is JobState.queued
+    assert (await runner.status(job_id)).state is JobState.running
     release.set()
     assert await runner.wait(after, timeout=TIMEOUT) == "next"
-    assert (await runner.status(job_id)).result is None
+    status = await runner.status(job_id)
+    assert (status.state, status.result) == (JobState.cancelled, None)
 
 
 async def test_cancel_a_finished_job(runner: asyncjob.Runner) -> None:
@@ -165,13 +215,15 @@ async def test_cancel_a_finished_job(runner: asyncjob.Runner) -> None:
 
 
 async def test_watchers_see_the_cancellation(runner: asyncjob.Runner) -> None:
-    """A watcher's iteration ends with the cancelled status."""
+    """A watcher sees the cancel requested, then the cancelled end, and its
+    iteration ends."""
     job_id = await runner.perform(asyncio.Event().wait)
     await _until_running(runner, job_id)
     watch = runner.watch(job_id)
     assert (await anext(watch)).state is JobState.running
     await runner.cancel(job_id)
-    assert [s.state async for s in watch] == [JobState.cancelled]
+    seen = [(s.state, s.cancel_requested) async for s in watch]
+    assert seen == [(JobState.running, True), (JobState.cancelled, False)]
 
 
 @pytest.mark.parametrize("kind", ["coroutine", "sync"])

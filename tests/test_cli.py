@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from asyncjob import _demo, _demo_jobs
+from asyncjob import _demo
 from asyncjob._cli import main
+from asyncjob._demo import jobs as _demo_jobs
 from asyncjob._version import __version__
 
 #: Every run of the command is bounded by this many seconds; the demo itself
@@ -193,7 +194,7 @@ def test_terminal_console_without_rich(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stderr", stderr)
     monkeypatch.setitem(sys.modules, "rich.console", None)
     assert _demo._terminal_console() is None
-    assert "asyncjob[demo]" in stderr.getvalue()
+    assert "pip install asyncjob-runner[demo]" in stderr.getvalue()
 
 
 def test_demo_fails_when_a_job_does_not_end_as_planned(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import asyncjob
-from asyncjob._callables import callable_name, describe, is_async_callable
+from asyncjob._core.callables import callable_name, describe, is_async_callable
 
 from .conftest import TIMEOUT, RunnerFactory
 
@@ -230,7 +230,7 @@ async def test_unstopped_runner_cancelled_with_its_loop() -> None:
     job_id = await runner.perform(forever)
     async with asyncio.timeout(TIMEOUT):
         await started.wait()
-    (worker,) = runner._pool._workers
+    (worker,) = runner._engine._workers
     worker.cancel()
     with pytest.raises(asyncio.CancelledError):
         await worker

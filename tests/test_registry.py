@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import asyncjob
-from asyncjob import _registry
+from asyncjob._core import registry as _registry
 
 from . import jobs_for_registry as jobs
 from .conftest import TIMEOUT

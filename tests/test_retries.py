@@ -8,7 +8,7 @@ import pytest
 
 import asyncjob
 from asyncjob import JobState
-from asyncjob._registry import JobDefinition
+from asyncjob._core.registry import JobDefinition
 
 from . import retry_jobs
 from .conftest import TIMEOUT, RunnerFactory

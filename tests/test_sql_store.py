@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 import asyncjob
 from asyncjob import JobState
-from asyncjob._models import Job
+from asyncjob.stores import Job
 from asyncjob.stores.sql import SCHEMA_VERSION, BadRecord, SchemaError, SQLStore
 
 from . import worker_jobs
@@ -182,29 +182,87 @@ VERSION_1_POSTGRES = [
 ]
 
 
-def store_of_version_1(database: Database) -> None:
-    """Turn a store just made into what version 1 made, with a queued job."""
+def version_2_postgres_triggers() -> list[str]:
+    """The triggers version 2 made: once per statement, on the columns it had."""
+    statements = []
+    for event, rows in (
+        ("insert", "SELECT n.id, n.state, n.registered FROM new_rows AS n"),
+        (
+            "update",
+            "SELECT n.id, n.state, n.registered FROM new_rows AS n"
+            " JOIN old_rows AS o ON o.id = n.id"
+            " WHERE (n.state, n.progress, n.data, n.attempts)"
+            " IS DISTINCT FROM (o.state, o.progress, o.data, o.attempts)",
+        ),
+    ):
+        statements.append(f"""
+            CREATE FUNCTION asyncjob_jobs_notify_{event}() RETURNS trigger AS $$
+            DECLARE
+                ids text;
+                anew boolean := false;
+            BEGIN
+                FOR ids, anew IN
+                    SELECT string_agg(c.id, ','), bool_or(c.state = 'queued' AND c.registered)
+                    FROM (SELECT r.*, (row_number() OVER ()) / 200 AS part
+                          FROM ({rows}) AS r) AS c
+                    GROUP BY c.part
+                LOOP
+                    PERFORM pg_notify('asyncjob_changed', ids);
+                    IF anew THEN
+                        PERFORM pg_notify('asyncjob_queued', '');
+                    END IF;
+                END LOOP;
+                RETURN NULL;
+            END
+            $$ LANGUAGE plpgsql""")
+        old = " OLD TABLE AS old_rows" if event == "update" else ""
+        statements.append(
+            f"CREATE TRIGGER asyncjob_jobs_notify_{event} AFTER {event.upper()} ON asyncjob_jobs"
+            f" REFERENCING{old} NEW TABLE AS new_rows"
+            f" FOR EACH STATEMENT EXECUTE FUNCTION asyncjob_jobs_notify_{event}()"
+        )
+    return statements
+
+
+#: A registered job queued by version 1 or 2, whose worker runs it after the upgrade.
+QUEUED_BEFORE = (
+    "INSERT INTO asyncjob_jobs (id, name, registered, state, args, kwargs, attempts,"
+    " enqueued_at, run_after) VALUES ('{id}', 'tests.worker_jobs.whoami', true, 'queued',"
+    " '[1]', '{{}}', 0, 0, 0)"
+)
+
+
+def store_of_version(database: Database, version: int, job_id: str) -> None:
+    """Turn a store just made into what ``version`` (1 or 2) made, with a
+    registered job queued."""
+    postgres = database.kind == "postgresql"
     engine = create_engine(database.sync_url)
     try:
         with engine.begin() as conn:
-            for index in ("jobs_due", "jobs_leased", "jobs_ended"):
-                conn.execute(text(f"DROP INDEX asyncjob_{index}"))
-            if database.kind == "postgresql":
+            conn.execute(text("DROP INDEX asyncjob_jobs_listed"))
+            conn.execute(text("ALTER TABLE asyncjob_jobs DROP COLUMN cancel_requested"))
+            if postgres:
                 for event in ("insert", "update"):
                     conn.execute(
                         text(f"DROP TRIGGER asyncjob_jobs_notify_{event} ON asyncjob_jobs")
                     )
                     conn.execute(text(f"DROP FUNCTION asyncjob_jobs_notify_{event}()"))
-            postgres = VERSION_1_POSTGRES if database.kind == "postgresql" else []
-            for statement in VERSION_1 + postgres:
-                conn.execute(text(statement))
-            conn.execute(text("UPDATE asyncjob_meta SET value = '1'"))
+            if version == 1:
+                for index in ("jobs_due", "jobs_leased", "jobs_ended"):
+                    conn.execute(text(f"DROP INDEX asyncjob_{index}"))
+                for statement in VERSION_1 + (VERSION_1_POSTGRES if postgres else []):
+                    conn.execute(text(statement))
+            elif postgres:
+                for statement in version_2_postgres_triggers():
+                    conn.execute(text(statement))
+            conn.execute(text(QUEUED_BEFORE.format(id=job_id)))
+            conn.execute(text(f"UPDATE asyncjob_meta SET value = '{version}'"))
     finally:
         engine.dispose()
 
 
-def schema_of(database: Database) -> tuple[str, set[str], set[str]]:
-    """The version, index names and trigger names a store's tables have."""
+def schema_of(database: Database) -> tuple[str, set[str], set[str], set[str]]:
+    """The version, index names, trigger names and columns a store's tables have."""
     engine = create_engine(database.sync_url)
     try:
         with engine.connect() as conn:
@@ -217,6 +275,7 @@ def schema_of(database: Database) -> tuple[str, set[str], set[str]]:
                 triggers = "SELECT name FROM sqlite_master WHERE type = 'trigger'"
             index_names = set(conn.scalars(text(indexes)))
             trigger_names = set(conn.scalars(text(triggers)))
+            columns = set(conn.execute(text("SELECT * FROM asyncjob_jobs LIMIT 0")).keys())
     finally:
         engine.dispose()
     index_names = {
@@ -224,30 +283,41 @@ def schema_of(database: Database) -> tuple[str, set[str], set[str]]:
         for name in index_names
         if not name.startswith(("sqlite_", "asyncjob_jobs_pkey", "asyncjob_meta_pkey"))
     }
-    return str(version), index_names, trigger_names
+    return str(version), index_names, trigger_names, columns
 
 
-async def test_a_store_of_version_1_is_migrated(
-    database: Database, make_runner: RunnerFactory
+@pytest.mark.parametrize("version", [1, 2])
+async def test_an_older_store_is_migrated(
+    database: Database, make_runner: RunnerFactory, version: int
 ) -> None:
-    """Opened by this release, a store that version 1 wrote is migrated to
-    version 2 (partial indexes; on PostgreSQL, one notification per
-    statement), and the jobs queued in it run."""
+    """Opened by this release, a store that version 1 or 2 wrote is migrated
+    to version 3 (partial indexes and, on PostgreSQL, one notification per
+    statement since 2; a cancel requested, and listings indexed, since 3),
+    and the job queued in it before the upgrade runs, as do new ones."""
     made = SQLStore(database.async_url)
     await made.open()
     await made.close()
-    store_of_version_1(database)
+    queued = "q" * 32
+    store_of_version(database, version, queued)
     producer = await make_runner(SQLStore(database.async_url), producer_only=True)
-    job_id = await producer.perform(worker_jobs.whoami, 1)
-    version, indexes, triggers = schema_of(database)
-    assert version == str(SCHEMA_VERSION) == "2"
-    assert indexes == {"asyncjob_jobs_due", "asyncjob_jobs_leased", "asyncjob_jobs_ended"}
+    job_id = await producer.perform(worker_jobs.whoami, 2)
+    version_now, indexes, triggers, columns = schema_of(database)
+    assert version_now == str(SCHEMA_VERSION) == "3"
+    assert indexes == {
+        "asyncjob_jobs_due",
+        "asyncjob_jobs_leased",
+        "asyncjob_jobs_ended",
+        "asyncjob_jobs_listed",
+    }
+    assert "cancel_requested" in columns
     if database.kind == "postgresql":
         assert triggers == {"asyncjob_jobs_notify_insert", "asyncjob_jobs_notify_update"}
     else:
         assert triggers == set()
+    assert (await producer.status(queued)).cancel_requested is False
     worker = await make_runner(SQLStore(database.async_url, poll_interval=0.05))
-    assert (await worker.wait(job_id, timeout=TIMEOUT))["n"] == 1
+    assert (await worker.wait(queued, timeout=TIMEOUT))["n"] == 1
+    assert (await worker.wait(job_id, timeout=TIMEOUT))["n"] == 2
 
 
 async def test_rows_edited_into_nonsense(sql_runner: asyncjob.Runner, database: Database) -> None:
@@ -298,22 +368,27 @@ async def test_cancel_through_the_database(sql_runner: asyncjob.Runner) -> None:
     assert await sql_runner.cancel("nope") is False
 
 
-async def test_a_statement_the_database_refuses_raises_sqlalchemys_error(
-    database: Database,
-) -> None:
-    """A write the database refuses (here, a job id recorded twice, which
-    asyncjob never makes) comes out as SQLAlchemy's error, whatever the
-    driver underneath, and the store carries on."""
+async def test_a_job_id_recorded_twice_fails_alone(database: Database) -> None:
+    """A job id the table holds already (asyncjob never makes one twice; an
+    integration may choose its own) is refused with a ValueError, raised
+    from SQLAlchemy's error whatever the driver underneath; the jobs written
+    in the same statement are recorded, and the store carries on."""
     store = SQLStore(database.async_url)
     await store.open()
     try:
         first = Job("0" * 32, "tests.area", print, (), {}, False, time.time(), True)
         await store.enqueue(first)
-        with pytest.raises(IntegrityError):
-            await store.enqueue(first)
-        second = first._replace(id="1" * 32)
-        await store.enqueue(second)
-        for job in (first, second):
+        second, third = first._replace(id="1" * 32), first._replace(id="2" * 32)
+        outcomes = await asyncio.gather(
+            store.enqueue(second), store.enqueue(first), store.enqueue(third),
+            return_exceptions=True,
+        )  # fmt: skip
+        assert outcomes[0] is None
+        assert outcomes[2] is None
+        assert isinstance(outcomes[1], ValueError)
+        assert "exists already" in str(outcomes[1])
+        assert isinstance(outcomes[1].__cause__, IntegrityError)
+        for job in (first, second, third):
             assert await store.get(job.id) is not None
     finally:
         await store.close()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import asyncjob
+from asyncjob.stores import DurableStore
 from asyncjob.tg import (
     asyncjob_get_progress,
     asyncjob_perform,
@@ -215,7 +216,7 @@ def test_a_tracker_over_a_shared_store(tmp_path: Path) -> None:
         Globals.__new__(Globals), tracker, store=f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
     )
     try:
-        assert queue.runner.store.durable
+        assert isinstance(queue.runner.store, DurableStore)
         uid = asyncjob_perform(worker_jobs.whoami, 5)
         assert queue.wait(uid, TIMEOUT)["n"] == 5
         assert tracker.progress == {}  # tracked, then removed at the end

@@ -21,7 +21,7 @@ import pytest
 
 import asyncjob
 from asyncjob import JobState
-from asyncjob.stores.sql import SQLStore, _claims
+from asyncjob.stores.sql import SQLStore
 
 from . import worker_jobs
 from .conftest import TIMEOUT, Database, RunnerFactory
@@ -178,7 +178,7 @@ async def test_a_job_from_a_process_whose_clock_is_ahead_runs_at_once(
     (its enqueued_at is that process's clock, as it was given)."""
     worker = await make_runner(SQLStore(database.async_url, poll_interval=60.0))
     real = time.time
-    monkeypatch.setattr("asyncjob._performing.time", SimpleNamespace(time=lambda: real() + 3600))
+    monkeypatch.setattr("asyncjob._runner.runner.time", SimpleNamespace(time=lambda: real() + 3600))
     job_id = await worker.perform(worker_jobs.whoami, 1)
     assert (await worker.wait(job_id, timeout=TIMEOUT))["n"] == 1
     enqueued_at = (await worker.status(job_id)).enqueued_at
@@ -226,7 +226,7 @@ async def test_a_job_cancelled_elsewhere_stops_here(
 
 async def test_a_lease_that_runs_out_is_recovered(database: Database) -> None:
     """A job whose holder stopped renewing goes back to the queue."""
-    from asyncjob._models import Job
+    from asyncjob.stores import Job
 
     holder = SQLStore(database.async_url, lease=0.05)
     other = SQLStore(database.async_url)
@@ -238,14 +238,14 @@ async def test_a_lease_that_runs_out_is_recovered(database: Database) -> None:
         (claimed,) = await holder.claim(10)
         assert (claimed.id, claimed.args, claimed.attempts) == (job.id, (1,), 1)
         assert await other.claim(10) == []
-        assert holder._keeper is not None
-        holder._keeper.stop()  # the holder dies: nobody renews its lease
+        assert holder._leases is not None
+        holder._leases.stop()  # the holder dies: nobody renews its lease
         async with asyncio.timeout(TIMEOUT):
             while not await other.recover():  # noqa: ASYNC110 - waits for the database's clock
                 await asyncio.sleep(0.05)
         (again,) = await other.claim(10)
         assert again.attempts == 2
-        lost = await _claims.renew(holder.db, holder.tables, holder.owner, [job.id], 1.0)
+        lost, _ = await holder._renew_leases(holder.db, [job.id])
         assert lost == [job.id]  # the first holder lost it
     finally:
         await holder.close()
@@ -255,7 +255,7 @@ async def test_a_lease_that_runs_out_is_recovered(database: Database) -> None:
 PERFORMER = """
 import asyncio, sys
 import asyncjob
-from asyncjob.stores.sql import SQLStore, _claims
+from asyncjob.stores.sql import SQLStore
 
 async def main():
     async with asyncjob.Runner(SQLStore(sys.argv[1], lease=0.3), concurrency=1) as runner:
@@ -379,7 +379,7 @@ async def test_a_worker_whose_loop_is_blocked_keeps_its_jobs(
 
 def test_run_worker_refuses_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The worker command's checks, called in-process: exit code 2 and why."""
-    from asyncjob._worker import run_worker
+    from asyncjob._cli.worker import run_worker
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
     assert run_worker(url, ["no_such_module"]) == 2

@@ -1,4 +1,20 @@
-"""The one seam between the runner and where jobs are kept."""
+"""The one seam between the runner and where jobs are kept.
+
+Three interfaces, each the whole contract of what it adds:
+
+- :class:`Store`: every store. A runner records each job's life in it, and
+  reads it back for whoever asks.
+- :class:`DurableStore`: a store that several processes share. Registered
+  jobs wait in it until a worker claims them, and a worker holds what it
+  claimed under a lease.
+- :class:`TransactionalStore`: a store that can write in the application's
+  own database transaction, so that a job and the rows it is about (or the
+  rows a job wrote and its success) are committed together or not at all.
+
+A store implements :class:`Store` or :class:`DurableStore`, and may add
+:class:`TransactionalStore`. ``asyncjob.testing`` holds the test suite that
+checks each contract, for a store of your own.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +22,9 @@ import abc
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from asyncjob._models import Claimed, Job, JobState, JobStatus, Outcome
+from asyncjob._core.models import Claimed, Job, JobQuery, JobState, JobStatus, Outcome
 
-__all__ = ("Store",)
+__all__ = ("DurableStore", "Store", "TransactionalStore")
 
 
 class Store(abc.ABC):
@@ -16,37 +32,29 @@ class Store(abc.ABC):
 
     A runner calls its store from the runner's event loop, except
     :meth:`report_progress`, which may come from any thread. Every state
-    change goes through the store, so whatever reads the store (this process
-    or, for a shared store, another) sees the same story:
-    ``enqueue`` → ``start`` → ``finish``, or ``cancel`` at any point before
-    the end. Each transition is atomic and happens at most once: a job that
-    is already final is never changed again.
+    change goes through the store, so that whatever reads it (this process
+    or, for a shared store, another) sees the same story::
+
+        enqueue → queued ─ start ─→ running ─ finish ─→ succeeded | failed | cancelled
+                    │                  │  └─ retry ─→ queued (a later attempt)
+                    └─ cancel ─→ cancelled    └─ cancel: requested; finish ends it cancelled
+
+    Each transition is atomic and happens at most once: a job that is final
+    is never changed again.
 
     Subclasses implement the abstract methods; :meth:`open` and
-    :meth:`close` are optional hooks.
-
-    A *durable* store (``durable = True``) is shared by several processes:
-    registered jobs wait in it until a worker :meth:`claim` s them, and a
-    worker holds what it claimed by a lease that :meth:`renew` extends.
+    :meth:`close` are optional hooks, :meth:`enqueue_many` and
+    :meth:`outcome` have defaults that a store may make faster.
     """
-
-    #: True for a store that several workers share (see :meth:`claim`).
-    durable: bool = False
-
-    #: Durable stores call it, on the loop, when a registered job may be
-    #: waiting to be claimed (performed by another process, say). A runner
-    #: that claims sets it before :meth:`open`, to look for jobs at once
-    #: rather than at its next poll; a store may listen for new jobs only
-    #: when it is set.
-    on_queued: Callable[[], None] | None = None
 
     async def open(self) -> None:  # noqa: B027 - an optional hook
         """Prepare the store. Called once by :meth:`Runner.start`, on the loop
         that will use the store, before any other method."""
 
     async def close(self) -> None:  # noqa: B027 - an optional hook
-        """Release what :meth:`open` took. Called once by :meth:`Runner.stop`
-        after the last job has ended; no method is called after it."""
+        """Release what :meth:`open` took. Called by :meth:`Runner.stop`
+        after the last job has ended; no method is called after it but
+        :meth:`close` again, which does nothing."""
 
     @abc.abstractmethod
     async def enqueue(self, job: Job) -> None:
@@ -55,6 +63,12 @@ class Store(abc.ABC):
         When it returns the job is visible to :meth:`get`. Must not keep a
         reference to ``job.func``, ``job.args`` or ``job.kwargs`` beyond what
         it needs to store them (the runner holds them for running).
+
+        Raises:
+            TypeError: the store cannot hold the job's arguments (it says
+                which); nothing is recorded.
+            ValueError: a job with this id exists already; nothing is
+                recorded.
         """
 
     async def enqueue_many(self, jobs: list[Job]) -> None:
@@ -68,23 +82,10 @@ class Store(abc.ABC):
         for job in jobs:
             await self.enqueue(job)
 
-    async def enqueue_in(self, session: Any, job: Job) -> None:
-        """Record ``job`` through the application's SQLAlchemy ``AsyncSession``,
-        in its transaction: the job exists only if that transaction commits.
-
-        Only SQL stores on the session's database can; the default refuses.
-
-        Raises:
-            TypeError: this store cannot, or the job is not registered.
-        """
-        raise TypeError(
-            f"{type(self).__name__} cannot write a job in your transaction: "
-            "perform_in() needs an SQL store on the session's database"
-        )
-
     @abc.abstractmethod
     async def start(self, job_id: str) -> bool:
-        """Move a ``queued`` job to ``running`` and stamp ``started_at``.
+        """Move a ``queued`` job to ``running``, count an attempt and stamp
+        ``started_at``.
 
         Returns ``False``, changing nothing, when the job is no longer queued
         (it was cancelled meanwhile): the runner then does not run it.
@@ -98,8 +99,11 @@ class Store(abc.ABC):
         must be thread-safe and return quickly without blocking. It may
         apply the change later or coalesce several into one, but the last
         value reported before :meth:`finish` must be stored before the final
-        state is. Raises ``TypeError`` for data the store cannot hold,
-        before recording anything.
+        state is. A report for a job that is not running changes nothing.
+
+        Raises:
+            TypeError: the store cannot hold ``data`` (before recording
+                anything).
         """
 
     @abc.abstractmethod
@@ -112,32 +116,45 @@ class Store(abc.ABC):
         error: str | None = None,
         traceback: str | None = None,
     ) -> bool:
-        """Move a ``running`` job to the final ``state`` and stamp ``finished_at``.
+        """Move a ``running`` job to the final ``state``, stamp
+        ``finished_at``, and keep its progress.
 
         ``result`` goes with ``succeeded``; ``error`` and ``traceback`` with
-        ``failed``. Progress is kept. Returns ``False``, changing nothing,
-        when the job was already final (cancelled while it ran): the
-        runner then discards the outcome.
+        ``failed``. A job whose cancel was requested (see :meth:`cancel`)
+        ends ``cancelled`` whatever ``state`` says, without a result: the
+        runner calls this once the job's code has stopped, however it
+        stopped.
+
+        Returns ``False``, changing nothing, when the job is not running (or,
+        in a shared store, no longer held by this store): the runner then
+        discards the outcome.
         """
 
     @abc.abstractmethod
     async def retry(self, job_id: str, *, error: str, delay: float) -> bool:
-        """Move a failed attempt of a ``running`` job back to ``queued``, to
-        start again in ``delay`` seconds, keeping ``error`` in its errors.
+        """Move a failed attempt of a ``running`` job back to ``queued``, due
+        in ``delay`` seconds, keeping ``error`` in its ``errors``.
 
-        Returns ``False``, changing nothing, when the job was no longer
-        running here (cancelled meanwhile). A durable store hands the job to
-        whichever worker claims it after the delay; otherwise the runner
-        that called it runs it again.
+        Returns ``False`` when the job does not go back to the queue: it is
+        no longer running here (nothing changes), or its cancel was
+        requested (it ends ``cancelled``). A durable store hands the job to
+        whichever worker claims it once it is due; any other store leaves
+        it to the runner that called, which runs it again after ``delay``.
         """
 
     @abc.abstractmethod
     async def cancel(self, job_id: str) -> JobState | None:
-        """Move a ``queued`` or ``running`` job to ``cancelled`` at once.
+        """Cancel the job: a ``queued`` job becomes ``cancelled`` at once; a
+        ``running`` one has its cancel requested (``cancel_requested`` in its
+        status) and stays ``running`` until its runner has stopped its code
+        and calls :meth:`finish`.
 
-        Returns the state the job was in before the call (a final state
-        means nothing changed), or ``None`` for an unknown id. Stopping the
-        running code is the runner's part, not the store's.
+        Stopping the code is the runner's part, not the store's: a runner in
+        this process is told by the return value, a worker elsewhere by
+        :meth:`DurableStore.renew`.
+
+        Returns the state the job was in before the call (a final state means
+        nothing changed), or ``None`` for an unknown id.
         """
 
     @abc.abstractmethod
@@ -155,37 +172,18 @@ class Store(abc.ABC):
         status = await self.get(job_id)
         return None if status is None else status.outcome()
 
-    async def claim(self, limit: int) -> list[Claimed]:
-        """Durable stores: take up to ``limit`` queued registered jobs, oldest
-        first, and mark them ``running``, held by this store object.
+    @abc.abstractmethod
+    async def list_jobs(self, query: JobQuery) -> list[JobStatus]:
+        """The jobs that ``query`` selects, newest first: by ``enqueued_at``,
+        then by id, both descending, at most ``query.limit`` of them.
 
-        Two workers never claim the same job. Each claimed job counts an
-        attempt. The default, for stores that are not durable, claims nothing.
+        With ``query.before``, only the jobs that come after that job in
+        this order (keyset pagination): the cost of a page does not grow
+        with its depth, and jobs performed meanwhile do not shift it.
+
+        Raises:
+            JobNotFound: ``query.before`` names a job the store does not know.
         """
-        return []
-
-    async def release(self, job_ids: list[str]) -> None:  # noqa: B027 - optional
-        """Durable stores: put jobs this store holds back in the queue, for
-        another worker (they were claimed but not finished here)."""
-
-    async def renew(self) -> list[str]:
-        """Durable stores: extend the lease of every job this store holds.
-
-        Returns the ids of the jobs it no longer holds (cancelled, or taken
-        back after the lease ran out), which the runner must stop.
-        """
-        return []
-
-    async def recover(self) -> int:
-        """Durable stores: put back in the queue the jobs whose holder's
-        lease ran out (its worker died). Returns how many."""
-        return 0
-
-    async def forget_finished(self) -> int:
-        """Durable stores: delete some of the jobs that finished long enough
-        ago, in a short statement; called again and again by the workers.
-        Returns how many."""
-        return 0
 
     @abc.abstractmethod
     def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
@@ -194,5 +192,145 @@ class Store(abc.ABC):
 
         Changes are pushed, not polled, where the store can. A consumer that
         falls far behind may miss intermediate progress, never the final
-        status. Raises :class:`asyncjob.JobNotFound` for an unknown id.
+        status.
+
+        Raises:
+            JobNotFound: the store does not know the job.
         """
+
+
+class DurableStore(Store):
+    """A store that several processes share: workers claim its registered jobs.
+
+    A job performed with :func:`asyncjob.job`'s registration waits in the
+    store until a worker :meth:`claim` s it; the worker holds it under a
+    lease that the store renews (:meth:`renew`) while the job runs, and
+    hands it back (:meth:`release`) if it stops first. When a worker dies,
+    its leases run out and any other worker puts its jobs back in the queue
+    (:meth:`recover`): every job runs at least once.
+
+    A job that is not registered (a closure, a lambda) is run by the runner
+    that performed it, as with any store, and held by it in the same way:
+    when that process dies, the job ends ``failed`` ("worker lost"), since
+    no other process could run it.
+    """
+
+    @property
+    @abc.abstractmethod
+    def lease(self) -> float:
+        """Seconds a job stays held without renewal: a dead worker's jobs
+        run again elsewhere this long after it last renewed."""
+
+    @property
+    @abc.abstractmethod
+    def poll_interval(self) -> float:
+        """Seconds between two looks for queued jobs that the store could
+        not announce (performed by another process, where the store has no
+        way to be told)."""
+
+    @abc.abstractmethod
+    async def open(self, on_queued: Callable[[], None] | None = None) -> None:
+        """Prepare the store, as :meth:`Store.open`.
+
+        Args:
+            on_queued: a worker's wake-up: the store calls it, on the loop,
+                whenever a registered job may be waiting to be claimed
+                (performed by another process, handed back, come due). It
+                may call it when nothing waits; the worker then claims
+                nothing. ``None`` for a runner that does not claim (a
+                producer only): the store then need not listen for jobs.
+        """
+
+    @abc.abstractmethod
+    async def claim(self, limit: int) -> list[Claimed]:
+        """Take up to ``limit`` queued registered jobs that are due, in the
+        order they came due, and mark them ``running``, held by this store
+        object under a lease.
+
+        Two workers never claim the same job. Each claimed job counts an
+        attempt and is renewed until it is finished, retried or released.
+        A job whose stored arguments cannot be read is claimed all the
+        same, with :attr:`Claimed.problem` saying why: the worker then
+        records it as failed.
+        """
+
+    @abc.abstractmethod
+    async def release(self, job_ids: list[str]) -> None:
+        """Put the jobs this store holds among ``job_ids`` back in the queue,
+        for another worker: they were claimed but not finished here (the
+        worker is stopping). The attempt they used does not count."""
+
+    @abc.abstractmethod
+    async def renew(self) -> list[str]:
+        """The held jobs that their runner must stop, found since the last call.
+
+        The store keeps the leases of the jobs it holds (the ones it claimed,
+        and the others it was given to run) from running out, on its own:
+        from a thread of its own, say, so that a blocked event loop does not
+        lose them. Returns the ids of the jobs whose cancel was requested
+        (they stay held until they finish) and of those it no longer holds
+        (their lease ran out and another worker took them): the runner stops
+        their code.
+        """
+
+    @abc.abstractmethod
+    async def recover(self) -> int:
+        """Deal with the jobs whose lease ran out (their holder died), and
+        return how many.
+
+        A registered job goes back to the queue, for any worker (or ends
+        ``cancelled``, if its cancel was requested); any other job ends
+        ``failed``, its worker lost, since only its own process could run it.
+        """
+
+    @abc.abstractmethod
+    async def forget_finished(self) -> int:
+        """Delete some of the jobs that finished long enough ago, without
+        holding locks for long; return how many. Workers call it again and
+        again."""
+
+
+class TransactionalStore(abc.ABC):
+    """A store that can write in the application's own transaction.
+
+    The runner uses it when the application's sessions (``Runner(
+    sessionmaker=...)``) are on the store's database: a registered job is
+    performed in the application's transaction (:meth:`enqueue_in`), and a
+    job's success is recorded in the transaction that holds the job's own
+    writes (:meth:`finish_in`), so that both are committed, or neither.
+    """
+
+    @abc.abstractmethod
+    def shares_database_with(self, engine: Any) -> bool:
+        """True when ``engine`` (an application's SQLAlchemy engine) is on
+        this store's database."""
+
+    @abc.abstractmethod
+    async def enqueue_in(self, session: Any, job: Job) -> None:
+        """Record ``job`` through the application's ``AsyncSession``, in its
+        transaction: the job exists, and runs, only if that transaction
+        commits.
+
+        Raises:
+            TypeError: the job is not registered (only registered jobs can
+                be, since any worker may run them), or its arguments cannot
+                be stored.
+        """
+
+    @abc.abstractmethod
+    async def finish_in(self, session: Any, job_id: str, result: Any) -> None:
+        """Record the job's success through ``session`` (an
+        ``AsyncSession``), in the transaction that holds the job's writes.
+
+        Raises:
+            TypeError: the result cannot be stored (the job then fails, its
+                writes rolled back).
+            JobLost: the job is no longer this store's to finish (its cancel
+                was requested, or another worker took it over): its writes
+                must be rolled back.
+        """
+
+    @abc.abstractmethod
+    def finish_in_sync(self, session: Any, job_id: str, result: Any) -> None:
+        """:meth:`finish_in` for a sync job's ``Session``, called from the
+        job's thread."""

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
-from asyncjob._errors import JobNotFound
-from asyncjob._models import Job, JobState, JobStatus, Outcome, timestamp_to_datetime
+from asyncjob._core import defaults
+from asyncjob._core.errors import JobNotFound
+from asyncjob._core.models import (
+    Job,
+    JobQuery,
+    JobState,
+    JobStatus,
+    Outcome,
+    timestamp_to_datetime,
+)
 
 from ._base import Store
-from ._hub import StatusHub
+from .kit import Watchers
 
 __all__ = ("MemoryStore",)
 
@@ -23,6 +32,7 @@ class _Record:
 
     __slots__ = (
         "attempts",
+        "cancel_requested",
         "data",
         "enqueued_at",
         "error",
@@ -48,6 +58,7 @@ class _Record:
         self.traceback: str | None = None
         self.attempts = 0
         self.errors: tuple[str, ...] = ()
+        self.cancel_requested = False
         self.enqueued_at = job.enqueued_at
         self.started_at: float | None = None
         self.finished_at: float | None = None
@@ -64,6 +75,7 @@ class _Record:
             traceback=self.traceback,
             attempts=self.attempts,
             errors=self.errors,
+            cancel_requested=self.cancel_requested,
             enqueued_at=timestamp_to_datetime(self.enqueued_at),
             started_at=timestamp_to_datetime(self.started_at),
             finished_at=timestamp_to_datetime(self.finished_at),
@@ -88,9 +100,9 @@ class MemoryStore(Store):
     def __init__(
         self,
         *,
-        keep_finished: float = 3600.0,
-        max_finished: int = 10_000,
-        watch_backlog: int = 1000,
+        keep_finished: float = defaults.MEMORY_KEEP_FINISHED,
+        max_finished: int = defaults.MEMORY_MAX_FINISHED,
+        watch_backlog: int = defaults.WATCH_BACKLOG,
     ) -> None:
         if keep_finished < 0:
             raise ValueError(f"keep_finished must be >= 0 seconds, not {keep_finished!r}")
@@ -100,16 +112,27 @@ class MemoryStore(Store):
             raise ValueError(f"watch_backlog must be >= 1, not {watch_backlog!r}")
         self.keep_finished = keep_finished
         self.max_finished = max_finished
+        # In the order performed: newest last, as listings need them.
         self._records: dict[str, _Record] = {}
         self._finished: deque[_Record] = deque()
-        self._hub = StatusHub(watch_backlog)
+        self._watchers: Watchers[JobStatus] = Watchers(watch_backlog)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
 
     async def enqueue(self, job: Job) -> None:
+        if job.id in self._records:
+            raise ValueError(f"a job with id {job.id!r} exists already")
         self._records[job.id] = _Record(job)
+
+    async def enqueue_many(self, jobs: list[Job]) -> None:
+        ids = {job.id for job in jobs}
+        if len(ids) < len(jobs) or not ids.isdisjoint(self._records):
+            taken = [job.id for job in jobs if job.id in self._records]
+            raise ValueError(f"job ids exist already, or twice in the batch: {taken}")
+        for job in jobs:
+            self._records[job.id] = _Record(job)
 
     async def start(self, job_id: str) -> bool:
         rec = self._records.get(job_id)
@@ -152,6 +175,8 @@ class MemoryStore(Store):
         rec = self._records.get(job_id)
         if rec is None or rec.state is not JobState.running:
             return False
+        if rec.cancel_requested:
+            state, result, error, traceback = JobState.cancelled, None, None, None
         rec.result, rec.error, rec.traceback = result, error, traceback
         self._end(rec, state)
         return True
@@ -159,6 +184,9 @@ class MemoryStore(Store):
     async def retry(self, job_id: str, *, error: str, delay: float) -> bool:
         rec = self._records.get(job_id)
         if rec is None or rec.state is not JobState.running:
+            return False
+        if rec.cancel_requested:
+            self._end(rec, JobState.cancelled)
             return False
         rec.state = JobState.queued
         rec.errors = (*rec.errors, error)
@@ -170,8 +198,11 @@ class MemoryStore(Store):
         if rec is None:
             return None
         before = rec.state
-        if not before.is_final:
+        if before is JobState.queued:
             self._end(rec, JobState.cancelled)
+        elif before is JobState.running and not rec.cancel_requested:
+            rec.cancel_requested = True
+            self._changed(rec)
         return before
 
     async def get(self, job_id: str) -> JobStatus | None:
@@ -186,6 +217,22 @@ class MemoryStore(Store):
             return None
         return Outcome(rec.state, rec.result, rec.error, rec.traceback)
 
+    async def list_jobs(self, query: JobQuery) -> list[JobStatus]:
+        self._forget_expired()
+        newest_first = reversed(self._records.values())
+        if query.before is not None:
+            if query.before not in self._records:
+                raise JobNotFound(query.before)
+            newest_first = itertools.dropwhile(lambda rec: rec.id != query.before, newest_first)
+            next(newest_first)  # the job named by `before` itself
+        states, name = query.states, query.name
+        found = (
+            rec
+            for rec in newest_first
+            if (states is None or rec.state in states) and (name is None or rec.name == name)
+        )
+        return [rec.snapshot() for rec in itertools.islice(found, query.limit)]
+
     async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
         self._forget_expired()
         rec = self._records.get(job_id)
@@ -197,25 +244,23 @@ class MemoryStore(Store):
             return
         # Subscribing and taking the first snapshot happen with no await in
         # between, so no change can fall between the two.
-        sub = self._hub.subscribe(job_id)
-        try:
+        with self._watchers.subscribe(job_id) as changes:
             yield status
             while not status.is_final:
-                status = await sub.get()
+                status = await changes.get()
                 yield status
-        finally:
-            self._hub.unsubscribe(sub)
 
     def _end(self, rec: _Record, state: JobState) -> None:
         rec.state = state
+        rec.cancel_requested = False
         rec.finished_at = time.time()
         self._finished.append(rec)
         self._changed(rec)
         self._forget_expired()
 
     def _changed(self, rec: _Record) -> None:
-        if self._hub.watched(rec.id):
-            self._hub.publish(rec.snapshot())
+        if self._watchers.watched(rec.id):
+            self._watchers.publish(rec.id, rec.snapshot())
 
     def _forget_expired(self) -> None:
         finished = self._finished

@@ -18,16 +18,15 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from asyncjob import _context
-from asyncjob._errors import RunnerNotRunning
-from asyncjob._execution import logger
-from asyncjob._models import JobStatus, Progress, new_job_id
-from asyncjob._runner import Runner
-from asyncjob._sessions import Sessions
-from asyncjob.stores import resolve_store
+from asyncjob._core.errors import RunnerNotRunning
+from asyncjob._core.log import logger
+from asyncjob._core.models import JobStatus, Progress, new_job_id
+from asyncjob._engine.context import current_job_id, set_progress
+from asyncjob._engine.sessions import Sessions
+from asyncjob._runner.runner import Runner
 
 from ._loop import LoopThread
-from ._tracker import ProgressTracker, TrackedStore
+from ._tracker import ProgressTracker, TrackerHooks
 from ._transactions import TransactionScope, active_transaction
 from ._transactions import timed_query as asyncjob_timed_query
 
@@ -127,7 +126,7 @@ async def _perform_as(
     args: tuple[Any, ...],
     params: dict[str, Any],
 ) -> str:
-    return await runner._enqueue(runner._new_job(job_id, what, args, params))
+    return await runner.perform_as(job_id, what, *args, **params)
 
 
 def start_async_worker(
@@ -179,11 +178,11 @@ def start_async_worker(
                 )
         runner_options.setdefault("concurrency", DEFAULT_CONCURRENCY)
         sessions = Sessions(runner_options.pop("sessionmaker", None))
-        store = resolve_store(runner_options.pop("store", "memory"))
+        hooks = [*runner_options.pop("hooks", ())]
         if progress_tracker is not None:
-            store = TrackedStore(store, progress_tracker)
+            hooks.append(TrackerHooks(progress_tracker))
         scope = TransactionScope(lambda: dbsession or _config_dbsession(), sessions)
-        runner = Runner(store, job_scope=scope, **runner_options)
+        runner = Runner(job_scope=scope, hooks=hooks, **runner_options)
         loop_thread = LoopThread(runner)
         loop_thread.start()
         _queue = AsyncJobQueue(loop_thread, progress_tracker, after_commit)
@@ -303,12 +302,12 @@ def asyncjob_get_progress(uid: str) -> Progress | None:
 
 def asyncjob_set_progress(value: float, data: Any = None) -> None:
     """Inside a job: report its progress (:func:`asyncjob.set_progress`)."""
-    _context.set_progress(value, data)
+    set_progress(value, data)
 
 
 def asyncjob_running_uid() -> str | None:
     """The running job's id, or ``None`` outside a job."""
-    return _context.current_job_id()
+    return current_job_id()
 
 
 def plugme(configurator: Any, options: dict[str, Any] | None = None) -> dict[str, str]:

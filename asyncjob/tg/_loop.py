@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal
 
-from asyncjob._execution import logger
-from asyncjob._runner import Runner
+from asyncjob._core.log import logger
+from asyncjob._runner.runner import Runner
 
 __all__ = ("LoopThread",)
 

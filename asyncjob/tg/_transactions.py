@@ -8,9 +8,9 @@ from contextlib import asynccontextmanager, contextmanager
 from types import ModuleType
 from typing import Any
 
-from asyncjob import _context
-from asyncjob._errors import NotInJob
-from asyncjob._sessions import Sessions, check_retries, refuse_if_written, track_writes
+from asyncjob._core.errors import NotInJob
+from asyncjob._engine.context import JobContext, current
+from asyncjob._engine.sessions import Sessions, check_retries, refuse_if_written, track_writes
 
 __all__ = ("TransactionScope", "active_transaction", "timed_query")
 
@@ -69,12 +69,12 @@ class TransactionScope:
         return True
 
     @asynccontextmanager
-    async def for_async_job(self, ctx: _context.JobContext) -> AsyncIterator[None]:
+    async def for_async_job(self, ctx: JobContext) -> AsyncIterator[None]:
         async with self._sessions.for_async_job(ctx):
             yield
 
     @contextmanager
-    def for_sync_job(self, ctx: _context.JobContext) -> Iterator[None]:
+    def for_sync_job(self, ctx: JobContext) -> Iterator[None]:
         dbsession = self._dbsession()
         session = dbsession() if dbsession is not None else None
         transaction = _transaction_module()
@@ -126,7 +126,7 @@ def timed_query(query: Any, retries: int = 10, interval: float = 6) -> Any:
         ValueError: ``retries`` or ``interval`` is negative.
     """
     check_retries(retries, interval)
-    if _context.current.get() is None:
+    if current.get() is None:
         raise NotInJob(
             "asyncjob_timed_query() was called outside a job: it waits, in a "
             "background job, for rows the request that performed it commits"

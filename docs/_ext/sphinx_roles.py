@@ -29,7 +29,7 @@ import griffe
 
 DOCS = Path(__file__).resolve().parent.parent
 REFERENCE = DOCS / "reference.md"
-PUBLIC_MODULES = ("asyncjob", "asyncjob.stores")
+PUBLIC_MODULES = ("asyncjob", "asyncjob.stores", "asyncjob.stores.kit", "asyncjob.testing")
 
 ROLE = re.compile(r":(?:py:)?(?P<role>[a-z]+):`(?P<text>[^`]+)`")
 TITLED = re.compile(r"^(?P<title>.*?)\s*<(?P<target>[^<>]+)>$")

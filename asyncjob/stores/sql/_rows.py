@@ -6,9 +6,9 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from asyncjob._errors import AsyncJobError
-from asyncjob._models import JobState, JobStatus, timestamp_to_datetime
-from asyncjob._serialization import loads
+from asyncjob._core.errors import AsyncJobError
+from asyncjob._core.models import JobState, JobStatus, timestamp_to_datetime
+from asyncjob.stores.kit import loads
 
 __all__ = ("BadRecord", "json_column", "state_of", "status_of")
 
@@ -55,6 +55,7 @@ def status_of(row: Row[Any]) -> JobStatus:
         traceback=row.traceback,
         attempts=row.attempts,
         errors=tuple(json_column(row.id, "errors", row.errors) or ()),
+        cancel_requested=bool(row.cancel_requested),
         enqueued_at=timestamp_to_datetime(row.enqueued_at),
         started_at=timestamp_to_datetime(row.started_at),
         finished_at=timestamp_to_datetime(row.finished_at),

@@ -7,7 +7,7 @@ release is refused with a clear error rather than misread.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Boolean,
@@ -20,17 +20,21 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
     inspect,
     select,
     text,
 )
 
-from asyncjob._errors import AsyncJobError
+from asyncjob._core.errors import AsyncJobError
 
-__all__ = ("DUE", "SCHEMA_VERSION", "SchemaError", "Tables", "channels", "ensure_schema")
+if TYPE_CHECKING:
+    from ._dialect import Dialect
+
+__all__ = ("DUE", "SCHEMA_VERSION", "SchemaError", "Tables", "ensure_schema")
 
 #: The version this release writes and reads.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class SchemaError(AsyncJobError):
@@ -41,7 +45,10 @@ class Tables:
     """The store's tables, their names prefixed so that they sit beside the
     application's own."""
 
-    def __init__(self, prefix: str = "asyncjob_") -> None:
+    def __init__(self, prefix: str) -> None:
+        #: What every name of the store's begins with: tables, indexes,
+        #: triggers, notification channels.
+        self.prefix = prefix
         self.metadata = MetaData()
         self.meta = Table(
             f"{prefix}meta",
@@ -68,6 +75,8 @@ class Tables:
             Column("traceback", Text, nullable=True),
             Column("errors", Text, nullable=True),  # JSON: earlier attempts' errors
             Column("attempts", Integer, nullable=False, default=0),
+            # Cancelled while it ran: it ends cancelled once its code has stopped.
+            Column("cancel_requested", Boolean, nullable=False, server_default=false()),
             # Seconds since the epoch, as the store's clock tells them.
             Column("enqueued_at", Float, nullable=False),
             Column("run_after", Float, nullable=False),
@@ -89,6 +98,8 @@ class Tables:
             ),
             # Retention: the jobs that ended.
             _partial(f"{prefix}jobs_ended", self.jobs.c.finished_at, "finished_at IS NOT NULL"),
+            # Listings, newest first, a page at a time.
+            Index(f"{prefix}jobs_listed", self.jobs.c.enqueued_at, self.jobs.c.id),
         )
 
 
@@ -101,25 +112,23 @@ def _partial(name: str, column: Column[Any], where: str) -> Index:
     return Index(name, column, postgresql_where=text(where), sqlite_where=text(where))
 
 
-def ensure_schema(conn: Connection, tables: Tables) -> None:
+def ensure_schema(conn: Connection, tables: Tables, dialect: Dialect) -> None:
     """Create the tables if they are missing, migrate them if they are of an
     older version; refuse a version we cannot read.
 
-    Runs in a write transaction; on PostgreSQL it first takes an advisory
-    lock, so that processes opening a new store at once create it once.
+    Runs in a write transaction, after the dialect has locked the schema
+    (PostgreSQL: an advisory lock), so that processes opening a new store at
+    once create it once.
 
     Raises:
         SchemaError: the store was written by a newer release, or its
             version record is damaged.
     """
-    postgres = conn.dialect.name == "postgresql"
-    if postgres:
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+    dialect.lock_schema(conn)
     if not inspect(conn).has_table(tables.meta.name):
         tables.metadata.create_all(conn)
         conn.execute(tables.meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-        if postgres:
-            _create_notify_triggers(conn, tables)
+        dialect.install_triggers(conn)
         return
     version = _version(conn, tables)
     if version > SCHEMA_VERSION:
@@ -128,7 +137,7 @@ def ensure_schema(conn: Connection, tables: Tables) -> None:
             f"this release reads up to {SCHEMA_VERSION}): upgrade asyncjob here too"
         )
     for older in range(version, SCHEMA_VERSION):
-        _MIGRATIONS[older](conn, tables)
+        _MIGRATIONS[older](conn, tables, dialect)
     if version < SCHEMA_VERSION:
         conn.execute(
             tables.meta.update()
@@ -151,96 +160,29 @@ def _version(conn: Connection, tables: Tables) -> int:
     return version
 
 
-def _migrate_1_to_2(conn: Connection, tables: Tables) -> None:
+def _migrate_1_to_2(conn: Connection, tables: Tables, dialect: Dialect) -> None:
     """Version 2 indexes only the rows each index is for (see
     :class:`Tables`), and notifies once per statement, not once per row."""
-    prefix = tables.jobs.name.removesuffix("jobs")
     for old in ("jobs_claim", "jobs_finished", "jobs_locked_by"):
-        conn.execute(text(f"DROP INDEX IF EXISTS {prefix}{old}"))
-    for index in tables.indexes:
+        conn.execute(text(f"DROP INDEX IF EXISTS {tables.prefix}{old}"))
+    for index in tables.indexes[:3]:
         index.create(conn, checkfirst=True)
-    if conn.dialect.name == "postgresql":
-        jobs = tables.jobs.name
-        conn.execute(text(f"DROP TRIGGER IF EXISTS {jobs}_notify ON {jobs}"))
-        conn.execute(text(f"DROP FUNCTION IF EXISTS {jobs}_notify()"))
-        _create_notify_triggers(conn, tables)
+    dialect.install_triggers(conn)
+
+
+def _migrate_2_to_3(conn: Connection, tables: Tables, dialect: Dialect) -> None:
+    """Version 3 keeps whether a running job's cancel was requested (it ends
+    cancelled once its code has stopped), and indexes listings."""
+    jobs = tables.jobs.name
+    conn.execute(
+        text(f"ALTER TABLE {jobs} ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false")
+    )
+    tables.indexes[3].create(conn, checkfirst=True)
+    dialect.install_triggers(conn)  # they notify changes of the new column too
 
 
 #: ``_MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1``.
-_MIGRATIONS = {1: _migrate_1_to_2}
-
-
-#: Any number, the same in every process: the advisory lock's key.
-_LOCK_KEY = 0x61737963  # "asyc"
-
-
-def channels(tables: Tables) -> tuple[str, str]:
-    """PostgreSQL's notification channels: a registered job was queued;
-    jobs changed (payload: their ids, separated by commas)."""
-    prefix = tables.jobs.name.removesuffix("jobs")
-    return f"{prefix}queued", f"{prefix}changed"
-
-
-#: Job ids per notification: 32 characters and a comma each, well within
-#: the 8,000 bytes a payload may hold.
-IDS_PER_NOTIFICATION = 200
-
-
-def _create_notify_triggers(conn: Connection, tables: Tables) -> None:
-    """Changes of jobs notify, from the database itself: whoever writes
-    them, watchers and workers everywhere hear of them at commit.
-
-    Once per statement, whatever its number of rows (a batch of five
-    hundred jobs ended at once sends three notifications, not five
-    hundred), and only for the changes a watcher can see: a lease renewed
-    notifies nobody.
-    """
-    queued, changed = channels(tables)
-    jobs = tables.jobs.name
-    per = IDS_PER_NOTIFICATION
-    for event, rows in (
-        ("insert", "SELECT n.id, n.state, n.registered FROM new_rows AS n"),
-        (
-            "update",
-            "SELECT n.id, n.state, n.registered FROM new_rows AS n"
-            " JOIN old_rows AS o ON o.id = n.id"
-            " WHERE (n.state, n.progress, n.data, n.attempts)"
-            " IS DISTINCT FROM (o.state, o.progress, o.data, o.attempts)",
-        ),
-    ):
-        conn.execute(
-            text(
-                f"""
-                CREATE OR REPLACE FUNCTION {jobs}_notify_{event}() RETURNS trigger AS $$
-                DECLARE
-                    ids text;
-                    anew boolean := false;
-                BEGIN
-                    FOR ids, anew IN
-                        SELECT string_agg(c.id, ','), bool_or(c.state = 'queued' AND c.registered)
-                        FROM (SELECT r.*, (row_number() OVER ()) / {per} AS part
-                              FROM ({rows}) AS r) AS c
-                        GROUP BY c.part
-                    LOOP
-                        PERFORM pg_notify('{changed}', ids);
-                        IF anew THEN
-                            PERFORM pg_notify('{queued}', '');
-                        END IF;
-                    END LOOP;
-                    RETURN NULL;
-                END
-                $$ LANGUAGE plpgsql
-                """
-            )
-        )
-        old = " OLD TABLE AS old_rows" if event == "update" else ""
-        conn.execute(
-            text(
-                f"CREATE TRIGGER {jobs}_notify_{event} AFTER {event.upper()} ON {jobs}"
-                f" REFERENCING{old} NEW TABLE AS new_rows"
-                f" FOR EACH STATEMENT EXECUTE FUNCTION {jobs}_notify_{event}()"
-            )
-        )
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 SchemaError.__module__ = "asyncjob.stores.sql"  # where users import it from

@@ -3,41 +3,62 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Update, and_, bindparam, case, delete, event, or_, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
 
-from asyncjob._errors import JobNotFound
-from asyncjob._models import Claimed, JobState, JobStatus, Outcome
-from asyncjob._serialization import dumps
-from asyncjob.stores._base import Store
+from asyncjob._core import defaults
+from asyncjob._core.errors import JobLost, JobNotFound
+from asyncjob._core.models import Claimed, Job, JobQuery, JobState, JobStatus, Outcome
+from asyncjob.stores import DurableStore, TransactionalStore
+from asyncjob.stores.kit import (
+    GroupCommit,
+    LeaseThread,
+    ProgressBuffer,
+    Renew,
+    Report,
+    Watchers,
+    dumps,
+)
 
-from . import _claims
-from ._batch import GroupCommit
-from ._beginnings import JobBeginnings
-from ._endings import JobEndings
-from ._engine import Database
-from ._keeper import LeaseKeeper
-from ._listen import Listener
-from ._progress import ProgressBuffer, Report
+from ._database import Database, same_database
+from ._dialect import Dialect, Ending, Listener, dialect_for
 from ._rows import BadRecord, json_column, state_of, status_of
-from ._schema import Tables, channels, ensure_schema
-from ._signals import Signals, wait_for
-from ._writes import Ending, Writes, writes_for
+from ._schema import Tables, ensure_schema
 
-__all__ = ("BadRecord", "SQLStore")
+__all__ = ("WORKER_LOST", "SQLStore")
 
 #: It goes into table, index, trigger and channel names, unquoted.
 _PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,30}")
 
+_QUEUED = JobState.queued.value
+_RUNNING = JobState.running.value
+_CANCELLED = JobState.cancelled.value
 
-class SQLStore(JobBeginnings, JobEndings, Store):
+#: The error of a job that was not registered and whose process died.
+WORKER_LOST = (
+    "worker lost: the process that performed this job stopped renewing it (it died "
+    "or lost the database); a job that is not registered with @asyncjob.job runs "
+    "only in the process that performed it, so no other worker could take it over"
+)
+
+#: Finished jobs deleted per statement: small, so that no lock is held long.
+PURGE_BATCH = 500
+
+
+class SQLStore(DurableStore, TransactionalStore):
     """Jobs in SQL tables, readable from every process that opens the store.
+
+    What differs between the databases is its dialect's (see ``_dialect``):
+    this class says what each step of a job's life writes.
 
     Args:
         url: an SQLAlchemy async URL: ``sqlite+aiosqlite:///path/jobs.db``
@@ -45,56 +66,65 @@ class SQLStore(JobBeginnings, JobEndings, Store):
         table_prefix: the tables are ``<prefix>jobs`` and ``<prefix>meta``.
         poll_interval: how often a watcher reads a job that another process
             may change, and a worker looks for queued jobs (seconds);
-            changes made here wake them at once.
+            changes made here (and, on PostgreSQL, anywhere) wake them at once.
         lease: how long a worker holds a claimed job without renewing
             (seconds): a dead worker's jobs run again elsewhere this long
-            after it last renewed. Workers renew at a third of it.
+            after it last renewed. Workers renew at a third of it, and learn
+            then of cancels made in other processes.
         keep_finished: seconds a finished job stays readable (default a
             week); older ones are deleted by the workers, a few hundred at
             a time.
-    """
 
-    durable = True
+    Raises:
+        ValueError: the URL is not one of an SQL store, or an option is out
+            of range.
+    """
 
     def __init__(
         self,
         url: str,
         *,
-        table_prefix: str = "asyncjob_",
-        poll_interval: float = 0.25,
-        lease: float = 30.0,
-        keep_finished: float = 7 * 24 * 3600.0,
+        table_prefix: str = defaults.TABLE_PREFIX,
+        poll_interval: float = defaults.POLL_INTERVAL,
+        lease: float = defaults.LEASE,
+        keep_finished: float = defaults.KEEP_FINISHED,
     ) -> None:
         if not _PREFIX.fullmatch(table_prefix):
             raise ValueError(
                 f"table_prefix must be lower-case letters, digits and underscores, "
                 f"starting with a letter or underscore, not {table_prefix!r}"
             )
-        if not poll_interval > 0:
-            raise ValueError(f"poll_interval must be > 0 seconds, not {poll_interval!r}")
-        if not lease > 0:
-            raise ValueError(f"lease must be > 0 seconds, not {lease!r}")
+        for option, value in (("poll_interval", poll_interval), ("lease", lease)):
+            if not value > 0:
+                raise ValueError(f"{option} must be > 0 seconds, not {value!r}")
         if not keep_finished >= 0:
             raise ValueError(f"keep_finished must be >= 0 seconds, not {keep_finished!r}")
-        self.keep_finished = keep_finished
         self.url = url
-        self.poll_interval = poll_interval
-        self.lease = lease
+        self.keep_finished = float(keep_finished)
+        self._poll_interval = float(poll_interval)
+        self._lease = float(lease)
+        self.tables = Tables(table_prefix)
+        #: Identifies this store object as the holder of the jobs it runs.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self._dialect: Dialect = dialect_for(url, self.tables, self.owner)
         #: The jobs this store object holds, under a lease it renews: the
         #: registered jobs it claimed, and the others it was given to run.
         self.held: set[str] = set()
-        self.tables = Tables(table_prefix)
-        self._writes: Writes | None = None
-        self._signals = Signals()
-        #: Identifies this process as the owner of the jobs it runs itself.
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        # Held jobs whose cancel request was handed to the runner already.
+        self._stopping: set[str] = set()
+        self._db: Database | None = None
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_queued: Callable[[], None] | None = None
+        self._listener: Listener | None = None
+        self._leases: LeaseThread | None = None
+        # Watchers re-read the job on any change: a bare "it changed" each.
+        self._watchers: Watchers[None] = Watchers(1)
         self._progress = ProgressBuffer(self._write_progress)
         # Jobs performed, and jobs ended, at the same time share a statement.
         self._enqueues: GroupCommit[dict[str, Any], None] = GroupCommit(self._insert)
         self._finishes: GroupCommit[Ending, bool] = GroupCommit(self._finish)
-        self._listener: Listener | None = None
-        self._keeper: LeaseKeeper | None = None
-        self._queued_channel, self._changed_channel = channels(self.tables)
+        self._queued_channel, self._changed_channel = self._dialect.channels()
         jobs = self.tables.jobs
         by_id = jobs.c.id == bindparam("id")
         self._get = select(jobs).where(by_id)
@@ -103,59 +133,351 @@ class SQLStore(JobBeginnings, JobEndings, Store):
         )
 
     @property
-    def writes(self) -> Writes:
-        if self._writes is None:
-            raise RuntimeError("the store is not open: a Runner opens it when it starts")
-        return self._writes
+    def lease(self) -> float:
+        return self._lease
+
+    @property
+    def poll_interval(self) -> float:
+        return self._poll_interval
 
     @property
     def db(self) -> Database:
-        return self.writes.db
+        """The store's database (once it is open)."""
+        if self._db is None:
+            raise RuntimeError("the store is not open: a Runner opens it when it starts")
+        return self._db
 
-    async def open(self) -> None:
+    # -- life cycle -------------------------------------------------------------
+
+    async def open(self, on_queued: Callable[[], None] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
-        db = Database(self.url)
+        self._on_queued = on_queued
+        db = Database(self._dialect)
         try:
             async with db.write() as conn:
-                await conn.run_sync(ensure_schema, self.tables)
+                await conn.run_sync(ensure_schema, self.tables, self._dialect)
         except BaseException:
             await db.dispose()  # nothing is left open by a store that cannot open
             raise
-        self._writes = writes_for(db, self.tables, self.owner)
+        self._db = db
+        await self._dialect.open(db.write_lock)
         self._progress.start()
-        self._keeper = LeaseKeeper(
-            self.url, self.tables, self.owner, self.lease, lambda: frozenset(self.held)
-        )
-        self._keeper.start()
-        if not db.is_sqlite:
-            self._listener = Listener(self.url, self._notified)
-            if self.on_queued is not None:  # a worker: it wants to hear of new jobs
-                await self._listener.listen(self._queued_channel)
+        self._leases = LeaseThread(self._lease / 3, lambda: frozenset(self.held), self._renewer)
+        self._leases.start()
+        self._listener = self._dialect.listener(self._notified)
+        if self._listener is not None and on_queued is not None:
+            await self._listener.listen(self._queued_channel)  # a worker hears of new jobs
 
     async def close(self) -> None:
-        if self._keeper is not None:
-            await asyncio.to_thread(self._keeper.stop)
+        if self._closed:
+            return
+        self._closed = True
+        if self._leases is not None:
+            await asyncio.to_thread(self._leases.stop)
         if self._listener is not None:
             await self._listener.stop()
         await self._progress.stop()
-        if self._writes is not None:
-            await self._writes.close()
-            await self._writes.db.dispose()
+        if self._db is not None:
+            await self._dialect.close()
+            await self._db.dispose()
 
     def _notified(self, channel: str, payload: str) -> None:
         if channel == self._changed_channel:
             for job_id in payload.split(","):
-                self._signals.notify(job_id)
-        elif self.on_queued is not None:
-            self.on_queued()
+                self._changed(job_id)
+        elif self._on_queued is not None:
+            self._on_queued()
+
+    def _changed(self, job_id: str) -> None:
+        """Wake the job's watchers in this process."""
+        self._watchers.publish(job_id, None)
+
+    # -- a job comes in ------------------------------------------------------------
+
+    async def enqueue(self, job: Job) -> None:
+        await self._enqueues.submit(self._row(job))
+        if not job.registered:
+            self.held.add(job.id)
+
+    async def enqueue_many(self, jobs: list[Job]) -> None:
+        rows = []
+        for place, job in enumerate(jobs):
+            try:
+                rows.append(self._row(job))
+            except TypeError as exc:
+                raise TypeError(f"job {place} of {len(jobs)}: {exc}") from None
+        # One statement, not the group commit's batches: all of them, or none.
+        try:
+            await self._dialect.insert(rows, self._lease)
+        except IntegrityError:
+            raise ValueError("a job id of the batch exists already: nothing was recorded") from None
+        self.held.update(job.id for job in jobs if not job.registered)
+
+    async def enqueue_in(self, session: Any, job: Job) -> None:
+        if not job.registered:
+            raise TypeError(
+                f"{job.name} is not registered with @asyncjob.job: only registered "
+                "jobs can be performed in your transaction, as any worker may run them"
+            )
+        row = self._row(job)
+        await session.execute(
+            self.tables.jobs.insert().values(
+                **row, state=JobState.queued.value, attempts=0, run_after=self.db.now()
+            )
+        )
+        on_queued = self._on_queued
+        if on_queued is not None:  # wake this process's worker once it commits
+            event.listen(session.sync_session, "after_commit", lambda _: on_queued(), once=True)
+
+    def _row(self, job: Job) -> dict[str, Any]:
+        """The job as :meth:`Dialect.insert` takes it."""
+        # No arguments is common: no encoder needed.
+        args = dumps(list(job.args), f"the arguments of {job.name}") if job.args else "[]"
+        kwargs = (
+            dumps(dict(job.kwargs), f"the keyword arguments of {job.name}") if job.kwargs else "{}"
+        )
+        return {
+            "id": job.id,
+            "name": job.name,
+            "registered": job.registered,
+            # Not registered: only this process may run it (see recover).
+            "owner": None if job.registered else self.owner,
+            "args": args,
+            "kwargs": kwargs,
+            "enqueued_at": job.enqueued_at,
+        }
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> list[Exception | None]:
+        """Write performed jobs, one batch at a time; a batch that holds a
+        job id taken already is split, so that only that job fails."""
+        try:
+            await self._dialect.insert(rows, self._lease)
+        except IntegrityError as exc:
+            if len(rows) > 1:
+                return [result for row in rows for result in await self._insert([row])]
+            taken = ValueError(f"a job with id {rows[0]['id']!r} exists already")
+            taken.__cause__ = exc
+            return [taken]
+        return [None] * len(rows)
+
+    async def start(self, job_id: str) -> bool:  # a job not registered, run here
+        jobs = self.tables.jobs
+        now = time.time()
+        # Found running with this very start time, it was this very start,
+        # sent again after its answer was lost (see Database.execute).
+        this_start = and_(jobs.c.state == _RUNNING, jobs.c.started_at == now)
+        try:
+            done = await self.db.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, or_(jobs.c.state == _QUEUED, this_start))
+                .values(
+                    state=_RUNNING,
+                    started_at=now,
+                    attempts=case(
+                        (jobs.c.state == _QUEUED, jobs.c.attempts + 1), else_=jobs.c.attempts
+                    ),
+                    locked_by=self.owner,
+                )
+            )
+        except BaseException:
+            # It will not run: no longer renewed, it ends as "worker lost".
+            self.held.discard(job_id)
+            raise
+        started = bool(done.rowcount)
+        if started:
+            self._changed(job_id)
+        return started
+
+    # -- a job runs --------------------------------------------------------------
 
     def report_progress(self, job_id: str, value: float, data: Any) -> None:
         encoded = None if data is None else dumps(data, "the progress data")
         self._progress.report(job_id, (value, encoded))
 
+    async def _write_progress(self, pending: dict[str, Report]) -> None:
+        await self._dialect.progress(pending)
+        for job_id in pending:
+            self._changed(job_id)
+
+    async def claim(self, limit: int) -> list[Claimed]:
+        claimed = await self._dialect.claim(limit, self._lease)
+        self.held.update(c.id for c in claimed)
+        for c in claimed:
+            self._changed(c.id)
+        return claimed
+
+    async def release(self, job_ids: list[str]) -> None:
+        if not job_ids:
+            return
+        jobs = self.tables.jobs
+        requested = jobs.c.cancel_requested
+        # Handed back, not failed: this attempt does not count. A job whose
+        # cancel was requested is not handed back: it ends cancelled.
+        await self.db.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(job_ids), jobs.c.locked_by == self.owner, jobs.c.state == _RUNNING)
+            .values(
+                state=case((requested, _CANCELLED), else_=_QUEUED),
+                finished_at=case((requested, self.db.now()), else_=None),
+                started_at=case((requested, jobs.c.started_at), else_=None),
+                attempts=case((requested, jobs.c.attempts), else_=jobs.c.attempts - 1),
+                cancel_requested=False,
+                locked_by=None,
+                lease_expires_at=None,
+            )
+        )
+        self._let_go(job_ids)
+        for job_id in job_ids:
+            self._changed(job_id)
+
+    async def renew(self) -> list[str]:
+        # The renewing itself is the lease thread's: here, only what it found.
+        if self._leases is None:
+            return []
+        lost, cancelled = self._leases.take()
+        self.held.difference_update(lost)
+        new = [job_id for job_id in cancelled if job_id in self.held]
+        new = [job_id for job_id in dict.fromkeys(new) if job_id not in self._stopping]
+        self._stopping.update(new)
+        return [*dict.fromkeys(lost), *new]
+
+    @contextlib.asynccontextmanager
+    async def _renewer(self) -> AsyncIterator[Renew]:
+        """What the lease thread renews with: a database of its own, on its loop."""
+        db = Database(self._dialect)
+        try:
+            yield functools.partial(self._renew_leases, db)
+        finally:
+            with contextlib.suppress(Exception):
+                await db.dispose()
+
+    async def _renew_leases(self, db: Database, held: list[str]) -> tuple[list[str], list[str]]:
+        """Extend this store's leases (in the lease thread); the ids among
+        ``held`` it lost, and those whose cancel was requested."""
+        jobs = self.tables.jobs
+        renewed = await db.execute(
+            update(jobs)
+            .where(
+                jobs.c.id.in_(held),
+                jobs.c.locked_by == self.owner,
+                jobs.c.state.in_((_QUEUED, _RUNNING)),
+            )
+            .values(lease_expires_at=db.now() + self._lease)
+            .returning(jobs.c.id, jobs.c.cancel_requested)
+        )
+        rows = renewed.all()
+        still = {row.id for row in rows}
+        lost = [job_id for job_id in held if job_id not in still]
+        return lost, [row.id for row in rows if row.cancel_requested]
+
+    async def recover(self) -> int:
+        jobs = self.tables.jobs
+        now = self.db.now()
+        expired = jobs.c.lease_expires_at < now
+        requested = jobs.c.cancel_requested.is_(True)
+        gone = {"locked_by": None, "lease_expires_at": None}
+        async with self.db.write() as conn:
+            requeued = await conn.execute(
+                update(jobs)
+                .where(jobs.c.state == _RUNNING, jobs.c.registered.is_(True), expired, ~requested)
+                .values(state=_QUEUED, run_after=now, **gone)
+            )
+            cancelled = await conn.execute(
+                update(jobs)
+                .where(jobs.c.state == _RUNNING, expired, requested)
+                .values(state=_CANCELLED, finished_at=now, cancel_requested=False, **gone)
+            )
+            lost = await conn.execute(
+                update(jobs)
+                .where(jobs.c.state.in_((_QUEUED, _RUNNING)), jobs.c.registered.is_(False), expired)
+                .values(state=JobState.failed.value, error=WORKER_LOST, finished_at=now, **gone)
+            )
+        return int(requeued.rowcount) + int(cancelled.rowcount) + int(lost.rowcount)
+
+    async def forget_finished(self) -> int:
+        jobs = self.tables.jobs
+        old = (
+            select(jobs.c.id)
+            .where(jobs.c.finished_at < self.db.now() - self.keep_finished)
+            .limit(PURGE_BATCH)
+            .scalar_subquery()
+        )
+        done = await self.db.execute(delete(jobs).where(jobs.c.id.in_(old)))
+        return int(done.rowcount)
+
+    # -- a job ends --------------------------------------------------------------
+
+    async def finish(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> bool:
+        encoded = None
+        if state is JobState.succeeded:
+            try:
+                encoded = dumps(result, "the result")
+            except TypeError as exc:
+                state, error = JobState.failed, f"TypeError: {exc}"
+        # The last report is stored with the final state.
+        last = self._progress.take(job_id)
+        self._let_go((job_id,))
+        ending = Ending(job_id, state.value, encoded, error, traceback, time.time(), last)
+        changed = await self._finishes.submit(ending)
+        if changed:
+            self._changed(job_id)
+        return changed
+
+    async def _finish(self, endings: list[Ending]) -> list[bool | Exception]:
+        return [*await self._dialect.finish(endings)]
+
+    async def retry(self, job_id: str, *, error: str, delay: float) -> bool:
+        jobs = self.tables.jobs
+        held = jobs.c.state == _RUNNING, jobs.c.locked_by == self.owner
+        # As in finish: if this write fails, the lease runs out and the job
+        # runs again, rather than being renewed for ever and never ending.
+        self._let_go((job_id,))
+        async with self.db.write() as conn:
+            row = (
+                await conn.execute(
+                    select(jobs.c.errors, jobs.c.cancel_requested)
+                    .where(jobs.c.id == job_id, *held)
+                    .with_for_update()
+                )
+            ).first()
+            if row is None:
+                return False
+            if row.cancel_requested:
+                values: dict[str, Any] = {
+                    "state": _CANCELLED,
+                    "finished_at": time.time(),
+                    "cancel_requested": False,
+                }
+            else:
+                try:
+                    earlier = json_column(job_id, "errors", row.errors) or []
+                except BadRecord as exc:  # edited by hand: keep the new error all the same
+                    earlier = [f"(earlier errors unreadable: {exc})"]
+                if not isinstance(earlier, list):
+                    earlier = [f"(earlier errors unreadable: {earlier!r})"]
+                values = {
+                    "state": _QUEUED,
+                    "errors": dumps([*earlier, error], "the errors"),
+                    "run_after": self.db.now() + delay,
+                }
+            await conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(**values, locked_by=None, lease_expires_at=None)
+            )
+        self._changed(job_id)
+        return not row.cancel_requested
+
     async def cancel(self, job_id: str) -> JobState | None:
         jobs = self.tables.jobs
-        self.held.discard(job_id)
         async with self.db.write() as conn:
             found = await conn.scalar(
                 select(jobs.c.state).where(jobs.c.id == job_id).with_for_update()
@@ -163,46 +485,86 @@ class SQLStore(JobBeginnings, JobEndings, Store):
             if found is None:
                 return None
             before = state_of(job_id, found)
-            if not before.is_final:
+            if before is JobState.queued:
                 await conn.execute(
                     update(jobs)
                     .where(jobs.c.id == job_id)
                     .values(
-                        state=JobState.cancelled.value,
+                        state=_CANCELLED,
                         finished_at=time.time(),
                         locked_by=None,
                         lease_expires_at=None,
                     )
                 )
+            elif before is JobState.running:
+                # Its holder stops it, and ends it, once it learns of this.
+                await conn.execute(
+                    update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True)
+                )
+        if before is JobState.queued:
+            self.held.discard(job_id)  # a job not registered, performed here
         if not before.is_final:
-            self._signals.notify(job_id)
+            self._changed(job_id)
         return before
 
-    async def claim(self, limit: int) -> list[Claimed]:
-        claimed = await self.writes.claim(limit, self.lease)
-        self.held.update(c.id for c in claimed)
-        for c in claimed:
-            self._signals.notify(c.id)
-        return claimed
-
-    async def release(self, job_ids: list[str]) -> None:
-        await _claims.release(self.db, self.tables, self.owner, job_ids)
+    def _let_go(self, job_ids: tuple[str, ...] | list[str]) -> None:
+        """No longer hold the jobs (their end is on its way to the database)."""
         self.held.difference_update(job_ids)
-        for job_id in job_ids:
-            self._signals.notify(job_id)
+        self._stopping.difference_update(job_ids)
 
-    async def renew(self) -> list[str]:
-        # The renewing itself is the keeper thread's (see _keeper): here,
-        # only what it found lost is taken.
-        lost = self._keeper.take_lost() if self._keeper is not None else []
-        self.held.difference_update(lost)
-        return lost
+    # -- in the application's transaction ------------------------------------------
 
-    async def recover(self) -> int:
-        return await _claims.recover(self.db, self.tables)
+    def shares_database_with(self, engine: Any) -> bool:
+        return same_database(str(engine.url.render_as_string(hide_password=False)), self.url)
 
-    async def forget_finished(self) -> int:
-        return await _claims.purge(self.db, self.tables, self.keep_finished)
+    async def finish_in(self, session: Any, job_id: str, result: Any) -> None:
+        done = await session.execute(self._success_in_session(job_id, result))
+        self._succeeded_in(session.sync_session, job_id, done.rowcount)
+
+    def finish_in_sync(self, session: Any, job_id: str, result: Any) -> None:
+        done = session.execute(self._success_in_session(job_id, result))
+        self._succeeded_in(session, job_id, done.rowcount)
+
+    def _success_in_session(self, job_id: str, result: Any) -> Update:
+        encoded = dumps(result, "the result")
+        values: dict[str, Any] = {
+            "state": JobState.succeeded.value,
+            "result": encoded,
+            "finished_at": time.time(),
+            "locked_by": None,
+            "lease_expires_at": None,
+        }
+        last = self._progress.take(job_id)
+        if last is not None:
+            values["progress"], values["data"] = last
+        jobs = self.tables.jobs
+        return (
+            update(jobs)
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.state == _RUNNING,
+                jobs.c.locked_by == self.owner,
+                jobs.c.cancel_requested.is_(False),
+            )
+            .values(**values)
+        )
+
+    def _succeeded_in(self, sync_session: Any, job_id: str, rowcount: int) -> None:
+        """After the job's success was written in its session (from the
+        loop, or from a sync job's thread)."""
+        if not rowcount:
+            raise JobLost(job_id)
+        self.held.discard(job_id)  # one set operation: safe from a thread too
+        loop = self._loop
+        assert loop is not None
+        event.listen(
+            sync_session,
+            "after_commit",
+            lambda _: loop.call_soon_threadsafe(self._changed, job_id),
+            once=True,
+        )
+
+    # -- reading -------------------------------------------------------------------
 
     async def get(self, job_id: str) -> JobStatus | None:
         row = (await self.db.fetch(self._get, {"id": job_id})).first()
@@ -215,30 +577,39 @@ class SQLStore(JobBeginnings, JobEndings, Store):
         state = state_of(job_id, row.state)
         return Outcome(state, json_column(job_id, "result", row.result), row.error, row.traceback)
 
+    async def list_jobs(self, query: JobQuery) -> list[JobStatus]:
+        jobs = self.tables.jobs
+        listed = tuple_(jobs.c.enqueued_at, jobs.c.id)
+        statement = select(jobs).order_by(jobs.c.enqueued_at.desc(), jobs.c.id.desc())
+        if query.states is not None:
+            statement = statement.where(jobs.c.state.in_(sorted(query.states)))
+        if query.name is not None:
+            statement = statement.where(jobs.c.name == query.name)
+        if query.before is not None:
+            anchor = (
+                await self.db.fetch(
+                    select(jobs.c.enqueued_at, jobs.c.id).where(jobs.c.id == query.before)
+                )
+            ).first()
+            if anchor is None:
+                raise JobNotFound(query.before)
+            statement = statement.where(listed < tuple_(anchor.enqueued_at, anchor.id))
+        rows = await self.db.fetch(statement.limit(query.limit))
+        return [status_of(row) for row in rows]
+
     async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
         if self._listener is not None:  # the first watcher here starts hearing of changes
             await self._listener.listen(self._changed_channel)
-        with self._signals.subscribe(job_id) as changed:
+        with self._watchers.subscribe(job_id) as changes:
             status = await self.get(job_id)
             if status is None:
                 raise JobNotFound(job_id)
             yield status
             while not status.is_final:
-                await wait_for(changed, self.poll_interval)
-                changed.clear()
+                await changes.wait(self._poll_interval)
                 now = await self.get(job_id)
                 if now is None:
                     return  # forgotten meanwhile
                 if now != status:
                     status = now
                     yield status
-
-    # -- helpers ------------------------------------------------------------
-
-    async def _finish(self, endings: list[Ending]) -> list[bool]:
-        return await self.writes.finish(endings)
-
-    async def _write_progress(self, pending: dict[str, Report]) -> None:
-        await self.writes.progress(pending)
-        for job_id in pending:
-            self._signals.notify(job_id)

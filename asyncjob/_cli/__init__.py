@@ -1,0 +1,178 @@
+"""The ``asyncjob`` command line.
+
+Each subcommand is added to the parser by an ``_add_<name>`` function, which
+sets the function that runs it as the ``handler`` default. Handlers take the
+parsed arguments and return the exit code; their modules are imported only
+when the subcommand runs, so that ``asyncjob --version`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+
+from asyncjob._core import defaults
+from asyncjob._version import __version__
+
+__all__ = ("build_parser", "main")
+
+Handler = Callable[[argparse.Namespace], int]
+
+#: The exit code of a command interrupted with Ctrl-C, as shells report it.
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``asyncjob`` command with ``argv`` (default: ``sys.argv[1:]``).
+
+    Returns the exit code. As with any :mod:`argparse` program, ``--help``,
+    ``--version`` and bad usage end in :class:`SystemExit` (code 0 for the
+    first two, 2 with a usage message for the last).
+    """
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``asyncjob`` command, with all its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="asyncjob",
+        description="Background jobs for asyncio applications, with progress you can show.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(
+        title="commands", dest="command", metavar="COMMAND", required=True
+    )
+    _add_demo(commands)
+    _add_worker(commands)
+    return parser
+
+
+# -- asyncjob demo -----------------------------------------------------------
+
+
+def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="run a few example jobs and show their progress live",
+        description=(
+            "Run a handful of example jobs on the in-memory store and show their "
+            "progress live: progress bars with the 'demo' extra (rich) on a "
+            "terminal, plain lines otherwise."
+        ),
+    )
+    demo.add_argument(
+        "--plain",
+        action="store_true",
+        help="print plain lines instead of progress bars",
+    )
+    demo.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from asyncjob._demo import run_demo
+
+    return run_demo(plain=args.plain)
+
+
+# -- asyncjob worker -----------------------------------------------------------
+
+
+def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    worker = commands.add_parser(
+        "worker",
+        help="run the registered jobs of a shared store until stopped",
+        description=(
+            "Run the jobs registered (with @asyncjob.job) in the given modules, as "
+            "they are performed into the store, until SIGINT or SIGTERM; then stop "
+            "gracefully: running jobs get the grace period to finish, and jobs "
+            "still held are handed back to the store for another worker."
+        ),
+    )
+    worker.add_argument(
+        "--store",
+        default=os.environ.get("ASYNCJOB_STORE"),
+        required="ASYNCJOB_STORE" not in os.environ,
+        help="the store's URL (default: $ASYNCJOB_STORE, which keeps a password out of ps)",
+    )
+    worker.add_argument(
+        "--import",
+        dest="modules",
+        action="append",
+        required=True,
+        metavar="MODULE",
+        help="a module that registers jobs (repeat for more)",
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=defaults.CONCURRENCY,
+        help=f"jobs run at once (default {defaults.CONCURRENCY})",
+    )
+    worker.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help=f"threads for sync jobs (default min(concurrency, {defaults.MAX_THREADS}))",
+    )
+    worker.add_argument(
+        "--keep-finished",
+        type=float,
+        default=defaults.KEEP_FINISHED,
+        help="seconds finished jobs stay readable before they are deleted (default a week)",
+    )
+    worker.add_argument(
+        "--table-prefix",
+        default=defaults.TABLE_PREFIX,
+        help=f"the store's table prefix (default {defaults.TABLE_PREFIX})",
+    )
+    worker.add_argument(
+        "--lease",
+        type=float,
+        default=defaults.LEASE,
+        help="seconds a job stays held without renewal: a dead worker's jobs run "
+        f"again elsewhere after it (default {defaults.LEASE:g})",
+    )
+    worker.add_argument(
+        "--poll-interval",
+        type=float,
+        default=defaults.POLL_INTERVAL,
+        help="seconds between looks for jobs performed elsewhere "
+        f"(default {defaults.POLL_INTERVAL:g})",
+    )
+    worker.add_argument(
+        "--grace-period",
+        type=float,
+        default=defaults.GRACE_PERIOD,
+        help="seconds running jobs get to finish when stopping "
+        f"(default {defaults.GRACE_PERIOD:g})",
+    )
+    worker.set_defaults(handler=_run_worker)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from .worker import run_worker
+
+    return run_worker(
+        args.store,
+        args.modules,
+        concurrency=args.concurrency,
+        grace_period=args.grace_period,
+        lease=args.lease,
+        poll_interval=args.poll_interval,
+        threads=args.threads,
+        keep_finished=args.keep_finished,
+        table_prefix=args.table_prefix,
+    )

@@ -1,0 +1,93 @@
+"""``asyncjob worker``: a process that runs a shared store's registered jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from asyncjob._core import defaults
+from asyncjob._core.errors import AsyncJobError
+from asyncjob._core.log import logger
+from asyncjob._runner.runner import Runner
+from asyncjob.stores import resolve_store
+from asyncjob.stores._resolve import SHARED_STORES
+
+__all__ = ("run_worker",)
+
+
+def run_worker(
+    store: str,
+    modules: Sequence[str],
+    *,
+    concurrency: int = defaults.CONCURRENCY,
+    grace_period: float = defaults.GRACE_PERIOD,
+    lease: float = defaults.LEASE,
+    poll_interval: float = defaults.POLL_INTERVAL,
+    threads: int | None = None,
+    keep_finished: float = defaults.KEEP_FINISHED,
+    table_prefix: str = defaults.TABLE_PREFIX,
+) -> int:
+    """Import ``modules`` (which register jobs), then run the store's jobs
+    until SIGINT or SIGTERM, and stop gracefully. Returns the exit code:
+    0 after a graceful stop, 2 when a module cannot be imported or the
+    store cannot be used."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - reported, with the module named
+            print(f"asyncjob worker: cannot import {module}: {exc!r}", file=sys.stderr)
+            return 2
+    if "://" not in store:
+        print(
+            f"asyncjob worker: {store!r} is not a store that workers share: give {SHARED_STORES}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        shared = resolve_store(
+            store,
+            lease=lease,
+            poll_interval=poll_interval,
+            keep_finished=keep_finished,
+            table_prefix=table_prefix,
+        )
+        runner = Runner(shared, concurrency=concurrency, threads=threads, grace_period=grace_period)
+    except (TypeError, ValueError) as exc:
+        print(f"asyncjob worker: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(runner))
+    except _CannotOpen as exc:
+        print(f"asyncjob worker: cannot open the store: {exc.__cause__}", file=sys.stderr)
+        return 2
+    return 0
+
+
+class _CannotOpen(Exception):
+    """The store could not be opened (its cause says why)."""
+
+
+async def _serve(runner: Runner) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await runner.start()
+    except (OSError, SQLAlchemyError, AsyncJobError) as exc:
+        raise _CannotOpen from exc
+    try:
+        logger.info("worker running with concurrency %d", runner.options.concurrency)
+        await stop.wait()
+        logger.info("stopping: running jobs get %.0f s to finish", runner.options.grace_period)
+    finally:
+        await runner.stop()
+    logger.info("worker stopped")

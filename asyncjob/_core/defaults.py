@@ -1,0 +1,49 @@
+"""Defaults, defined once: the runner, the stores and the command line read
+them here, so that a default changed here changes everywhere."""
+
+from __future__ import annotations
+
+__all__ = (
+    "CONCURRENCY",
+    "GRACE_PERIOD",
+    "KEEP_FINISHED",
+    "LEASE",
+    "MAX_THREADS",
+    "MEMORY_KEEP_FINISHED",
+    "MEMORY_MAX_FINISHED",
+    "POLL_INTERVAL",
+    "TABLE_PREFIX",
+    "WATCH_BACKLOG",
+)
+
+#: How many jobs a runner runs at once.
+CONCURRENCY = 10
+
+#: The thread pool never grows past this by default, whatever the
+#: concurrency: more threads rarely make sync jobs faster (the GIL), and
+#: each costs memory. The same default as anyio's and Starlette's pool.
+MAX_THREADS = 40
+
+#: Seconds a stopping runner lets running jobs finish.
+GRACE_PERIOD = 10.0
+
+#: Seconds a worker holds a claimed job without renewing it (SQL stores).
+LEASE = 30.0
+
+#: Seconds between two looks for work that nothing announced (SQL stores).
+POLL_INTERVAL = 0.25
+
+#: Seconds a finished job stays readable in an SQL store: a week.
+KEEP_FINISHED = 7 * 24 * 3600.0
+
+#: Seconds a finished job stays readable in the memory store: an hour.
+MEMORY_KEEP_FINISHED = 3600.0
+
+#: How many finished jobs the memory store keeps at most.
+MEMORY_MAX_FINISHED = 10_000
+
+#: Statuses buffered for one slow watcher before the oldest are dropped.
+WATCH_BACKLOG = 1000
+
+#: What the SQL store's table names begin with.
+TABLE_PREFIX = "asyncjob_"

@@ -1,0 +1,201 @@
+"""The data asyncjob hands out and passes to stores.
+
+Records that the runner makes by the thousand (:class:`Job`, :class:`Claimed`,
+:class:`Outcome`) are named tuples, the smallest and fastest records Python
+has; what users read (:class:`JobStatus`, :class:`JobQuery`) are frozen,
+slotted dataclasses.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+__all__ = (
+    "MAX_JOB_ID_LENGTH",
+    "MAX_LISTED",
+    "Claimed",
+    "Job",
+    "JobQuery",
+    "JobState",
+    "JobStatus",
+    "Outcome",
+    "Progress",
+    "new_job_id",
+    "timestamp_to_datetime",
+)
+
+#: ``(value, data)`` as last given to :func:`asyncjob.set_progress`.
+Progress = tuple[float, Any]
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life.
+
+    ``queued`` → ``running`` → one of the final states ``succeeded``,
+    ``failed`` or ``cancelled``. A queued job may also go straight to
+    ``cancelled``; a running one ends ``cancelled`` once its code has
+    stopped (until then it is ``running``, with
+    :attr:`JobStatus.cancel_requested` set).
+    """
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """True for the states a job never leaves."""
+        return self in _FINAL
+
+
+_FINAL = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    """A snapshot of one job, as the store knew it when it was taken.
+
+    Attributes:
+        id: the job's id, as :meth:`Runner.perform` returned it.
+        name: the dotted name of the function performed, e.g. ``app.jobs.resize``.
+        state: where the job is in its life.
+        progress: the value the job last gave :func:`asyncjob.set_progress`;
+            ``None`` until it does. Kept after the job ends.
+        data: the data given with that value.
+        result: a succeeded job's return value.
+        error: a failed job's exception, type and message
+            (``"ValueError: bad input"``).
+        traceback: a failed job's full traceback, as text.
+        attempts: how many times the job started; more than 1 after a
+            retry, or after its worker died and another took it over.
+        errors: the error of each failed attempt before the last, oldest
+            first (the last one is ``error``).
+        cancel_requested: the job was cancelled while it ran, and its code
+            has not stopped yet: it is still ``running``, and becomes
+            ``cancelled`` once its code has stopped.
+        enqueued_at: when it was performed (an aware UTC datetime).
+        started_at: when it started running, if it has.
+        finished_at: when it ended, if it has.
+    """
+
+    id: str
+    name: str
+    state: JobState
+    progress: float | None = None
+    data: Any = None
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+    attempts: int = 0
+    errors: tuple[str, ...] = ()
+    cancel_requested: bool = False
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def is_final(self) -> bool:
+        """True once the job has ended: succeeded, failed or cancelled."""
+        return self.state.is_final
+
+    def outcome(self) -> Outcome:
+        """The part of the status that says how the job ended."""
+        return Outcome(self.state, self.result, self.error, self.traceback)
+
+
+#: The longest job id a store must hold (the ids asyncjob makes are 32
+#: hexadecimal digits; an integration may choose its own, up to this).
+MAX_JOB_ID_LENGTH = 32
+
+#: The most jobs one listing returns: page through more with ``before``.
+MAX_LISTED = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    """Which jobs a listing returns: newest first (by ``enqueued_at``, then
+    by id), filtered, one page at a time.
+
+    Attributes:
+        states: only jobs in one of these states (``None``: any state).
+        name: only jobs of this name (``None``: any name).
+        limit: at most this many jobs (1 to :data:`MAX_LISTED`).
+        before: keyset pagination: only jobs listed after the job of this
+            id, the last one of the previous page. Pages stay cheap however
+            deep they go, and a job performed meanwhile does not shift them.
+    """
+
+    states: frozenset[JobState] | None = None
+    name: str | None = None
+    limit: int = 100
+    before: str | None = None
+
+
+class Job(NamedTuple):
+    """A job as performed: what to call, and how.
+
+    Stores receive it in :meth:`asyncjob.stores.Store.enqueue`. A named tuple
+    because a runner may hold a great many of them queued: it is the smallest
+    and fastest record Python offers.
+    """
+
+    id: str
+    #: The callable's qualified name, for people and logs.
+    name: str
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    #: Decided once, when the job is performed: a coroutine job runs on the
+    #: event loop, any other callable in the runner's thread pool.
+    is_async: bool
+    #: Seconds since the epoch (``time.time()``).
+    enqueued_at: float
+    #: Registered with :func:`asyncjob.job`: with a durable store, any
+    #: worker of the store may run it (``name`` is then its registered name).
+    registered: bool = False
+    #: Claimed from a durable store, which marked it running already.
+    claimed: bool = False
+    #: Which attempt this is, from 1.
+    attempt: int = 1
+
+
+class Outcome(NamedTuple):
+    """How a job ended, or that it has not: what waiting for it needs."""
+
+    state: JobState
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+
+
+class Claimed(NamedTuple):
+    """A registered job that a worker took from a durable store.
+
+    ``problem`` says why it cannot run (its stored arguments are not valid
+    JSON): the worker then records it as failed instead of running it.
+    """
+
+    id: str
+    name: str
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    enqueued_at: float
+    attempts: int
+    problem: str | None = None
+
+
+def new_job_id() -> str:
+    """A new job's id: 32 hexadecimal digits, 128 random bits."""
+    return os.urandom(16).hex()
+
+
+def timestamp_to_datetime(ts: float | None) -> datetime | None:
+    """Turn a ``time.time()`` value into an aware UTC datetime."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)

@@ -1,0 +1,551 @@
+"""The engine: a queue of jobs, the worker tasks that run them, and the
+recording of each job's outcome in the store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import traceback
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from asyncjob._core.errors import JobLost
+from asyncjob._core.log import logger
+from asyncjob._core.models import Job, JobState
+from asyncjob._core.registry import JobDefinition, lookup
+from asyncjob.stores import DurableStore, Store
+
+from .context import JobContext, current
+from .hooks import JobHooks
+from .sessions import JobScope
+from .threads import ThreadPool
+
+__all__ = ("Engine", "FinishIn", "FinishInSync")
+
+#: ``finish_in(session, job_id, result)``: record a job's success in its session.
+FinishIn = Callable[[Any, str, Any], Awaitable[None]]
+#: The same for a sync job, called in its thread.
+FinishInSync = Callable[[Any, str, Any], None]
+
+#: A worker that takes jobs from a full queue lets the loop run other tasks
+#: at least this often (a few hundred microseconds of no-op jobs).
+_YIELD_EVERY = 32
+
+
+class Engine:
+    """Runs the jobs handed to it, at most ``concurrency`` at once, first in
+    first out, and records how each ended.
+
+    Each worker is a task that takes the next job from the queue and runs it
+    to its end, so the number of workers is the concurrency limit: no
+    semaphore, and no task created per job. Workers are started as jobs
+    arrive, none idle, up to the limit, and live until :meth:`drain`.
+    Coroutine jobs are awaited in the worker task; sync jobs run in a pool
+    of ``threads`` threads, with the job's context copied into the thread.
+
+    Each job starts from the context the engine was started in. A worker
+    whose job set context variables retires after it and is replaced, so
+    nothing a job sets leaks into the next one.
+
+    A job's end is recorded once its code has stopped, however it stopped:
+    a cancelled job keeps its worker (its place in the concurrency limit)
+    until then. A worker task is never left holding a cancellation that was
+    meant for a job it no longer runs.
+
+    Args:
+        store: where outcomes are recorded.
+        concurrency: how many jobs run at once.
+        threads: how many threads sync jobs share.
+        scope: what wraps each job (a database session, a transaction).
+        hooks: told of each job's progress and end.
+        finish_in: records a coroutine job's success in the job's own
+            session, with the job's writes (see :class:`TransactionalStore`).
+        finish_in_sync: the same for a sync job, in its thread.
+        on_free: called whenever a job's code has ended, so that more may be
+            claimed for the free worker.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        concurrency: int,
+        threads: int,
+        scope: JobScope,
+        hooks: Iterable[JobHooks] = (),
+        finish_in: FinishIn | None = None,
+        finish_in_sync: FinishInSync | None = None,
+        on_free: Callable[[], None] | None = None,
+    ) -> None:
+        self._store = store
+        # Retries are the store's to hand out again when workers share it.
+        self._durable = isinstance(store, DurableStore)
+        self._scope = scope
+        self._hooks = tuple(hooks)
+        self._report = self._report_to_all if self._hooks else store.report_progress
+        self._finish_in = finish_in
+        self._finish_in_sync = finish_in_sync
+        self._on_free = on_free
+        self._concurrency = concurrency
+        self._threads = ThreadPool(threads)
+        # Only needed when fewer threads than workers could want them.
+        self._limit_threads = threads < concurrency
+        self._thread_slots = asyncio.Semaphore(threads)
+        self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._idle = 0  # workers waiting for a job that no submit has claimed
+        self._outstanding = 0  # jobs submitted and not yet done
+        self._all_done = asyncio.Event()
+        self._all_done.set()
+        self._context = contextvars.Context()
+        self._draining = False
+        self._closed = False
+        self._delayed: dict[str, tuple[asyncio.TimerHandle, Job]] = {}
+        # Jobs whose code has ended, and whose outcome is being recorded.
+        self._recording: set[str] = set()
+        # The jobs running now: their context, and the worker task running them.
+        self._active: dict[str, tuple[JobContext, asyncio.Task[Any]]] = {}
+        #: How many jobs have been done, in all.
+        self.done = 0
+
+    # -- what the runner and the producer ask -------------------------------
+
+    @property
+    def concurrency(self) -> int:
+        """How many jobs may run at once."""
+        return self._concurrency
+
+    @property
+    def free(self) -> int:
+        """How many more jobs could start now.
+
+        A job whose code has ended no longer counts, though its worker is
+        still recording its outcome: the jobs claimed meanwhile wait for the
+        few milliseconds that takes, and the claim and the record overlap.
+        """
+        return self._concurrency - self._outstanding + len(self._recording)
+
+    @property
+    def running(self) -> int:
+        """How many jobs are running now."""
+        return len(self._active)
+
+    @property
+    def size(self) -> int:
+        """How many worker tasks exist now."""
+        return len(self._workers)
+
+    def start(self) -> None:
+        """Bind to the running loop, and take the calling context as the one
+        every job starts from."""
+        self._context = contextvars.copy_context()
+        self._threads.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job``, starting a worker for it if none is free."""
+        self._queue.put_nowait(job)
+        if self._outstanding == 0:
+            self._all_done.clear()
+        self._outstanding += 1
+        if self._idle:
+            self._idle -= 1  # as good as taken by this job
+        elif len(self._workers) < self._concurrency:
+            self._spawn()
+
+    def interrupt(self, job_id: str) -> bool:
+        """Stop the job if it runs here; True if it does.
+
+        A coroutine job gets :class:`asyncio.CancelledError` at its current
+        ``await``; a sync job gets :class:`JobCancelled` from its next
+        ``set_progress``, since a thread cannot be stopped from outside. The
+        job is recorded as ended once its code has stopped.
+        """
+        active = self._active.get(job_id)
+        if active is None:
+            return False
+        ctx, task = active
+        if not ctx.cancelled:
+            ctx.cancelled = True
+            if ctx.is_async:
+                task.cancel()
+        return True
+
+    def claimed_running(self) -> list[str]:
+        """The ids of the running jobs that were claimed from a durable store."""
+        return [job_id for job_id, (ctx, _) in self._active.items() if ctx.claimed]
+
+    def running_ids(self) -> list[str]:
+        """The ids of the jobs running now."""
+        return list(self._active)
+
+    async def join(self) -> None:
+        """Wait until every submitted job is done."""
+        await self._all_done.wait()
+
+    async def end(self, job_id: str, state: JobState, *, error: str | None = None) -> bool:
+        """Record that a job that never ran here ended (a claimed job that
+        cannot run, one cancelled before it started): hooks, then store."""
+        for hook in self._hooks:
+            await hook.ending(job_id)
+        return await self._store.finish(job_id, state, error=error)
+
+    # -- stopping ------------------------------------------------------------
+
+    def take_queued(self) -> list[Job]:
+        """Empty the queue and return the jobs that had not started."""
+        jobs = []
+        for handle, delayed in self._delayed.values():
+            handle.cancel()
+            jobs.append(delayed)
+            self._done(delayed.id)
+        self._delayed.clear()
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if job is not None:
+                jobs.append(job)
+                self._done(job.id)
+        return jobs
+
+    async def drain(self, timeout: float) -> list[str]:
+        """Let each worker finish its job and end, waiting ``timeout`` seconds.
+
+        Call :meth:`take_queued` first, or the workers run what is queued.
+        Returns the ids of the jobs still running when the time is up.
+        """
+        self._draining = True
+        workers = set(self._workers)
+        for _ in workers:
+            self._queue.put_nowait(None)
+        if workers:
+            await asyncio.wait(workers, timeout=timeout)
+        return list(self._active)
+
+    async def stop_late(self, job_ids: list[str], timeout: float) -> None:
+        """Stop the jobs still running after the grace period: interrupt
+        them, and wait up to ``timeout`` seconds for the coroutine ones to
+        unwind. Sync jobs are not waited for: their threads cannot be
+        stopped, and end in the background (their jobs still running, with
+        their cancel requested)."""
+        unwinding = set()
+        for job_id in job_ids:
+            active = self._active.get(job_id)
+            if active is not None and self.interrupt(job_id) and active[0].is_async:
+                unwinding.add(active[1])
+        if not unwinding:
+            return
+        _, stuck = await asyncio.wait(unwinding, timeout=timeout)
+        if stuck:
+            logger.error(
+                "%d job(s) ignored cancellation; the runner stops without them", len(stuck)
+            )
+
+    def close(self) -> None:
+        """Record nothing more, and let the thread pool go without waiting
+        for its threads: the store is about to close."""
+        self._closed = True
+        self._threads.close()
+
+    # -- the workers -----------------------------------------------------------
+
+    def _spawn(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._work(), context=self._context.copy())
+        self._workers.add(task)
+        task.add_done_callback(self._workers.discard)
+
+    async def _work(self) -> None:
+        queue = self._queue
+        task = asyncio.current_task()
+        assert task is not None
+        in_a_row = 0
+        while True:
+            in_a_row += 1
+            if in_a_row == _YIELD_EVERY:
+                # Jobs that never await would otherwise keep the loop to
+                # this worker for as long as the queue is full.
+                in_a_row = 0
+                await asyncio.sleep(0)
+            if queue.empty():
+                self._idle += 1
+                job = await queue.get()
+                in_a_row = 0
+            else:
+                job = queue.get_nowait()
+            if job is None:
+                return
+            try:
+                if job.is_async:
+                    await self._run_async(job, task, lookup(job.name) if job.registered else None)
+                else:
+                    await self._run_sync(job, task)
+            except Exception:  # noqa: BLE001 - a bug here must not kill the worker
+                logger.exception("internal error while running job %s", job.id)
+            finally:
+                self._done(job.id)
+            if contextvars.copy_context() != self._context:
+                if not self._draining:
+                    self._spawn()
+                return
+
+    def _ended(self, job_id: str) -> None:
+        """The job's code has ended; its outcome is being recorded."""
+        if job_id in self._recording:
+            return
+        self._recording.add(job_id)
+        if self._on_free is not None:
+            self._on_free()
+
+    def _done(self, job_id: str) -> None:
+        self.done += 1
+        self._outstanding -= 1
+        if self._outstanding == 0:
+            self._all_done.set()
+        if job_id in self._recording:
+            self._recording.remove(job_id)  # its slot was freed when it ended
+        elif self._on_free is not None:
+            self._on_free()
+
+    def _submit_later(self, job: Job, delay: float) -> None:
+        """Queue ``job`` after ``delay`` seconds (a retry); :meth:`join`
+        waits for it meanwhile."""
+        if self._outstanding == 0:
+            self._all_done.clear()
+        self._outstanding += 1
+        handle = asyncio.get_running_loop().call_later(delay, self._submit_delayed, job.id)
+        self._delayed[job.id] = (handle, job)
+
+    def _submit_delayed(self, job_id: str) -> None:
+        _, job = self._delayed.pop(job_id)
+        self._outstanding -= 1  # submit() counts it again
+        self.submit(job)
+
+    def _report_to_all(self, job_id: str, value: float, data: Any) -> None:
+        self._store.report_progress(job_id, value, data)
+        for hook in self._hooks:
+            hook.progress(job_id, value, data)
+
+    # -- running one job -------------------------------------------------------
+
+    async def _run_async(
+        self, job: Job, task: asyncio.Task[Any], definition: JobDefinition | None
+    ) -> None:
+        """Run a coroutine job in the worker ``task`` (the caller) to its
+        end, and record the outcome; never raises for anything the job does."""
+        if not job.claimed and not await self._store.start(job.id):
+            return  # cancelled while it was queued
+        ctx = JobContext(job.id, True, self._report, job.claimed)
+        self._active[job.id] = (ctx, task)
+        token = current.set(ctx)
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            if definition is None and not self._scope.wraps_async:
+                result = await job.func(*job.args, **job.kwargs)
+            else:
+                result = await self._call_async(job, ctx, definition)
+        except asyncio.CancelledError as exc:
+            if not ctx.cancelled:
+                if task.cancelling():
+                    # The worker task itself is cancelled: its loop closes
+                    # under a runner nobody stopped. The job has unwound.
+                    await self._record(job, JobState.cancelled)
+                    raise
+                error = exc  # raised by the job on its own: its failure
+        except Exception as exc:  # noqa: BLE001 - any error of the job is its failure
+            error = exc
+        finally:
+            current.reset(token)
+            del self._active[job.id]
+            if ctx.cancelled:
+                # interrupt() cancelled this worker task for the job; the job
+                # has ended, so the worker must not stay marked as cancelling.
+                task.uncancel()
+        await self._conclude(job, ctx, definition, result, error)
+
+    async def _call_async(self, job: Job, ctx: JobContext, definition: JobDefinition | None) -> Any:
+        """Await the coroutine job inside its scope and under its timeout.
+
+        With ``finish_in``, the job's success is recorded through its own
+        session, before the scope commits it: the job's writes and its final
+        state are one transaction (``ctx.finished`` says it is done).
+        """
+        timeout = None if definition is None else definition.timeout
+        if not self._scope.wraps_async:
+            return await _with_timeout(job, timeout)
+        async with self._scope.for_async_job(ctx):
+            result = await _with_timeout(job, timeout)
+            if self._finish_in is not None and ctx.session is not None and not ctx.cancelled:
+                await self._finish_in(ctx.session, job.id, result)
+                ctx.finished = True
+            return result
+
+    async def _run_sync(self, job: Job, task: asyncio.Task[Any]) -> None:
+        """Run a sync job in a thread; the worker ``task`` waits for it."""
+        if self._limit_threads:
+            # A sync job only counts as running once it has a thread.
+            async with self._thread_slots:
+                await self._run_in_thread(job, task)
+        else:
+            await self._run_in_thread(job, task)
+
+    async def _run_in_thread(self, job: Job, task: asyncio.Task[Any]) -> None:
+        if not job.claimed and not await self._store.start(job.id):
+            return
+        definition = lookup(job.name) if job.registered else None
+        ctx = JobContext(job.id, False, self._report, job.claimed)
+        thread_context = contextvars.copy_context()
+        thread_context.run(current.set, ctx)
+        self._active[job.id] = (ctx, task)
+        timeout = None if definition is None else definition.timeout
+        deadline = None
+        if timeout is not None:
+            # A thread cannot be stopped: the job learns at its next report.
+            deadline = asyncio.get_running_loop().call_later(timeout, _time_out, ctx)
+        call = job.func
+        if self._scope.wraps_sync:
+            call = self._in_scope_sync(job, ctx, timeout)
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = await self._threads.run(thread_context, call, job.args, job.kwargs)
+            if ctx.timed_out and timeout is not None and not ctx.finished:
+                raise _timed_out(job, timeout)
+        except asyncio.CancelledError:
+            # Nothing here cancels a sync job's worker: its loop is closing.
+            # The thread goes on until the job's next report; its cancel is
+            # requested meanwhile, the truth until then.
+            ctx.cancelled = True
+            if not self._closed:
+                await self._store.cancel(job.id)
+            raise
+        except BaseException as exc:  # noqa: BLE001 - SystemExit in a job's thread is the job's failure
+            late = ctx.timed_out and timeout is not None
+            error = _timed_out(job, timeout or 0) if late else exc
+        finally:
+            del self._active[job.id]
+            if deadline is not None:
+                deadline.cancel()
+        if error is None and inspect.iscoroutine(result):
+            result.close()
+            error = TypeError(
+                f"{job.name} returned a coroutine instead of running it: perform "
+                "the coroutine function itself, e.g. perform(func, arg), "
+                "not a lambda or sync function that calls it"
+            )
+        await self._conclude(job, ctx, definition, result, error)
+
+    def _in_scope_sync(
+        self, job: Job, ctx: JobContext, timeout: float | None
+    ) -> Callable[..., Any]:
+        """The sync job as its thread runs it: inside its scope and, with
+        ``finish_in_sync``, its success recorded through its own session
+        before the scope commits it, as :meth:`_call_async` does for a
+        coroutine job."""
+        finish_in = self._finish_in_sync
+        scope = self._scope
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with scope.for_sync_job(ctx):
+                result = job.func(*args, **kwargs)
+                if (
+                    finish_in is not None
+                    and ctx.session is not None
+                    and not ctx.cancelled
+                    and not inspect.iscoroutine(result)  # a mistake the engine reports
+                ):
+                    if ctx.timed_out and timeout is not None:  # too late to succeed
+                        raise _timed_out(job, timeout)
+                    finish_in(ctx.session, job.id, result)
+                    ctx.finished = True
+                return result
+
+        return call
+
+    # -- recording how it ended ------------------------------------------------
+
+    async def _conclude(
+        self,
+        job: Job,
+        ctx: JobContext,
+        definition: JobDefinition | None,
+        result: Any,
+        error: BaseException | None,
+    ) -> None:
+        """Record how the job's attempt ended, now that its code has stopped."""
+        if ctx.cancelled:
+            await self._record(job, JobState.cancelled)
+        elif isinstance(error, JobLost):
+            logger.warning(
+                "job %s (%s) is no longer this worker's to finish (its cancel was "
+                "requested, or another worker took it over): its writes are rolled back",
+                job.id,
+                job.name,
+            )
+            await self._record(job, JobState.cancelled)
+        elif error is not None:
+            await self._fail(job, definition, error)
+        elif ctx.finished:  # recorded in the job's own transaction
+            self._ended(job.id)
+            for hook in self._hooks:
+                await hook.ending(job.id)
+        else:
+            await self._record(job, JobState.succeeded, result=result)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("job %s (%s) succeeded", job.id, job.name)
+
+    async def _fail(self, job: Job, definition: JobDefinition | None, exc: BaseException) -> None:
+        error = "".join(traceback.format_exception_only(exc)).strip()
+        delay = None if definition is None else definition.delay_before(job.attempt)
+        if delay is not None and not self._closed:
+            self._ended(job.id)
+            if await self._store.retry(job.id, error=error, delay=delay):
+                logger.warning(
+                    "job %s (%s) failed on attempt %d, trying again in %.1f s: %s",
+                    job.id, job.name, job.attempt, delay, error,
+                )  # fmt: skip
+                if not self._durable:  # else any worker of the store takes it
+                    self._submit_later(job._replace(attempt=job.attempt + 1), delay)
+                return
+        tb = "".join(traceback.format_exception(exc))
+        logger.error("job %s (%s) failed: %s", job.id, job.name, error, exc_info=exc)
+        await self._record(job, JobState.failed, error=error, traceback=tb)
+
+    async def _record(
+        self,
+        job: Job,
+        state: JobState,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        """Free the job's slot, tell the hooks, and record its end."""
+        self._ended(job.id)
+        if self._closed:
+            return  # the runner has stopped: nobody is left to record it
+        for hook in self._hooks:
+            await hook.ending(job.id)
+        await self._store.finish(job.id, state, result=result, error=error, traceback=traceback)
+
+
+def _time_out(ctx: JobContext) -> None:
+    ctx.timed_out = True
+
+
+def _timed_out(job: Job, timeout: float) -> TimeoutError:
+    """The error an attempt that ran past its timeout fails with."""
+    return TimeoutError(f"{job.name} ran longer than its timeout of {timeout:g} s")
+
+
+async def _with_timeout(job: Job, timeout: float | None) -> Any:
+    if timeout is None:
+        return await job.func(*job.args, **job.kwargs)
+    limit = asyncio.timeout(timeout)
+    try:
+        async with limit:
+            return await job.func(*job.args, **job.kwargs)
+    except TimeoutError:
+        if limit.expired():
+            raise _timed_out(job, timeout) from None
+        raise

@@ -1,0 +1,705 @@
+"""The runner: what an application holds. It takes jobs, has its engine run
+them (and, on a durable store, its worker side claim them), and answers
+for them."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType, TracebackType
+from typing import Any, Self, TypeVar
+
+from asyncjob._core import defaults
+from asyncjob._core.callables import describe
+from asyncjob._core.errors import JobCancelled, JobFailed, JobNotFound, RunnerNotRunning
+from asyncjob._core.log import logger
+from asyncjob._core.models import (
+    MAX_JOB_ID_LENGTH,
+    MAX_LISTED,
+    Job,
+    JobQuery,
+    JobState,
+    JobStatus,
+    Outcome,
+    Progress,
+    new_job_id,
+)
+from asyncjob._core.registry import registered_name
+from asyncjob._engine.engine import Engine, FinishIn, FinishInSync
+from asyncjob._engine.hooks import JobHooks
+from asyncjob._engine.sessions import JobScope, Sessions
+from asyncjob._worker.maintenance import Maintenance
+from asyncjob._worker.producer import Producer
+from asyncjob.stores import DurableStore, Store, TransactionalStore, resolve_store
+
+from . import crossloop
+from .options import RunnerOptions
+
+__all__ = ("Phase", "Runner", "current")
+
+T = TypeVar("T")
+
+# Most jobs take no keyword arguments: one shared empty mapping rather
+# than an empty dict per queued job.
+_NO_KWARGS: Mapping[str, Any] = MappingProxyType({})
+
+
+class Phase(enum.Enum):
+    """Where a runner is in its life."""
+
+    new = "new"
+    running = "running"
+    stopping = "stopping"
+    stopped = "stopped"
+
+
+class Runner:
+    """Runs jobs in the background of an asyncio application.
+
+    Use it as an async context manager (or call :meth:`start` and
+    :meth:`stop`)::
+
+        async with asyncjob.Runner() as runner:
+            job_id = await runner.perform(resize, "photo.jpg", width=640)
+
+    Performed jobs wait in a first-in, first-out queue. At most
+    ``concurrency`` run at once: coroutine functions on this event loop,
+    other callables in a pool of ``threads`` threads, so that they never
+    block the loop.
+
+    A runner lives once: after :meth:`stop` it cannot be started again.
+    Its methods may be awaited from any event loop or thread's loop; calls
+    from another loop are carried over to the runner's own.
+
+    Args:
+        store: ``"memory"`` (the default), an SQLAlchemy async URL
+            (``"sqlite+aiosqlite:///path/jobs.db"``,
+            ``"postgresql+asyncpg://user@host/db"``: see
+            :class:`asyncjob.stores.sql.SQLStore`), or a
+            :class:`~asyncjob.stores.Store`.
+        concurrency: how many jobs may run at once (at least 1).
+        sessionmaker: an SQLAlchemy ``async_sessionmaker``: each coroutine
+            job then gets its own session (:func:`asyncjob.session`), in a
+            transaction committed when the job returns and rolled back when
+            it raises or is cancelled.
+        sync_sessionmaker: a ``sessionmaker``, the same for sync jobs.
+        job_scope: instead of the two above, an object that wraps each job
+            as it likes (see :class:`asyncjob.JobScope`); the
+            TurboGears2 layer uses one for zope transactions.
+        threads: size of the thread pool for sync jobs (at least 1); by
+            default ``min(concurrency, 40)``. See :doc:`threads`.
+        grace_period: seconds that :meth:`stop` lets running jobs finish
+            before it cancels them (or, with a durable store, hands
+            registered jobs back to its queue).
+        producer_only: with a durable store, only perform: registered jobs
+            are left to the store's workers (a web process, say). Jobs that
+            are not registered still run here.
+        hooks: :class:`asyncjob.JobHooks` told of each job's life.
+
+    Raises:
+        ValueError: an option is out of range.
+        TypeError: an option has the wrong type.
+    """
+
+    def __init__(
+        self,
+        store: str | Store = "memory",
+        *,
+        concurrency: int = defaults.CONCURRENCY,
+        sessionmaker: Any = None,
+        sync_sessionmaker: Any = None,
+        job_scope: JobScope | None = None,
+        threads: int | None = None,
+        grace_period: float = defaults.GRACE_PERIOD,
+        producer_only: bool = False,
+        hooks: Iterable[JobHooks] = (),
+    ) -> None:
+        self.options = RunnerOptions.validate(
+            concurrency=concurrency, threads=threads, grace_period=grace_period
+        )
+        sessions = Sessions(sessionmaker, sync_sessionmaker)
+        if job_scope is not None and (sessions.wraps_async or sessions.wraps_sync):
+            raise ValueError(
+                "give either job_scope= or sessionmaker=/sync_sessionmaker=, not both: "
+                "a job scope decides itself what wraps each job"
+            )
+        self._hooks = tuple(hooks)
+        for hook in self._hooks:
+            if not isinstance(hook, JobHooks):
+                raise TypeError(f"hooks must be asyncjob.JobHooks, not {type(hook).__name__}")
+        self._store = resolve_store(store)
+        self._durable = self._store if isinstance(self._store, DurableStore) else None
+        if producer_only and self._durable is None:
+            raise ValueError(
+                "producer_only=True needs a store that workers share (an SQL store): "
+                "with this store, no other process could run the jobs"
+            )
+        self.producer_only = producer_only
+        self._phase = Phase.new
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = asyncio.Event()
+        #: Set when a registered job may be waiting to be claimed.
+        self._wakeup = asyncio.Event()
+        claims = self._durable is not None and not producer_only
+        finish_in, finish_in_sync = _finishing_in(self._store, sessions)
+        self._engine = Engine(
+            self._store,
+            concurrency=self.options.concurrency,
+            threads=self.options.threads,
+            scope=job_scope or sessions,
+            hooks=self._hooks,
+            finish_in=finish_in,
+            finish_in_sync=finish_in_sync,
+            on_free=self._wakeup.set if claims else None,
+        )
+        self._producer: Producer | None = None
+        self._maintenance: Maintenance | None = None
+        if self._durable is not None:
+            if claims:
+                self._producer = Producer(self._durable, self._engine, self._wakeup)
+            self._maintenance = Maintenance(
+                self._durable, self._engine, self._producer, on_recovered=self._wakeup.set
+            )
+        self._background: list[asyncio.Task[None]] = []
+
+    @property
+    def store(self) -> Store:
+        """The store this runner keeps its jobs in."""
+        return self._store
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and the beginning of :meth:`stop`."""
+        return self._phase is Phase.running
+
+    # -- life cycle -------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store and start taking jobs.
+
+        Raises:
+            RuntimeError: the runner was started before.
+        """
+        if self._phase is not Phase.new:
+            raise RuntimeError(
+                f"this runner is {self._phase.value}: a runner starts once; "
+                "create a new Runner to start again"
+            )
+        self._loop = loop = asyncio.get_running_loop()
+        if self._durable is not None:
+            # A worker's store listens for new jobs from the start.
+            on_queued = self._wakeup.set if self._producer is not None else None
+            await self._durable.open(on_queued)
+        else:
+            await self._store.open()
+        # Jobs run in a copy of the context the runner was started in, as
+        # they would in tasks created here.
+        self._engine.start()
+        for side in (self._producer, self._maintenance):
+            if side is not None:
+                self._background.append(loop.create_task(side.run()))
+        self._phase = Phase.running
+        with _lock:
+            _running.append(self)
+
+    async def stop(self) -> None:
+        """Stop gracefully; idempotent.
+
+        At once, :meth:`perform` starts refusing jobs and the jobs still
+        queued are cancelled (or, claimed from a durable store, handed back
+        to it). Running jobs get ``grace_period`` seconds to finish; those
+        still running then are stopped: coroutine jobs get
+        :class:`asyncio.CancelledError` and are waited for while they unwind,
+        sync jobs get :class:`JobCancelled` from their next ``set_progress``
+        and are left to their threads, their cancel requested. Last, the
+        store is closed.
+        """
+        if self._phase is Phase.new:
+            self._phase = Phase.stopped
+            self._stopped.set()
+            return
+        if self._phase is not Phase.running:
+            await self._on_loop(self._stopped.wait())
+            return
+        self._phase = Phase.stopping
+        with _lock:
+            if self in _running:
+                _running.remove(self)
+        try:
+            await self._on_loop(self._shut_down())
+        finally:
+            self._phase = Phase.stopped
+            self._stopped.set()
+
+    async def _shut_down(self) -> None:
+        """The steps of :meth:`stop`, on the runner's loop."""
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        engine, grace = self._engine, self.options.grace_period
+        prefetched = self._producer.take_prefetched() if self._producer is not None else []
+        queued = engine.take_queued()
+        if self._durable is not None:
+            await self._durable.release([*prefetched, *(job.id for job in queued if job.claimed)])
+        for job in queued:
+            if not job.claimed:
+                await self._cancel_here(job.id)
+        late = await engine.drain(grace)
+        if late:
+            logger.warning(
+                "stopping %d job(s) still running after the %.1f s grace period: %s",
+                len(late),
+                grace,
+                ", ".join(late),
+            )
+            claimed = set(engine.claimed_running())
+            if self._durable is not None:  # they run again elsewhere: at least once
+                await self._durable.release([job_id for job_id in late if job_id in claimed])
+            for job_id in late:
+                if job_id not in claimed:
+                    await self._store.cancel(job_id)
+            await engine.stop_late(late, max(1.0, grace))
+        engine.close()
+        await self._store.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def join(self, timeout: float | None = None) -> None:
+        """Wait until no job of this runner is queued or running.
+
+        Meant for tests and scripts: perform, then ``await runner.join()``,
+        then check what the jobs did.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        async with asyncio.timeout(timeout):
+            await self._on_loop(self._engine.join())
+
+    # -- performing ---------------------------------------------------------
+
+    async def perform(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+        """Queue ``func(*args, **kwargs)`` to run in the background.
+
+        Returns the new job's id as soon as the job is recorded, without
+        waiting for it to start. ``func`` may be a coroutine function or any
+        other callable (run in the thread pool); partials, bound methods and
+        callable objects are told apart here, once.
+
+        Raises:
+            TypeError: ``func`` is not callable.
+            RunnerNotRunning: the runner is not started, or is stopping.
+        """
+        _check_callable(func, "perform()")
+        job = self._new_job(new_job_id(), func, args, kwargs or _NO_KWARGS)
+        if asyncio.get_running_loop() is self._loop:
+            return await self._enqueue(job)
+        return await self._on_loop(self._enqueue(job))
+
+    async def perform_as(
+        self, job_id: str, func: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> str:
+        """:meth:`perform`, under an id chosen beforehand.
+
+        For integrations that must hand out a job's id before the job is
+        recorded (the TurboGears2 layer, which performs once the request's
+        transaction commits). Make the id with :func:`asyncjob.new_job_id`.
+
+        Raises:
+            TypeError: ``job_id`` is not a string, or ``func`` not callable.
+            ValueError: ``job_id`` is empty or too long, or a job with this
+                id exists already.
+            RunnerNotRunning: the runner is not started, or is stopping.
+        """
+        if not isinstance(job_id, str):
+            raise TypeError(f"a job id is a string, not {type(job_id).__name__}")
+        if not 0 < len(job_id) <= MAX_JOB_ID_LENGTH or not job_id.isprintable():
+            raise ValueError(
+                f"a job id has 1 to {MAX_JOB_ID_LENGTH} printable characters, not {job_id!r}: "
+                "make one with asyncjob.new_job_id()"
+            )
+        _check_callable(func, "perform_as()")
+        job = self._new_job(job_id, func, args, kwargs or _NO_KWARGS)
+        return await self._on_loop(self._enqueue(job))
+
+    async def perform_many(
+        self,
+        func: Callable[..., Any],
+        arguments: Iterable[Sequence[Any] | Mapping[str, Any]],
+        /,
+    ) -> list[str]:
+        """Queue ``func`` once for each item of ``arguments``, all in one write.
+
+        Each item is a tuple (or list) of positional arguments, or a dict of
+        keyword arguments::
+
+            ids = await runner.perform_many(resize, [("a.jpg", 64), ("b.jpg", 64)])
+            ids = await runner.perform_many(notify, [{"user": 1}, {"user": 2}])
+
+        Returns the new jobs' ids, in the order of ``arguments``, once all
+        are recorded. An SQL store writes them in one statement: all of
+        them, or none if it fails; performing thousands this way costs a
+        little more than performing one. Every item is checked before
+        anything is written.
+
+        Raises:
+            TypeError: ``func`` is not callable, an item is neither a tuple
+                nor a dict (a string, say), or an item's arguments cannot be
+                stored (the message says which item).
+            RunnerNotRunning: the runner is not started, or is stopping.
+        """
+        _check_callable(func, "perform_many()")
+        calls = [_call_of(item, i) for i, item in enumerate(arguments)]
+        self._check_running()
+        name, is_async, registered = _kind_of(func)
+        now = time.time()
+        jobs = [
+            Job(new_job_id(), name, func, args, kwargs, is_async, now, registered)
+            for args, kwargs in calls
+        ]
+        if not jobs:
+            return []
+        if asyncio.get_running_loop() is self._loop:
+            return await self._enqueue_many(jobs)
+        return await self._on_loop(self._enqueue_many(jobs))
+
+    async def perform_in(
+        self, session: Any, func: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> str:
+        """:meth:`perform`, in the application's transaction.
+
+        ``session`` is the application's SQLAlchemy ``AsyncSession``, on
+        the store's own database: the job is written in its transaction, so
+        it exists, and runs, only if the application commits; a rollback
+        leaves no trace of it. ``func`` must be registered with
+        :func:`asyncjob.job` (any worker of the store may run it).
+
+        Raises:
+            TypeError: the store cannot write in a transaction of yours (it
+                is not an SQL store), or ``func`` is not registered, or not
+                callable.
+            RunnerNotRunning: the runner is not started, or is stopping.
+        """
+        _check_callable(func, "perform_in()")
+        if not isinstance(self._store, TransactionalStore):
+            raise TypeError(
+                f"{type(self._store).__name__} cannot write a job in your transaction: "
+                "perform_in() needs an SQL store on the session's database"
+            )
+        job = self._new_job(new_job_id(), func, args, kwargs or _NO_KWARGS)
+        for hook in self._hooks:
+            await hook.enqueued((job.id,))
+        await self._store.enqueue_in(session, job)
+        return job.id
+
+    def _new_job(
+        self,
+        job_id: str,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> Job:
+        self._check_running()
+        name, is_async, registered = _kind_of(func)
+        return Job(job_id, name, func, args, kwargs, is_async, time.time(), registered)
+
+    def _check_running(self) -> None:
+        if self._phase is not Phase.running:
+            raise RunnerNotRunning(
+                f"this runner is {self._phase.value} and takes no jobs: perform() "
+                "works between start() and stop() (inside 'async with runner:')"
+            )
+
+    async def _enqueue(self, job: Job) -> str:
+        self._check_running()  # again: a call from another loop may cross stop()
+        if self._hooks:
+            for hook in self._hooks:
+                await hook.enqueued((job.id,))
+        await self._store.enqueue(job)
+        if not self._hand_over((job,)):
+            await self._refuse((job,))
+        return job.id
+
+    async def _enqueue_many(self, jobs: list[Job]) -> list[str]:
+        self._check_running()
+        ids = [job.id for job in jobs]
+        for hook in self._hooks:
+            await hook.enqueued(ids)
+        await self._store.enqueue_many(jobs)
+        if not self._hand_over(jobs):
+            await self._refuse(jobs)
+        return ids
+
+    def _hand_over(self, jobs: Sequence[Job]) -> bool:
+        """Jobs just recorded, to whoever runs them; False, handing over
+        nothing, when this runner would run them but stop() began while
+        they were written."""
+        if jobs[0].registered and self._durable is not None:
+            # They wait in the store for a worker: this runner's, if it is one.
+            if self._producer is not None:
+                self._wakeup.set()
+            return True
+        if self._phase is not Phase.running:
+            return False
+        for job in jobs:
+            self._engine.submit(job)
+        return True
+
+    async def _refuse(self, jobs: Sequence[Job]) -> None:
+        """Cancel jobs recorded as stop() began, and say why."""
+        for job in jobs:
+            await self._store.cancel(job.id)
+        self._check_running()
+
+    # -- answering ------------------------------------------------------------
+
+    async def status(self, job_id: str) -> JobStatus:
+        """The job's current :class:`JobStatus`.
+
+        Raises:
+            JobNotFound: no job has this id (or it was forgotten).
+        """
+        status = await self._read(self._store.get, job_id)
+        if status is None:
+            raise JobNotFound(job_id)
+        return status
+
+    async def get_progress(self, job_id: str) -> Progress | None:
+        """The job's progress, with ``tgext.asyncjob``'s meaning.
+
+        ``(-1, None)`` while the job has not reported any progress yet;
+        ``(value, data)`` as last given to :func:`asyncjob.set_progress`;
+        ``None`` once the job has ended, and for an unknown id.
+        """
+        status = await self._read(self._store.get, job_id)
+        if status is None or status.is_final:
+            return None
+        if status.progress is None:
+            return (-1, None)
+        return (status.progress, status.data)
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> Any:
+        """Wait for the job to end and return its result.
+
+        A cancelled job has ended once its code has stopped: ``wait`` raises
+        :class:`JobCancelled` only then, so that what follows never races
+        the job.
+
+        Raises:
+            JobFailed: the job raised; the text has the original error.
+            JobCancelled: the job was cancelled.
+            JobNotFound: no job has this id.
+            TimeoutError: ``timeout`` seconds passed first (the job goes on).
+        """
+        outcome = await self._read(self._store.outcome, job_id)
+        if outcome is None:
+            raise JobNotFound(job_id)
+        if not outcome.state.is_final:
+            async with asyncio.timeout(timeout):
+                async for status in self.watch(job_id):
+                    if status.is_final:
+                        outcome = status.outcome()
+        return _result(job_id, outcome)
+
+    async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
+        """Yield the job's status now and on every change; stop after the
+        final one.
+
+        Changes are pushed to the watcher as they happen; many watchers of
+        one job are fine. A watcher that falls far behind may miss
+        intermediate progress, never the final status.
+
+        Raises:
+            JobNotFound: no job has this id.
+        """
+        if self._loop is None or crossloop.is_current(self._loop):
+            async for status in self._store.watch(job_id):
+                yield status
+            return
+        source = functools.partial(self.watch, job_id)
+        async for status in crossloop.relay(self._loop, source, _is_final):
+            yield status
+
+    async def jobs(
+        self,
+        state: JobState | str | Iterable[JobState | str] | None = None,
+        name: str | None = None,
+        *,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[JobStatus]:
+        """The jobs in the store, newest first, filtered.
+
+        Args:
+            state: only jobs in this state, or in one of these states.
+            name: only jobs of this name (see :attr:`JobStatus.name`).
+            limit: at most this many (1 to 1,000).
+            before: the id of the last job of the previous page: only jobs
+                after it. Pages stay cheap however deep they go.
+
+        Raises:
+            ValueError: a state is unknown, or ``limit`` out of range.
+            TypeError: an argument has the wrong type.
+            JobNotFound: ``before`` names no job the store knows.
+        """
+        query = _job_query(state, name, limit, before)
+        return await self._read(self._store.list_jobs, query)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel the job; returns True if it was queued or running.
+
+        Returns at once. A queued job never starts: it is ``cancelled`` when
+        this returns. A running job is stopped: a coroutine job gets
+        :class:`asyncio.CancelledError` at its current ``await`` (it may
+        clean up), a sync job :class:`JobCancelled` from its next
+        :func:`asyncjob.set_progress`, since a thread cannot be stopped from
+        outside. It stays ``running``, with ``cancel_requested`` in its
+        status, until its code has stopped; only then is it ``cancelled``,
+        for :meth:`wait` and :meth:`watch` too. A job running in another
+        process learns of it at its worker's next lease renewal. A job that
+        has ended, or an unknown id, gives False.
+        """
+        return await self._on_loop(self._cancel_here(job_id))
+
+    async def _cancel_here(self, job_id: str) -> bool:
+        if self._hooks:  # hooks hear of an end before it is recorded
+            status = await self._store.get(job_id)
+            if status is not None and status.state is JobState.queued:
+                for hook in self._hooks:
+                    await hook.ending(job_id)
+        before = await self._store.cancel(job_id)
+        if before is JobState.running:
+            if self._maintenance is not None:
+                await self._maintenance.stop(job_id)
+            else:
+                self._engine.interrupt(job_id)
+        return before in (JobState.queued, JobState.running)
+
+    async def _read(self, method: Callable[[Any], Awaitable[T]], arg: Any) -> T:
+        """``await method(arg)``: a store read, on the runner's loop."""
+        if asyncio.get_running_loop() is self._loop:
+            return await method(arg)
+        return await self._on_loop(method(arg))
+
+    async def _on_loop(self, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` on the runner's loop, from whichever loop calls."""
+        return await crossloop.call_on(self._loop, awaitable)
+
+
+# -- the runner that module-level calls use -------------------------------------
+
+_lock = threading.Lock()  # runners start and stop on any thread's loop
+_running: list[Runner] = []
+
+
+def current() -> Runner:
+    """The most recently started runner that is still running, which
+    module-level calls such as :func:`asyncjob.perform` use.
+
+    Raises:
+        RunnerNotRunning: none is running, saying how to start one.
+    """
+    with _lock:
+        if _running:
+            return _running[-1]
+    raise RunnerNotRunning(
+        "no asyncjob runner is running in this process: start one first, e.g. "
+        "'async with asyncjob.Runner():' in your application's lifespan"
+    )
+
+
+# -- helpers ---------------------------------------------------------------------
+
+
+def _finishing_in(store: Store, sessions: Sessions) -> tuple[FinishIn | None, FinishInSync | None]:
+    """The store's ways of recording a job's success in the job's own
+    session, for the kinds of job whose sessions are on the store's database."""
+    if not isinstance(store, TransactionalStore):
+        return None, None
+
+    def shared(maker: Any) -> bool:
+        engine = None if maker is None else maker.kw.get("bind")
+        return engine is not None and store.shares_database_with(engine)
+
+    return (
+        store.finish_in if shared(sessions.async_maker) else None,
+        store.finish_in_sync if shared(sessions.sync_maker) else None,
+    )
+
+
+def _check_callable(func: object, call: str) -> None:
+    if not callable(func):
+        raise TypeError(
+            f"{call} needs a callable as its first argument, not {type(func).__name__} ({func!r})"
+        )
+
+
+def _kind_of(func: Callable[..., Any]) -> tuple[str, bool, bool]:
+    """``(name, is_async, registered)`` of a function to perform."""
+    name, is_async = describe(func)
+    registered = registered_name(func)
+    return (name if registered is None else registered), is_async, registered is not None
+
+
+def _call_of(item: object, index: int) -> tuple[tuple[Any, ...], Mapping[str, Any]]:
+    """An item of :meth:`Runner.perform_many`'s arguments, as ``(args, kwargs)``."""
+    if isinstance(item, tuple | list):
+        return tuple(item), _NO_KWARGS
+    if isinstance(item, Mapping) and all(isinstance(key, str) for key in item):
+        return (), dict(item) or _NO_KWARGS
+    hint = f": write ({item!r},) for one positional argument" if isinstance(item, str) else ""
+    raise TypeError(
+        f"perform_many(): item {index} is {type(item).__name__} ({item!r:.60}), not a tuple "
+        f"of positional arguments or a dict of keyword arguments{hint}"
+    )
+
+
+def _job_query(state: object, name: object, limit: object, before: object) -> JobQuery:
+    """The query of :meth:`Runner.jobs`, each argument checked."""
+    states = None
+    if state is not None:
+        given = [state] if isinstance(state, str) else state
+        if not isinstance(given, Iterable):
+            raise TypeError(f"state must be a JobState or a list of them, not {state!r}")
+        try:
+            states = frozenset(JobState(s) for s in given)
+        except ValueError:
+            allowed = ", ".join(s.value for s in JobState)
+            raise ValueError(f"unknown state in {state!r}: the states are {allowed}") from None
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a string, not {type(name).__name__}")
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+    if not 1 <= limit <= MAX_LISTED:
+        raise ValueError(
+            f"limit must be from 1 to {MAX_LISTED}, not {limit}: page through more with before="
+        )
+    if before is not None and not isinstance(before, str):
+        raise TypeError(f"before must be a job id, not {type(before).__name__}")
+    return JobQuery(states, name, limit, before)
+
+
+def _is_final(status: JobStatus) -> bool:
+    return status.is_final
+
+
+def _result(job_id: str, outcome: Outcome) -> Any:
+    if outcome.state is JobState.succeeded:
+        return outcome.result
+    if outcome.state is JobState.failed:
+        raise JobFailed(job_id, outcome.error or "unknown error", outcome.traceback)
+    raise JobCancelled(job_id)

@@ -1,0 +1,79 @@
+"""Maintenance: what a runner on a durable store does on a schedule, whether
+it claims jobs or only performs them.
+
+Every third of a lease: stop the held jobs that the store says to stop
+(cancelled elsewhere, or taken over), put back in the queue the jobs of
+workers that died, and delete a batch of old finished jobs. Periodic work
+of the store's that future features need (schedules) belongs here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from asyncjob._core.log import logger
+from asyncjob._core.models import JobState
+from asyncjob._engine.engine import Engine
+from asyncjob.stores import DurableStore
+
+from .producer import Producer
+
+__all__ = ("Maintenance",)
+
+
+class Maintenance:
+    """Runs the store's periodic work until cancelled.
+
+    Args:
+        store: the durable store.
+        engine: runs this runner's jobs: the ones to stop are interrupted.
+        producer: holds the jobs claimed ahead (``None`` for a runner that
+            does not claim): the ones to stop are dropped before they start.
+        on_recovered: called when jobs of dead workers went back to the
+            queue, so that they are claimed at once.
+    """
+
+    def __init__(
+        self,
+        store: DurableStore,
+        engine: Engine,
+        producer: Producer | None,
+        on_recovered: Callable[[], None],
+    ) -> None:
+        self._store = store
+        self._engine = engine
+        self._producer = producer
+        self._on_recovered = on_recovered
+
+    async def run(self) -> None:
+        while True:
+            # A schedule, not a wait for something: every third of a lease.
+            await asyncio.sleep(self._store.lease / 3)
+            try:
+                await self.run_once()
+            except Exception:  # noqa: BLE001 - the database may come back
+                logger.exception("could not renew leases; trying again")
+
+    async def run_once(self) -> None:
+        """One round of the periodic work."""
+        for job_id in await self._store.renew():
+            done = await self.stop(job_id)
+            if done is not None:
+                logger.warning(
+                    "job %s was cancelled or is no longer held here: %s it", job_id, done
+                )
+        if await self._store.recover():
+            self._on_recovered()
+        await self._store.forget_finished()
+
+    async def stop(self, job_id: str) -> str | None:
+        """Stop a job held here: ``"dropping"`` it if it was claimed ahead and
+        has not started (it then ends cancelled at once), ``"stopping"`` it
+        if it runs; ``None`` if it is in neither place."""
+        if self._producer is not None and self._producer.drop(job_id):
+            await self._engine.end(job_id, JobState.cancelled)
+            return "dropping"
+        if self._engine.interrupt(job_id):
+            return "stopping"
+        return None

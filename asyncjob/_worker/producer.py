@@ -1,0 +1,145 @@
+"""The producer: claims registered jobs from a durable store as the engine's
+slots come free, and hands them to the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from asyncjob._core.callables import describe
+from asyncjob._core.log import logger
+from asyncjob._core.models import Claimed, Job, JobState
+from asyncjob._core.registry import lookup
+from asyncjob._engine.engine import Engine
+from asyncjob.stores import DurableStore
+
+from .prefetch import Prefetch, Prefetched
+
+__all__ = ("CLAIM_BATCH", "RETRY_AFTER", "Producer")
+
+#: Claimed in one statement at most: enough to keep workers busy, few
+#: enough that a stopping worker has little to hand back.
+CLAIM_BATCH = 100
+
+#: After an error (the database went away), wait this long before trying
+#: again, so that a worker rides out a restart instead of spinning.
+RETRY_AFTER = 1.0
+
+
+class Producer:
+    """Claims what the free slots can take, and a few jobs ahead of them
+    when jobs are short (see ``prefetch``).
+
+    Wakes when ``wakeup`` is set (a job performed here, a slot come free,
+    the store announcing a job), and at least every ``poll_interval``
+    seconds of the store for jobs nobody announced. A worker runs only jobs
+    registered in it: any other claimed job fails, saying so, and is never
+    imported or called.
+    """
+
+    def __init__(self, store: DurableStore, engine: Engine, wakeup: asyncio.Event) -> None:
+        self._store = store
+        self._engine = engine
+        self._wakeup = wakeup
+        self._prefetch = Prefetch(engine.concurrency)
+        self._prefetched = Prefetched()
+
+    async def run(self) -> None:
+        """Claim jobs until cancelled."""
+        while True:
+            self._prefetched.hand_over(self._engine)
+            try:
+                await self._hand_back_stale()
+                full = await self._claim_once()
+            except Exception:  # noqa: BLE001 - the database may come back
+                logger.exception("could not claim jobs; trying again in %.0f s", RETRY_AFTER)
+                await asyncio.sleep(RETRY_AFTER)
+                continue
+            if full:
+                continue  # there may be more waiting
+            timeout = self._store.poll_interval
+            stale_in = self._prefetched.next_stale_in()
+            if stale_in is not None:
+                timeout = min(timeout, stale_in)
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+
+    def take_prefetched(self) -> list[str]:
+        """The ids of the jobs claimed ahead and not given to the engine
+        yet: the runner hands them back when it stops."""
+        return [job.id for job in self._prefetched.take_all()]
+
+    def drop(self, job_id: str) -> bool:
+        """Drop a job claimed ahead (its cancel was requested, say) before it
+        starts; True if it was waiting here."""
+        return self._prefetched.discard(job_id)
+
+    async def _claim_once(self) -> bool:
+        """Claim what the free slots can take, and what they will be free to
+        take by the time another claim would come back; True if that many
+        were claimed."""
+        wanted = self._engine.free - len(self._prefetched) + self._prefetch.size()
+        wanted = min(wanted, CLAIM_BATCH)
+        if wanted <= 0:
+            return False
+        sent = time.monotonic()
+        claimed = await self._store.claim(wanted)
+        self._prefetch.measure(time.monotonic() - sent, self._engine.done)
+        for found in claimed:
+            job = _job_of(found)
+            if isinstance(job, Job):
+                self._prefetched.add(job)
+                continue
+            logger.error("job %s (%s) cannot run: %s", found.id, found.name, job)
+            try:
+                await self._engine.end(found.id, JobState.failed, error=job)
+            except Exception:  # noqa: BLE001 - one job's trouble must not strand the others
+                logger.exception(
+                    "could not record that job %s cannot run; it runs again once its "
+                    "lease runs out",
+                    found.id,
+                )
+        self._prefetched.hand_over(self._engine)
+        return len(claimed) == wanted
+
+    async def _hand_back_stale(self) -> None:
+        """Hand back the jobs claimed ahead that waited too long for a slot."""
+        stale = self._prefetched.stale()
+        if not stale:
+            return
+        self._prefetch.handed_back()
+        try:
+            await self._store.release([job.id for job in stale])
+        except BaseException:
+            self._prefetched.put_back(stale)  # still held here: they wait on
+            raise
+
+
+def _job_of(claimed: Claimed) -> Job | str:
+    """The job to run; or why it cannot run here."""
+    if claimed.problem is not None:
+        return claimed.problem
+    definition = lookup(claimed.name)
+    if definition is None:
+        return (
+            f"the job {claimed.name!r} is not registered in this worker: it runs only "
+            "functions registered with @asyncjob.job in the modules it imports, "
+            "and never imports or calls anything else"
+        )
+    _, is_async = describe(definition.func)
+    return Job(
+        claimed.id,
+        claimed.name,
+        definition.func,
+        claimed.args,
+        claimed.kwargs,
+        is_async,
+        claimed.enqueued_at,
+        registered=True,
+        claimed=True,
+        attempt=claimed.attempts,
+    )

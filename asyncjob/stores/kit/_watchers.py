@@ -1,0 +1,96 @@
+"""Fan-out of a job's changes to the tasks watching it, in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Generic, TypeVar
+
+__all__ = ("Mailbox", "Watchers")
+
+T = TypeVar("T")
+
+
+class Mailbox(Generic[T]):
+    """One watcher's mailbox: what was published for its job, in order.
+
+    It holds at most ``backlog`` items; a watcher that falls that far behind
+    loses the oldest ones. A store publishes a job's final status last, so
+    that it is never the one lost.
+    """
+
+    __slots__ = ("_event", "_pending", "job_id")
+
+    def __init__(self, job_id: str, backlog: int) -> None:
+        self.job_id = job_id
+        self._pending: deque[T] = deque(maxlen=backlog)
+        self._event = asyncio.Event()
+
+    def put(self, item: T) -> None:
+        self._pending.append(item)
+        self._event.set()
+
+    async def get(self) -> T:
+        """The next item published, waiting for one if needed."""
+        while not self._pending:
+            self._event.clear()
+            await self._event.wait()
+        return self._pending.popleft()
+
+    async def wait(self, timeout: float) -> None:
+        """Until something is published or ``timeout`` seconds pass; then
+        empty the mailbox. For a store that re-reads the job on any change,
+        and polls meanwhile for changes nobody announces."""
+        if not self._pending:
+            self._event.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._event.wait()
+            except TimeoutError:
+                pass
+        self._pending.clear()
+
+
+class Watchers(Generic[T]):
+    """Who watches which job, and a :class:`Mailbox` each.
+
+    A watcher subscribes *before* it reads the job, so that a change made
+    between its read and its wait is not missed: it lands in the mailbox.
+    Not thread-safe: use it from its loop only. Publishing for a job nobody
+    watches costs one dict lookup; check :meth:`watched` before building
+    something just to publish it.
+
+    Args:
+        backlog: items a mailbox holds before it drops the oldest: a
+            status per change (the memory store), or 1 for a bare "it
+            changed" (a store that re-reads the job).
+    """
+
+    def __init__(self, backlog: int) -> None:
+        self._backlog = backlog
+        self._boxes: dict[str, list[Mailbox[T]]] = {}
+
+    @contextmanager
+    def subscribe(self, job_id: str) -> Iterator[Mailbox[T]]:
+        """A mailbox for the job's changes, for as long as the ``with``
+        block lasts."""
+        box: Mailbox[T] = Mailbox(job_id, self._backlog)
+        self._boxes.setdefault(job_id, []).append(box)
+        try:
+            yield box
+        finally:
+            boxes = self._boxes[job_id]
+            boxes.remove(box)
+            if not boxes:
+                del self._boxes[job_id]
+
+    def watched(self, job_id: str) -> bool:
+        """True when someone watches the job."""
+        return job_id in self._boxes
+
+    def publish(self, job_id: str, item: T) -> None:
+        """Hand ``item`` to every watcher of the job."""
+        for box in self._boxes.get(job_id, ()):
+            box.put(item)

@@ -1,0 +1,128 @@
+"""The database of an SQL store, through SQLAlchemy's async engine.
+
+Round trips are what a job queue in SQL pays for most, so each kind of
+work here takes as few as its guarantees allow:
+
+- :meth:`Database.execute`: one statement, which is its own transaction.
+  Where the database allows it (PostgreSQL) it runs in autocommit: one
+  round trip, with no ``BEGIN`` and ``COMMIT`` around it. Writes are made
+  idempotent by the store so that one lost to a dead connection is sent
+  again, once.
+- :meth:`Database.write`: a transaction of several statements, for the
+  writes that read first (a cancel, a retry).
+- :meth:`Database.fetch`: one query, in autocommit too, sent again on a
+  new connection if the first was dead.
+
+The store's most frequent statements skip even this, and go straight to
+the driver on its dialect's own connections (see ``_dialect``). What
+differs between databases here (the engine's set-up, how a write begins)
+is the dialect's to say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import ColumnElement, CursorResult, Executable, Float, literal_column
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ._dialect import Dialect
+
+__all__ = ("Database", "same_database")
+
+
+class Database:
+    """An async engine, and transactions shaped for the store's work.
+
+    One per store, on the store's loop; the lease thread makes one of its
+    own, on its loop.
+    """
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.url = dialect.url
+        self.engine: AsyncEngine = create_async_engine(self.url, **dialect.engine_options())
+        dialect.prepare_engine(self.engine)
+        self._autocommit = self.engine.execution_options(**dialect.autocommit_options)
+        #: Where the database has one writer at a time, this process's
+        #: writers wait their turn here (see :attr:`Dialect.one_writer`).
+        self.write_lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that will write: committed on exit, rolled back on error."""
+        turn = self.write_lock if self.dialect.one_writer else contextlib.nullcontext()
+        async with turn, self.engine.connect() as conn:
+            if self.dialect.write_options:
+                conn = await conn.execution_options(**self.dialect.write_options)
+            async with conn.begin():
+                yield conn
+
+    async def execute(self, statement: Executable, params: Any = None) -> CursorResult[Any]:
+        """Run one statement that writes, in a transaction of its own; the
+        result is buffered.
+
+        Where it runs in autocommit, if the connection turns out dead (the
+        server restarted, the connection was killed), the statement is sent
+        once more on a new one: give only statements that do no harm when
+        run twice, since the first may have been committed before its
+        answer was lost.
+        """
+        if self.dialect.one_writer:
+            async with self.write() as conn:
+                return await conn.execute(statement, params)
+        return await self._autocommitted(statement, params)
+
+    async def fetch(self, statement: Executable, params: Any = None) -> CursorResult[Any]:
+        """Run one query, which sees what was committed when it began; the
+        result is buffered. Sent again on a new connection if the first
+        turns out dead, as :meth:`execute` does."""
+        return await self._autocommitted(statement, params)
+
+    async def _autocommitted(self, statement: Executable, params: Any) -> CursorResult[Any]:
+        try:
+            async with self._autocommit.connect() as conn:
+                return await conn.execute(statement, params)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        async with self._autocommit.connect() as conn:
+            return await conn.execute(statement, params)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads that need no snapshot across statements:
+        each statement sees what was committed when it began."""
+        async with self._autocommit.connect() as conn:
+            yield conn
+
+    def now(self) -> ColumnElement[float]:
+        """The database's clock, in seconds since the epoch.
+
+        Leases are stamped and compared with it, not with each worker's own
+        clock, so that workers on machines whose clocks disagree still agree
+        on when a lease has run out. It stays the same for the whole
+        statement, so that an index can be searched with it.
+        """
+        return literal_column(self.dialect.now_sql, Float)
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+
+def same_database(a: str, b: str) -> bool:
+    """True when two URLs name the same database, whatever their drivers
+    (``postgresql+psycopg://`` and ``postgresql+asyncpg://`` alike)."""
+    first, second = make_url(a), make_url(b)
+
+    def where(url: URL) -> tuple[object, ...]:
+        return (url.get_backend_name(), url.host, url.port, url.database, url.username)
+
+    return where(first) == where(second)

@@ -1,0 +1,469 @@
+"""PostgreSQL: everything the SQL store does differently there.
+
+- The frequent writes (performs, claims, ends, progress) go straight to
+  asyncpg, on connections the store holds open (:class:`DirectConnection`):
+  through SQLAlchemy's pool and execution each would cost about four times
+  a bare round trip (a checkout, an isolation level set and reset, events,
+  a result). A batch travels as one array per column, unpacked by
+  ``unnest()`` on the server: one round trip and one execution of the
+  statement (and of its triggers) whatever the batch's size, and one
+  prepared statement for every size. Performs and ends go on one
+  connection, durable; claims and progress on another, which commits
+  without waiting for the disk.
+- Workers claiming at once skip each other's rows (``FOR UPDATE SKIP
+  LOCKED``).
+- Triggers announce changes at commit (``NOTIFY``), and a connection of
+  its own listens (:class:`PostgresListener`): workers and watchers in
+  every process are woken at once, whoever wrote.
+- The engine's pool never hands out a connection the server has closed.
+
+Errors come out as SQLAlchemy's, as from the rest of the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DatabaseError, DisconnectionError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from asyncjob._core.log import logger
+from asyncjob._core.models import Claimed, JobState
+from asyncjob.stores.kit import Report
+
+from ._dialect import (
+    NEW_COLUMNS,
+    Dialect,
+    Ending,
+    Listener,
+    by_claim_order,
+    claimed,
+    ending_sql,
+)
+
+__all__ = ("DirectConnection", "PostgresDialect", "PostgresListener", "asyncpg_args")
+
+_QUEUED = JobState.queued.value
+_RUNNING = JobState.running.value
+
+#: Any number, the same in every process: the schema's advisory lock.
+_LOCK_KEY = 0x61737963  # "asyc"
+
+#: Job ids per notification: 32 characters and a comma each, well within
+#: the 8,000 bytes a payload may hold.
+IDS_PER_NOTIFICATION = 200
+
+#: Seconds between two tries to listen again after the connection was lost.
+RECONNECT_AFTER = 1.0
+#: Seconds the first listen() waits for the connection, at most.
+CONNECT_WAIT = 5.0
+
+
+class PostgresDialect(Dialect):
+    """The SQL store on PostgreSQL, through asyncpg."""
+
+    name = "postgresql"
+    now_sql = "CAST(EXTRACT(EPOCH FROM statement_timestamp()) AS float8)"
+    autocommit_options: ClassVar[dict[str, Any]] = {"isolation_level": "AUTOCOMMIT"}
+
+    def __init__(self, url: str, tables: Any, owner: str) -> None:
+        super().__init__(url, tables, owner)
+        self._durable: DirectConnection | None = None
+        self._relaxed: DirectConnection | None = None
+        jobs = tables.jobs.name
+        now = self.now_sql
+        # The rows are found again by their physical address, which their
+        # lock keeps from changing until this statement updates them: no
+        # second look-up by the primary key.
+        due = self.due_sql("ctid", "$3")
+        self._claim = self.claim_sql("$1", "$2", f"ctid = ANY(ARRAY({due} FOR UPDATE SKIP LOCKED))")
+        # Each of these is sent again if its connection turns out dead (see
+        # DirectConnection.fetch): an end that was committed first finds its
+        # job no longer running; an insert is sent again as one for which
+        # rows committed first are conflicts, and do nothing (the first try
+        # skips that check, a fifth of an insert's cost).
+        self._insert = f"""
+            INSERT INTO {jobs} ({NEW_COLUMNS})
+            SELECT v.id, v.name, v.registered, v.owner, v.owner,
+                   CASE WHEN v.registered THEN NULL ELSE {now} + $8 END,
+                   '{_QUEUED}', v.args, v.kwargs, 0, v.at, {now}
+            FROM unnest($1::varchar[], $2::varchar[], $3::boolean[], $4::varchar[],
+                        $5::text[], $6::text[], $7::float8[])
+                 AS v(id, name, registered, owner, args, kwargs, at)
+            """
+        self._insert_again = f"{self._insert} ON CONFLICT (id) DO NOTHING"
+        ending = ending_sql("j.cancel_requested", "v.state", "v.result", "v.error", "v.traceback")
+        self._finish = f"""
+            UPDATE {jobs} AS j
+            SET {ending},
+                finished_at = v.finished_at, locked_by = NULL, lease_expires_at = NULL,
+                progress = CASE WHEN v.reported THEN v.progress ELSE j.progress END,
+                data = CASE WHEN v.reported THEN v.data ELSE j.data END
+            FROM unnest($1::varchar[], $2::varchar[], $3::text[], $4::text[], $5::text[],
+                        $6::float8[], $7::boolean[], $8::float8[], $9::text[])
+                 AS v(id, state, result, error, traceback, finished_at, reported,
+                      progress, data)
+            -- A job whose lease ran out and that another worker took
+            -- meanwhile is that worker's to finish.
+            WHERE j.id = v.id AND j.state = '{_RUNNING}' AND j.locked_by = $10
+            RETURNING j.id
+            """
+        self._progress = f"""
+            UPDATE {jobs} AS j SET progress = v.progress, data = v.data
+            FROM unnest($1::varchar[], $2::float8[], $3::text[]) AS v(id, progress, data)
+            WHERE j.id = v.id AND j.state = '{_RUNNING}'
+            """
+
+    # -- the engine ------------------------------------------------------------
+
+    def prepare_engine(self, engine: AsyncEngine) -> None:
+        """Never hand out a connection that the server has closed.
+
+        asyncpg reads every open connection all the time, so it learns at
+        once when the server closes one (a restart, ``pg_terminate_backend``):
+        a connection it knows closed is replaced as the pool hands it out,
+        with no round trip, unlike ``pool_pre_ping``. One that dies
+        unnoticed fails its statement, which
+        :meth:`Database.execute` sends again.
+        """
+
+        @event.listens_for(engine.sync_engine, "checkout")
+        def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+            if dbapi_connection.driver_connection.is_closed():
+                raise DisconnectionError("the server closed this connection")
+
+        broken = engine.dialect.loaded_dbapi.InternalClientError
+
+        @event.listens_for(engine.sync_engine, "handle_error")
+        def handle_error(context: Any) -> None:
+            # Killed while idle, a connection has read the server's last
+            # message and not yet its end: asyncpg then refuses to use it
+            # with an "internal client error". It is as good as disconnected.
+            if isinstance(context.original_exception, broken):
+                context.is_disconnect = True
+
+    # -- the schema --------------------------------------------------------------
+
+    def lock_schema(self, conn: Connection) -> None:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+
+    def install_triggers(self, conn: Connection) -> None:
+        """Changes of jobs notify, from the database itself: whoever writes
+        them, watchers and workers everywhere hear of them at commit.
+
+        Once per statement, whatever its number of rows (a batch of five
+        hundred jobs ended at once sends three notifications, not five
+        hundred), and only for the changes a watcher can see: a lease
+        renewed notifies nobody.
+        """
+        queued, changed = self.channels()
+        jobs = self.tables.jobs.name
+        # Schema version 1 notified once per row, from this trigger.
+        conn.execute(text(f"DROP TRIGGER IF EXISTS {jobs}_notify ON {jobs}"))
+        conn.execute(text(f"DROP FUNCTION IF EXISTS {jobs}_notify()"))
+        per = IDS_PER_NOTIFICATION
+        for change, rows in (
+            ("insert", "SELECT n.id, n.state, n.registered FROM new_rows AS n"),
+            (
+                "update",
+                "SELECT n.id, n.state, n.registered FROM new_rows AS n"
+                " JOIN old_rows AS o ON o.id = n.id"
+                " WHERE (n.state, n.progress, n.data, n.attempts, n.cancel_requested)"
+                " IS DISTINCT FROM"
+                " (o.state, o.progress, o.data, o.attempts, o.cancel_requested)",
+            ),
+        ):
+            conn.execute(
+                text(
+                    f"""
+                    CREATE OR REPLACE FUNCTION {jobs}_notify_{change}() RETURNS trigger AS $$
+                    DECLARE
+                        ids text;
+                        anew boolean := false;
+                    BEGIN
+                        FOR ids, anew IN
+                            SELECT string_agg(c.id, ','),
+                                   bool_or(c.state = 'queued' AND c.registered)
+                            FROM (SELECT r.*, (row_number() OVER ()) / {per} AS part
+                                  FROM ({rows}) AS r) AS c
+                            GROUP BY c.part
+                        LOOP
+                            PERFORM pg_notify('{changed}', ids);
+                            IF anew THEN
+                                PERFORM pg_notify('{queued}', '');
+                            END IF;
+                        END LOOP;
+                        RETURN NULL;
+                    END
+                    $$ LANGUAGE plpgsql
+                    """
+                )
+            )
+            old = " OLD TABLE AS old_rows" if change == "update" else ""
+            conn.execute(text(f"DROP TRIGGER IF EXISTS {jobs}_notify_{change} ON {jobs}"))
+            conn.execute(
+                text(
+                    f"CREATE TRIGGER {jobs}_notify_{change} AFTER {change.upper()} ON {jobs}"
+                    f" REFERENCING{old} NEW TABLE AS new_rows"
+                    f" FOR EACH STATEMENT EXECUTE FUNCTION {jobs}_notify_{change}()"
+                )
+            )
+
+    # -- the frequent writes ---------------------------------------------------
+
+    async def open(self, write_lock: Any) -> None:
+        self._durable = DirectConnection(self.url)
+        self._relaxed = DirectConnection(self.url, durable=False)
+
+    async def close(self) -> None:
+        for conn in (self._durable, self._relaxed):
+            if conn is not None:
+                await conn.close()
+
+    @property
+    def _connections(self) -> tuple[DirectConnection, DirectConnection]:
+        if self._durable is None or self._relaxed is None:
+            raise RuntimeError("the store is not open: a Runner opens it when it starts")
+        return self._durable, self._relaxed
+
+    async def claim(self, limit: int, lease: float) -> list[Claimed]:
+        _, relaxed = self._connections
+        rows = await relaxed.fetch(self._claim, self.owner, lease, limit, retry=False)
+        return by_claim_order([claimed(row) for row in rows])
+
+    async def insert(self, rows: list[dict[str, Any]], lease: float) -> None:
+        durable, _ = self._connections
+        await durable.fetch(
+            self._insert,
+            [r["id"] for r in rows],
+            [r["name"] for r in rows],
+            [r["registered"] for r in rows],
+            [r["owner"] for r in rows],
+            [r["args"] for r in rows],
+            [r["kwargs"] for r in rows],
+            [r["enqueued_at"] for r in rows],
+            lease,
+            retry=self._insert_again,
+        )
+
+    async def finish(self, endings: list[Ending]) -> list[bool]:
+        durable, _ = self._connections
+        done = await durable.fetch(
+            self._finish,
+            [e.job_id for e in endings],
+            [e.state for e in endings],
+            [e.result for e in endings],
+            [e.error for e in endings],
+            [e.traceback for e in endings],
+            [e.finished_at for e in endings],
+            [e.progress is not None for e in endings],
+            [None if e.progress is None else e.progress[0] for e in endings],
+            [None if e.progress is None else e.progress[1] for e in endings],
+            self.owner,
+        )
+        ended = {row[0] for row in done}
+        return [e.job_id in ended for e in endings]
+
+    async def progress(self, reports: dict[str, Report]) -> None:
+        _, relaxed = self._connections
+        await relaxed.fetch(
+            self._progress,
+            list(reports),
+            [value for value, _ in reports.values()],
+            [data for _, data in reports.values()],
+        )
+
+    def listener(self, on_notify: Callable[[str, str], None]) -> Listener:
+        return PostgresListener(self.url, on_notify)
+
+
+def asyncpg_args(url: str) -> dict[str, Any]:
+    """``asyncpg.connect()``'s arguments for an SQLAlchemy URL."""
+    parsed = make_url(url)
+    args: dict[str, Any] = parsed.translate_connect_args(username="user")
+    args.update(parsed.query)
+    return args
+
+
+class DirectConnection:
+    """One asyncpg connection, held open, for statements sent one after the
+    other.
+
+    It opens its connection when first used, and again when it is found
+    dead (the server restarted, the connection was killed); a statement
+    that is harmless when run twice is then sent again, once.
+
+    Args:
+        url: the store's SQLAlchemy URL (``postgresql+asyncpg://...``).
+        durable: False lets the server report a commit before its log
+            reaches the disk (``synchronous_commit=off``): for writes whose
+            loss in a crash does no harm (a claim, whose job then stays
+            queued; progress), it saves a flush of the log from each.
+    """
+
+    def __init__(self, url: str, *, durable: bool = True) -> None:
+        self._args = asyncpg_args(url)
+        if not durable:
+            self._args["server_settings"] = {"synchronous_commit": "off"}
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+
+    async def fetch(self, sql: str, *args: Any, retry: bool | str = True) -> list[Any]:
+        """Run ``sql`` (its own transaction) and return its rows.
+
+        Sent again on a new connection if the first turns out dead, unless
+        ``retry`` is false: only for statements that do no harm when run
+        twice, since the first may have been committed before its answer
+        was lost. ``retry`` may also be the statement to send the second
+        time (one made harmless to run after the first, at a cost the first
+        need not pay).
+
+        Raises:
+            sqlalchemy.exc.OperationalError: the connection was lost (and
+                could not be replaced, or ``retry`` is false).
+            sqlalchemy.exc.IntegrityError: the statement broke a constraint.
+            sqlalchemy.exc.DatabaseError: the database refused it otherwise.
+        """
+        async with self._lock:
+            try:
+                return await self._fetch(sql, args)
+            except OperationalError:
+                if retry is False:
+                    raise
+            return await self._fetch(sql if retry is True else retry, args)
+
+    async def close(self) -> None:
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), timeout=1)
+
+    async def _fetch(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        import asyncpg
+
+        try:
+            if self._conn is None or self._conn.is_closed():
+                self._drop()
+                self._conn = await asyncpg.connect(**self._args)
+            rows: list[Any] = await self._conn.fetch(sql, *args)
+            return rows
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+        ) as exc:
+            if _is_disconnect(exc, self._conn):
+                self._drop()
+                raise OperationalError(sql, args, exc, connection_invalidated=True) from exc
+            if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+                raise IntegrityError(sql, args, exc) from exc
+            raise DatabaseError(sql, args, exc) from exc
+
+    def _drop(self) -> None:
+        """Let go of a connection that is dead, or as good as."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+
+def _is_disconnect(exc: BaseException, conn: Any) -> bool:
+    import asyncpg
+
+    if conn is None or conn.is_closed():
+        return True
+    return isinstance(
+        exc,
+        OSError
+        | asyncpg.InternalClientError  # killed while idle: see prepare_engine
+        | asyncpg.PostgresConnectionError
+        | asyncpg.exceptions.OperatorInterventionError,  # the server is going down
+    )
+
+
+class PostgresListener(Listener):
+    """LISTEN on the channels given to :meth:`listen`, calling
+    ``on_notify(channel, payload)`` on the loop.
+
+    One connection per store, apart from the pool: workers listen on the
+    channel of queued jobs from the start; a process that watches jobs, on
+    the channel of changes, from its first watcher on (a worker that
+    watches nothing is spared a notification per change). When the
+    connection is lost (the server restarted, the connection was killed)
+    it is opened again, and meanwhile the store falls back on polling.
+    """
+
+    def __init__(self, url: str, on_notify: Callable[[str, str], None]) -> None:
+        self._connect_args = asyncpg_args(url)
+        self._on_notify = on_notify
+        self._channels: list[str] = []
+        self._conn: Any = None
+        self._adding = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()
+        self.connections = 0
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def listen(self, channel: str) -> None:
+        """Listen on ``channel`` too, from now on (and after reconnecting).
+
+        The first call opens the connection. Returns once the server
+        listens, so that no change made afterwards is missed; or, if the
+        server cannot be reached within :data:`CONNECT_WAIT` seconds,
+        without it (the store polls meanwhile, and the channel is listened
+        on once the connection is made)."""
+        async with self._adding:
+            if channel not in self._channels:
+                self._channels.append(channel)
+                if self._task is None:
+                    self._task = asyncio.get_running_loop().create_task(self._listen_forever())
+                elif self._conn is not None:
+                    with contextlib.suppress(Exception):  # lost meanwhile: the reconnection adds it
+                        await self._conn.add_listener(channel, self._deliver)
+        if self.connections == 0:  # not connected yet: the first connection is on its way
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CONNECT_WAIT):
+                    await self.listening.wait()
+
+    async def _listen_forever(self) -> None:
+        import asyncpg
+
+        while True:
+            lost = asyncio.Event()
+            try:
+                conn = await asyncpg.connect(**self._connect_args)
+            except (OSError, asyncpg.PostgresError) as exc:
+                logger.warning("cannot listen for job changes (%s); polling meanwhile", exc)
+                await asyncio.sleep(RECONNECT_AFTER)
+                continue
+            try:
+                conn.add_termination_listener(lambda _, lost=lost: lost.set())
+                async with self._adding:
+                    for channel in self._channels:
+                        await conn.add_listener(channel, self._deliver)
+                    self._conn = conn
+                self.connections += 1
+                self.listening.set()
+                await lost.wait()
+                logger.warning("lost the connection that listens for job changes; reconnecting")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                logger.warning("stopped listening for job changes (%s); reconnecting", exc)
+                await asyncio.sleep(RECONNECT_AFTER)
+            finally:
+                self._conn = None
+                self.listening.clear()
+                with contextlib.suppress(Exception):
+                    await conn.close(timeout=1)
+
+    def _deliver(self, connection: Any, pid: int, channel: str, payload: str) -> None:
+        self._on_notify(channel, payload)

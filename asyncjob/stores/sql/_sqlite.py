@@ -1,0 +1,258 @@
+"""SQLite: everything the SQL store does differently there.
+
+- WAL mode (readers do not wait for the writer), a busy timeout, and a
+  commit that does not wait for the disk (a power cut may lose the last
+  commits, never corrupt the file), on every connection.
+- One writer at a time: writes take the write lock when they begin
+  (``BEGIN IMMEDIATE``), one at a time in each process, so that two
+  processes writing the same file wait for each other instead of failing
+  with "database is locked", and a process's own writers wait on its event
+  loop rather than in SQLite's busy handler, which sleeps.
+- The frequent writes (performs, claims, ends, progress) run on one
+  ``sqlite3`` connection in a thread of its own (:class:`WriterThread`),
+  a whole transaction per call: one hop between threads per batch, where
+  aiosqlite makes one per statement, and one for ``BEGIN`` and ``COMMIT``
+  each. SQLite runs in this process, so ``executemany`` costs no round
+  trip per row.
+- Nothing announces changes across processes: other processes' changes
+  are polled.
+
+Errors come out as SQLAlchemy's, as from the rest of the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from asyncjob._core.models import Claimed, JobState
+from asyncjob.stores.kit import Report
+
+from ._dialect import NEW_COLUMNS, Dialect, Ending, by_claim_order, claimed, ending_sql
+
+__all__ = ("PRAGMAS", "SQLiteDialect", "WriterThread")
+
+T = TypeVar("T")
+
+_QUEUED = JobState.queued.value
+_RUNNING = JobState.running.value
+
+#: How long a writer waits for another process's write (seconds).
+BUSY_TIMEOUT = 30.0
+
+#: Set on every connection of a store (see the module's docstring).
+PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}",
+    "PRAGMA synchronous=NORMAL",
+)
+
+
+class SQLiteDialect(Dialect):
+    """The SQL store on an SQLite file, through aiosqlite and ``sqlite3``."""
+
+    name = "sqlite"
+    now_sql = "((julianday('now') - 2440587.5) * 86400.0)"
+    one_writer = True
+    autocommit_options: ClassVar[dict[str, Any]] = {"asyncjob_autocommit": True}
+    write_options: ClassVar[dict[str, Any]] = {"asyncjob_write": True}
+
+    def __init__(self, url: str, tables: Any, owner: str) -> None:
+        super().__init__(url, tables, owner)
+        path = make_url(url).database
+        if not path:
+            raise ValueError(
+                f"{url!r} names no file: an SQLite store lives in a file, as in "
+                "sqlite+aiosqlite:///path/jobs.db"
+            )
+        self.path = path
+        self._writer: WriterThread | None = None
+        jobs = tables.jobs.name
+        now = self.now_sql
+        # One writer at a time: the statement is atomic as it is.
+        due = self.due_sql("id", ":limit")
+        self._claim = self.claim_sql(":owner", ":lease", f"id IN ({due})")
+        self._insert = f"""
+            INSERT INTO {jobs} ({NEW_COLUMNS})
+            VALUES (:id, :name, :registered, :owner, :owner,
+                    CASE WHEN :registered THEN NULL ELSE {now} + :lease END,
+                    '{_QUEUED}', :args, :kwargs, 0, :enqueued_at, {now})
+            """
+        ending = ending_sql("cancel_requested", ":state", ":result", ":error", ":traceback")
+        self._finish = f"""
+            UPDATE {jobs}
+            SET {ending},
+                finished_at = :finished_at, locked_by = NULL, lease_expires_at = NULL,
+                progress = CASE WHEN :reported THEN :progress ELSE progress END,
+                data = CASE WHEN :reported THEN :data ELSE data END
+            WHERE id = :id
+            """
+        # A job whose lease ran out and that another worker took meanwhile
+        # is that worker's to finish.
+        self._held = f"SELECT id FROM {jobs} WHERE state = '{_RUNNING}' AND locked_by = ? AND id IN"
+        self._progress = (
+            f"UPDATE {jobs} SET progress = :progress, data = :data "
+            f"WHERE id = :id AND state = '{_RUNNING}'"
+        )
+
+    # -- the engine ------------------------------------------------------------
+
+    def engine_options(self) -> dict[str, Any]:
+        return {"connect_args": {"timeout": BUSY_TIMEOUT}}
+
+    def prepare_engine(self, engine: AsyncEngine) -> None:
+        """SQLAlchemy's recipe for real transactions on pysqlite, with WAL."""
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def connect(dbapi_connection: Any, record: Any) -> None:
+            # Let SQLAlchemy, not the driver, say when a transaction begins.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            for pragma in PRAGMAS:
+                cursor.execute(pragma)
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def begin(conn: Any) -> None:
+            options = conn.get_execution_options()
+            if options.get("asyncjob_autocommit", False):
+                return  # each statement is its own transaction
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("asyncjob_write") else "BEGIN")
+
+    # -- the frequent writes ---------------------------------------------------
+
+    async def open(self, write_lock: Any) -> None:
+        self._writer = WriterThread(self.path, PRAGMAS, write_lock)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
+
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer is None:
+            raise RuntimeError("the store is not open: a Runner opens it when it starts")
+        return await self._writer.write(work)
+
+    async def claim(self, limit: int, lease: float) -> list[Claimed]:
+        params = {"owner": self.owner, "lease": lease, "limit": limit}
+        rows = await self._write(lambda conn: conn.execute(self._claim, params).fetchall())
+        return by_claim_order([claimed(row) for row in rows])
+
+    async def insert(self, rows: list[dict[str, Any]], lease: float) -> None:
+        leased = [{**row, "lease": lease} for row in rows]
+        await self._write(lambda conn: conn.executemany(self._insert, leased))
+
+    async def finish(self, endings: list[Ending]) -> list[bool]:
+        ids = [e.job_id for e in endings]
+
+        def write(conn: sqlite3.Connection) -> set[str]:
+            marks = ", ".join("?" * len(ids))
+            found = conn.execute(f"{self._held} ({marks})", (self.owner, *ids)).fetchall()
+            held = {job_id for (job_id,) in found}
+            conn.executemany(self._finish, [_finish_row(e) for e in endings if e.job_id in held])
+            return held
+
+        held = await self._write(write)
+        return [job_id in held for job_id in ids]
+
+    async def progress(self, reports: dict[str, Report]) -> None:
+        rows = [
+            {"id": job_id, "progress": value, "data": data}
+            for job_id, (value, data) in reports.items()
+        ]
+        await self._write(lambda conn: conn.executemany(self._progress, rows))
+
+
+def _finish_row(e: Ending) -> dict[str, Any]:
+    return {
+        "id": e.job_id,
+        "state": e.state,
+        "result": e.result,
+        "error": e.error,
+        "traceback": e.traceback,
+        "finished_at": e.finished_at,
+        "reported": e.progress is not None,
+        "progress": None if e.progress is None else e.progress[0],
+        "data": None if e.progress is None else e.progress[1],
+    }
+
+
+class WriterThread:
+    """One ``sqlite3`` connection, in a thread of its own, for transactions
+    that write (see the module's docstring).
+
+    Args:
+        path: the database file.
+        setup: statements run once on the new connection (pragmas).
+        lock: held around each transaction, with the store's other writers
+            in this process, so that they take turns on the event loop
+            rather than in SQLite's busy handler.
+    """
+
+    def __init__(self, path: str, setup: Sequence[str], lock: asyncio.Lock) -> None:
+        self._path = path
+        self._setup = setup
+        self._lock = lock
+        self._conn: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="asyncjob-sqlite")
+
+    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work(connection)`` in one ``BEGIN IMMEDIATE`` transaction,
+        committed when it returns and rolled back when it raises.
+
+        Raises:
+            sqlalchemy.exc.OperationalError: SQLite could not (the file is
+                locked by another process for longer than the busy timeout,
+                say).
+            sqlalchemy.exc.IntegrityError: a statement broke a constraint.
+            sqlalchemy.exc.DatabaseError: SQLite refused a statement otherwise.
+        """
+        async with self._lock:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._thread, self._transaction, work
+            )
+
+    async def close(self) -> None:
+        async with self._lock:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
+        self._thread.shutdown(wait=False)
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+        except sqlite3.OperationalError as exc:
+            raise OperationalError(None, None, exc) from exc
+        except sqlite3.IntegrityError as exc:
+            raise IntegrityError(None, None, exc) from exc
+        except sqlite3.Error as exc:
+            raise DatabaseError(None, None, exc) from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            # Autocommit as the driver sees it: the transactions are ours.
+            conn = sqlite3.connect(self._path, isolation_level=None)
+            for statement in self._setup:
+                conn.execute(statement)
+            self._conn = conn
+        return self._conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -1,0 +1,429 @@
+"""The store contract suite: the tests every store passes, for yours too.
+
+asyncjob runs these against its own stores; a store of yours runs them the
+same way. Subclass :class:`StoreContract` (or :class:`DurableStoreContract`,
+for a store that worker processes share) in a test module, and give it the
+fixtures it asks for::
+
+    import pytest
+    from asyncjob.testing import DurableStoreContract
+
+    class TestMyStore(DurableStoreContract):
+        @pytest.fixture
+        async def make_store(self):
+            made = []
+
+            async def make():
+                store = MyStore("redis://localhost/9", lease=0.6)
+                await store.open()
+                made.append(store)
+                return store
+
+            yield make
+            for store in made:
+                await store.close()
+
+        @pytest.fixture
+        async def store(self, make_store):
+            return await make_store()
+
+Every test is a coroutine: it needs pytest and pytest-asyncio. A durable
+store's ``lease`` sets how long its lease tests take (they wait for a lease
+to run out): give it one well under a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from asyncjob._core.errors import JobNotFound
+from asyncjob._core.models import Job, JobQuery, JobState, JobStatus
+from asyncjob.stores import DurableStore, Store
+
+__all__ = ("TIMEOUT", "DurableStoreContract", "StoreContract", "make_job")
+
+#: Every wait of the suite gives up after this many seconds, so that a
+#: store that never answers fails fast instead of hanging the run.
+TIMEOUT = 10.0
+
+
+def make_job(
+    job_id: str = "j1", *, registered: bool = False, at: float | None = None, name: str = ""
+) -> Job:
+    """A job as the runner hands it to a store: ``tests.job(1, k=2)``."""
+    return Job(
+        job_id,
+        name or ("tests.registered" if registered else "tests.job"),
+        print,
+        (1,),
+        {"k": 2},
+        False,
+        time.time() if at is None else at,
+        registered,
+    )
+
+
+async def _status(store: Store, job_id: str) -> JobStatus:
+    status = await store.get(job_id)
+    assert status is not None, f"the store forgot {job_id}"
+    return status
+
+
+class StoreContract:
+    """The contract of :class:`~asyncjob.stores.Store`.
+
+    Needs a ``store`` fixture: an opened store, closed after the test.
+    """
+
+    pytestmark = pytest.mark.asyncio
+
+    async def test_enqueue_then_get(self, store: Store) -> None:
+        """An enqueued job reads as queued, with no progress and no times but one."""
+        await store.enqueue(make_job())
+        status = await _status(store, "j1")
+        assert (status.id, status.name, status.state) == ("j1", "tests.job", JobState.queued)
+        assert (status.progress, status.data, status.result, status.error) == (None,) * 4
+        assert (status.attempts, status.errors, status.cancel_requested) == (0, (), False)
+        assert status.enqueued_at is not None
+        assert status.started_at is None
+        assert status.finished_at is None
+
+    async def test_enqueue_refuses_an_id_taken(self, store: Store) -> None:
+        """A second job with the same id is a ValueError; the first is untouched."""
+        await store.enqueue(make_job())
+        await store.start("j1")
+        with pytest.raises(ValueError, match="j1"):
+            await store.enqueue(make_job())
+        assert (await _status(store, "j1")).state is JobState.running
+
+    async def test_enqueue_many_records_each_in_order(self, store: Store) -> None:
+        """Many jobs at once: each is queued, as one enqueue would have made it."""
+        await store.enqueue_many([make_job(f"m{n}") for n in range(3)])
+        for n in range(3):
+            status = await _status(store, f"m{n}")
+            assert (status.state, status.progress) == (JobState.queued, None)
+
+    async def test_get_unknown(self, store: Store) -> None:
+        """An unknown id is None, not an error."""
+        assert await store.get("nope") is None
+        assert await store.outcome("nope") is None
+
+    async def test_start_happens_once(self, store: Store) -> None:
+        """queued → running once, counting an attempt; a second start is refused."""
+        await store.enqueue(make_job())
+        assert await store.start("j1") is True
+        assert await store.start("j1") is False
+        assert await store.start("nope") is False
+        status = await _status(store, "j1")
+        assert (status.state, status.attempts) == (JobState.running, 1)
+        assert status.started_at is not None
+
+    async def test_finish_happens_once(self, store: Store) -> None:
+        """running → final once, keeping progress; later finishes are refused."""
+        await store.enqueue(make_job())
+        await store.start("j1")
+        store.report_progress("j1", 5, "five")
+        assert await store.finish("j1", JobState.succeeded, result=[1, 2]) is True
+        assert await store.finish("j1", JobState.failed, error="late") is False
+        status = await _status(store, "j1")
+        assert (status.state, status.result, status.error) == (JobState.succeeded, [1, 2], None)
+        assert (status.progress, status.data) == (5, "five")
+        assert status.finished_at is not None
+        outcome = await store.outcome("j1")
+        assert outcome is not None
+        assert (outcome.state, outcome.result) == (JobState.succeeded, [1, 2])
+
+    async def test_finish_needs_a_running_job(self, store: Store) -> None:
+        """A queued job cannot finish without starting."""
+        await store.enqueue(make_job())
+        assert await store.finish("j1", JobState.succeeded) is False
+        assert await store.finish("nope", JobState.succeeded) is False
+
+    async def test_failure_keeps_error_and_traceback(self, store: Store) -> None:
+        """failed carries the error text and the traceback."""
+        await store.enqueue(make_job())
+        await store.start("j1")
+        await store.finish("j1", JobState.failed, error="ValueError: x", traceback="Traceback…")
+        status = await _status(store, "j1")
+        assert (status.error, status.traceback) == ("ValueError: x", "Traceback…")
+
+    async def test_retry_queues_the_job_again(self, store: Store) -> None:
+        """A failed attempt goes back to the queue with its error kept; the
+        next start counts a second attempt."""
+        await store.enqueue(make_job())
+        await store.start("j1")
+        assert await store.retry("j1", error="OSError: flaky", delay=0) is True
+        status = await _status(store, "j1")
+        assert (status.state, status.errors) == (JobState.queued, ("OSError: flaky",))
+        assert await store.retry("j1", error="again", delay=0) is False  # not running
+        assert await store.start("j1") is True
+        assert (await _status(store, "j1")).attempts == 2
+
+    async def test_cancel_a_queued_job(self, store: Store) -> None:
+        """A queued job is cancelled at once, and never starts."""
+        await store.enqueue(make_job())
+        assert await store.cancel("j1") is JobState.queued
+        assert await store.cancel("j1") is JobState.cancelled
+        assert await store.cancel("nope") is None
+        assert await store.start("j1") is False
+        status = await _status(store, "j1")
+        assert (status.state, status.cancel_requested) == (JobState.cancelled, False)
+        assert status.finished_at is not None
+
+    async def test_cancel_a_running_job_is_requested(self, store: Store) -> None:
+        """A running job's cancel is requested: it stays running until its
+        runner finishes it, then ends cancelled whatever it was finished as,
+        with no result but its progress."""
+        await store.enqueue(make_job())
+        await store.start("j1")
+        store.report_progress("j1", 3, None)
+        assert await store.cancel("j1") is JobState.running
+        assert await store.cancel("j1") is JobState.running  # still
+        status = await _status(store, "j1")
+        assert (status.state, status.cancel_requested) == (JobState.running, True)
+        assert await store.finish("j1", JobState.succeeded, result="kept?") is True
+        status = await _status(store, "j1")
+        assert (status.state, status.result, status.cancel_requested) == (
+            JobState.cancelled,
+            None,
+            False,
+        )
+        assert status.progress == 3
+        assert await store.cancel("j1") is JobState.cancelled
+
+    async def test_a_retry_after_a_cancel_ends_cancelled(self, store: Store) -> None:
+        """A failed attempt of a job whose cancel was requested is not tried
+        again: it ends cancelled."""
+        await store.enqueue(make_job())
+        await store.start("j1")
+        await store.cancel("j1")
+        assert await store.retry("j1", error="ValueError: x", delay=0) is False
+        assert (await _status(store, "j1")).state is JobState.cancelled
+
+    async def test_progress_only_while_running(self, store: Store) -> None:
+        """Reports for a queued, final or unknown job change nothing."""
+        await store.enqueue(make_job())
+        store.report_progress("j1", 1, None)
+        store.report_progress("nope", 1, None)
+        assert (await _status(store, "j1")).progress is None
+
+    async def test_progress_from_another_thread(self, store: Store) -> None:
+        """report_progress is thread-safe; reports arrive in order, the last one
+        always (a store may coalesce the ones in between)."""
+        await store.enqueue(make_job())
+        await store.start("j1")
+        watch = store.watch("j1")
+        assert (await anext(watch)).state is JobState.running
+
+        def report() -> None:
+            for i in range(10):
+                store.report_progress("j1", i, {"i": i})
+
+        thread = threading.Thread(target=report)
+        thread.start()
+        thread.join(TIMEOUT)
+        seen: list[float | None] = []
+        async with asyncio.timeout(TIMEOUT):
+            while not seen or seen[-1] != 9:
+                seen.append((await anext(watch)).progress)
+        values = [v for v in seen if v is not None]
+        assert values == sorted(set(values))
+        assert (await _status(store, "j1")).data == {"i": 9}
+        await watch.aclose()  # type: ignore[attr-defined]
+
+    async def test_watch_tells_the_story_in_order(self, store: Store) -> None:
+        """The current status, then changes in order, then the final one, and
+        the end of iteration. A store may skip intermediate ones."""
+        await store.enqueue(make_job())
+        watch = store.watch("j1")
+        assert (await anext(watch)).state is JobState.queued
+        await store.start("j1")
+        assert (await anext(watch)).state is JobState.running
+        store.report_progress("j1", 1, "a")
+        await store.finish("j1", JobState.succeeded, result=3)
+        async with asyncio.timeout(TIMEOUT):
+            rest = [s async for s in watch]
+        assert (rest[-1].state, rest[-1].progress, rest[-1].result) == ("succeeded", 1, 3)
+        assert all(s.state is JobState.running for s in rest[:-1])
+
+    async def test_watch_sees_a_cancel_requested(self, store: Store) -> None:
+        """A watcher sees the request (still running), then the cancelled end."""
+        await store.enqueue(make_job())
+        await store.start("j1")
+        watch = store.watch("j1")
+        assert (await anext(watch)).cancel_requested is False
+        await store.cancel("j1")
+        async with asyncio.timeout(TIMEOUT):
+            requested = await anext(watch)
+        assert (requested.state, requested.cancel_requested) == (JobState.running, True)
+        await store.finish("j1", JobState.cancelled)
+        async with asyncio.timeout(TIMEOUT):
+            assert [s.state async for s in watch] == [JobState.cancelled]
+
+    async def test_watch_unknown(self, store: Store) -> None:
+        """Watching an unknown id raises JobNotFound."""
+        with pytest.raises(JobNotFound):
+            await anext(store.watch("nope"))
+
+    async def test_list_jobs_newest_first_filtered_and_paged(self, store: Store) -> None:
+        """Listings are newest first, filtered by state and name, and paged by
+        the last job of the previous page; a page ends where the jobs do."""
+        now = time.time()
+        for n in range(5):
+            await store.enqueue(make_job(f"l{n}", at=now + n, name=f"tests.kind{n % 2}"))
+        await store.start("l4")
+        ids = [s.id for s in await store.list_jobs(JobQuery())]
+        assert ids == ["l4", "l3", "l2", "l1", "l0"]
+        first = await store.list_jobs(JobQuery(limit=2))
+        assert [s.id for s in first] == ["l4", "l3"]
+        second = await store.list_jobs(JobQuery(limit=2, before=first[-1].id))
+        assert [s.id for s in second] == ["l2", "l1"]
+        last = await store.list_jobs(JobQuery(limit=2, before="l1"))
+        assert [s.id for s in last] == ["l0"]
+        assert await store.list_jobs(JobQuery(before="l0")) == []
+        queued = await store.list_jobs(JobQuery(states=frozenset({JobState.queued})))
+        assert [s.id for s in queued] == ["l3", "l2", "l1", "l0"]
+        running = await store.list_jobs(JobQuery(states=frozenset({JobState.running})))
+        assert [(s.id, s.state) for s in running] == [("l4", JobState.running)]
+        kind0 = await store.list_jobs(JobQuery(name="tests.kind0", before="l4"))
+        assert [s.id for s in kind0] == ["l2", "l0"]
+        with pytest.raises(JobNotFound):
+            await store.list_jobs(JobQuery(before="nope"))
+
+
+class DurableStoreContract(StoreContract):
+    """The contract of :class:`~asyncjob.stores.DurableStore`, with the
+    :class:`StoreContract` too.
+
+    Needs, besides ``store``, a ``make_store`` fixture: an async callable
+    that opens one more store on the same database (another worker), each
+    closed after the test. Its stores' ``lease`` sets how long the lease
+    tests wait: give them one well under a second.
+    """
+
+    async def test_claim_takes_registered_jobs_once(
+        self, store: DurableStore, make_store: Callable[[], Awaitable[DurableStore]]
+    ) -> None:
+        """A claim takes the queued registered jobs, oldest first, running
+        and counting an attempt; another worker then finds none, and jobs
+        that are not registered are never claimed."""
+        now = time.time()
+        for n in range(3):
+            await store.enqueue(make_job(f"r{n}", registered=True, at=now + n))
+        await store.enqueue(make_job("mine"))
+        other = await make_store()
+        claimed = await store.claim(10)
+        assert [c.id for c in claimed] == ["r0", "r1", "r2"]
+        assert [(c.name, c.args, dict(c.kwargs), c.attempts) for c in claimed[:1]] == [
+            ("tests.registered", (1,), {"k": 2}, 1)
+        ]
+        assert all(c.problem is None for c in claimed)
+        assert await other.claim(10) == []
+        assert await store.claim(10) == []
+        status = await _status(store, "r0")
+        assert (status.state, status.attempts) == (JobState.running, 1)
+        assert (await _status(store, "mine")).state is JobState.queued
+
+    async def test_claim_takes_no_more_than_asked(self, store: DurableStore) -> None:
+        """``limit`` bounds a claim; the rest wait for the next one."""
+        now = time.time()
+        for n in range(3):
+            await store.enqueue(make_job(f"r{n}", registered=True, at=now + n))
+        assert [c.id for c in await store.claim(2)] == ["r0", "r1"]
+        assert [c.id for c in await store.claim(2)] == ["r2"]
+
+    async def test_release_hands_a_job_back(
+        self, store: DurableStore, make_store: Callable[[], Awaitable[DurableStore]]
+    ) -> None:
+        """A released job is queued again, its attempt not counted, and
+        another worker claims it."""
+        await store.enqueue(make_job("r", registered=True))
+        await store.claim(1)
+        await store.release(["r", "nope"])
+        status = await _status(store, "r")
+        assert (status.state, status.attempts, status.started_at) == (JobState.queued, 0, None)
+        other = await make_store()
+        (again,) = await other.claim(1)
+        assert (again.id, again.attempts) == ("r", 1)
+
+    async def test_a_retry_is_claimed_again(self, store: DurableStore) -> None:
+        """A claimed job's failed attempt, sent back with no delay, is claimed
+        again for its second attempt."""
+        await store.enqueue(make_job("r", registered=True))
+        await store.claim(1)
+        assert await store.retry("r", error="OSError: flaky", delay=0) is True
+        async with asyncio.timeout(TIMEOUT):
+            while not (claimed := await store.claim(1)):  # noqa: ASYNC110 - due by the store's clock
+                await asyncio.sleep(0.01)
+        assert (claimed[0].id, claimed[0].attempts) == ("r", 2)
+
+    async def test_a_cancel_from_elsewhere_reaches_the_holder(
+        self, store: DurableStore, make_store: Callable[[], Awaitable[DurableStore]]
+    ) -> None:
+        """A job cancelled by another process is still held by its worker,
+        whose renew() reports it once; its end is then cancelled."""
+        await store.enqueue(make_job("r", registered=True))
+        await store.claim(1)
+        other = await make_store()
+        assert await other.cancel("r") is JobState.running
+        assert (await _status(other, "r")).cancel_requested is True
+        async with asyncio.timeout(TIMEOUT):
+            while "r" not in await store.renew():  # noqa: ASYNC110 - the store renews on its own
+                await asyncio.sleep(store.lease / 10)
+        # Not a wait for something: time for a few more renewals, to show
+        # that none reports the job again.
+        await asyncio.sleep(store.lease)
+        assert "r" not in await store.renew()
+        assert await store.finish("r", JobState.succeeded, result=1) is True
+        assert (await _status(other, "r")).state is JobState.cancelled
+
+    async def test_a_dead_workers_jobs_are_recovered(
+        self, store: DurableStore, make_store: Callable[[], Awaitable[DurableStore]]
+    ) -> None:
+        """Once a holder stops renewing (it closed, as a dead worker does),
+        its registered job goes back to the queue, and runs again elsewhere;
+        the first holder has lost it."""
+        holder = await make_store()
+        await holder.enqueue(make_job("r", registered=True))
+        await holder.claim(1)
+        await holder.close()
+        async with asyncio.timeout(TIMEOUT):
+            while not await store.recover():  # noqa: ASYNC110 - waits for the lease to run out
+                await asyncio.sleep(store.lease / 10)
+        (again,) = await store.claim(1)
+        assert (again.id, again.attempts) == ("r", 2)
+
+    async def test_a_dead_processs_own_jobs_fail(
+        self, store: DurableStore, make_store: Callable[[], Awaitable[DurableStore]]
+    ) -> None:
+        """Jobs that are not registered could run only where they were
+        performed: when that process stops renewing, they end failed,
+        queued or running, saying their worker was lost."""
+        holder = await make_store()
+        await holder.enqueue(make_job("running"))
+        await holder.enqueue(make_job("queued"))
+        await holder.start("running")
+        await holder.close()
+        recovered = 0
+        async with asyncio.timeout(TIMEOUT):
+            while recovered < 2:
+                recovered += await store.recover()
+                await asyncio.sleep(store.lease / 10)  # until the lease runs out
+        for job_id in ("running", "queued"):
+            status = await _status(store, job_id)
+            assert status.state is JobState.failed
+            assert (status.error or "").startswith("worker lost")
+
+    async def test_retention_keeps_what_has_not_ended(self, store: DurableStore) -> None:
+        """forget_finished() never deletes a job that is queued or running."""
+        await store.enqueue(make_job("queued"))
+        await store.enqueue(make_job("running"))
+        await store.start("running")
+        assert await store.forget_finished() >= 0
+        for job_id in ("queued", "running"):
+            assert await store.get(job_id) is not None
