@@ -37,10 +37,13 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff: lint rules and formatting."""
-    session.install("ruff>=0.6")
+    """ruff (lint rules and formatting), and the import layers that keep the
+    architecture (the contracts in pyproject.toml, docs/architecture.md)."""
+    session.install("ruff>=0.6", "import-linter>=2.1")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    # The package is read from the checkout, not installed.
+    session.run("lint-imports", env={"PYTHONPATH": "."})
 
 
 @nox.session

@@ -16,7 +16,7 @@ from asyncjob._core.errors import AsyncJobError
 from asyncjob._core.log import logger
 from asyncjob._runner.runner import Runner
 from asyncjob.stores import resolve_store
-from asyncjob.stores._resolve import SHARED_STORES
+from asyncjob.stores._base import SHARED_STORES
 
 __all__ = ("run_worker",)
 

@@ -24,7 +24,17 @@ from typing import Any
 
 from asyncjob._core.models import Claimed, Job, JobQuery, JobState, JobStatus, Outcome
 
-__all__ = ("DurableStore", "Store", "TransactionalStore")
+__all__ = ("SHARED_STORES", "DurableStore", "Store", "TransactionalStore", "unknown_store")
+
+#: What to give for a store that worker processes share.
+SHARED_STORES = (
+    "an async database URL (sqlite+aiosqlite:///path/jobs.db, postgresql+asyncpg://user@host/db)"
+)
+
+
+def unknown_store(store: str) -> str:
+    """What to say of a store name or URL that no store takes."""
+    return f"unknown store {store!r}: give {SHARED_STORES}, or 'memory', or a Store object"
 
 
 class Store(abc.ABC):

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._base import Store
+from ._base import Store, unknown_store
 from .memory import MemoryStore
 
-__all__ = ("SHARED_STORES", "resolve_store", "unknown_store")
-
-#: What to give for a store that worker processes share.
-SHARED_STORES = (
-    "an async database URL (sqlite+aiosqlite:///path/jobs.db, postgresql+asyncpg://user@host/db)"
-)
+__all__ = ("resolve_store",)
 
 
 def resolve_store(store: str | Store, **options: Any) -> Store:
@@ -43,8 +38,3 @@ def resolve_store(store: str | Store, **options: Any) -> Store:
 
         return SQLStore(store, **options)
     raise ValueError(unknown_store(store))
-
-
-def unknown_store(store: str) -> str:
-    """What to say of a store name or URL that no store takes."""
-    return f"unknown store {store!r}: give {SHARED_STORES}, or 'memory', or a Store object"

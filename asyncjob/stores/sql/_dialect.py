@@ -17,11 +17,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 from sqlalchemy import Connection
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from asyncjob._core.models import Claimed, JobState
-from asyncjob.stores._resolve import unknown_store
 from asyncjob.stores.kit import Report, loads
 
 from ._schema import DUE, Tables
@@ -33,7 +31,6 @@ __all__ = (
     "Listener",
     "by_claim_order",
     "claimed",
-    "dialect_for",
     "ending_sql",
 )
 
@@ -210,29 +207,6 @@ def ending_sql(flag: str, state: str, result: str, error: str, traceback: str) -
                error = CASE WHEN {flag} THEN NULL ELSE {error} END,
                traceback = CASE WHEN {flag} THEN NULL ELSE {traceback} END,
                cancel_requested = false"""
-
-
-def dialect_for(url: str, tables: Tables, owner: str) -> Dialect:
-    """The dialect of an SQLAlchemy URL: the one list of the SQL stores' URLs.
-
-    Raises:
-        ValueError: no SQL store takes this URL.
-    """
-    from ._postgres import PostgresDialect
-    from ._sqlite import SQLiteDialect
-
-    dialects: dict[str, type[Dialect]] = {
-        "sqlite+aiosqlite": SQLiteDialect,
-        "postgresql+asyncpg": PostgresDialect,
-    }
-    try:
-        driver = make_url(url).drivername
-    except Exception:  # noqa: BLE001 - SQLAlchemy raises several kinds for a bad URL
-        driver = None
-    dialect = dialects.get(driver or "")
-    if dialect is None:
-        raise ValueError(unknown_store(url))
-    return dialect(url, tables, owner)
 
 
 def claimed(row: Sequence[Any]) -> Claimed:

@@ -7,7 +7,7 @@ release is refused with a clear error rather than misread.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     Boolean,
@@ -28,13 +28,20 @@ from sqlalchemy import (
 
 from asyncjob._core.errors import AsyncJobError
 
-if TYPE_CHECKING:
-    from ._dialect import Dialect
-
-__all__ = ("DUE", "SCHEMA_VERSION", "SchemaError", "Tables", "ensure_schema")
+__all__ = ("DUE", "SCHEMA_VERSION", "SchemaError", "SchemaHooks", "Tables", "ensure_schema")
 
 #: The version this release writes and reads.
 SCHEMA_VERSION = 3
+
+
+class SchemaHooks(Protocol):
+    """What the schema asks of the database's dialect (see ``_dialect``)."""
+
+    def lock_schema(self, conn: Connection) -> None:
+        """Keep other processes from creating or migrating the schema meanwhile."""
+
+    def install_triggers(self, conn: Connection) -> None:
+        """Create (or replace) what announces changes from the database."""
 
 
 class SchemaError(AsyncJobError):
@@ -112,7 +119,7 @@ def _partial(name: str, column: Column[Any], where: str) -> Index:
     return Index(name, column, postgresql_where=text(where), sqlite_where=text(where))
 
 
-def ensure_schema(conn: Connection, tables: Tables, dialect: Dialect) -> None:
+def ensure_schema(conn: Connection, tables: Tables, dialect: SchemaHooks) -> None:
     """Create the tables if they are missing, migrate them if they are of an
     older version; refuse a version we cannot read.
 
@@ -160,7 +167,7 @@ def _version(conn: Connection, tables: Tables) -> int:
     return version
 
 
-def _migrate_1_to_2(conn: Connection, tables: Tables, dialect: Dialect) -> None:
+def _migrate_1_to_2(conn: Connection, tables: Tables, dialect: SchemaHooks) -> None:
     """Version 2 indexes only the rows each index is for (see
     :class:`Tables`), and notifies once per statement, not once per row."""
     for old in ("jobs_claim", "jobs_finished", "jobs_locked_by"):
@@ -170,7 +177,7 @@ def _migrate_1_to_2(conn: Connection, tables: Tables, dialect: Dialect) -> None:
     dialect.install_triggers(conn)
 
 
-def _migrate_2_to_3(conn: Connection, tables: Tables, dialect: Dialect) -> None:
+def _migrate_2_to_3(conn: Connection, tables: Tables, dialect: SchemaHooks) -> None:
     """Version 3 keeps whether a running job's cancel was requested (it ends
     cancelled once its code has stopped), and indexes listings."""
     jobs = tables.jobs.name

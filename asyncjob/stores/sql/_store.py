@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from sqlalchemy import Update, and_, bindparam, case, delete, event, or_, select, tuple_, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from asyncjob._core import defaults
 from asyncjob._core.errors import JobLost, JobNotFound
 from asyncjob._core.models import Claimed, Job, JobQuery, JobState, JobStatus, Outcome
-from asyncjob.stores import DurableStore, TransactionalStore
+from asyncjob.stores._base import DurableStore, TransactionalStore, unknown_store
 from asyncjob.stores.kit import (
     GroupCommit,
     LeaseThread,
@@ -30,9 +31,11 @@ from asyncjob.stores.kit import (
 )
 
 from ._database import Database, same_database
-from ._dialect import Dialect, Ending, Listener, dialect_for
+from ._dialect import Dialect, Ending, Listener
+from ._postgres import PostgresDialect
 from ._rows import BadRecord, json_column, state_of, status_of
 from ._schema import Tables, ensure_schema
+from ._sqlite import SQLiteDialect
 
 __all__ = ("WORKER_LOST", "SQLStore")
 
@@ -52,6 +55,29 @@ WORKER_LOST = (
 
 #: Finished jobs deleted per statement: small, so that no lock is held long.
 PURGE_BATCH = 500
+
+
+#: The SQL stores' URLs, by driver: the one list of them.
+DIALECTS: dict[str, type[Dialect]] = {
+    "sqlite+aiosqlite": SQLiteDialect,
+    "postgresql+asyncpg": PostgresDialect,
+}
+
+
+def dialect_for(url: str, tables: Tables, owner: str) -> Dialect:
+    """The dialect of an SQLAlchemy URL: the one list of the SQL stores' URLs.
+
+    Raises:
+        ValueError: no SQL store takes this URL.
+    """
+    try:
+        driver = make_url(url).drivername
+    except Exception:  # noqa: BLE001 - SQLAlchemy raises several kinds for a bad URL
+        driver = None
+    dialect = DIALECTS.get(driver or "")
+    if dialect is None:
+        raise ValueError(unknown_store(url))
+    return dialect(url, tables, owner)
 
 
 class SQLStore(DurableStore, TransactionalStore):
