@@ -5,11 +5,11 @@ same way. Subclass :class:`StoreContract` (or :class:`DurableStoreContract`,
 for a store that worker processes share) in a test module, and give it the
 fixtures it asks for::
 
-    import pytest
+    import pytest_asyncio
     from asyncjob.testing import DurableStoreContract
 
     class TestMyStore(DurableStoreContract):
-        @pytest.fixture
+        @pytest_asyncio.fixture
         async def make_store(self):
             made = []
 
@@ -23,7 +23,7 @@ fixtures it asks for::
             for store in made:
                 await store.close()
 
-        @pytest.fixture
+        @pytest_asyncio.fixture
         async def store(self, make_store):
             return await make_store()
 
