@@ -401,7 +401,7 @@ def source_digest() -> str:
 def header(sizes: Sizes, digest: str) -> str:
     """What was run, and where."""
     return (
-        f"asyncjob {importlib.metadata.version('asyncjob')} (sources {digest}) core benchmarks: "
+        f"asyncjob {importlib.metadata.version('asyncjob-runner')} (sources {digest}) core benchmarks: "
         f"Python {platform.python_version()}, {os.cpu_count()} CPU(s), "
         f"medians of {sizes.repeat} repetition(s)\n"
         f"{sizes.coro_jobs:,} coroutine jobs, {sizes.sync_jobs:,} sync jobs, "
@@ -427,7 +427,7 @@ def write_json(path: Path, sizes: Sizes, digest: str, samples: dict[str, list[fl
         )
     doc = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "asyncjob": importlib.metadata.version("asyncjob"),
+        "asyncjob": importlib.metadata.version("asyncjob-runner"),
         "sources": digest,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),

@@ -766,9 +766,12 @@ def spread(samples: dict[str, list[float]]) -> str:
 def versions(admin: str, kinds: Sequence[str]) -> dict[str, str]:
     """What was measured: the libraries' and the databases' versions."""
     found = {
-        name: importlib.metadata.version(name)
-        for name in ("asyncjob", "procrastinate", "pgqueuer", "asyncpg", "psycopg",
-                     "aiosqlite", "SQLAlchemy")
+        name: importlib.metadata.version(distribution)
+        for name, distribution in (
+            ("asyncjob", "asyncjob-runner"), ("procrastinate", "procrastinate"),
+            ("pgqueuer", "pgqueuer"), ("asyncpg", "asyncpg"), ("psycopg", "psycopg"),
+            ("aiosqlite", "aiosqlite"), ("SQLAlchemy", "SQLAlchemy"),
+        )
     }  # fmt: skip
     found["sqlite"] = sqlite3.sqlite_version
     if "postgres" in kinds:

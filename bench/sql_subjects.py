@@ -358,7 +358,7 @@ async def until(stop: asyncio.Event, work: asyncio.Task[None]) -> None:
 
 class AsyncjobServer:
     """What ``asyncjob worker --store URL --concurrency 50`` runs
-    (``asyncjob/_worker.py``): an SQLStore with its defaults and a Runner."""
+    (``asyncjob/_cli/worker.py``): an SQLStore with its defaults and a Runner."""
 
     def __init__(self, db: Database) -> None:
         self.db = db

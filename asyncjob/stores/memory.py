@@ -28,15 +28,17 @@ __all__ = ("MemoryStore",)
 
 class _Record:
     """A job's mutable state. The callable and its arguments are not kept:
-    the runner's queue holds them until the job runs."""
+    the runner's queue holds them until the job runs. A record is kept for
+    every queued job, so it holds no more slots than it needs: a failed
+    job's error and traceback share one."""
 
     __slots__ = (
         "attempts",
         "cancel_requested",
         "data",
         "enqueued_at",
-        "error",
         "errors",
+        "failure",
         "finished_at",
         "id",
         "name",
@@ -44,7 +46,6 @@ class _Record:
         "result",
         "started_at",
         "state",
-        "traceback",
     )
 
     def __init__(self, job: Job) -> None:
@@ -54,8 +55,8 @@ class _Record:
         self.progress: float | None = None
         self.data: Any = None
         self.result: Any = None
-        self.error: str | None = None
-        self.traceback: str | None = None
+        #: ``(error, traceback)`` of a failed job.
+        self.failure: tuple[str | None, str | None] | None = None
         self.attempts = 0
         self.errors: tuple[str, ...] = ()
         self.cancel_requested = False
@@ -63,7 +64,12 @@ class _Record:
         self.started_at: float | None = None
         self.finished_at: float | None = None
 
+    def outcome(self) -> Outcome:
+        error, traceback = self.failure or (None, None)
+        return Outcome(self.state, self.result, error, traceback)
+
     def snapshot(self) -> JobStatus:
+        error, traceback = self.failure or (None, None)
         return JobStatus(
             id=self.id,
             name=self.name,
@@ -71,8 +77,8 @@ class _Record:
             progress=self.progress,
             data=self.data,
             result=self.result,
-            error=self.error,
-            traceback=self.traceback,
+            error=error,
+            traceback=traceback,
             attempts=self.attempts,
             errors=self.errors,
             cancel_requested=self.cancel_requested,
@@ -177,7 +183,9 @@ class MemoryStore(Store):
             return False
         if rec.cancel_requested:
             state, result, error, traceback = JobState.cancelled, None, None, None
-        rec.result, rec.error, rec.traceback = result, error, traceback
+        rec.result = result
+        if error is not None or traceback is not None:
+            rec.failure = (error, traceback)
         self._end(rec, state)
         return True
 
@@ -213,9 +221,7 @@ class MemoryStore(Store):
     async def outcome(self, job_id: str) -> Outcome | None:
         self._forget_expired()
         rec = self._records.get(job_id)
-        if rec is None:
-            return None
-        return Outcome(rec.state, rec.result, rec.error, rec.traceback)
+        return None if rec is None else rec.outcome()
 
     async def list_jobs(self, query: JobQuery) -> list[JobStatus]:
         self._forget_expired()
