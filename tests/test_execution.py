@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import time
 from typing import Any
 
 import pytest
 
 import asyncjob
+from asyncjob import JobState
 from asyncjob._core.callables import callable_name, describe, is_async_callable
+from asyncjob._engine.engine import Engine
+from asyncjob._engine.sessions import Sessions
+from asyncjob.stores import Job, MemoryStore
 
 from .conftest import TIMEOUT, RunnerFactory
 
@@ -236,3 +241,36 @@ async def test_unstopped_runner_cancelled_with_its_loop() -> None:
         await worker
     assert (await runner.status(job_id)).state is asyncjob.JobState.cancelled
     await runner.stop()
+
+
+async def test_a_claimed_job_interrupted_while_it_waits_never_runs() -> None:
+    """A claimed job (running in the store already) that is interrupted while
+    it waits in the engine's queue for a worker is recorded as cancelled,
+    and its code never runs."""
+    store = MemoryStore()
+    await store.open()
+    engine = Engine(store, concurrency=1, threads=1, scope=Sessions(None, None))
+    engine.start()
+    gate = asyncio.Event()
+    ran: list[str] = []
+
+    async def victim() -> None:
+        ran.append("victim")  # pragma: no cover - must never run
+
+    blocker = Job("b", "blocker", gate.wait, (), {}, True, time.time())
+    claimed = Job("v", "victim", victim, (), {}, True, time.time(), True, True)
+    for job in (blocker, claimed):
+        await store.enqueue(job)
+    await store.start("v")  # claimed: the store marked it running
+    engine.submit(blocker)
+    engine.submit(claimed)
+    assert engine.interrupt("v") is False  # it does not run yet
+    gate.set()
+    async with asyncio.timeout(TIMEOUT):
+        await engine.join()
+    assert ran == []
+    status = await store.get("v")
+    assert status is not None
+    assert status.state is JobState.cancelled
+    await engine.drain(TIMEOUT)
+    engine.close()

@@ -107,6 +107,10 @@ class Engine:
         self._recording: set[str] = set()
         # The jobs running now: their context, and the worker task running them.
         self._active: dict[str, tuple[JobContext, asyncio.Task[Any]]] = {}
+        # Jobs interrupted before they started here: a claimed job that waits
+        # in the queue never starts then (any other is stopped by the store,
+        # whose start() refuses it). Emptied whenever the queue is.
+        self._interrupted_early: set[str] = set()
         #: How many jobs have been done, in all.
         self.done = 0
 
@@ -164,6 +168,7 @@ class Engine:
         """
         active = self._active.get(job_id)
         if active is None:
+            self._interrupted_early.add(job_id)
             return False
         ctx, task = active
         if not ctx.cancelled:
@@ -267,6 +272,7 @@ class Engine:
                 in_a_row = 0
                 await asyncio.sleep(0)
             if queue.empty():
+                self._interrupted_early.clear()  # none of them can be waiting
                 self._idle += 1
                 job = await queue.get()
                 in_a_row = 0
@@ -332,7 +338,10 @@ class Engine:
     ) -> None:
         """Run a coroutine job in the worker ``task`` (the caller) to its
         end, and record the outcome; never raises for anything the job does."""
-        if not job.claimed and not await self._store.start(job.id):
+        if job.claimed:
+            if self._interrupted_early and await self._interrupted_before_start(job):
+                return
+        elif not await self._store.start(job.id):
             return  # cancelled while it was queued
         ctx = JobContext(job.id, True, self._report, job.claimed)
         self._active[job.id] = (ctx, task)
@@ -363,6 +372,15 @@ class Engine:
                 task.uncancel()
         await self._conclude(job, ctx, definition, result, error)
 
+    async def _interrupted_before_start(self, job: Job) -> bool:
+        """For a claimed job (running already): True when it was interrupted
+        while it waited here, and is now recorded as cancelled, never run."""
+        if job.id not in self._interrupted_early:
+            return False
+        self._interrupted_early.discard(job.id)
+        await self._record(job, JobState.cancelled)
+        return True
+
     async def _call_async(self, job: Job, ctx: JobContext, definition: JobDefinition | None) -> Any:
         """Await the coroutine job inside its scope and under its timeout.
 
@@ -390,8 +408,11 @@ class Engine:
             await self._run_in_thread(job, task)
 
     async def _run_in_thread(self, job: Job, task: asyncio.Task[Any]) -> None:
-        if not job.claimed and not await self._store.start(job.id):
-            return
+        if job.claimed:
+            if self._interrupted_early and await self._interrupted_before_start(job):
+                return
+        elif not await self._store.start(job.id):
+            return  # cancelled while it was queued
         definition = lookup(job.name) if job.registered else None
         ctx = JobContext(job.id, False, self._report, job.claimed)
         thread_context = contextvars.copy_context()
