@@ -401,7 +401,8 @@ def source_digest() -> str:
 def header(sizes: Sizes, digest: str) -> str:
     """What was run, and where."""
     return (
-        f"asyncjob {importlib.metadata.version('asyncjob-runner')} (sources {digest}) core benchmarks: "
+        f"asyncjob {importlib.metadata.version('asyncjob-runner')} (sources {digest}) "
+        "core benchmarks: "
         f"Python {platform.python_version()}, {os.cpu_count()} CPU(s), "
         f"medians of {sizes.repeat} repetition(s)\n"
         f"{sizes.coro_jobs:,} coroutine jobs, {sizes.sync_jobs:,} sync jobs, "
