@@ -345,10 +345,18 @@ def test_the_store_can_come_from_the_environment(tmp_path: Path) -> None:
 
 
 def test_store_options_are_checked() -> None:
-    """A table prefix that is not a plain identifier is refused."""
+    """A table prefix that is not a plain identifier is refused, and so is
+    one that SQLite keeps for itself, at construction (it used to pass and
+    fail at start with a raw OperationalError); so is an SQLite URL that
+    names no file."""
     for prefix in ["MyApp_", "my-app_", "1app_", ""]:
         with pytest.raises(ValueError, match="table_prefix"):
             SQLStore("sqlite+aiosqlite:///x.db", table_prefix=prefix)
+    for prefix in ["sqlite_", "sqlite_jobs_"]:
+        with pytest.raises(ValueError, match="reserved: SQLite keeps the names"):
+            SQLStore("postgresql+asyncpg://h/db", table_prefix=prefix)
+    with pytest.raises(ValueError, match="names no file"):
+        SQLStore("sqlite+aiosqlite://")
 
 
 def test_producer_only_needs_a_shared_store() -> None:

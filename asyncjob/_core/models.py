@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 __all__ = (
     "MAX_JOB_ID_LENGTH",
     "MAX_LISTED",
+    "MAX_NAME_LENGTH",
     "Claimed",
     "Job",
     "JobQuery",
@@ -113,6 +114,10 @@ class JobStatus:
 #: The longest job id a store must hold (the ids asyncjob makes are 32
 #: hexadecimal digits; an integration may choose its own, up to this).
 MAX_JOB_ID_LENGTH = 32
+
+#: The longest job name a store must hold (``module.qualname``, or the
+#: name given to :func:`asyncjob.job`).
+MAX_NAME_LENGTH = 255
 
 #: The most jobs one listing returns: page through more with ``before``.
 MAX_LISTED = 1000

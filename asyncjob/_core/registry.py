@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
+from .models import MAX_NAME_LENGTH
+
 __all__ = ("JobDefinition", "job", "lookup", "registered_name")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -107,6 +109,7 @@ def job(
         ValueError: another function is registered under that name, or
             an option is out of range.
     """
+    _check_name(name)
     _check_policy(retries, backoff, max_backoff, timeout)
     policy = {"retries": retries, "backoff": backoff, "max_backoff": max_backoff}
 
@@ -119,6 +122,18 @@ def job(
     return register
 
 
+def _check_name(name: object) -> None:
+    if name is None:
+        return
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a job's name must be a non-empty string, not {name!r}")
+    if len(name) > MAX_NAME_LENGTH or "\x00" in name:
+        raise ValueError(
+            f"a job's name has at most {MAX_NAME_LENGTH} characters and no NUL, "
+            f"so that every store can keep it, not {name!r:.80}"
+        )
+
+
 def _check_policy(retries: object, backoff: object, max_backoff: object, timeout: object) -> None:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an int >= 0, not {retries!r}")
@@ -129,7 +144,7 @@ def _check_policy(retries: object, backoff: object, max_backoff: object, timeout
         raise ValueError(f"timeout must be a number of seconds > 0, or None, not {timeout!r}")
 
 
-def _register(func: object, name: object, **options: Any) -> None:
+def _register(func: object, name: str | None, **options: Any) -> None:
     qualname = getattr(func, "__qualname__", None)
     module = getattr(func, "__module__", None)
     if not callable(func) or not isinstance(qualname, str) or not isinstance(module, str):
@@ -140,8 +155,6 @@ def _register(func: object, name: object, **options: Any) -> None:
             "one (a lambda, a nested function or a method): a worker in another "
             "process could not find it. Move it to the top of a module."
         )
-    if name is not None and (not isinstance(name, str) or not name.strip()):
-        raise ValueError(f"a job's name must be a non-empty string, not {name!r}")
     definition = JobDefinition(name or f"{module}.{qualname}", func, **options)
     with _lock:
         other = _by_name.get(definition.name)

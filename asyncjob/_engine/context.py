@@ -61,6 +61,11 @@ class JobContext:
 
 current: ContextVar[JobContext | None] = ContextVar("asyncjob_current", default=None)
 
+#: Progress values are kept as 64-bit floats: every integer up to this is
+#: exact, and given back as the int it was.
+_EXACT = 2**53
+_NUMBERS = (int, float)
+
 
 def current_job_id() -> str | None:
     """The id of the job running in this context, or ``None`` outside a job."""
@@ -81,7 +86,10 @@ def set_progress(value: float, data: Any = None) -> None:
 
     Raises:
         NotInJob: called outside a job (it is a ``RuntimeError``).
-        TypeError: ``value`` is not a number.
+        TypeError: ``value`` is not an ``int`` or a ``float`` (a ``bool``,
+            an ``IntEnum``, a ``Decimal`` are refused).
+        ValueError: ``value`` is not finite, or beyond ±2**53, where a
+            store would not give it back equal.
         JobCancelled: the job was cancelled or its runner is shutting down.
         TimeoutError: a sync job ran past its timeout (see :func:`asyncjob.job`).
     """
@@ -92,10 +100,16 @@ def set_progress(value: float, data: Any = None) -> None:
             "of the job that calls it, so call it from inside a function run "
             "by asyncjob.perform()"
         )
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    kind: type = type(value)
+    if kind not in _NUMBERS:
         raise TypeError(
-            f"set_progress() takes a number as its value, not {type(value).__name__} "
-            f"({value!r}); put other things in data"
+            f"set_progress() takes a number (an int or a float) as its value, not {kind.__name__} "
+            f"({value!r:.60}); put other things in data"
+        )
+    if not -_EXACT <= value <= _EXACT:  # also refuses NaN
+        raise ValueError(
+            f"set_progress() takes a finite number from -2**53 to 2**53 as its value, "
+            f"which every store gives back equal, not {value!r:.60}; put other things in data"
         )
     if ctx.cancelled:
         raise JobCancelled(ctx.job_id)

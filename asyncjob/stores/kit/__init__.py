@@ -6,7 +6,8 @@
 - :class:`LeaseThread`: leases renewed from a thread of their own, so that
   a blocked event loop keeps its jobs.
 - :func:`dumps` and :func:`loads`: JSON that refuses, with a clear
-  ``TypeError``, what it would not give back equal.
+  ``TypeError``, what it would not give back equal; :func:`storable_text`
+  for text a database could refuse (an error message, say).
 
 The memory store and the SQL store are built from them; so may a store of
 yours be (a Redis or MySQL one, say).
@@ -15,7 +16,7 @@ yours be (a Redis or MySQL one, say).
 from __future__ import annotations
 
 from ._group_commit import MAX_BATCH, GroupCommit
-from ._json import dumps, loads
+from ._json import dumps, loads, storable_text
 from ._leases import LeaseThread, Renew
 from ._progress import PROGRESS_INTERVAL, ProgressBuffer, Report
 from ._watchers import Mailbox, Watchers
@@ -32,4 +33,5 @@ __all__ = (
     "Watchers",
     "dumps",
     "loads",
+    "storable_text",
 )

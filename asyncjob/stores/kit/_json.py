@@ -1,8 +1,12 @@
 """JSON for what a store keeps outside the process: arguments, progress
 data, results.
 
-Anything JSON cannot hold is refused where it is given, with a ``TypeError``
-that names the value and where it sits, before anything is written.
+Anything JSON cannot hold, or would not give back equal, is refused where
+it is given, with a ``TypeError`` that names the value and where it sits,
+before anything is written: one rule, whichever database keeps it. Values
+are never converted: a ``str`` or ``int`` subclass (an ``IntEnum``, a
+``StrEnum``) would come back as a plain ``str`` or ``int``, so it is
+refused too (give its ``.value``).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 import math
 from typing import Any
 
-__all__ = ("dumps", "loads")
+__all__ = ("dumps", "loads", "storable_text")
 
 
 def dumps(value: Any, what: str) -> str:
@@ -22,9 +26,11 @@ def dumps(value: Any, what: str) -> str:
         what: how to name it in an error, e.g. ``"the arguments of resize"``.
 
     Raises:
-        TypeError: ``value`` holds something JSON cannot: an object of
-            another type, a dict key that is not a string, a float that is
-            not finite, or itself. The message names it and its place.
+        TypeError: ``value`` holds something JSON cannot, or would give
+            back as something else: an object of another type (a subclass
+            of ``str``, ``int`` or ``float`` included), a dict key that is
+            not a string, a float that is not finite, an integer too long
+            to write, or itself. The message names it and its place.
     """
     if value is None:  # what most jobs return
         return "null"
@@ -37,36 +43,72 @@ def dumps(value: Any, what: str) -> str:
         raise TypeError(
             f"{what} must be JSON (an SQL store keeps it as JSON), but{where} there is {problem}"
         )
-    return json.dumps(value, separators=(",", ":"), allow_nan=False, check_circular=False)
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False, check_circular=False)
+    except ValueError as exc:  # an int too long to write: sys.get_int_max_str_digits()
+        raise TypeError(
+            f"{what} must be JSON, but it holds what cannot be written: {exc}"
+        ) from None
 
 
 def loads(text: str) -> Any:
-    """The value that :func:`dumps` encoded."""
-    return json.loads(text)
+    """The value that :func:`dumps` encoded.
+
+    Raises:
+        ValueError: ``text`` is not JSON, or is nested too deep to read
+            (text that :func:`dumps` never writes: edited by hand?).
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deep to read") from None
+
+
+def storable_text(text: str) -> str:
+    """``text`` with what a database cannot keep escaped: lone surrogates
+    (``"\\ud800"``, which are not UTF-8) and NUL characters (``"\\x00"``,
+    which PostgreSQL refuses). Other text is returned as it is."""
+    if text.isascii():
+        return text if "\x00" not in text else text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+#: The types JSON gives back as they were given (a tuple comes back as a
+#: list: the one conversion, documented); their subclasses would come back
+#: as the base type, so they are refused.
+_BASES = (bool, int, float, str, list, tuple, dict)
 
 
 def _find(value: Any, place: str, depth: int = 0) -> tuple[str, str] | None:
-    """The first thing JSON cannot hold inside ``value``, and where it is."""
+    """The first thing JSON cannot hold inside ``value``, or would give back
+    as something else, and where it is."""
     if depth > 100:
         return place, "a structure nested too deep (or that contains itself)"
-    if value is None or isinstance(value, bool | int | str):
+    kind = type(value)
+    if value is None or kind is str or kind is int or kind is bool:
         return None
-    if isinstance(value, float):
+    if kind is float:
         return None if math.isfinite(value) else (place, f"the float {value!r}")
-    if isinstance(value, list | tuple):
+    if kind is list or kind is tuple:
         for i, item in enumerate(value):
             found = _find(item, f"{place}[{i}]", depth + 1)
             if found:
                 return found
         return None
-    if isinstance(value, dict):
+    if kind is dict:
         for key, item in value.items():
-            if not isinstance(key, str):
+            if type(key) is not str:
                 return place, f"a key that is not a string: {key!r} ({type(key).__name__})"
             found = _find(item, f"{place}[{key!r}]", depth + 1)
             if found:
                 return found
         return None
+    if isinstance(value, _BASES):
+        base = next(t for t in _BASES if isinstance(value, t)).__name__
+        return place, (
+            f"{_describe(value)}, a subclass of {base}, which would come back as a "
+            f"plain {base}: give {base}(...) of it (or its .value)"
+        )
     return place, f"{_describe(value)}, which JSON cannot hold"
 
 

@@ -29,12 +29,12 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, CursorResult, Executable, Float, literal_column
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ._dialect import Dialect
 
-__all__ = ("Database", "same_database")
+__all__ = ("Database", "refused", "same_database")
 
 
 class Database:
@@ -115,6 +115,18 @@ class Database:
     async def dispose(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+
+def refused(exc: BaseException) -> bool:
+    """True when the database refused a statement for what it holds (a value
+    it cannot keep, a constraint, a trigger's veto), not for a connection
+    lost: sent again as it is, it would be refused again, so a batch that
+    holds it is split to find the item at fault."""
+    return (
+        isinstance(exc, DBAPIError)
+        and not exc.connection_invalidated
+        and not isinstance(exc, OperationalError)
+    )
 
 
 def same_database(a: str, b: str) -> bool:

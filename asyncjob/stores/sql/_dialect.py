@@ -55,6 +55,10 @@ class Ending(NamedTuple):
     finished_at: float
     #: The last progress report, if it was not written yet.
     progress: Report | None
+    #: The attempt that ends (``None`` for a job that is not registered,
+    #: which only its own process runs): a write late for an attempt must
+    #: not end the next one, even in the same worker.
+    attempt: int | None = None
 
 
 class Listener(abc.ABC):
@@ -158,8 +162,9 @@ class Dialect(abc.ABC):
 
     @abc.abstractmethod
     async def finish(self, endings: list[Ending]) -> list[bool]:
-        """End the jobs this store still holds; for each, whether it did. A
-        job whose cancel was requested ends ``cancelled``."""
+        """End the jobs this store still holds, at the attempt each ending
+        names; for each, whether it did. A job whose cancel was requested
+        ends ``cancelled``."""
 
     @abc.abstractmethod
     async def progress(self, reports: dict[str, Report]) -> None:
@@ -186,7 +191,10 @@ class Dialect(abc.ABC):
         return f"""
             UPDATE {jobs}
             SET state = '{_RUNNING}', locked_by = {owner}, started_at = {now},
-                lease_expires_at = {now} + {lease}, attempts = attempts + 1
+                lease_expires_at = {now} + {lease},
+                -- A count edited past what the column holds must not fail
+                -- the whole claim: the job fails alone (see claimed()).
+                attempts = CASE WHEN attempts < {MAX_ATTEMPTS} THEN attempts + 1 ELSE attempts END
             WHERE {chosen} AND state = '{_QUEUED}'
             RETURNING id, name, args, kwargs, enqueued_at, attempts
             """
@@ -209,17 +217,28 @@ def ending_sql(flag: str, state: str, result: str, error: str, traceback: str) -
                cancel_requested = false"""
 
 
+#: The most attempts a job's row can count (the column is a 32-bit integer).
+MAX_ATTEMPTS = 2**31 - 1
+
+
 def claimed(row: Sequence[Any]) -> Claimed:
     """A claimed job's row (id, name, args, kwargs, enqueued_at, attempts),
-    decoded; a row it cannot decode says why."""
+    decoded; a row it cannot decode says why, naming the column, so that
+    the job fails alone and the others claimed with it run."""
     job_id, name, args_text, kwargs_text, enqueued_at, attempts = row
+    if not isinstance(attempts, int) or not 0 < attempts < MAX_ATTEMPTS:
+        problem = (
+            f"job {job_id} has {attempts!r} in its attempts column, which asyncjob never writes"
+        )
+        # The attempts as they are: the worker's end of the job matches them.
+        return Claimed(job_id, name, (), {}, enqueued_at, attempts, problem)
     try:
         # No arguments is the most common case: no decoder needed.
         args = [] if args_text == "[]" else loads(args_text)
         kwargs = {} if kwargs_text == "{}" else loads(kwargs_text)
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise ValueError("arguments must be a JSON array and an object")
-    except ValueError as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with one row is its own
         problem = f"job {job_id} has stored arguments asyncjob cannot read: {exc}"
         return Claimed(job_id, name, (), {}, enqueued_at, attempts, problem)
     return Claimed(job_id, name, tuple(args), kwargs, enqueued_at, attempts)

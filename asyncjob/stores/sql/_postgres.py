@@ -105,12 +105,14 @@ class PostgresDialect(Dialect):
                 progress = CASE WHEN v.reported THEN v.progress ELSE j.progress END,
                 data = CASE WHEN v.reported THEN v.data ELSE j.data END
             FROM unnest($1::varchar[], $2::varchar[], $3::text[], $4::text[], $5::text[],
-                        $6::float8[], $7::boolean[], $8::float8[], $9::text[])
+                        $6::float8[], $7::boolean[], $8::float8[], $9::text[], $10::int[])
                  AS v(id, state, result, error, traceback, finished_at, reported,
-                      progress, data)
+                      progress, data, attempt)
             -- A job whose lease ran out and that another worker took
-            -- meanwhile is that worker's to finish.
-            WHERE j.id = v.id AND j.state = '{_RUNNING}' AND j.locked_by = $10
+            -- meanwhile is that worker's to finish; a later attempt of it,
+            -- even here, is that attempt's.
+            WHERE j.id = v.id AND j.state = '{_RUNNING}' AND j.locked_by = $11
+              AND (v.attempt IS NULL OR j.attempts = v.attempt)
             RETURNING j.id
             """
         self._progress = f"""
@@ -264,6 +266,7 @@ class PostgresDialect(Dialect):
             [e.progress is not None for e in endings],
             [None if e.progress is None else e.progress[0] for e in endings],
             [None if e.progress is None else e.progress[1] for e in endings],
+            [e.attempt for e in endings],
             self.owner,
         )
         ended = {row[0] for row in done}
@@ -358,6 +361,8 @@ class DirectConnection:
             asyncpg.PostgresError,
             asyncpg.InterfaceError,
             asyncpg.InternalClientError,
+            ValueError,  # a value asyncpg cannot encode (text that is not UTF-8)
+            OverflowError,
         ) as exc:
             if _is_disconnect(exc, self._conn):
                 self._drop()

@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 
 from asyncjob._core.errors import AsyncJobError
+from asyncjob._core.models import MAX_NAME_LENGTH
 
 __all__ = ("DUE", "SCHEMA_VERSION", "SchemaError", "SchemaHooks", "Tables", "ensure_schema")
 
@@ -67,7 +68,7 @@ class Tables:
             f"{prefix}jobs",
             self.metadata,
             Column("id", String(32), primary_key=True),
-            Column("name", String(255), nullable=False),
+            Column("name", String(MAX_NAME_LENGTH), nullable=False),
             # A registered job may be run by any worker of the store; any
             # other runs only in the process that performed it (its owner).
             Column("registered", Boolean, nullable=False),

@@ -96,8 +96,10 @@ class SQLiteDialect(Dialect):
             WHERE id = :id
             """
         # A job whose lease ran out and that another worker took meanwhile
-        # is that worker's to finish.
-        self._held = f"SELECT id FROM {jobs} WHERE state = '{_RUNNING}' AND locked_by = ? AND id IN"
+        # is that worker's to finish; a later attempt of it, even here, is
+        # that attempt's.
+        self._held = f"""SELECT id, attempts FROM {jobs}
+                         WHERE state = '{_RUNNING}' AND locked_by = ? AND id IN"""
         self._progress = (
             f"UPDATE {jobs} SET progress = :progress, data = :data "
             f"WHERE id = :id AND state = '{_RUNNING}'"
@@ -155,8 +157,12 @@ class SQLiteDialect(Dialect):
 
         def write(conn: sqlite3.Connection) -> set[str]:
             marks = ", ".join("?" * len(ids))
-            found = conn.execute(f"{self._held} ({marks})", (self.owner, *ids)).fetchall()
-            held = {job_id for (job_id,) in found}
+            found = dict(conn.execute(f"{self._held} ({marks})", (self.owner, *ids)).fetchall())
+            held = {
+                e.job_id
+                for e in endings
+                if e.job_id in found and e.attempt in (None, found[e.job_id])
+            }
             conn.executemany(self._finish, [_finish_row(e) for e in endings if e.job_id in held])
             return held
 
@@ -240,7 +246,9 @@ class WriterThread:
             raise OperationalError(None, None, exc) from exc
         except sqlite3.IntegrityError as exc:
             raise IntegrityError(None, None, exc) from exc
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError, OverflowError) as exc:
+            # ValueError, OverflowError: a value sqlite3 cannot bind (text
+            # that is not UTF-8, an integer past 64 bits).
             raise DatabaseError(None, None, exc) from exc
 
     def _connection(self) -> sqlite3.Connection:

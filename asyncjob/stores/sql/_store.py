@@ -14,11 +14,20 @@ from typing import Any
 
 from sqlalchemy import Update, and_, bindparam, case, delete, event, or_, select, tuple_, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from asyncjob._core import defaults
 from asyncjob._core.errors import JobLost, JobNotFound
-from asyncjob._core.models import Claimed, Job, JobQuery, JobState, JobStatus, Outcome
+from asyncjob._core.log import logger
+from asyncjob._core.models import (
+    MAX_NAME_LENGTH,
+    Claimed,
+    Job,
+    JobQuery,
+    JobState,
+    JobStatus,
+    Outcome,
+)
 from asyncjob.stores._base import DurableStore, TransactionalStore, unknown_store
 from asyncjob.stores.kit import (
     GroupCommit,
@@ -28,9 +37,10 @@ from asyncjob.stores.kit import (
     Report,
     Watchers,
     dumps,
+    storable_text,
 )
 
-from ._database import Database, same_database
+from ._database import Database, refused, same_database
 from ._dialect import Dialect, Ending, Listener
 from ._postgres import PostgresDialect
 from ._rows import BadRecord, json_column, state_of, status_of
@@ -55,6 +65,20 @@ WORKER_LOST = (
 
 #: Finished jobs deleted per statement: small, so that no lock is held long.
 PURGE_BATCH = 500
+
+#: The longest error kept when the database refused the real one.
+_ERROR_LENGTH = 2000
+
+_GONE = object()
+
+
+def _duplicate_key(exc: DBAPIError) -> bool:
+    """True for the error of a key the table holds already (on PostgreSQL
+    its SQLSTATE, on SQLite the name of its constraint error)."""
+    orig = exc.orig
+    return getattr(orig, "sqlstate", None) == "23505" or getattr(
+        orig, "sqlite_errorname", None
+    ) in ("SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE")
 
 
 #: The SQL stores' URLs, by driver: the one list of them.
@@ -120,6 +144,11 @@ class SQLStore(DurableStore, TransactionalStore):
                 f"table_prefix must be lower-case letters, digits and underscores, "
                 f"starting with a letter or underscore, not {table_prefix!r}"
             )
+        if table_prefix.startswith("sqlite_"):
+            raise ValueError(
+                f"table_prefix {table_prefix!r} is reserved: SQLite keeps the names that "
+                "begin with sqlite_ for itself"
+            )
         for option, value in (("poll_interval", poll_interval), ("lease", lease)):
             if not value > 0:
                 raise ValueError(f"{option} must be > 0 seconds, not {value!r}")
@@ -133,9 +162,11 @@ class SQLStore(DurableStore, TransactionalStore):
         #: Identifies this store object as the holder of the jobs it runs.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self._dialect: Dialect = dialect_for(url, self.tables, self.owner)
-        #: The jobs this store object holds, under a lease it renews: the
-        #: registered jobs it claimed, and the others it was given to run.
-        self.held: set[str] = set()
+        #: The jobs this store object holds, under a lease it renews, with the
+        #: attempt it holds: the registered jobs it claimed, and the others
+        #: it was given to run (attempt ``None``: only this process runs
+        #: them). A job is held until its end is written.
+        self.held: dict[str, int | None] = {}
         # Held jobs whose cancel request was handed to the runner already.
         self._stopping: set[str] = set()
         self._db: Database | None = None
@@ -223,7 +254,7 @@ class SQLStore(DurableStore, TransactionalStore):
     async def enqueue(self, job: Job) -> None:
         await self._enqueues.submit(self._row(job))
         if not job.registered:
-            self.held.add(job.id)
+            self.held[job.id] = None
 
     async def enqueue_many(self, jobs: list[Job]) -> None:
         rows = []
@@ -237,7 +268,7 @@ class SQLStore(DurableStore, TransactionalStore):
             await self._dialect.insert(rows, self._lease)
         except IntegrityError:
             raise ValueError("a job id of the batch exists already: nothing was recorded") from None
-        self.held.update(job.id for job in jobs if not job.registered)
+        self.held.update((job.id, None) for job in jobs if not job.registered)
 
     async def enqueue_in(self, session: Any, job: Job) -> None:
         if not job.registered:
@@ -256,7 +287,18 @@ class SQLStore(DurableStore, TransactionalStore):
             event.listen(session.sync_session, "after_commit", lambda _: on_queued(), once=True)
 
     def _row(self, job: Job) -> dict[str, Any]:
-        """The job as :meth:`Dialect.insert` takes it."""
+        """The job as :meth:`Dialect.insert` takes it.
+
+        Raises:
+            ValueError: its name is longer than the store keeps, or holds NUL.
+            TypeError: its arguments are not JSON.
+        """
+        if len(job.name) > MAX_NAME_LENGTH or "\x00" in job.name:
+            raise ValueError(
+                f"a job's name has at most {MAX_NAME_LENGTH} characters and no NUL to be "
+                f"stored, not {job.name!r:.80}: register the function with a shorter "
+                "name, @asyncjob.job(name=...)"
+            )
         # No arguments is common: no encoder needed.
         args = dumps(list(job.args), f"the arguments of {job.name}") if job.args else "[]"
         kwargs = (
@@ -274,16 +316,24 @@ class SQLStore(DurableStore, TransactionalStore):
         }
 
     async def _insert(self, rows: list[dict[str, Any]]) -> list[Exception | None]:
-        """Write performed jobs, one batch at a time; a batch that holds a
-        job id taken already is split, so that only that job fails."""
+        """Write performed jobs, one batch at a time; a batch the database
+        refuses is split, so that only the job at fault fails."""
         try:
             await self._dialect.insert(rows, self._lease)
-        except IntegrityError as exc:
+        except DBAPIError as exc:
+            if not refused(exc):
+                raise
             if len(rows) > 1:
                 return [result for row in rows for result in await self._insert([row])]
-            taken = ValueError(f"a job with id {rows[0]['id']!r} exists already")
-            taken.__cause__ = exc
-            return [taken]
+            job_id = rows[0]["id"]
+            why = (
+                f"a job with id {job_id!r} exists already"
+                if _duplicate_key(exc)
+                else f"the database refused job {job_id} ({rows[0]['name']!r:.80}): {exc.orig}"
+            )
+            refusal = ValueError(why)
+            refusal.__cause__ = exc
+            return [refusal]
         return [None] * len(rows)
 
     async def start(self, job_id: str) -> bool:  # a job not registered, run here
@@ -307,7 +357,7 @@ class SQLStore(DurableStore, TransactionalStore):
             )
         except BaseException:
             # It will not run: no longer renewed, it ends as "worker lost".
-            self.held.discard(job_id)
+            self.held.pop(job_id, None)
             raise
         started = bool(done.rowcount)
         if started:
@@ -321,13 +371,30 @@ class SQLStore(DurableStore, TransactionalStore):
         self._progress.report(job_id, (value, encoded))
 
     async def _write_progress(self, pending: dict[str, Report]) -> None:
-        await self._dialect.progress(pending)
+        """Write reports; a batch the database refuses is split, and only the
+        report at fault is dropped (the job's next report, or its end,
+        carries its progress on)."""
+        try:
+            await self._dialect.progress(pending)
+        except DBAPIError as exc:
+            if not refused(exc):
+                raise
+            if len(pending) == 1:
+                logger.error(
+                    "the database refused the progress of job %s, which is dropped: %s",
+                    next(iter(pending)),
+                    exc.orig,
+                )
+                return
+            for job_id, report in pending.items():
+                await self._write_progress({job_id: report})
+            return
         for job_id in pending:
             self._changed(job_id)
 
     async def claim(self, limit: int) -> list[Claimed]:
         claimed = await self._dialect.claim(limit, self._lease)
-        self.held.update(c.id for c in claimed)
+        self.held.update((c.id, c.attempts) for c in claimed)
         for c in claimed:
             self._changed(c.id)
         return claimed
@@ -361,7 +428,8 @@ class SQLStore(DurableStore, TransactionalStore):
         if self._leases is None:
             return []
         lost, cancelled = self._leases.take()
-        self.held.difference_update(lost)
+        for job_id in lost:
+            self.held.pop(job_id, None)
         new = [job_id for job_id in cancelled if job_id in self.held]
         new = [job_id for job_id in dict.fromkeys(new) if job_id not in self._stopping]
         self._stopping.update(new)
@@ -450,22 +518,72 @@ class SQLStore(DurableStore, TransactionalStore):
                 state, error = JobState.failed, f"TypeError: {exc}"
         # The last report is stored with the final state.
         last = self._progress.take(job_id)
-        self._let_go((job_id,))
-        ending = Ending(job_id, state.value, encoded, error, traceback, time.time(), last)
-        changed = await self._finishes.submit(ending)
+        attempt = self.held.get(job_id)
+        ending = Ending(
+            job_id,
+            state.value,
+            encoded,
+            None if error is None else storable_text(error),
+            None if traceback is None else storable_text(traceback),
+            time.time(),
+            last,
+            attempt,
+        )
+        try:
+            changed = await self._finishes.submit(ending)
+        finally:
+            # Held, and so renewed, until the end is written (or could not
+            # be: its lease then runs out, and the job runs again).
+            self._let_go_of(job_id, attempt)
         if changed:
             self._changed(job_id)
         return changed
 
     async def _finish(self, endings: list[Ending]) -> list[bool | Exception]:
-        return [*await self._dialect.finish(endings)]
+        """Write ends, one batch at a time; a batch the database refuses is
+        split, and an end it refuses alone is written again as a plain
+        failure that says so, so that the job ends all the same."""
+        try:
+            return [*await self._dialect.finish(endings)]
+        except DBAPIError as exc:
+            if not refused(exc):
+                raise
+            if len(endings) > 1:
+                return [result for ending in endings for result in await self._finish([ending])]
+            (ending,) = endings
+            plain = ending._replace(
+                state=JobState.failed.value,
+                result=None,
+                traceback=None,
+                progress=None,
+                error=storable_text(
+                    f"the database refused to record how this job ended: {exc.orig}"
+                )[:_ERROR_LENGTH],
+            )
+            if plain == ending:
+                return [exc]
+            try:
+                return [*await self._dialect.finish([plain])]
+            except DBAPIError as again:
+                if not refused(again):
+                    raise
+                return [again]
 
     async def retry(self, job_id: str, *, error: str, delay: float) -> bool:
+        attempt = self.held.get(job_id)
+        try:
+            return await self._retry(job_id, storable_text(error), delay, attempt)
+        finally:
+            # As in finish: held until written; if the write fails, the
+            # lease runs out and the job runs again, rather than being
+            # renewed for ever and never ending.
+            self._let_go_of(job_id, attempt)
+
+    async def _retry(self, job_id: str, error: str, delay: float, attempt: int | None) -> bool:
         jobs = self.tables.jobs
-        held = jobs.c.state == _RUNNING, jobs.c.locked_by == self.owner
-        # As in finish: if this write fails, the lease runs out and the job
-        # runs again, rather than being renewed for ever and never ending.
-        self._let_go((job_id,))
+        held = [jobs.c.state == _RUNNING, jobs.c.locked_by == self.owner]
+        if attempt is not None:
+            held.append(jobs.c.attempts == attempt)
         async with self.db.write() as conn:
             row = (
                 await conn.execute(
@@ -528,15 +646,23 @@ class SQLStore(DurableStore, TransactionalStore):
                     update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True)
                 )
         if before is JobState.queued:
-            self.held.discard(job_id)  # a job not registered, performed here
+            self.held.pop(job_id, None)  # a job not registered, performed here
         if not before.is_final:
             self._changed(job_id)
         return before
 
-    def _let_go(self, job_ids: tuple[str, ...] | list[str]) -> None:
-        """No longer hold the jobs (their end is on its way to the database)."""
-        self.held.difference_update(job_ids)
+    def _let_go(self, job_ids: list[str]) -> None:
+        """No longer hold the jobs (handed back)."""
+        for job_id in job_ids:
+            self.held.pop(job_id, None)
         self._stopping.difference_update(job_ids)
+
+    def _let_go_of(self, job_id: str, attempt: int | None) -> None:
+        """No longer hold the job at this attempt (its end is written): a
+        later attempt of it, claimed here meanwhile, is held on."""
+        if self.held.get(job_id, _GONE) == attempt:
+            del self.held[job_id]
+            self._stopping.discard(job_id)
 
     # -- in the application's transaction ------------------------------------------
 
@@ -564,23 +690,23 @@ class SQLStore(DurableStore, TransactionalStore):
         if last is not None:
             values["progress"], values["data"] = last
         jobs = self.tables.jobs
-        return (
-            update(jobs)
-            .where(
-                jobs.c.id == job_id,
-                jobs.c.state == _RUNNING,
-                jobs.c.locked_by == self.owner,
-                jobs.c.cancel_requested.is_(False),
-            )
-            .values(**values)
-        )
+        held = [
+            jobs.c.id == job_id,
+            jobs.c.state == _RUNNING,
+            jobs.c.locked_by == self.owner,
+            jobs.c.cancel_requested.is_(False),
+        ]
+        attempt = self.held.get(job_id)
+        if attempt is not None:
+            held.append(jobs.c.attempts == attempt)
+        return update(jobs).where(*held).values(**values)
 
     def _succeeded_in(self, sync_session: Any, job_id: str, rowcount: int) -> None:
         """After the job's success was written in its session (from the
         loop, or from a sync job's thread)."""
         if not rowcount:
             raise JobLost(job_id)
-        self.held.discard(job_id)  # one set operation: safe from a thread too
+        self.held.pop(job_id, None)  # one dict operation: safe from a thread too
         loop = self._loop
         assert loop is not None
         event.listen(
