@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +24,7 @@ from asyncjob.stores import Job
 from asyncjob.stores.sql import SQLStore
 
 from .conftest import TIMEOUT, Database, RunnerFactory
+from .processes import Workers
 
 OpenStore = Callable[..., Awaitable[SQLStore]]
 
@@ -395,3 +398,37 @@ async def test_a_late_end_does_not_end_the_next_attempt(
     status = await store.get(job_id)
     assert status is not None
     assert (status.state, status.result) == (JobState.succeeded, "second")
+
+
+async def test_a_blocked_loop_never_runs_a_job_twice(
+    database: Database, tmp_path: Path, make_runner: RunnerFactory
+) -> None:
+    """Two worker processes with a lease of 1 s run jobs that block their
+    loop for over two leases, between short ones: every job runs once, and
+    none while it runs elsewhere. (On SQLite, a finished job used to be
+    taken back while its end waited for the blocked loop, and run again:
+    3 runs of 3 re-ran jobs, once at the same time in one process.)"""
+    from . import isolation_jobs
+
+    workers = Workers(tmp_path, url=database.async_url, module="tests.isolation_jobs")
+    try:
+        for _ in range(2):
+            workers.start(lease=1.0, concurrency=2, grace_period=5)
+        producer = await make_runner(SQLStore(database.async_url), producer_only=True)
+        log = tmp_path / "runs.log"
+        ids = [
+            await producer.perform(isolation_jobs.noted, n, 2.5 if n % 2 else 0.0, str(log))
+            for n in range(8)
+        ]
+        async with asyncio.timeout(TIMEOUT * 3):
+            results = [await producer.wait(job_id) for job_id in ids]
+        assert results == list(range(8))
+        lines = [line.split() for line in log.read_text().splitlines()]
+        starts = Counter(int(n) for what, n, _ in lines if what == "start")
+        assert starts == dict.fromkeys(range(8), 1), workers.output()
+        running: set[int] = set()
+        for what, n, _ in lines:  # in the order written: no start while it runs
+            assert (what == "start") == (int(n) not in running)
+            (running.add if what == "start" else running.discard)(int(n))
+    finally:
+        workers.stop_all()

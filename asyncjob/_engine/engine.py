@@ -177,6 +177,10 @@ class Engine:
                 task.cancel()
         return True
 
+    def runs(self, job_id: str) -> bool:
+        """True while the job runs here."""
+        return job_id in self._active
+
     def claimed_running(self) -> list[str]:
         """The ids of the running jobs that were claimed from a durable store."""
         return [job_id for job_id, (ctx, _) in self._active.items() if ctx.claimed]

@@ -94,6 +94,9 @@ class Prefetched:
             return None
         return max(0.0, self._jobs[0][0] + HAND_BACK_AFTER - time.monotonic())
 
+    def __contains__(self, job_id: object) -> bool:
+        return any(job.id == job_id for _, job in self._jobs)
+
     def discard(self, job_id: str) -> bool:
         """Drop the job (cancelled, say) if it waits here; True if it did."""
         for entry in self._jobs:

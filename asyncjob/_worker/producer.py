@@ -89,7 +89,15 @@ class Producer:
         sent = time.monotonic()
         claimed = await self._store.claim(wanted)
         self._prefetch.measure(time.monotonic() - sent, self._engine.done)
+        twice = [c.id for c in claimed if self._engine.runs(c.id) or c.id in self._prefetched]
+        if twice:
+            # It would run twice at once here: never. Handed back, it runs
+            # again once this attempt has ended, if it must.
+            logger.error("jobs claimed while they run here already, handed back: %s", twice)
+            await self._store.release(twice)
         for found in claimed:
+            if found.id in twice:
+                continue
             job = _job_of(found)
             if isinstance(job, Job):
                 self._prefetched.add(job)
