@@ -354,13 +354,22 @@ async def test_worker_carries_on_after_the_server_restarts(
     """PostgreSQL restarts while a worker runs jobs (``fast``: connections are
     ended and the server shuts down cleanly; ``immediate``: as in a crash,
     with recovery from the log): once it is back, the worker carries on
-    and every job ends succeeded, the producer's next perform included."""
+    and every job ends succeeded, the producer's next perform included. A
+    wait and a watch begun before the restart ride it out and end with the
+    job (a wait used to die: "the database system is shutting down")."""
     url = postgres_db.async_url
     producer = await producer_on(make_runner, url)
     reader = await open_store(url)
     worker = await started_worker(workers, producer, url, concurrency=4)
     ids = [await producer.perform(resilience_jobs.step, n, 0.05) for n in range(60)]
     await until_taken(reader, ids[0])
+    waiting = asyncio.create_task(producer.wait(ids[-1], timeout=TIMEOUT * 3))
+
+    async def watch_to_the_end() -> JobState:
+        states = [status.state async for status in reader.watch(ids[-1])]
+        return states[-1]
+
+    watching = asyncio.create_task(watch_to_the_end())
     try:
         restart = await asyncio.create_subprocess_exec(*cluster.command("restart", "-m", mode))
         async with asyncio.timeout(TIMEOUT * 2):
@@ -372,6 +381,9 @@ async def test_worker_carries_on_after_the_server_restarts(
     assert [r["n"] for r in results] == list(range(80))
     assert {r["pid"] for r in results} == {worker.pid}
     assert worker.poll() is None
+    assert (await waiting)["n"] == 59
+    async with asyncio.timeout(TIMEOUT):
+        assert await watching is JobState.succeeded
     attempts = await attempts_of(reader)
     print(f"jobs by attempts {sorted(Counter(attempts[i] for i in ids).items())}")
 

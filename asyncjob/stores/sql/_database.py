@@ -11,7 +11,8 @@ work here takes as few as its guarantees allow:
 - :meth:`Database.write`: a transaction of several statements, for the
   writes that read first (a cancel, a retry).
 - :meth:`Database.fetch`: one query, in autocommit too, sent again on a
-  new connection if the first was dead.
+  new connection if the first was dead, and again for a while when the
+  database is away (a restart): a wait or a watch rides it out.
 
 The store's most frequent statements skip even this, and go straight to
 the driver on its dialect's own connections (see ``_dialect``). What
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,9 +34,17 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from asyncjob._core.log import logger
+
 from ._dialect import Dialect
 
-__all__ = ("Database", "refused", "same_database")
+__all__ = ("RIDE_OUT", "Database", "away", "refused", "same_database")
+
+#: Seconds a read keeps trying while the database is away (a restart takes
+#: a second or two), before it raises.
+RIDE_OUT = 15.0
+#: Seconds between two tries meanwhile.
+RETRY_EVERY = 0.2
 
 
 class Database:
@@ -82,8 +92,23 @@ class Database:
     async def fetch(self, statement: Executable, params: Any = None) -> CursorResult[Any]:
         """Run one query, which sees what was committed when it began; the
         result is buffered. Sent again on a new connection if the first
-        turns out dead, as :meth:`execute` does."""
-        return await self._autocommitted(statement, params)
+        turns out dead, as :meth:`execute` does, and while the database is
+        away (restarting, shutting down, refusing connections), for up to
+        :data:`RIDE_OUT` seconds."""
+        given_up_at = None
+        while True:
+            try:
+                return await self._autocommitted(statement, params)
+            except (DBAPIError, OSError) as exc:
+                if not away(exc):
+                    raise
+                now = time.monotonic()
+                if given_up_at is None:
+                    given_up_at = now + RIDE_OUT
+                    logger.warning("the database is away (%s); trying again", exc)
+                elif now >= given_up_at:
+                    raise
+            await asyncio.sleep(RETRY_EVERY)
 
     async def _autocommitted(self, statement: Executable, params: Any) -> CursorResult[Any]:
         try:
@@ -117,16 +142,27 @@ class Database:
         await self.engine.dispose()
 
 
+def away(exc: BaseException) -> bool:
+    """True when the database is away for now, not refusing the statement:
+    the connection was lost, or the server is starting up, shutting down,
+    or does not answer (SQLSTATE classes 08 and 57P; a connection refused
+    comes out of the driver as an OSError)."""
+    if isinstance(exc, OSError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc, OperationalError):
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return sqlstate.startswith(("08", "57P"))
+
+
 def refused(exc: BaseException) -> bool:
     """True when the database refused a statement for what it holds (a value
     it cannot keep, a constraint, a trigger's veto), not for a connection
     lost: sent again as it is, it would be refused again, so a batch that
     holds it is split to find the item at fault."""
-    return (
-        isinstance(exc, DBAPIError)
-        and not exc.connection_invalidated
-        and not isinstance(exc, OperationalError)
-    )
+    return isinstance(exc, DBAPIError) and not away(exc)
 
 
 def same_database(a: str, b: str) -> bool:
