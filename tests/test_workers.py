@@ -224,6 +224,25 @@ async def test_a_job_cancelled_elsewhere_stops_here(
     assert (await worker.status(job_id)).state is JobState.cancelled
 
 
+async def test_a_cancel_from_another_process_is_pushed_to_the_holder(
+    make_runner: RunnerFactory, database: Database, reader: SQLStore
+) -> None:
+    """With renewals 20 s apart, a job cancelled from another process is
+    stopped at once, not at the next renewal: PostgreSQL notifies its
+    holder, and on SQLite the holder looks every poll_interval. The job
+    ends cancelled, as a watcher elsewhere sees."""
+    worker = await make_runner(SQLStore(database.async_url, poll_interval=0.05, lease=60))
+    job_id = await worker.perform(worker_jobs.slow, 0, 60.0)
+    async with asyncio.timeout(TIMEOUT):
+        async for status in reader.watch(job_id):
+            if status.state is JobState.running:
+                break
+    assert await reader.cancel(job_id) is JobState.running
+    async with asyncio.timeout(TIMEOUT):  # far less than a renewal's 20 s
+        states = [status.state async for status in reader.watch(job_id)]
+    assert states[-1] is JobState.cancelled
+
+
 async def test_a_lease_that_runs_out_is_recovered(database: Database) -> None:
     """A job whose holder stopped renewing goes back to the queue."""
     from asyncjob.stores import Job

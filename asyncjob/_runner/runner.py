@@ -190,10 +190,10 @@ class Runner:
                 "create a new Runner to start again"
             )
         self._loop = loop = asyncio.get_running_loop()
-        if self._durable is not None:
+        if self._durable is not None and self._maintenance is not None:
             # A worker's store listens for new jobs from the start.
             on_queued = self._wakeup.set if self._producer is not None else None
-            await self._durable.open(on_queued)
+            await self._durable.open(on_queued, self._maintenance.wake)
         else:
             await self._store.open()
         # Jobs run in a copy of the context the runner was started in, as

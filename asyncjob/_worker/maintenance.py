@@ -3,7 +3,8 @@ it claims jobs or only performs them.
 
 Every third of a lease: stop the held jobs that the store says to stop
 (cancelled elsewhere, or taken over), put back in the queue the jobs of
-workers that died, and delete a batch of old finished jobs. Periodic work
+workers that died, and delete a batch of old finished jobs. A cancel the
+store hears of between two rounds is acted on at once. Periodic work
 of the store's that future features need (schedules) belongs here too.
 """
 
@@ -45,27 +46,42 @@ class Maintenance:
         self._engine = engine
         self._producer = producer
         self._on_recovered = on_recovered
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        """Stop what the store says to stop now, not at the next round (the
+        store heard of a cancel)."""
+        self._woken.set()
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_round = loop.time() + self._store.lease / 3
         while True:
-            # A schedule, not a wait for something: every third of a lease.
-            await asyncio.sleep(self._store.lease / 3)
+            # A schedule, not a wait for something: every third of a lease,
+            # or sooner for a cancel the store heard of.
             try:
-                await self.run_once()
+                async with asyncio.timeout_at(next_round):
+                    await self._woken.wait()
+            except TimeoutError:
+                pass
+            self._woken.clear()
+            try:
+                await self._stop_what_the_store_says()
+                if loop.time() >= next_round:
+                    next_round = loop.time() + self._store.lease / 3
+                    if await self._store.recover():
+                        self._on_recovered()
+                    await self._store.forget_finished()
             except Exception:  # noqa: BLE001 - the database may come back
                 logger.exception("could not renew leases; trying again")
 
-    async def run_once(self) -> None:
-        """One round of the periodic work."""
+    async def _stop_what_the_store_says(self) -> None:
         for job_id in await self._store.renew():
             done = await self.stop(job_id)
             if done is not None:
                 logger.warning(
                     "job %s was cancelled or is no longer held here: %s it", job_id, done
                 )
-        if await self._store.recover():
-            self._on_recovered()
-        await self._store.forget_finished()
 
     async def stop(self, job_id: str) -> str | None:
         """Stop a job held here: ``"dropping"`` it if it was claimed ahead and

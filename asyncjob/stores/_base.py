@@ -239,7 +239,11 @@ class DurableStore(Store):
         way to be told)."""
 
     @abc.abstractmethod
-    async def open(self, on_queued: Callable[[], None] | None = None) -> None:
+    async def open(
+        self,
+        on_queued: Callable[[], None] | None = None,
+        on_cancel: Callable[[], None] | None = None,
+    ) -> None:
         """Prepare the store, as :meth:`Store.open`.
 
         Args:
@@ -249,6 +253,11 @@ class DurableStore(Store):
                 may call it when nothing waits; the worker then claims
                 nothing. ``None`` for a runner that does not claim (a
                 producer only): the store then need not listen for jobs.
+            on_cancel: the store calls it, on the loop, when it learns that
+                a job it holds had its cancel requested by another process,
+                sooner than its next renewal would tell: the runner then
+                calls :meth:`renew` at once. A store that cannot be told
+                may never call it (renewals tell all the same).
         """
 
     @abc.abstractmethod

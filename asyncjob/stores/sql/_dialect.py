@@ -26,6 +26,7 @@ from ._schema import DUE, Tables
 
 __all__ = (
     "NEW_COLUMNS",
+    "Channels",
     "Dialect",
     "Ending",
     "Listener",
@@ -59,6 +60,18 @@ class Ending(NamedTuple):
     #: which only its own process runs): a write late for an attempt must
     #: not end the next one, even in the same worker.
     attempt: int | None = None
+
+
+class Channels(NamedTuple):
+    """What a store announces, where the database can (payloads: job ids,
+    separated by commas)."""
+
+    #: A registered job may be waiting to be claimed (no payload).
+    queued: str
+    #: Jobs changed (for their watchers).
+    changed: str
+    #: Running jobs had their cancel requested (for their holders).
+    cancel: str
 
 
 class Listener(abc.ABC):
@@ -176,11 +189,10 @@ class Dialect(abc.ABC):
         database announces nothing (the store then polls)."""
         return None
 
-    def channels(self) -> tuple[str, str]:
-        """The names of the announcements: a registered job was queued;
-        jobs changed (payload: their ids, separated by commas)."""
+    def channels(self) -> Channels:
+        """The names of the store's announcements."""
         prefix = self.tables.prefix
-        return f"{prefix}queued", f"{prefix}changed"
+        return Channels(f"{prefix}queued", f"{prefix}changed", f"{prefix}cancel")
 
     # -- SQL text both dialects share ---------------------------------------------
 

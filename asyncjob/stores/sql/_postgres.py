@@ -161,20 +161,22 @@ class PostgresDialect(Dialect):
         Once per statement, whatever its number of rows (a batch of five
         hundred jobs ended at once sends three notifications, not five
         hundred), and only for the changes a watcher can see: a lease
-        renewed notifies nobody.
+        renewed notifies nobody. A cancel requested is announced on a
+        channel of its own too, which the holders of jobs listen to.
         """
-        queued, changed = self.channels()
+        queued, changed, cancel = self.channels()
         jobs = self.tables.jobs.name
         # Schema version 1 notified once per row, from this trigger.
         conn.execute(text(f"DROP TRIGGER IF EXISTS {jobs}_notify ON {jobs}"))
         conn.execute(text(f"DROP FUNCTION IF EXISTS {jobs}_notify()"))
         per = IDS_PER_NOTIFICATION
         for change, rows in (
-            ("insert", "SELECT n.id, n.state, n.registered FROM new_rows AS n"),
+            ("insert", "SELECT n.id, n.state, n.registered, false AS stop FROM new_rows AS n"),
             (
                 "update",
-                "SELECT n.id, n.state, n.registered FROM new_rows AS n"
-                " JOIN old_rows AS o ON o.id = n.id"
+                "SELECT n.id, n.state, n.registered,"
+                " (n.cancel_requested AND NOT o.cancel_requested) AS stop"
+                " FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id"
                 " WHERE (n.state, n.progress, n.data, n.attempts, n.cancel_requested)"
                 " IS DISTINCT FROM"
                 " (o.state, o.progress, o.data, o.attempts, o.cancel_requested)",
@@ -187,10 +189,12 @@ class PostgresDialect(Dialect):
                     DECLARE
                         ids text;
                         anew boolean := false;
+                        stopped text;
                     BEGIN
-                        FOR ids, anew IN
+                        FOR ids, anew, stopped IN
                             SELECT string_agg(c.id, ','),
-                                   bool_or(c.state = 'queued' AND c.registered)
+                                   bool_or(c.state = 'queued' AND c.registered),
+                                   string_agg(c.id, ',') FILTER (WHERE c.stop)
                             FROM (SELECT r.*, (row_number() OVER ()) / {per} AS part
                                   FROM ({rows}) AS r) AS c
                             GROUP BY c.part
@@ -198,6 +202,9 @@ class PostgresDialect(Dialect):
                             PERFORM pg_notify('{changed}', ids);
                             IF anew THEN
                                 PERFORM pg_notify('{queued}', '');
+                            END IF;
+                            IF stopped IS NOT NULL THEN
+                                PERFORM pg_notify('{cancel}', stopped);
                             END IF;
                         END LOOP;
                         RETURN NULL;

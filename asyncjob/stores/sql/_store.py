@@ -173,6 +173,11 @@ class SQLStore(DurableStore, TransactionalStore):
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_queued: Callable[[], None] | None = None
+        self._on_cancel: Callable[[], None] | None = None
+        # Held jobs whose cancel was heard of, for the next renew().
+        self._cancels_heard: list[str] = []
+        self._hearing_cancels = False
+        self._watching_cancels: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
         self._leases: LeaseThread | None = None
         # Watchers re-read the job on any change: a bare "it changed" each.
@@ -181,7 +186,7 @@ class SQLStore(DurableStore, TransactionalStore):
         # Jobs performed, and jobs ended, at the same time share a statement.
         self._enqueues: GroupCommit[dict[str, Any], None] = GroupCommit(self._insert)
         self._finishes: GroupCommit[Ending, bool] = GroupCommit(self._finish)
-        self._queued_channel, self._changed_channel = self._dialect.channels()
+        self._channels = self._dialect.channels()
         jobs = self.tables.jobs
         by_id = jobs.c.id == bindparam("id")
         self._get = select(jobs).where(by_id)
@@ -206,9 +211,13 @@ class SQLStore(DurableStore, TransactionalStore):
 
     # -- life cycle -------------------------------------------------------------
 
-    async def open(self, on_queued: Callable[[], None] | None = None) -> None:
+    async def open(
+        self,
+        on_queued: Callable[[], None] | None = None,
+        on_cancel: Callable[[], None] | None = None,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
-        self._on_queued = on_queued
+        self._on_queued, self._on_cancel = on_queued, on_cancel
         db = Database(self._dialect)
         try:
             async with db.write() as conn:
@@ -223,12 +232,18 @@ class SQLStore(DurableStore, TransactionalStore):
         self._leases.start()
         self._listener = self._dialect.listener(self._notified)
         if self._listener is not None and on_queued is not None:
-            await self._listener.listen(self._queued_channel)  # a worker hears of new jobs
+            await self._listener.listen(self._channels.queued)  # a worker hears of new jobs
+            await self._hear_cancels()
+        elif self._listener is None and on_cancel is not None:
+            self._watching_cancels = asyncio.get_running_loop().create_task(self._watch_cancels())
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._watching_cancels is not None:
+            self._watching_cancels.cancel()
+            await asyncio.gather(self._watching_cancels, return_exceptions=True)
         if self._leases is not None:
             await asyncio.to_thread(self._leases.stop)
         if self._listener is not None:
@@ -239,11 +254,47 @@ class SQLStore(DurableStore, TransactionalStore):
             await self._db.dispose()
 
     def _notified(self, channel: str, payload: str) -> None:
-        if channel == self._changed_channel:
+        if channel == self._channels.changed:
             for job_id in payload.split(","):
                 self._changed(job_id)
+        elif channel == self._channels.cancel:
+            self._heard_cancels([job_id for job_id in payload.split(",") if job_id in self.held])
         elif self._on_queued is not None:
             self._on_queued()
+
+    async def _hear_cancels(self) -> None:
+        """Listen for cancels of the jobs held here, from the first one held."""
+        if self._listener is not None and not self._hearing_cancels:
+            self._hearing_cancels = True
+            await self._listener.listen(self._channels.cancel)
+
+    async def _watch_cancels(self) -> None:
+        """Where the database announces nothing (SQLite): look for cancels of
+        the jobs held here every ``poll_interval``, through the index of
+        leased jobs (as many rows as jobs run, whatever the table holds)."""
+        jobs = self.tables.jobs
+        requested = select(jobs.c.id).where(
+            jobs.c.lease_expires_at.is_not(None),
+            jobs.c.locked_by == self.owner,
+            jobs.c.cancel_requested.is_(True),
+        )
+        while True:
+            await asyncio.sleep(self._poll_interval)  # a poll, not a wait for something
+            if not self.held:
+                continue
+            try:
+                found = (await self.db.fetch(requested)).scalars().all()
+            except Exception:  # noqa: BLE001 - renewals tell all the same
+                logger.exception("could not look for cancelled jobs; trying again")
+                continue
+            self._heard_cancels([job_id for job_id in found if job_id not in self._stopping])
+
+    def _heard_cancels(self, job_ids: list[str]) -> None:
+        if not job_ids:
+            return
+        self._cancels_heard.extend(job_ids)
+        if self._on_cancel is not None:
+            self._on_cancel()
 
     def _changed(self, job_id: str) -> None:
         """Wake the job's watchers in this process."""
@@ -255,6 +306,7 @@ class SQLStore(DurableStore, TransactionalStore):
         await self._enqueues.submit(self._row(job))
         if not job.registered:
             self.held[job.id] = None
+            await self._hear_cancels()
 
     async def enqueue_many(self, jobs: list[Job]) -> None:
         rows = []
@@ -269,6 +321,8 @@ class SQLStore(DurableStore, TransactionalStore):
         except IntegrityError:
             raise ValueError("a job id of the batch exists already: nothing was recorded") from None
         self.held.update((job.id, None) for job in jobs if not job.registered)
+        if any(not job.registered for job in jobs):
+            await self._hear_cancels()
 
     async def enqueue_in(self, session: Any, job: Job) -> None:
         if not job.registered:
@@ -395,6 +449,8 @@ class SQLStore(DurableStore, TransactionalStore):
     async def claim(self, limit: int) -> list[Claimed]:
         claimed = await self._dialect.claim(limit, self._lease)
         self.held.update((c.id, c.attempts) for c in claimed)
+        if claimed:
+            await self._hear_cancels()
         for c in claimed:
             self._changed(c.id)
         return claimed
@@ -428,6 +484,8 @@ class SQLStore(DurableStore, TransactionalStore):
         if self._leases is None:
             return []
         lost, cancelled = self._leases.take()
+        cancelled += self._cancels_heard
+        self._cancels_heard = []
         for job_id in lost:
             self.held.pop(job_id, None)
         new = [job_id for job_id in cancelled if job_id in self.held]
@@ -751,7 +809,7 @@ class SQLStore(DurableStore, TransactionalStore):
 
     async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
         if self._listener is not None:  # the first watcher here starts hearing of changes
-            await self._listener.listen(self._changed_channel)
+            await self._listener.listen(self._channels.changed)
         with self._watchers.subscribe(job_id) as changes:
             status = await self.get(job_id)
             if status is None:
