@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from sqlalchemy import select
 
 import asyncjob
 from asyncjob import JobState
@@ -338,6 +339,33 @@ async def test_finished_jobs_are_deleted_after_keep_finished(
         await runner.status(done)
     assert not (await runner.status(waiting)).is_final  # kept: not finished
     await runner.cancel(waiting)
+
+
+async def test_retention_keeps_pace_with_thousands_of_ended_jobs(
+    database: Database, make_runner: RunnerFactory
+) -> None:
+    """3,000 jobs ended past keep_finished: one round of maintenance deletes
+    them all, a short statement at a time, and leaves the queued job (a
+    round used to delete 500: at the default lease, 50 rows a second, less
+    than a worker ends)."""
+    store = SQLStore(database.async_url, keep_finished=0, lease=60)  # no round of its own
+    runner = await make_runner(store, producer_only=True)
+    queued = await runner.perform(worker_jobs.whoami, 1)
+    jobs = store.tables.jobs
+    async with store.db.write() as conn:
+        await conn.execute(
+            jobs.insert(),
+            [
+                {"id": f"{n:032x}", "name": "tests.done", "registered": True,
+                 "state": "succeeded", "args": "[]", "kwargs": "{}", "attempts": 1,
+                 "enqueued_at": 1.0, "run_after": 1.0, "finished_at": 1.0 + n}
+                for n in range(3000)
+            ],
+        )  # fmt: skip
+    assert runner._maintenance is not None
+    assert await runner._maintenance.retain() == 3000
+    async with store.db.read() as conn:
+        assert (await conn.execute(select(jobs.c.id))).scalars().all() == [queued]
 
 
 def test_bad_store_options() -> None:

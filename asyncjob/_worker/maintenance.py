@@ -3,8 +3,9 @@ it claims jobs or only performs them.
 
 Every third of a lease: stop the held jobs that the store says to stop
 (cancelled elsewhere, or taken over), put back in the queue the jobs of
-workers that died, and delete a batch of old finished jobs. A cancel the
-store hears of between two rounds is acted on at once. Periodic work
+workers that died, and delete old finished jobs, batch after batch, for
+up to half of the time to the next round. A cancel the store hears of
+between two rounds is acted on at once. Periodic work
 of the store's that future features need (schedules) belongs here too.
 """
 
@@ -71,9 +72,24 @@ class Maintenance:
                     next_round = loop.time() + self._store.lease / 3
                     if await self._store.recover():
                         self._on_recovered()
-                    await self._store.forget_finished()
+                    await self.retain(until=loop.time() + self._store.lease / 6)
             except Exception:  # noqa: BLE001 - the database may come back
                 logger.exception("could not renew leases; trying again")
+
+    async def retain(self, until: float | None = None) -> int:
+        """Delete finished jobs past retention, a short statement at a time,
+        until none is left or the loop's clock reaches ``until``: so that
+        retention keeps pace with however many jobs end, without long locks.
+        Returns how many were deleted."""
+        loop = asyncio.get_running_loop()
+        deleted = 0
+        while until is None or loop.time() < until:
+            done = await self._store.forget_finished()
+            if not done:
+                break
+            deleted += done
+            await asyncio.sleep(0)  # between two statements, the loop's other work
+        return deleted
 
     async def _stop_what_the_store_says(self) -> None:
         for job_id in await self._store.renew():

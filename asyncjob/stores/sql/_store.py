@@ -551,6 +551,9 @@ class SQLStore(DurableStore, TransactionalStore):
         old = (
             select(jobs.c.id)
             .where(jobs.c.finished_at < self.db.now() - self.keep_finished)
+            # Oldest first, through the index of ended jobs: without it, a
+            # planner short of statistics scans the whole table each time.
+            .order_by(jobs.c.finished_at)
             .limit(PURGE_BATCH)
             .scalar_subquery()
         )
