@@ -19,6 +19,8 @@ from asyncjob._cli import main
 from asyncjob._demo import jobs as _demo_jobs
 from asyncjob._version import __version__
 
+from .processes import ROOT
+
 #: Every run of the command is bounded by this many seconds; the demo itself
 #: takes about two.
 COMMAND_TIMEOUT = 30.0
@@ -217,3 +219,23 @@ def test_interrupted_command_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(_demo, "run_demo", interrupted)
     assert main(["demo"]) == 130
+
+
+#: Options the deployment guide gives to other commands (systemctl, docker,
+#: gunicorn), not to asyncjob worker.
+OTHER_COMMANDS_OPTIONS = {"--now", "--preload", "--time", "--worker-class", "--workers"}
+
+
+def test_the_deployment_guide_names_the_worker_options_there_are(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each option the deployment guide gives the worker exists, and each
+    option the worker has is in the guide (the guide said once that there
+    was no --threads: there is)."""
+    with pytest.raises(SystemExit):
+        main(["worker", "--help"])
+    offered = set(re.findall(r"--[a-z][a-z-]+", capsys.readouterr().out)) - {"--help"}
+    guide = (ROOT / "docs" / "deployment.md").read_text()
+    named = set(re.findall(r"--[a-z][a-z-]+", guide)) - OTHER_COMMANDS_OPTIONS
+    assert named <= offered
+    assert offered - named <= {"--keep-finished", "--table-prefix"}, offered - named

@@ -373,6 +373,22 @@ async def test_wait_times_out_and_the_job_goes_on(runner: asyncjob.Runner) -> No
     assert await runner.wait(job_id, timeout=TIMEOUT) is True
 
 
+async def test_wait_gives_up_saying_which_job_and_why(make_runner: RunnerFactory) -> None:
+    """The TimeoutError of wait() names the job, its state, and what it
+    waits for."""
+    runner = await make_runner(concurrency=1)
+    gate = asyncio.Event()
+    await runner.perform(gate.wait)
+    queued = await runner.perform(noop)
+    with pytest.raises(TimeoutError) as info:
+        await runner.wait(queued, timeout=0.05)
+    assert str(info.value) == (
+        f"job {queued} has not ended within 0.05 s: it is queued, waiting for one "
+        "of this runner's 1 slots"
+    )
+    gate.set()
+
+
 async def test_status_timestamps(runner: asyncjob.Runner) -> None:
     """Timestamps are aware UTC datetimes, in order."""
     job_id = await runner.perform(noop)

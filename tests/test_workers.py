@@ -368,6 +368,65 @@ async def test_retention_keeps_pace_with_thousands_of_ended_jobs(
         assert (await conn.execute(select(jobs.c.id))).scalars().all() == [queued]
 
 
+async def test_a_handed_back_job_is_queued_with_no_progress(
+    make_runner: RunnerFactory, database: Database
+) -> None:
+    """Handed back at a stop, a job that had reported progress is queued
+    again with no attempt counted and no progress: get_progress gives
+    (-1, None), as for any queued job (it used to give the taken-back
+    attempt's progress)."""
+    worker = asyncjob.Runner(
+        SQLStore(database.async_url, poll_interval=0.05), concurrency=1, grace_period=0.1
+    )
+    await worker.start()
+    try:
+        job_id = await worker.perform(worker_jobs.reports_then_waits, 60.0)
+        async with asyncio.timeout(TIMEOUT):
+            async for status in worker.watch(job_id):
+                if status.progress == 42:
+                    break
+    finally:
+        await worker.stop()
+    reader = await make_runner(SQLStore(database.async_url), producer_only=True)
+    status = await reader.status(job_id)
+    assert (status.state, status.attempts, status.progress) == (JobState.queued, 0, None)
+    assert await reader.get_progress(job_id) == (-1, None)
+
+
+async def test_wait_says_why_it_gave_up(make_runner: RunnerFactory, database: Database) -> None:
+    """wait(timeout) names the job and its state, and for a registered job
+    still queued with no worker, says how to start one (it used to raise a
+    bare TimeoutError())."""
+    producer = await make_runner(SQLStore(database.async_url), producer_only=True)
+    job_id = await producer.perform(worker_jobs.whoami, 1)
+    with pytest.raises(TimeoutError) as info:
+        await producer.wait(job_id, timeout=0.05)
+    assert str(info.value) == (
+        f"job {job_id} has not ended within 0.05 s: it is queued, waiting for a worker "
+        "of its store: if none is running, start one, asyncjob worker --store URL "
+        "--import tests.worker_jobs"
+    )
+
+
+def test_the_worker_imports_from_its_directory(tmp_path: Path) -> None:
+    """The asyncjob command imports the application's modules from the
+    directory it is started in, as uvicorn and celery do (it used to say
+    "No module named 'myapp'"); one it cannot import is named, with where
+    it looked."""
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (tmp_path / "myapp" / "jobs.py").write_text("raise RuntimeError('imported from here')\n")
+    command = [str(Path(sys.executable).parent / "asyncjob"), "worker", "--store"]
+    command += [f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}", "--import", "myapp.jobs"]
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    done = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT, env=env
+    )
+    assert done.returncode == 2
+    assert "RuntimeError('imported from here')" in done.stderr
+    assert f"from the directory the worker runs in, {tmp_path}" in done.stderr
+
+
 def test_bad_store_options() -> None:
     """lease and keep_finished are checked where they are given."""
     with pytest.raises(ValueError, match="lease"):

@@ -71,3 +71,11 @@ async def record(n: int) -> int:
     """Note that job ``n`` ran here."""
     RAN.append(n)
     return n
+
+
+@asyncjob.job
+async def reports_then_waits(seconds: float) -> str:
+    """Report some progress, then work for a long while."""
+    asyncjob.set_progress(42, "partway")
+    await asyncio.sleep(seconds)  # the work
+    return "done"

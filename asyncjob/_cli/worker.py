@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -37,13 +38,21 @@ def run_worker(
     until SIGINT or SIGTERM, and stop gracefully. Returns the exit code:
     0 after a graceful stop, 2 when a module cannot be imported or the
     store cannot be used."""
+    # As uvicorn, celery and python -m do: the application's modules are
+    # found from the directory the worker is started in.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for module in modules:
         try:
             importlib.import_module(module)
         except Exception as exc:  # noqa: BLE001 - reported, with the module named
-            print(f"asyncjob worker: cannot import {module}: {exc!r}", file=sys.stderr)
+            print(
+                f"asyncjob worker: cannot import {module}: {exc!r} (modules are imported "
+                f"from the directory the worker runs in, {os.getcwd()}, and from PYTHONPATH)",
+                file=sys.stderr,
+            )
             return 2
     if "://" not in store:
         print(

@@ -28,7 +28,7 @@ from asyncjob._core.models import (
     Progress,
     new_job_id,
 )
-from asyncjob._core.registry import registered_name
+from asyncjob._core.registry import lookup, registered_name
 from asyncjob._engine.engine import Engine, FinishIn, FinishInSync
 from asyncjob._engine.hooks import JobHooks
 from asyncjob._engine.sessions import JobScope, Sessions
@@ -481,14 +481,15 @@ class Runner:
     async def get_progress(self, job_id: str) -> Progress | None:
         """The job's progress, with ``tgext.asyncjob``'s meaning.
 
-        ``(-1, None)`` while the job has not reported any progress yet;
-        ``(value, data)`` as last given to :func:`asyncjob.set_progress`;
-        ``None`` once the job has ended, and for an unknown id.
+        ``(-1, None)`` while the job is queued (waiting to start, or to start
+        again after a failed attempt) or has not reported any progress
+        yet; ``(value, data)`` as last given to :func:`asyncjob.set_progress`
+        while it runs; ``None`` once the job has ended, and for an unknown id.
         """
         status = await self._read(self._store.get, job_id)
         if status is None or status.is_final:
             return None
-        if status.progress is None:
+        if status.progress is None or status.state is JobState.queued:
             return (-1, None)
         return (status.progress, status.data)
 
@@ -509,11 +510,29 @@ class Runner:
         if outcome is None:
             raise JobNotFound(job_id)
         if not outcome.state.is_final:
-            async with asyncio.timeout(timeout):
-                async for status in self.watch(job_id):
-                    if status.is_final:
-                        outcome = status.outcome()
+            last: JobStatus | None = None
+            try:
+                async with asyncio.timeout(timeout):
+                    async for last in self.watch(job_id):
+                        if last.is_final:
+                            outcome = last.outcome()
+            except TimeoutError:
+                raise TimeoutError(self._not_ended(job_id, timeout, last)) from None
         return _result(job_id, outcome)
+
+    def _not_ended(self, job_id: str, timeout: float | None, last: JobStatus | None) -> str:
+        """Why :meth:`wait` gave up: the job, its state, and what may be wrong."""
+        state = "unknown" if last is None else last.state.value
+        why = f"job {job_id} has not ended within {timeout:g} s: it is {state}"
+        if last is None or last.state is not JobState.queued:
+            return why
+        definition = lookup(last.name)
+        if definition is not None and self._durable is not None:
+            return (
+                f"{why}, waiting for a worker of its store: if none is running, start "
+                f"one, asyncjob worker --store URL --import {definition.func.__module__}"
+            )
+        return f"{why}, waiting for one of this runner's {self.options.concurrency} slots"
 
     async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
         """Yield the job's status now and on every change; stop after the

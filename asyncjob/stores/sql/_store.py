@@ -470,6 +470,9 @@ class SQLStore(DurableStore, TransactionalStore):
                 finished_at=case((requested, self.db.now()), else_=None),
                 started_at=case((requested, jobs.c.started_at), else_=None),
                 attempts=case((requested, jobs.c.attempts), else_=jobs.c.attempts - 1),
+                # The attempt is taken back, and its progress with it.
+                progress=case((requested, jobs.c.progress), else_=None),
+                data=case((requested, jobs.c.data), else_=None),
                 cancel_requested=False,
                 locked_by=None,
                 lease_expires_at=None,
