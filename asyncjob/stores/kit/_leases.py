@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager
 
@@ -85,11 +86,22 @@ class LeaseThread:
                     held = list(self._held())
                     if not held:
                         continue
+                    sent = time.monotonic()
                     try:
                         lost, cancelled = await renew(held)
                     except Exception:  # noqa: BLE001 - the database may come back
                         logger.exception("could not renew leases; trying again")
                         continue
+                    took = time.monotonic() - sent
+                    if took > self._interval:
+                        logger.warning(
+                            "renewing leases took %.2f s, longer than the %.2f s between two "
+                            "renewals: should one take longer than the lease, another worker "
+                            "would run the jobs again while they run here (a longer lease "
+                            "gives more room)",
+                            took,
+                            self._interval,
+                        )
                     if lost or cancelled:
                         with self._lock:
                             self._lost.extend(lost)

@@ -54,10 +54,12 @@ class Database:
     own, on its loop.
     """
 
-    def __init__(self, dialect: Dialect) -> None:
+    def __init__(self, dialect: Dialect, *, durable: bool = True) -> None:
         self.dialect = dialect
         self.url = dialect.url
-        self.engine: AsyncEngine = create_async_engine(self.url, **dialect.engine_options())
+        self.engine: AsyncEngine = create_async_engine(
+            self.url, **dialect.engine_options(durable=durable)
+        )
         dialect.prepare_engine(self.engine)
         self._autocommit = self.engine.execution_options(**dialect.autocommit_options)
         #: Where the database has one writer at a time, this process's

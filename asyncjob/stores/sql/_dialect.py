@@ -124,8 +124,10 @@ class Dialect(abc.ABC):
 
     # -- the engine ------------------------------------------------------------
 
-    def engine_options(self) -> dict[str, Any]:
-        """Keyword arguments of ``create_async_engine``."""
+    def engine_options(self, *, durable: bool = True) -> dict[str, Any]:
+        """Keyword arguments of ``create_async_engine``; ``durable=False``
+        for an engine whose commits may skip waiting for the disk (lease
+        renewals: one lost in a crash does no harm)."""
         return {}
 
     @abc.abstractmethod

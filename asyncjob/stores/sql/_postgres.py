@@ -123,6 +123,11 @@ class PostgresDialect(Dialect):
 
     # -- the engine ------------------------------------------------------------
 
+    def engine_options(self, *, durable: bool = True) -> dict[str, Any]:
+        if durable:
+            return {}
+        return {"connect_args": {"server_settings": {"synchronous_commit": "off"}}}
+
     def prepare_engine(self, engine: AsyncEngine) -> None:
         """Never hand out a connection that the server has closed.
 

@@ -107,8 +107,8 @@ class SQLiteDialect(Dialect):
 
     # -- the engine ------------------------------------------------------------
 
-    def engine_options(self) -> dict[str, Any]:
-        return {"connect_args": {"timeout": BUSY_TIMEOUT}}
+    def engine_options(self, *, durable: bool = True) -> dict[str, Any]:
+        return {"connect_args": {"timeout": BUSY_TIMEOUT}}  # commits skip the disk anyway
 
     def prepare_engine(self, engine: AsyncEngine) -> None:
         """SQLAlchemy's recipe for real transactions on pysqlite, with WAL."""

@@ -498,8 +498,10 @@ class SQLStore(DurableStore, TransactionalStore):
 
     @contextlib.asynccontextmanager
     async def _renewer(self) -> AsyncIterator[Renew]:
-        """What the lease thread renews with: a database of its own, on its loop."""
-        db = Database(self._dialect)
+        """What the lease thread renews with: a database of its own, on its
+        loop, whose commits do not wait for the disk (a renewal lost in a
+        crash does no harm), so that a slow disk does not stall renewals."""
+        db = Database(self._dialect, durable=False)
         try:
             yield functools.partial(self._renew_leases, db)
         finally:
