@@ -175,6 +175,35 @@ async def test_an_end_the_database_refuses_fails_alone(
     assert (await runner.status(bad)).attempts == 1
 
 
+async def test_progress_the_database_refuses_is_dropped_alone(
+    database: Database, make_runner: RunnerFactory
+) -> None:
+    """Reports written together, one of which the database refuses: only
+    that one is dropped, the others are kept, and both jobs end as they
+    would have (the refused report used to fail the whole batch)."""
+    runner = await make_runner(database.async_url, concurrency=2)
+    await asyncio.to_thread(
+        edit_by_hand, database, *refuse_by_trigger(database, "NEW.progress = 13", "UPDATE")
+    )
+    gate = asyncio.Event()
+
+    async def reports(value: int) -> int:
+        asyncjob.set_progress(value, "reported")
+        await gate.wait()
+        return value
+
+    refused, kept = await runner.perform(reports, 13), await runner.perform(reports, 7)
+    async with asyncio.timeout(TIMEOUT):
+        async for status in runner.watch(kept):
+            if status.progress == 7:
+                break
+    assert (await runner.status(refused)).progress is None
+    gate.set()
+    assert await runner.wait(kept, timeout=TIMEOUT) == 7
+    assert await runner.wait(refused, timeout=TIMEOUT) == 13
+    assert [(await runner.status(i)).progress for i in (refused, kept)] == [None, 7]
+
+
 # -- 3. errors and results the database cannot hold ----------------------------------
 
 
