@@ -15,19 +15,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from scratch_pg import DEFAULT_PG, drop_store_tables, new_prefix
+
 import asyncjob
 from asyncjob.stores.sql import SQLStore
-
-DEFAULT_PG = os.environ.get(
-    "ASYNCJOB_BENCH_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
 
 
 async def trials(url: str, count: int, prefix: str) -> list[float]:
@@ -76,28 +73,14 @@ async def main() -> None:
     parser.add_argument("--pg", default=DEFAULT_PG, help="a PostgreSQL database to use")
     args = parser.parse_args()
     logging.getLogger("asyncjob").setLevel(logging.ERROR)  # each cancel logs a warning
-    prefix = f"bench_{os.urandom(3).hex()}_"
+    prefix = new_prefix()
     with tempfile.TemporaryDirectory() as tmp:
         sqlite = f"sqlite+aiosqlite:///{Path(tmp) / 'jobs.db'}"
         print(report("sqlite", await trials(sqlite, args.trials, prefix)), flush=True)
     try:
         print(report("postgres", await trials(args.pg, args.trials, prefix)), flush=True)
     finally:
-        await drop_tables(args.pg, prefix)
-
-
-async def drop_tables(url: str, prefix: str) -> None:
-    """Leave the PostgreSQL database as it was."""
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    engine = create_async_engine(url)
-    async with engine.begin() as conn:
-        for table in ("jobs", "meta"):
-            await conn.execute(text(f"DROP TABLE IF EXISTS {prefix}{table} CASCADE"))
-        for change in ("insert", "update"):
-            await conn.execute(text(f"DROP FUNCTION IF EXISTS {prefix}jobs_notify_{change}()"))
-    await engine.dispose()
+        await drop_store_tables(args.pg, prefix)
 
 
 if __name__ == "__main__":

@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from scratch_pg import DEFAULT_PG, drop_store_tables, new_prefix
 from sqlalchemy import text
 
 from asyncjob.stores.sql import SQLStore
-
-DEFAULT_PG = os.environ.get(
-    "ASYNCJOB_BENCH_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
 
 
 async def measure(url: str, jobs: int, prefix: str) -> str:
@@ -77,31 +73,19 @@ async def measure(url: str, jobs: int, prefix: str) -> str:
         await store.close()
 
 
-async def drop(url: str, prefix: str) -> None:
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    engine = create_async_engine(url)
-    async with engine.begin() as conn:
-        for table in ("jobs", "meta"):
-            await conn.execute(text(f"DROP TABLE IF EXISTS {prefix}{table} CASCADE"))
-        for change in ("insert", "update"):
-            await conn.execute(text(f"DROP FUNCTION IF EXISTS {prefix}jobs_notify_{change}()"))
-    await engine.dispose()
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--pg", default=DEFAULT_PG, help="a PostgreSQL database to use")
     args = parser.parse_args()
-    prefix = f"bench_{os.urandom(3).hex()}_"
+    prefix = new_prefix()
     with tempfile.TemporaryDirectory() as tmp:
         sqlite = f"sqlite+aiosqlite:///{Path(tmp) / 'jobs.db'}"
         print("sqlite  ", await measure(sqlite, args.jobs, prefix), flush=True)
     try:
         print("postgres", await measure(args.pg, args.jobs, prefix), flush=True)
     finally:
-        await drop(args.pg, prefix)
+        await drop_store_tables(args.pg, prefix)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from scratch_pg import DEFAULT_PG
 from sqlalchemy import delete, func, select
 
 import asyncjob
@@ -59,10 +60,6 @@ RUNS_DIR = "ASYNCJOB_STRESS_RUNS_DIR"
 
 #: This file's directory, put on the workers' path to import it.
 HERE = Path(__file__).resolve().parent
-
-DEFAULT_PG = os.environ.get(
-    "ASYNCJOB_BENCH_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
 
 _runs_file: int | None = None
 

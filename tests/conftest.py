@@ -113,3 +113,16 @@ def database(request: pytest.FixtureRequest) -> Database:
     """Each test database kind in turn."""
     db: Database = request.getfixturevalue(f"{request.param}_db")
     return db
+
+
+def edit_by_hand(sync_url: str, *statements: str) -> None:
+    """Run SQL as someone at a database prompt would: outside asyncjob."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(sync_url)
+    try:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(text(statement))
+    finally:
+        engine.dispose()

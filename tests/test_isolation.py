@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 
 import asyncjob
 from asyncjob import JobState
 from asyncjob.stores import Job
 from asyncjob.stores.sql import SQLStore
 
-from .conftest import TIMEOUT, Database, RunnerFactory
+from .conftest import TIMEOUT, Database, RunnerFactory, edit_by_hand
 from .processes import Workers
 
 OpenStore = Callable[..., Awaitable[SQLStore]]
@@ -43,17 +42,6 @@ async def open_store(database: Database) -> AsyncIterator[OpenStore]:
     yield open_one
     for store in opened:
         await store.close()
-
-
-def edit_by_hand(database: Database, *statements: str) -> None:
-    """Run SQL as someone at a database prompt would: outside asyncjob."""
-    engine = create_engine(database.sync_url)
-    try:
-        with engine.begin() as conn:
-            for statement in statements:
-                conn.execute(text(statement))
-    finally:
-        engine.dispose()
 
 
 def refuse_by_trigger(database: Database, when: str, event: str = "INSERT") -> list[str]:
@@ -127,7 +115,9 @@ async def test_a_perform_the_database_refuses_fails_alone(
     the same moment are recorded and run."""
     runner = await make_runner(database.async_url)  # its tables, for the trigger
     await asyncio.to_thread(
-        edit_by_hand, database, *refuse_by_trigger(database, "NEW.name LIKE '%refused_job'")
+        edit_by_hand,
+        database.sync_url,
+        *refuse_by_trigger(database, "NEW.name LIKE '%refused_job'"),
     )
     outcomes = await asyncio.gather(
         *(runner.perform(good, n) for n in range(10)),
@@ -159,7 +149,9 @@ async def test_an_end_the_database_refuses_fails_alone(
     the jobs ending in the same batch end as they did."""
     runner = await make_runner(database.async_url, concurrency=30)
     when = "NEW.name LIKE '%refused_end' AND NEW.state = 'succeeded'"
-    await asyncio.to_thread(edit_by_hand, database, *refuse_by_trigger(database, when, "UPDATE"))
+    await asyncio.to_thread(
+        edit_by_hand, database.sync_url, *refuse_by_trigger(database, when, "UPDATE")
+    )
     gate = asyncio.Event()
 
     async def together(n: int) -> int:
@@ -183,7 +175,7 @@ async def test_progress_the_database_refuses_is_dropped_alone(
     would have (the refused report used to fail the whole batch)."""
     runner = await make_runner(database.async_url, concurrency=3)
     await asyncio.to_thread(
-        edit_by_hand, database, *refuse_by_trigger(database, "NEW.progress = 13", "UPDATE")
+        edit_by_hand, database.sync_url, *refuse_by_trigger(database, "NEW.progress = 13", "UPDATE")
     )
     gate = asyncio.Event()
 
@@ -281,7 +273,7 @@ async def test_a_poison_row_fails_alone(
         else queued_row("p" * 32, args="[" * 100_000 + "]" * 100_000)
     )
     producer = await make_runner(SQLStore(database.async_url), producer_only=True)
-    await asyncio.to_thread(edit_by_hand, database, row)
+    await asyncio.to_thread(edit_by_hand, database.sync_url, row)
     others = [await producer.perform(worker_jobs.whoami, n) for n in range(10)]
     await make_runner(SQLStore(database.async_url, poll_interval=0.05), concurrency=20)
     results = [await producer.wait(i, timeout=TIMEOUT) for i in others]
@@ -417,7 +409,7 @@ async def test_a_late_end_does_not_end_the_next_attempt(
         await held.wait()
     await asyncio.to_thread(  # taken back, as recovery would after its lease ran out
         edit_by_hand,
-        database,
+        database.sync_url,
         "UPDATE asyncjob_jobs SET state = 'queued', locked_by = NULL,"
         f" lease_expires_at = NULL WHERE id = '{job_id}'",
     )

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 from psycopg.rows import TupleRow
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 import asyncjob
@@ -35,7 +35,7 @@ from asyncjob import JobState
 from asyncjob.stores.sql import BadRecord, SQLStore
 
 from . import resilience_jobs
-from .conftest import PG_HOST, TIMEOUT, Database, RunnerFactory
+from .conftest import PG_HOST, TIMEOUT, Database, RunnerFactory, edit_by_hand
 from .processes import ROOT, Workers
 
 #: The workers' lease (seconds): short, so that a job whose end could not
@@ -87,17 +87,6 @@ async def started_worker(
     first = await producer.perform(resilience_jobs.step, -1, 0)
     assert (await producer.wait(first, timeout=TIMEOUT))["pid"] == worker.pid
     return worker
-
-
-def edit_by_hand(sync_url: str, *statements: str) -> None:
-    """Run SQL as someone at a database prompt would: outside asyncjob."""
-    engine = create_engine(sync_url)
-    try:
-        with engine.begin() as conn:
-            for statement in statements:
-                conn.execute(text(statement))
-    finally:
-        engine.dispose()
 
 
 def insert_job(

@@ -1,0 +1,30 @@
+"""A PostgreSQL database borrowed by a benchmark: its store's tables, under a
+prefix of their own, dropped afterwards."""
+
+from __future__ import annotations
+
+import os
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+#: The database the benchmarks borrow (``--pg``).
+DEFAULT_PG = os.environ.get(
+    "ASYNCJOB_BENCH_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+
+
+def new_prefix() -> str:
+    """A table prefix no other run uses."""
+    return f"bench_{os.urandom(3).hex()}_"
+
+
+async def drop_store_tables(url: str, prefix: str) -> None:
+    """Leave the database as it was: drop the store's tables and functions."""
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        for table in ("jobs", "meta"):
+            await conn.execute(text(f"DROP TABLE IF EXISTS {prefix}{table} CASCADE"))
+        for change in ("insert", "update"):
+            await conn.execute(text(f"DROP FUNCTION IF EXISTS {prefix}jobs_notify_{change}()"))
+    await engine.dispose()
