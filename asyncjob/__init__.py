@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from ._api import cancel, get_progress, jobs, perform, perform_in, perform_many, status, wait, watch
+from ._api import cancel, get_progress, jobs, perform, perform_many, status, wait, watch
 from ._core.errors import (
     AsyncJobError,
     JobCancelled,
@@ -23,6 +23,7 @@ from ._core.errors import (
 )
 from ._core.models import JobState, JobStatus, Progress, new_job_id
 from ._core.registry import job
+from ._core.spec import JobSpec, using
 from ._engine.context import current_job_id, set_progress
 from ._engine.hooks import JobHooks
 from ._engine.sessions import JobScope, session, timed_query, timed_query_sync
@@ -35,6 +36,7 @@ __all__ = (
     "JobHooks",
     "JobNotFound",
     "JobScope",
+    "JobSpec",
     "JobState",
     "JobStatus",
     "NotInJob",
@@ -48,13 +50,13 @@ __all__ = (
     "jobs",
     "new_job_id",
     "perform",
-    "perform_in",
     "perform_many",
     "session",
     "set_progress",
     "status",
     "timed_query",
     "timed_query_sync",
+    "using",
     "wait",
     "watch",
 )

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ._core.models import JobState, JobStatus, Progress
+from ._core.spec import JobSpec
 from ._runner.runner import current
 
 __all__ = (
@@ -18,7 +19,6 @@ __all__ = (
     "get_progress",
     "jobs",
     "perform",
-    "perform_in",
     "perform_many",
     "status",
     "wait",
@@ -26,21 +26,16 @@ __all__ = (
 )
 
 
-async def perform(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+async def perform(func: Callable[..., Any] | JobSpec, /, *args: Any, **kwargs: Any) -> str:
     """:meth:`Runner.perform` on the running runner."""
     return await current().perform(func, *args, **kwargs)
 
 
 async def perform_many(
-    func: Callable[..., Any], arguments: Iterable[Sequence[Any] | Mapping[str, Any]], /
+    func: Callable[..., Any] | JobSpec, arguments: Iterable[Sequence[Any] | Mapping[str, Any]], /
 ) -> list[str]:
     """:meth:`Runner.perform_many` on the running runner."""
     return await current().perform_many(func, arguments)
-
-
-async def perform_in(session: Any, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
-    """:meth:`Runner.perform_in` on the running runner."""
-    return await current().perform_in(session, func, *args, **kwargs)
 
 
 async def get_progress(job_id: str) -> Progress | None:
@@ -71,9 +66,10 @@ async def cancel(job_id: str) -> bool:
 async def jobs(
     state: JobState | str | Iterable[JobState | str] | None = None,
     name: str | None = None,
-    *,
+    queue: str | None = None,
     limit: int = 100,
+    *,
     before: str | None = None,
 ) -> list[JobStatus]:
     """:meth:`Runner.jobs` on the running runner."""
-    return await current().jobs(state, name, limit=limit, before=before)
+    return await current().jobs(state, name, queue, limit, before=before)

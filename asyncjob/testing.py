@@ -38,11 +38,13 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
 from asyncjob._core.errors import JobNotFound
 from asyncjob._core.models import Job, JobQuery, JobState, JobStatus
+from asyncjob._core.spec import JobOptions
 from asyncjob.stores import DurableStore, Store
 
 __all__ = ("TIMEOUT", "DurableStoreContract", "StoreContract", "make_job")
@@ -53,9 +55,16 @@ TIMEOUT = 10.0
 
 
 def make_job(
-    job_id: str = "j1", *, registered: bool = False, at: float | None = None, name: str = ""
+    job_id: str = "j1",
+    *,
+    registered: bool = False,
+    at: float | None = None,
+    name: str = "",
+    **options: Any,
 ) -> Job:
-    """A job as the runner hands it to a store: ``tests.job(1, k=2)``."""
+    """A job as the runner hands it to a store: ``tests.job(1, k=2)``,
+    performed at ``at`` (default: now) with the :class:`JobOptions` given
+    (``queue=``, ``priority=``, ``delay=``, ``unique=``...)."""
     return Job(
         job_id,
         name or ("tests.registered" if registered else "tests.job"),
@@ -65,6 +74,7 @@ def make_job(
         False,
         time.time() if at is None else at,
         registered,
+        options=JobOptions(**options) if options else None,
     )
 
 
@@ -295,6 +305,80 @@ class StoreContract:
         with pytest.raises(JobNotFound):
             await store.list_jobs(JobQuery(before="nope"))
 
+    # -- scheduling and flow control ---------------------------------------------
+
+    async def test_status_says_where_and_when(self, store: Store) -> None:
+        """A job's status has its queue, priority and unique key; ``run_after``
+        while it waits for its time, and ``None`` for a job due at once."""
+        await store.enqueue(make_job("now"))
+        await store.enqueue(make_job("later", queue="mail", priority=-7, delay=3600, unique="k"))
+        now = await _status(store, "now")
+        assert (now.queue, now.priority, now.run_after, now.unique) == ("default", 0, None, None)
+        later = await _status(store, "later")
+        assert (later.state, later.queue, later.priority, later.unique) == (
+            JobState.queued, "mail", -7, "k"
+        )  # fmt: skip
+        assert later.run_after is not None
+        assert later.enqueued_at is not None
+        waits = (later.run_after - later.enqueued_at).total_seconds()
+        assert 3000 < waits < 4000  # an hour, by the store's clock
+
+    async def test_a_retry_waits_for_its_time(self, store: Store) -> None:
+        """A retry with a delay is queued, its ``run_after`` the end of the delay."""
+        await store.enqueue(make_job())
+        await store.start("j1")
+        assert await store.retry("j1", error="OSError: flaky", delay=3600) is True
+        status = await _status(store, "j1")
+        assert status.state is JobState.queued
+        assert status.run_after is not None
+
+    async def test_a_unique_key_gives_the_job_that_holds_it(self, store: Store) -> None:
+        """While a job with the key is queued, waiting for a retry or
+        running, enqueueing another with it records nothing and returns the
+        holder's id; once the holder ends, the key is free again."""
+        assert await store.enqueue(make_job("a", unique="k")) == "a"
+        assert await store.enqueue(make_job("b", unique="k")) == "a"
+        assert await store.get("b") is None
+        assert await store.enqueue(make_job("other", unique="k2")) == "other"
+        await store.start("a")
+        assert await store.enqueue(make_job("c", unique="k")) == "a"
+        await store.retry("a", error="OSError: flaky", delay=3600)
+        assert await store.enqueue(make_job("d", unique="k")) == "a"
+        await store.start("a")
+        await store.finish("a", JobState.succeeded, result=1)
+        assert await store.enqueue(make_job("e", unique="k")) == "e"
+        assert await store.cancel("e") is JobState.queued
+        assert await store.enqueue(make_job("f", unique="k")) == "f"
+        for gone in ("b", "c", "d"):
+            assert await store.get(gone) is None
+
+    async def test_enqueue_many_with_unique_keys(self, store: Store) -> None:
+        """In one batch, a key held before, or by a job earlier in the batch,
+        gives that job's id; the others are recorded."""
+        await store.enqueue(make_job("held", unique="k1"))
+        ids = await store.enqueue_many(
+            [
+                make_job("m0", unique="k1"),
+                make_job("m1", unique="k2"),
+                make_job("m2", unique="k2"),
+                make_job("m3"),
+            ]
+        )
+        assert ids == ["held", "m1", "m1", "m3"]
+        assert await store.get("m0") is None
+        assert await store.get("m2") is None
+
+    async def test_list_jobs_by_queue(self, store: Store) -> None:
+        """Listings filter by queue too; a job waiting for its time is queued."""
+        now = time.time()
+        await store.enqueue(make_job("a", at=now, queue="mail"))
+        await store.enqueue(make_job("b", at=now + 1, queue="video", delay=3600))
+        await store.enqueue(make_job("c", at=now + 2, queue="mail"))
+        mail = await store.list_jobs(JobQuery(queue="mail"))
+        assert [s.id for s in mail] == ["c", "a"]
+        queued = await store.list_jobs(JobQuery(states=frozenset({JobState.queued})))
+        assert [s.id for s in queued] == ["c", "b", "a"]
+
 
 class DurableStoreContract(StoreContract):
     """The contract of :class:`~asyncjob.stores.DurableStore`, with the
@@ -427,3 +511,84 @@ class DurableStoreContract(StoreContract):
         assert await store.forget_finished() >= 0
         for job_id in ("queued", "running"):
             assert await store.get(job_id) is not None
+
+    # -- scheduling and flow control ---------------------------------------------
+
+    async def test_claim_takes_higher_priorities_first(self, store: DurableStore) -> None:
+        """Higher priority first; within a priority, in the order performed."""
+        now = time.time()
+        for n, priority in enumerate((0, 5, -5, 5, 0, 100, -100)):
+            job = make_job(f"p{n}", registered=True, at=now + n, priority=priority)
+            await store.enqueue(job)
+        claimed = [c.id for c in await store.claim(4)]
+        assert claimed == ["p5", "p1", "p3", "p0"]
+        assert [c.id for c in await store.claim(10)] == ["p4", "p2", "p6"]
+
+    async def test_a_job_waits_for_its_time(self, store: DurableStore) -> None:
+        """A delayed job is not claimed before its time; next_due() says how
+        long until it is, and 0 once one is due."""
+        assert await store.next_due() is None
+        await store.enqueue(make_job("later", registered=True, delay=3600))
+        await store.enqueue(make_job("now", registered=True))
+        assert [c.id for c in await store.claim(10)] == ["now"]
+        wait = await store.next_due()
+        assert wait is not None
+        assert 3000 < wait <= 3600
+        await store.enqueue(make_job("soon", registered=True, delay=0.05))
+        async with asyncio.timeout(TIMEOUT):
+            while not (claimed := await store.claim(10)):  # noqa: ASYNC110 - due by the store's clock
+                await asyncio.sleep(0.01)
+        assert [c.id for c in claimed] == ["soon"]
+        await store.enqueue(make_job("due", registered=True))
+        assert await store.next_due() == 0
+
+    async def test_claim_takes_only_its_queues(self, store: DurableStore) -> None:
+        """A claim for some queues leaves the others' jobs queued."""
+        now = time.time()
+        for n, queue in enumerate(("a", "b", "c", "a", "default")):
+            await store.enqueue(make_job(f"{queue}{n}", registered=True, at=now + n, queue=queue))
+        assert [c.id for c in await store.claim(10, frozenset({"a"}))] == ["a0", "a3"]
+        assert await store.next_due(frozenset({"a"})) is None
+        assert await store.next_due(frozenset({"b", "c"})) == 0
+        taken = await store.claim(10, frozenset({"b", "c"}))
+        assert [(c.id, c.queue) for c in taken] == [("b1", "b"), ("c2", "c")]
+        assert [c.id for c in await store.claim(10)] == ["default4"]
+
+    async def test_claim_keeps_to_concurrency_limits(
+        self, store: DurableStore, make_store: Callable[[], Awaitable[DurableStore]]
+    ) -> None:
+        """No more jobs of a limited name run than its limit, counted across
+        every worker of the store; the jobs over it stay queued, and the
+        jobs behind them are claimed all the same."""
+        limits = {"tests.limited": 2}
+        now = time.time()
+        for n in range(5):
+            await store.enqueue(
+                make_job(f"l{n}", registered=True, at=now + n, name="tests.limited")
+            )
+        await store.enqueue(make_job("free", registered=True, at=now + 9))
+        first = [c.id for c in await store.claim(1, limits=limits)]
+        assert first == ["l0"]
+        other = await make_store()
+        assert [c.id for c in await other.claim(10, limits=limits)] == ["l1", "free"]
+        assert await store.claim(10, limits=limits) == []
+        assert await store.finish("l0", JobState.succeeded, result=None) is True
+        assert [c.id for c in await store.claim(10, limits=limits)] == ["l2"]
+        assert [c.id for c in await store.claim(10, limits={"tests.limited": 3})] == ["l3"]
+
+    async def test_workers_racing_on_one_key_record_one_job(
+        self, store: DurableStore, make_store: Callable[[], Awaitable[DurableStore]]
+    ) -> None:
+        """Two workers enqueueing with one key at the same moment record one
+        job, and both get its id."""
+        other = await make_store()
+        ids = await asyncio.gather(
+            *(
+                (store, other)[n % 2].enqueue(make_job(f"race{n}", unique="race"))
+                for n in range(10)
+            )
+        )
+        assert len(set(ids)) == 1
+        listed = await store.list_jobs(JobQuery())
+        assert [s.id for s in listed] == [ids[0]]
+

@@ -30,7 +30,7 @@ def clean_registry() -> Iterator[None]:
 def test_register_by_module_and_name() -> None:
     """The default name is module.qualname; the function comes back unchanged."""
     assert asyncjob.job(jobs.resize) is jobs.resize
-    assert _registry.registered_name(jobs.resize) == "tests.jobs_for_registry.resize"
+    assert _registry.definition_of(jobs.resize).name == "tests.jobs_for_registry.resize"
     definition = _registry.lookup("tests.jobs_for_registry.resize")
     assert definition is not None
     assert definition.func is jobs.resize
@@ -39,7 +39,7 @@ def test_register_by_module_and_name() -> None:
 def test_register_with_a_name() -> None:
     """@job(name=...) keeps a name that survives moving the code."""
     assert asyncjob.job(name="reports.yearly")(jobs.report) is jobs.report
-    assert _registry.registered_name(jobs.report) == "reports.yearly"
+    assert _registry.definition_of(jobs.report).name == "reports.yearly"
     assert _registry.lookup("tests.jobs_for_registry.report") is None
 
 
@@ -47,7 +47,7 @@ def test_registering_twice_is_harmless() -> None:
     """The same function under the same name, again: nothing changes."""
     asyncjob.job(jobs.report)
     asyncjob.job(jobs.report)
-    assert _registry.registered_name(jobs.report) == "tests.jobs_for_registry.report"
+    assert _registry.definition_of(jobs.report).name == "tests.jobs_for_registry.report"
 
 
 def test_a_name_taken_by_another_function() -> None:
@@ -102,8 +102,8 @@ def test_unregistered_and_unhashable() -> None:
         def __call__(self) -> None:
             """Callable."""
 
-    assert _registry.registered_name(jobs.other_report) is None
-    assert _registry.registered_name(Unhashable()) is None
+    assert _registry.definition_of(jobs.other_report) is None
+    assert _registry.definition_of(Unhashable()) is None
 
 
 async def test_a_registered_job_runs_like_any_other(runner: asyncjob.Runner) -> None:

@@ -232,13 +232,32 @@ QUEUED_BEFORE = (
 )
 
 
-def store_of_version(database: Database, version: int, job_id: str) -> None:
-    """Turn a store just made into what ``version`` (1 or 2) made, with a
-    registered job queued."""
+#: A registered job of version 3 or before, waiting for a retry far ahead.
+WAITING_BEFORE = QUEUED_BEFORE.replace(", 0, 0)", ", 0, 9999999999)")
+
+
+def store_of_version(database: Database, version: int, job_id: str, waiting: str) -> None:
+    """Turn a store just made into what ``version`` (1, 2 or 3) made, with a
+    registered job queued, and another waiting for its retry."""
     postgres = database.kind == "postgresql"
     engine = create_engine(database.sync_url)
     try:
         with engine.begin() as conn:
+            for index in ("due", "due_by_queue", "scheduled", "unique", "running"):
+                conn.execute(text(f"DROP INDEX asyncjob_jobs_{index}"))
+            for column in ("queue", "priority", "unique_key"):
+                conn.execute(text(f"ALTER TABLE asyncjob_jobs DROP COLUMN {column}"))
+            conn.execute(
+                text(
+                    "CREATE INDEX asyncjob_jobs_due ON asyncjob_jobs (run_after)"
+                    " WHERE state = 'queued' AND registered"
+                )
+            )
+            conn.execute(text(WAITING_BEFORE.format(id=waiting)))
+            if version == 3:
+                conn.execute(text(QUEUED_BEFORE.format(id=job_id)))
+                conn.execute(text("UPDATE asyncjob_meta SET value = '3'"))
+                return
             conn.execute(text("DROP INDEX asyncjob_jobs_listed"))
             conn.execute(text("ALTER TABLE asyncjob_jobs DROP COLUMN cancel_requested"))
             if postgres:
@@ -286,30 +305,40 @@ def schema_of(database: Database) -> tuple[str, set[str], set[str], set[str]]:
     return str(version), index_names, trigger_names, columns
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 async def test_an_older_store_is_migrated(
     database: Database, make_runner: RunnerFactory, version: int
 ) -> None:
-    """Opened by this release, a store that version 1 or 2 wrote is migrated
-    to version 3 (partial indexes and, on PostgreSQL, one notification per
-    statement since 2; a cancel requested, and listings indexed, since 3),
-    and the job queued in it before the upgrade runs, as do new ones."""
+    """Opened by this release, a store that version 1, 2 or 3 wrote is
+    migrated to version 4 (partial indexes and, on PostgreSQL, one
+    notification per statement since 2; a cancel requested, and listings
+    indexed, since 3; queues, priorities, unique keys, and jobs waiting
+    for their time out of the claim index since 4), and the job queued in
+    it before the upgrade runs, as do new ones; the one waiting for its
+    retry still waits."""
     made = SQLStore(database.async_url)
     await made.open()
     await made.close()
     queued = "q" * 32
-    store_of_version(database, version, queued)
+    waiting = "w" * 32
+    store_of_version(database, version, queued, waiting)
     producer = await make_runner(SQLStore(database.async_url), producer_only=True)
-    job_id = await producer.perform(worker_jobs.whoami, 2)
+    job_id = await producer.perform(asyncjob.using(worker_jobs.whoami, priority=5), 2)
     version_now, indexes, triggers, columns = schema_of(database)
-    assert version_now == str(SCHEMA_VERSION) == "3"
+    assert version_now == str(SCHEMA_VERSION) == "4"
     assert indexes == {
-        "asyncjob_jobs_due",
-        "asyncjob_jobs_leased",
-        "asyncjob_jobs_ended",
-        "asyncjob_jobs_listed",
-    }
-    assert "cancel_requested" in columns
+        f"asyncjob_jobs_{name}"
+        for name in (
+            "due", "leased", "ended", "listed", "due_by_queue", "scheduled", "unique", "running"
+        )
+    }  # fmt: skip
+    assert {"cancel_requested", "queue", "priority", "unique_key"} <= columns
+    before = await producer.status(queued)
+    assert (before.queue, before.priority, before.run_after) == ("default", 0, None)
+    later = await producer.status(waiting)
+    assert later.state is JobState.queued
+    assert later.run_after is not None
+    assert later.run_after.year > 2200
     if database.kind == "postgresql":
         assert triggers == {"asyncjob_jobs_notify_insert", "asyncjob_jobs_notify_update"}
     else:
@@ -318,6 +347,7 @@ async def test_an_older_store_is_migrated(
     worker = await make_runner(SQLStore(database.async_url, poll_interval=0.05))
     assert (await worker.wait(queued, timeout=TIMEOUT))["n"] == 1
     assert (await worker.wait(job_id, timeout=TIMEOUT))["n"] == 2
+    assert (await worker.status(waiting)).state is JobState.queued
 
 
 async def test_rows_edited_into_nonsense(sql_runner: asyncjob.Runner, database: Database) -> None:
@@ -383,8 +413,8 @@ async def test_a_job_id_recorded_twice_fails_alone(database: Database) -> None:
             store.enqueue(second), store.enqueue(first), store.enqueue(third),
             return_exceptions=True,
         )  # fmt: skip
-        assert outcomes[0] is None
-        assert outcomes[2] is None
+        assert outcomes[0] == second.id
+        assert outcomes[2] == third.id
         assert isinstance(outcomes[1], ValueError)
         assert "exists already" in str(outcomes[1])
         assert isinstance(outcomes[1].__cause__, IntegrityError)

@@ -54,13 +54,13 @@ async def test_commit_and_rollback(make_runner: RunnerFactory, database: Databas
 
     async with sessions() as db, db.begin():
         db.add(Order(note="kept"))
-        kept = await asyncjob.perform_in(db, worker_jobs.whoami, 1)
+        kept = await asyncjob.perform(asyncjob.using(worker_jobs.whoami, transaction=db), 1)
     assert (await runner.wait(kept, timeout=TIMEOUT))["n"] == 1
 
     async with sessions() as db:
         transaction = await db.begin()
         db.add(Order(note="dropped"))
-        dropped = await runner.perform_in(db, worker_jobs.whoami, 2)
+        dropped = await runner.perform(asyncjob.using(worker_jobs.whoami, transaction=db), 2)
         await transaction.rollback()  # the application changed its mind
     with pytest.raises(asyncjob.JobNotFound):
         await runner.status(dropped)
@@ -79,11 +79,14 @@ async def test_only_registered_jobs_and_sql_stores(
     memory_runner = await make_runner()
     async with async_sessionmaker(engine)() as db:
         with pytest.raises(TypeError, match=r"not registered with @asyncjob\.job"):
-            await sql_runner.perform_in(db, print, "x")
+            await sql_runner.perform(asyncjob.using(print, transaction=db), "x")
         with pytest.raises(TypeError, match="needs an SQL store"):
-            await memory_runner.perform_in(db, worker_jobs.whoami, 1)
+            await memory_runner.perform(asyncjob.using(worker_jobs.whoami, transaction=db), 1)
         with pytest.raises(TypeError, match="needs a callable"):
-            await sql_runner.perform_in(db, 42)
+            asyncjob.using(42, transaction=db)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="must be an SQLAlchemy AsyncSession"):
+            asyncjob.using(worker_jobs.whoami, transaction=engine)
+        assert await sql_runner.jobs() == []
     await engine.dispose()
 
 

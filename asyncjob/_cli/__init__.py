@@ -109,6 +109,13 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="a module that registers jobs (repeat for more)",
     )
     worker.add_argument(
+        "--queue",
+        dest="queues",
+        action="append",
+        metavar="NAME",
+        help="take the jobs of this queue (repeat for more; default: every queue)",
+    )
+    worker.add_argument(
         "--concurrency",
         type=_positive_int,
         default=defaults.CONCURRENCY,
@@ -168,6 +175,7 @@ def _run_worker(args: argparse.Namespace) -> int:
     return run_worker(
         args.store,
         args.modules,
+        queues=args.queues,
         concurrency=args.concurrency,
         grace_period=args.grace_period,
         lease=args.lease,

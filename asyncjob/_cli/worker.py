@@ -26,6 +26,7 @@ def run_worker(
     store: str,
     modules: Sequence[str],
     *,
+    queues: Sequence[str] | None = None,
     concurrency: int = defaults.CONCURRENCY,
     grace_period: float = defaults.GRACE_PERIOD,
     lease: float = defaults.LEASE,
@@ -68,7 +69,13 @@ def run_worker(
             keep_finished=keep_finished,
             table_prefix=table_prefix,
         )
-        runner = Runner(shared, concurrency=concurrency, threads=threads, grace_period=grace_period)
+        runner = Runner(
+            shared,
+            concurrency=concurrency,
+            threads=threads,
+            grace_period=grace_period,
+            queues=queues,
+        )
     except (TypeError, ValueError) as exc:
         print(f"asyncjob worker: {exc}", file=sys.stderr)
         return 2
@@ -94,7 +101,13 @@ async def _serve(runner: Runner) -> None:
     except (OSError, SQLAlchemyError, AsyncJobError) as exc:
         raise _CannotOpen from exc
     try:
-        logger.info("worker running with concurrency %d", runner.options.concurrency)
+        logger.info(
+            "worker running with concurrency %d, taking %s",
+            runner.options.concurrency,
+            "every queue"
+            if runner.queues is None
+            else "the queues " + ", ".join(sorted(runner.queues)),
+        )
         await stop.wait()
         logger.info("stopping: running jobs get %.0f s to finish", runner.options.grace_period)
     finally:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from .spec import DEFAULT_QUEUE, JobOptions
+
 __all__ = (
     "MAX_JOB_ID_LENGTH",
     "MAX_LISTED",
@@ -81,6 +83,13 @@ class JobStatus:
         cancel_requested: the job was cancelled while it ran, and its code
             has not stopped yet: it is still ``running``, and becomes
             ``cancelled`` once its code has stopped.
+        queue: the queue it waits in (``"default"`` unless performed with
+            :func:`asyncjob.using` or registered with one).
+        priority: from -100 to 100; among the jobs due, higher starts first.
+        run_after: while it is queued and not due yet (delayed, or waiting
+            for a retry), when it may start (an aware UTC datetime); ``None``
+            once it is due.
+        unique: the key it was performed with, if any.
         enqueued_at: when it was performed (an aware UTC datetime).
         started_at: when it started running, if it has.
         finished_at: when it ended, if it has.
@@ -97,6 +106,10 @@ class JobStatus:
     attempts: int = 0
     errors: tuple[str, ...] = ()
     cancel_requested: bool = False
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    run_after: datetime | None = None
+    unique: str | None = None
     enqueued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -131,6 +144,7 @@ class JobQuery:
     Attributes:
         states: only jobs in one of these states (``None``: any state).
         name: only jobs of this name (``None``: any name).
+        queue: only jobs of this queue (``None``: any queue).
         limit: at most this many jobs (1 to :data:`MAX_LISTED`).
         before: keyset pagination: only jobs listed after the job of this
             id, the last one of the previous page. Pages stay cheap however
@@ -139,6 +153,7 @@ class JobQuery:
 
     states: frozenset[JobState] | None = None
     name: str | None = None
+    queue: str | None = None
     limit: int = 100
     before: str | None = None
 
@@ -169,6 +184,9 @@ class Job(NamedTuple):
     claimed: bool = False
     #: Which attempt this is, from 1.
     attempt: int = 1
+    #: Its queue, priority, when it may start, its unique key; ``None``:
+    #: the defaults (the queue ``default``, priority 0, at once, no key).
+    options: JobOptions | None = None
 
 
 class Outcome(NamedTuple):
@@ -194,6 +212,8 @@ class Claimed(NamedTuple):
     enqueued_at: float
     attempts: int
     problem: str | None = None
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
 
 
 def new_job_id() -> str:

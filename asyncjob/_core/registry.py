@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, TypeVar, overload
 
 from .models import MAX_NAME_LENGTH
+from .spec import DEFAULT_QUEUE, JobOptions, check_priority, check_queue
 
-__all__ = ("JobDefinition", "job", "lookup", "registered_name")
+__all__ = ("JobDefinition", "definition_of", "job", "limits", "lookup")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _lock = threading.Lock()
 _by_name: dict[str, JobDefinition] = {}
 _by_function: dict[Callable[..., Any], JobDefinition] = {}
+_limits: dict[str, int] = {}
+_read_only_limits = MappingProxyType(_limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +38,10 @@ class JobDefinition:
             jobs failed together do not all come back at once).
         max_backoff: the longest wait between two attempts.
         timeout: seconds an attempt may run before it fails, or None.
+        queue: the queue its jobs wait in, unless performed with another.
+        priority: their priority, unless performed with another.
+        concurrency: at most this many of its jobs run at once, across
+            every worker of the store (``None``: no limit).
     """
 
     name: str
@@ -42,6 +50,16 @@ class JobDefinition:
     backoff: float = 1.0
     max_backoff: float = 300.0
     timeout: float | None = None
+    queue: str | None = None
+    priority: int | None = None
+    concurrency: int | None = None
+
+    def options(self) -> JobOptions | None:
+        """The options its jobs are performed with by default (``None``: the
+        defaults of every job)."""
+        if self.queue is None and self.priority is None:
+            return None
+        return JobOptions(self.queue or DEFAULT_QUEUE, self.priority or 0)
 
     def delay_before(self, attempt: int) -> float | None:
         """Seconds to wait before attempt number ``attempt + 1``, after
@@ -64,6 +82,9 @@ def job(
     backoff: float = 1.0,
     max_backoff: float = 300.0,
     timeout: float | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    concurrency: int | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -76,6 +97,9 @@ def job(
     backoff: float = 1.0,
     max_backoff: float = 300.0,
     timeout: float | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    concurrency: int | None = None,
 ) -> F | Callable[[F], F]:
     """Register a module-level function as a job, by name.
 
@@ -101,6 +125,13 @@ def job(
         timeout: seconds an attempt may run; past it, the attempt fails
             (a coroutine is cancelled, a sync job gets ``TimeoutError``
             from its next ``set_progress``).
+        queue: the queue its jobs wait in by default (see
+            :func:`asyncjob.using`, which overrides it).
+        priority: their priority by default, from -100 to 100.
+        concurrency: at most this many of its jobs run at once, across every
+            worker of the store (and in a runner of its own, on the memory
+            store); the others wait in the queue, and jobs behind them are
+            not held up.
 
     Raises:
         TypeError: the function is not a module-level function (a lambda,
@@ -111,7 +142,16 @@ def job(
     """
     _check_name(name)
     _check_policy(retries, backoff, max_backoff, timeout)
-    policy = {"retries": retries, "backoff": backoff, "max_backoff": max_backoff}
+    if concurrency is not None and (type(concurrency) is not int or concurrency < 1):
+        raise ValueError(f"concurrency must be an int >= 1, or None, not {concurrency!r}")
+    policy = {
+        "retries": retries,
+        "backoff": backoff,
+        "max_backoff": max_backoff,
+        "queue": None if queue is None else check_queue(queue, "queue"),
+        "priority": None if priority is None else check_priority(priority),
+        "concurrency": concurrency,
+    }
 
     def register(f: F) -> F:
         _register(f, name, timeout=timeout, **policy)
@@ -170,10 +210,20 @@ def _register(func: object, name: str | None, **options: Any) -> None:
                 )
         _by_name[definition.name] = definition
         _by_function[func] = definition
+        if definition.concurrency is not None:
+            _limits[definition.name] = definition.concurrency
+        else:
+            _limits.pop(definition.name, None)
 
 
 def _same_source(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
     return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+
+
+def limits() -> Mapping[str, int]:
+    """The concurrency limits of the registered jobs that have one, by name
+    (read-only: a claim passes it to the store as it is)."""
+    return _read_only_limits
 
 
 def lookup(name: str) -> JobDefinition | None:
@@ -181,10 +231,9 @@ def lookup(name: str) -> JobDefinition | None:
     return _by_name.get(name)
 
 
-def registered_name(func: Callable[..., Any]) -> str | None:
-    """The name ``func`` is registered under, or ``None`` if it is not."""
+def definition_of(func: Callable[..., Any]) -> JobDefinition | None:
+    """How ``func`` is registered, or ``None`` if it is not."""
     try:
-        definition = _by_function.get(func)
+        return _by_function.get(func)
     except TypeError:  # unhashable callable object: not registered
         return None
-    return None if definition is None else definition.name

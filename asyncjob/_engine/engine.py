@@ -8,6 +8,7 @@ import contextvars
 import inspect
 import logging
 import traceback
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -32,6 +33,12 @@ FinishInSync = Callable[[Any, str, Any], None]
 #: A worker that takes jobs from a full queue lets the loop run other tasks
 #: at least this often (a few hundred microseconds of no-op jobs).
 _YIELD_EVERY = 32
+
+#: What the queue holds: ``(-priority, order of submission, job)``; no job
+#: tells a worker to end.
+_Entry = tuple[int, int, Job | None]
+#: The place of those ends: after every job.
+_LAST = 1 << 30
 
 
 class Engine:
@@ -93,7 +100,13 @@ class Engine:
         # Only needed when fewer threads than workers could want them.
         self._limit_threads = threads < concurrency
         self._thread_slots = asyncio.Semaphore(threads)
-        self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
+        # Higher priority first, then first in, first out: (-priority, seq, job).
+        self._queue: asyncio.PriorityQueue[_Entry] = asyncio.PriorityQueue()
+        self._seq = 0
+        # Jobs of a registered name with a concurrency limit: how many run
+        # here, and those waiting for one of them to end (they hold no worker).
+        self._running_of: dict[str, int] = {}
+        self._parked: dict[str, deque[_Entry]] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._idle = 0  # workers waiting for a job that no submit has claimed
         self._outstanding = 0  # jobs submitted and not yet done
@@ -148,11 +161,39 @@ class Engine:
         self._threads.start()
 
     def submit(self, job: Job) -> None:
-        """Queue ``job``, starting a worker for it if none is free."""
-        self._queue.put_nowait(job)
+        """Queue ``job`` (after the jobs of a higher priority, and those of
+        its own performed before it), starting a worker for it if none is free."""
         if self._outstanding == 0:
             self._all_done.clear()
         self._outstanding += 1
+        self._seq += 1
+        self._put((-job.options.priority if job.options else 0, self._seq, job))
+
+    def submit_later(self, job: Job, delay: float) -> None:
+        """Queue ``job`` after ``delay`` seconds (a delayed job, a retry);
+        :meth:`join` waits for it meanwhile. A timer each: waiting jobs cost
+        no work."""
+        if self._outstanding == 0:
+            self._all_done.clear()
+        self._outstanding += 1
+        handle = asyncio.get_running_loop().call_later(delay, self._submit_delayed, job.id)
+        self._delayed[job.id] = (handle, job)
+
+    def forget(self, job_id: str) -> None:
+        """Drop a delayed job that will not run (cancelled while it waited)."""
+        delayed = self._delayed.pop(job_id, None)
+        if delayed is not None:
+            delayed[0].cancel()
+            self._done(job_id)
+
+    def _submit_delayed(self, job_id: str) -> None:
+        _, job = self._delayed.pop(job_id)
+        self._outstanding -= 1  # submit() counts it again
+        self.submit(job)
+
+    def _put(self, entry: _Entry) -> None:
+        """Queue an entry, and see that a worker takes it."""
+        self._queue.put_nowait(entry)
         if self._idle:
             self._idle -= 1  # as good as taken by this job
         elif len(self._workers) < self._concurrency:
@@ -210,8 +251,11 @@ class Engine:
             jobs.append(delayed)
             self._done(delayed.id)
         self._delayed.clear()
+        parked = [entry for waiting in self._parked.values() for entry in waiting]
+        self._parked.clear()
         while not self._queue.empty():
-            job = self._queue.get_nowait()
+            parked.append(self._queue.get_nowait())
+        for _, _, job in sorted(parked, key=lambda entry: entry[:2]):
             if job is not None:
                 jobs.append(job)
                 self._done(job.id)
@@ -226,7 +270,8 @@ class Engine:
         self._draining = True
         workers = set(self._workers)
         for _ in workers:
-            self._queue.put_nowait(None)
+            self._seq += 1
+            self._queue.put_nowait((_LAST, self._seq, None))
         if workers:
             await asyncio.wait(workers, timeout=timeout)
         return list(self._active)
@@ -278,20 +323,32 @@ class Engine:
             if queue.empty():
                 self._interrupted_early.clear()  # none of them can be waiting
                 self._idle += 1
-                job = await queue.get()
+                entry = await queue.get()
                 in_a_row = 0
             else:
-                job = queue.get_nowait()
+                entry = queue.get_nowait()
+            job = entry[2]
             if job is None:
                 return
+            definition = lookup(job.name) if job.registered else None
+            # A durable store's claims keep to the limits, across workers.
+            limit = None if definition is None or self._durable else definition.concurrency
+            if limit is not None and self._running_of.get(job.name, 0) >= limit:
+                # It waits for one of its kind to end, holding no worker.
+                self._parked.setdefault(job.name, deque()).append(entry)
+                continue
+            if limit is not None:
+                self._running_of[job.name] = self._running_of.get(job.name, 0) + 1
             try:
                 if job.is_async:
-                    await self._run_async(job, task, lookup(job.name) if job.registered else None)
+                    await self._run_async(job, task, definition)
                 else:
-                    await self._run_sync(job, task)
+                    await self._run_sync(job, task, definition)
             except Exception:  # noqa: BLE001 - a bug here must not kill the worker
                 logger.exception("internal error while running job %s", job.id)
             finally:
+                if limit is not None:
+                    self._one_less_of(job.name)
                 self._done(job.id)
             if contextvars.copy_context() != self._context:
                 if not self._draining:
@@ -316,19 +373,14 @@ class Engine:
         elif self._on_free is not None:
             self._on_free()
 
-    def _submit_later(self, job: Job, delay: float) -> None:
-        """Queue ``job`` after ``delay`` seconds (a retry); :meth:`join`
-        waits for it meanwhile."""
-        if self._outstanding == 0:
-            self._all_done.clear()
-        self._outstanding += 1
-        handle = asyncio.get_running_loop().call_later(delay, self._submit_delayed, job.id)
-        self._delayed[job.id] = (handle, job)
-
-    def _submit_delayed(self, job_id: str) -> None:
-        _, job = self._delayed.pop(job_id)
-        self._outstanding -= 1  # submit() counts it again
-        self.submit(job)
+    def _one_less_of(self, name: str) -> None:
+        """A job of a limited name ended: one waiting for it may run."""
+        self._running_of[name] -= 1
+        waiting = self._parked.get(name)
+        if waiting:
+            self._put(waiting.popleft())
+            if not waiting:
+                del self._parked[name]
 
     def _report_to_all(self, job_id: str, value: float, data: Any) -> None:
         self._store.report_progress(job_id, value, data)
@@ -402,22 +454,25 @@ class Engine:
                 ctx.finished = True
             return result
 
-    async def _run_sync(self, job: Job, task: asyncio.Task[Any]) -> None:
+    async def _run_sync(
+        self, job: Job, task: asyncio.Task[Any], definition: JobDefinition | None
+    ) -> None:
         """Run a sync job in a thread; the worker ``task`` waits for it."""
         if self._limit_threads:
             # A sync job only counts as running once it has a thread.
             async with self._thread_slots:
-                await self._run_in_thread(job, task)
+                await self._run_in_thread(job, task, definition)
         else:
-            await self._run_in_thread(job, task)
+            await self._run_in_thread(job, task, definition)
 
-    async def _run_in_thread(self, job: Job, task: asyncio.Task[Any]) -> None:
+    async def _run_in_thread(
+        self, job: Job, task: asyncio.Task[Any], definition: JobDefinition | None
+    ) -> None:
         if job.claimed:
             if self._interrupted_early and await self._interrupted_before_start(job):
                 return
         elif not await self._store.start(job.id):
             return  # cancelled while it was queued
-        definition = lookup(job.name) if job.registered else None
         ctx = JobContext(job.id, False, self._report, job.claimed)
         thread_context = contextvars.copy_context()
         thread_context.run(current.set, ctx)
@@ -530,7 +585,7 @@ class Engine:
                     job.id, job.name, job.attempt, delay, error,
                 )  # fmt: skip
                 if not self._durable:  # else any worker of the store takes it
-                    self._submit_later(job._replace(attempt=job.attempt + 1), delay)
+                    self.submit_later(job._replace(attempt=job.attempt + 1), delay)
                 return
         tb = "".join(traceback.format_exception(exc))
         logger.error("job %s (%s) failed: %s", job.id, job.name, error, exc_info=exc)

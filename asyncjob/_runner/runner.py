@@ -28,7 +28,8 @@ from asyncjob._core.models import (
     Progress,
     new_job_id,
 )
-from asyncjob._core.registry import lookup, registered_name
+from asyncjob._core.registry import definition_of, lookup
+from asyncjob._core.spec import JobSpec, check_queue
 from asyncjob._engine.engine import Engine, FinishIn, FinishInSync
 from asyncjob._engine.hooks import JobHooks
 from asyncjob._engine.sessions import JobScope, Sessions
@@ -98,6 +99,9 @@ class Runner:
         producer_only: with a durable store, only perform: registered jobs
             are left to the store's workers (a web process, say). Jobs that
             are not registered still run here.
+        queues: the queues whose registered jobs this runner claims from a
+            durable store (default: every queue). Jobs that are not
+            registered run where they are performed, whatever their queue.
         hooks: :class:`asyncjob.JobHooks` told of each job's life.
 
     Raises:
@@ -116,6 +120,7 @@ class Runner:
         threads: int | None = None,
         grace_period: float = defaults.GRACE_PERIOD,
         producer_only: bool = False,
+        queues: Iterable[str] | None = None,
         hooks: Iterable[JobHooks] = (),
     ) -> None:
         self.options = RunnerOptions.validate(
@@ -139,6 +144,8 @@ class Runner:
                 "with this store, no other process could run the jobs"
             )
         self.producer_only = producer_only
+        #: The queues this runner takes jobs from (``None``: every queue).
+        self.queues: frozenset[str] | None = _queues(queues)
         self._phase = Phase.new
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = asyncio.Event()
@@ -160,7 +167,7 @@ class Runner:
         self._maintenance: Maintenance | None = None
         if self._durable is not None:
             if claims:
-                self._producer = Producer(self._durable, self._engine, self._wakeup)
+                self._producer = Producer(self._durable, self._engine, self._wakeup, self.queues)
             self._maintenance = Maintenance(
                 self._durable, self._engine, self._producer, on_recovered=self._wakeup.set
             )
@@ -292,26 +299,36 @@ class Runner:
 
     # -- performing ---------------------------------------------------------
 
-    async def perform(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+    async def perform(
+        self, func: Callable[..., Any] | JobSpec, /, *args: Any, **kwargs: Any
+    ) -> str:
         """Queue ``func(*args, **kwargs)`` to run in the background.
 
         Returns the new job's id as soon as the job is recorded, without
         waiting for it to start. ``func`` may be a coroutine function or any
         other callable (run in the thread pool); partials, bound methods and
-        callable objects are told apart here, once.
+        callable objects are told apart here, once. It may also be
+        :func:`asyncjob.using`'s spec, to perform it later, before others,
+        in a queue, once per key, or in the application's transaction.
+
+        Returns the id of the job already queued or running with the same
+        ``unique`` key, if there is one: nothing is recorded then.
 
         Raises:
             TypeError: ``func`` is not callable.
+            ValueError: the job would wait in a queue that no runner takes
+                (on a store that only this runner reads).
             RunnerNotRunning: the runner is not started, or is stopping.
         """
-        _check_callable(func, "perform()")
-        job = self._new_job(new_job_id(), func, args, kwargs or _NO_KWARGS)
+        job = self._new_job(new_job_id(), func, args, kwargs or _NO_KWARGS, "perform()")
+        if isinstance(func, JobSpec) and func.transaction is not None:
+            return (await self._enqueue_in(func.transaction, [job]))[0]
         if asyncio.get_running_loop() is self._loop:
             return await self._enqueue(job)
         return await self._on_loop(self._enqueue(job))
 
     async def perform_as(
-        self, job_id: str, func: Callable[..., Any], /, *args: Any, **kwargs: Any
+        self, job_id: str, func: Callable[..., Any] | JobSpec, /, *args: Any, **kwargs: Any
     ) -> str:
         """:meth:`perform`, under an id chosen beforehand.
 
@@ -332,13 +349,14 @@ class Runner:
                 f"a job id has 1 to {MAX_JOB_ID_LENGTH} printable characters, not {job_id!r}: "
                 "make one with asyncjob.new_job_id()"
             )
-        _check_callable(func, "perform_as()")
-        job = self._new_job(job_id, func, args, kwargs or _NO_KWARGS)
+        job = self._new_job(job_id, func, args, kwargs or _NO_KWARGS, "perform_as()")
+        if isinstance(func, JobSpec) and func.transaction is not None:
+            return (await self._enqueue_in(func.transaction, [job]))[0]
         return await self._on_loop(self._enqueue(job))
 
     async def perform_many(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., Any] | JobSpec,
         arguments: Iterable[Sequence[Any] | Mapping[str, Any]],
         /,
     ) -> list[str]:
@@ -354,7 +372,8 @@ class Runner:
         are recorded. An SQL store writes them in one statement: all of
         them, or none if it fails; performing thousands this way costs a
         little more than performing one. Every item is checked before
-        anything is written.
+        anything is written. ``func`` may be :func:`asyncjob.using`'s spec:
+        its options go with every item.
 
         Raises:
             TypeError: ``func`` is not callable, an item is neither a tuple
@@ -362,60 +381,76 @@ class Runner:
                 stored (the message says which item).
             RunnerNotRunning: the runner is not started, or is stopping.
         """
-        _check_callable(func, "perform_many()")
+        first = self._new_job(new_job_id(), func, (), _NO_KWARGS, "perform_many()")
         calls = [_call_of(item, i) for i, item in enumerate(arguments)]
-        self._check_running()
-        name, is_async, registered = _kind_of(func)
-        now = time.time()
-        jobs = [
-            Job(new_job_id(), name, func, args, kwargs, is_async, now, registered)
-            for args, kwargs in calls
-        ]
-        if not jobs:
+        if not calls:
             return []
+        jobs = [first._replace(id=new_job_id(), args=args, kwargs=kwargs) for args, kwargs in calls]
+        if isinstance(func, JobSpec) and func.transaction is not None:
+            return await self._enqueue_in(func.transaction, jobs)
         if asyncio.get_running_loop() is self._loop:
             return await self._enqueue_many(jobs)
         return await self._on_loop(self._enqueue_many(jobs))
 
-    async def perform_in(
-        self, session: Any, func: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> str:
-        """:meth:`perform`, in the application's transaction.
-
-        ``session`` is the application's SQLAlchemy ``AsyncSession``, on
-        the store's own database: the job is written in its transaction, so
-        it exists, and runs, only if the application commits; a rollback
-        leaves no trace of it. ``func`` must be registered with
-        :func:`asyncjob.job` (any worker of the store may run it).
-
-        Raises:
-            TypeError: the store cannot write in a transaction of yours (it
-                is not an SQL store), or ``func`` is not registered, or not
-                callable.
-            RunnerNotRunning: the runner is not started, or is stopping.
-        """
-        _check_callable(func, "perform_in()")
+    async def _enqueue_in(self, session: Any, jobs: list[Job]) -> list[str]:
+        """Write the jobs through the application's session, in its
+        transaction (``using(func, transaction=session)``), on the caller's
+        loop: the session's. Workers take them once it commits."""
         if not isinstance(self._store, TransactionalStore):
             raise TypeError(
                 f"{type(self._store).__name__} cannot write a job in your transaction: "
-                "perform_in() needs an SQL store on the session's database"
+                "using(..., transaction=) needs an SQL store on the session's database"
             )
-        job = self._new_job(new_job_id(), func, args, kwargs or _NO_KWARGS)
-        for hook in self._hooks:
-            await hook.enqueued((job.id,))
-        await self._store.enqueue_in(session, job)
-        return job.id
+        ids = [await self._store.enqueue_in(session, job) for job in jobs]
+        new = [job.id for job, recorded in zip(jobs, ids, strict=True) if recorded == job.id]
+        if new:
+            for hook in self._hooks:
+                await hook.enqueued(new)
+        return ids
 
     def _new_job(
         self,
         job_id: str,
-        func: Callable[..., Any],
+        func: Callable[..., Any] | JobSpec,
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
+        call: str,
     ) -> Job:
+        """The job to perform; ``call`` names the method in errors."""
+        spec = func if isinstance(func, JobSpec) else None
+        target = func if spec is None else spec.func
+        if not callable(target):
+            raise TypeError(
+                f"{call} needs a callable (or asyncjob.using()'s spec) as its first "
+                f"argument, not {type(func).__name__} ({func!r:.60})"
+            )
         self._check_running()
-        name, is_async, registered = _kind_of(func)
-        return Job(job_id, name, func, args, kwargs, is_async, time.time(), registered)
+        name, is_async = describe(target)
+        definition = definition_of(target)
+        if definition is None:
+            options = None if spec is None else spec.options()
+        else:
+            name = definition.name
+            options = (
+                definition.options()
+                if spec is None
+                else spec.options(definition.queue, definition.priority)
+            )
+        registered = definition is not None
+        if options is not None and (not registered or self._durable is None):
+            self._check_queue_served(options.queue)
+        return Job(
+            job_id, name, target, args, kwargs, is_async, time.time(), registered, options=options
+        )
+
+    def _check_queue_served(self, queue: str) -> None:
+        """A job run where it is performed must be of a queue this runner takes."""
+        if self.queues is not None and queue not in self.queues:
+            raise ValueError(
+                f"this runner takes the queues {sorted(self.queues)}, and no other "
+                f"runner could take this job from the queue {queue!r}: perform it to "
+                "one of them, or give the runner that queue too"
+            )
 
     def _check_running(self) -> None:
         if self._phase is not Phase.running:
@@ -426,22 +461,25 @@ class Runner:
 
     async def _enqueue(self, job: Job) -> str:
         self._check_running()  # again: a call from another loop may cross stop()
+        recorded = await self._store.enqueue(job)
+        if recorded != job.id:
+            return recorded  # the job queued or running with its unique key
         if self._hooks:
             for hook in self._hooks:
                 await hook.enqueued((job.id,))
-        await self._store.enqueue(job)
         if not self._hand_over((job,)):
             await self._refuse((job,))
         return job.id
 
     async def _enqueue_many(self, jobs: list[Job]) -> list[str]:
         self._check_running()
-        ids = [job.id for job in jobs]
-        for hook in self._hooks:
-            await hook.enqueued(ids)
-        await self._store.enqueue_many(jobs)
-        if not self._hand_over(jobs):
-            await self._refuse(jobs)
+        ids = await self._store.enqueue_many(jobs)
+        new = [job for job, recorded in zip(jobs, ids, strict=True) if recorded == job.id]
+        if new:
+            for hook in self._hooks:
+                await hook.enqueued([job.id for job in new])
+            if not self._hand_over(new):
+                await self._refuse(new)
         return ids
 
     def _hand_over(self, jobs: Sequence[Job]) -> bool:
@@ -455,8 +493,13 @@ class Runner:
             return True
         if self._phase is not Phase.running:
             return False
+        options = jobs[0].options
+        wait = 0.0 if options is None else options.starts_in(jobs[0].enqueued_at)
         for job in jobs:
-            self._engine.submit(job)
+            if wait > 0:
+                self._engine.submit_later(job, wait)
+            else:
+                self._engine.submit(job)
         return True
 
     async def _refuse(self, jobs: Sequence[Job]) -> None:
@@ -557,8 +600,9 @@ class Runner:
         self,
         state: JobState | str | Iterable[JobState | str] | None = None,
         name: str | None = None,
-        *,
+        queue: str | None = None,
         limit: int = 100,
+        *,
         before: str | None = None,
     ) -> list[JobStatus]:
         """The jobs in the store, newest first, filtered.
@@ -566,6 +610,7 @@ class Runner:
         Args:
             state: only jobs in this state, or in one of these states.
             name: only jobs of this name (see :attr:`JobStatus.name`).
+            queue: only jobs of this queue.
             limit: at most this many (1 to 1,000).
             before: the id of the last job of the previous page: only jobs
                 after it. Pages stay cheap however deep they go.
@@ -575,7 +620,7 @@ class Runner:
             TypeError: an argument has the wrong type.
             JobNotFound: ``before`` names no job the store knows.
         """
-        query = _job_query(state, name, limit, before)
+        query = _job_query(state, name, queue, limit, before)
         return await self._read(self._store.list_jobs, query)
 
     async def cancel(self, job_id: str) -> bool:
@@ -601,7 +646,9 @@ class Runner:
                 for hook in self._hooks:
                     await hook.ending(job_id)
         before = await self._store.cancel(job_id)
-        if before is JobState.running:
+        if before is JobState.queued:
+            self._engine.forget(job_id)  # if it waits for its time here
+        elif before is JobState.running:
             if self._maintenance is not None:
                 await self._maintenance.stop(job_id)
             else:
@@ -667,11 +714,16 @@ def _check_callable(func: object, call: str) -> None:
         )
 
 
-def _kind_of(func: Callable[..., Any]) -> tuple[str, bool, bool]:
-    """``(name, is_async, registered)`` of a function to perform."""
-    name, is_async = describe(func)
-    registered = registered_name(func)
-    return (name if registered is None else registered), is_async, registered is not None
+def _queues(queues: object) -> frozenset[str] | None:
+    """``Runner(queues=...)``, checked."""
+    if queues is None:
+        return None
+    if isinstance(queues, str) or not isinstance(queues, Iterable):
+        raise TypeError(f"queues must be a list of queue names, not {queues!r:.60}")
+    names = frozenset(check_queue(queue, "a queue name") for queue in queues)
+    if not names:
+        raise ValueError("queues must name at least one queue (or be None: every queue)")
+    return names
 
 
 def _call_of(item: object, index: int) -> tuple[tuple[Any, ...], Mapping[str, Any]]:
@@ -687,7 +739,9 @@ def _call_of(item: object, index: int) -> tuple[tuple[Any, ...], Mapping[str, An
     )
 
 
-def _job_query(state: object, name: object, limit: object, before: object) -> JobQuery:
+def _job_query(
+    state: object, name: object, queue: object, limit: object, before: object
+) -> JobQuery:
     """The query of :meth:`Runner.jobs`, each argument checked."""
     states = None
     if state is not None:
@@ -709,7 +763,9 @@ def _job_query(state: object, name: object, limit: object, before: object) -> Jo
         )
     if before is not None and not isinstance(before, str):
         raise TypeError(f"before must be a job id, not {type(before).__name__}")
-    return JobQuery(states, name, limit, before)
+    if queue is not None:
+        queue = check_queue(queue, "queue")
+    return JobQuery(states, name, queue, limit, before)
 
 
 def _is_final(status: JobStatus) -> bool:

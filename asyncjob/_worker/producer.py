@@ -9,7 +9,8 @@ import time
 from asyncjob._core.callables import describe
 from asyncjob._core.log import logger
 from asyncjob._core.models import Claimed, Job, JobState
-from asyncjob._core.registry import lookup
+from asyncjob._core.registry import limits, lookup
+from asyncjob._core.spec import JobOptions
 from asyncjob._engine.engine import Engine
 from asyncjob.stores import DurableStore
 
@@ -37,8 +38,15 @@ class Producer:
     imported or called.
     """
 
-    def __init__(self, store: DurableStore, engine: Engine, wakeup: asyncio.Event) -> None:
+    def __init__(
+        self,
+        store: DurableStore,
+        engine: Engine,
+        wakeup: asyncio.Event,
+        queues: frozenset[str] | None = None,
+    ) -> None:
         self._store = store
+        self._queues = queues
         self._engine = engine
         self._wakeup = wakeup
         self._prefetch = Prefetch(engine.concurrency)
@@ -58,15 +66,25 @@ class Producer:
             if full:
                 continue  # there may be more waiting
             timeout = self._store.poll_interval
-            stale_in = self._prefetched.next_stale_in()
-            if stale_in is not None:
-                timeout = min(timeout, stale_in)
+            for soonest in (self._prefetched.next_stale_in(), await self._next_due()):
+                if soonest is not None:
+                    timeout = min(timeout, soonest)
             try:
                 async with asyncio.timeout(timeout):
                     await self._wakeup.wait()
             except TimeoutError:
                 pass
             self._wakeup.clear()
+
+    async def _next_due(self) -> float | None:
+        """Seconds until a job comes due, when a slot is free to take it."""
+        if self._engine.free <= len(self._prefetched):
+            return None  # a slot coming free wakes this producer
+        try:
+            return await self._store.next_due(self._queues)
+        except Exception:  # noqa: BLE001 - the poll finds them all the same
+            logger.exception("could not read when the next job is due")
+            return None
 
     def take_prefetched(self) -> list[str]:
         """The ids of the jobs claimed ahead and not given to the engine
@@ -87,7 +105,7 @@ class Producer:
         if wanted <= 0:
             return False
         sent = time.monotonic()
-        claimed = await self._store.claim(wanted)
+        claimed = await self._store.claim(wanted, self._queues, limits())
         self._prefetch.measure(time.monotonic() - sent, self._engine.done)
         twice = [c.id for c in claimed if self._engine.runs(c.id) or c.id in self._prefetched]
         if twice:
@@ -150,4 +168,5 @@ def _job_of(claimed: Claimed) -> Job | str:
         registered=True,
         claimed=True,
         attempt=claimed.attempts,
+        options=JobOptions(claimed.queue, claimed.priority),
     )

@@ -19,7 +19,7 @@ checks each contract, for a store of your own.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from asyncjob._core.models import Claimed, Job, JobQuery, JobState, JobStatus, Outcome
@@ -67,10 +67,14 @@ class Store(abc.ABC):
         :meth:`close` again, which does nothing."""
 
     @abc.abstractmethod
-    async def enqueue(self, job: Job) -> None:
-        """Record ``job`` as ``queued``, with no progress yet.
+    async def enqueue(self, job: Job) -> str:
+        """Record ``job`` as ``queued``, with no progress yet, and return its id.
 
-        When it returns the job is visible to :meth:`get`. Must not keep a
+        ``job.options`` says in which queue it waits, at which priority, from
+        when, and under which unique key: while a job recorded with the same
+        ``unique`` key is queued or running, nothing is recorded and that
+        job's id is returned instead (atomically: two performs racing on one
+        key record one job). When it returns the job is visible to :meth:`get`. Must not keep a
         reference to ``job.func``, ``job.args`` or ``job.kwargs`` beyond what
         it needs to store them (the runner holds them for running).
 
@@ -81,16 +85,16 @@ class Store(abc.ABC):
                 recorded.
         """
 
-    async def enqueue_many(self, jobs: list[Job]) -> None:
-        """Record each of ``jobs`` as :meth:`enqueue` does, in one go.
+    async def enqueue_many(self, jobs: list[Job]) -> list[str]:
+        """Record each of ``jobs`` as :meth:`enqueue` does, in one go, and
+        return the id each one has (another job's, for a unique key taken).
 
         A store that can writes them all or none, and checks every job
         before it writes any: with a ``TypeError`` that says which job (by
         its place in ``jobs``, from 0) it cannot hold. The default enqueues
         them one after the other.
         """
-        for job in jobs:
-            await self.enqueue(job)
+        return [await self.enqueue(job) for job in jobs]
 
     @abc.abstractmethod
     async def start(self, job_id: str) -> bool:
@@ -143,7 +147,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def retry(self, job_id: str, *, error: str, delay: float) -> bool:
         """Move a failed attempt of a ``running`` job back to ``queued``, due
-        in ``delay`` seconds, keeping ``error`` in its ``errors``.
+        in ``delay`` seconds (its ``run_after``), keeping ``error`` in its
+        ``errors``, and its unique key: a perform with that key still finds it.
 
         Returns ``False`` when the job does not go back to the queue: it is
         no longer running here (nothing changes), or its cancel was
@@ -261,10 +266,23 @@ class DurableStore(Store):
         """
 
     @abc.abstractmethod
-    async def claim(self, limit: int) -> list[Claimed]:
-        """Take up to ``limit`` queued registered jobs that are due, in the
-        order they came due, and mark them ``running``, held by this store
-        object under a lease.
+    async def claim(
+        self,
+        limit: int,
+        queues: frozenset[str] | None = None,
+        limits: Mapping[str, int] | None = None,
+    ) -> list[Claimed]:
+        """Take up to ``limit`` queued registered jobs that are due, of the
+        ``queues`` given (``None``: of every queue), higher priority first
+        and, within a priority, in the order they came due; mark them
+        ``running``, held by this store object under a lease.
+
+        ``limits`` maps job names to the most of their jobs that may run at
+        once across every worker of the store: a claim counts the running
+        ones and takes no more than the rest, atomically with respect to
+        other claims (two workers claiming at once never exceed a limit
+        together). Jobs of a name at its limit stay queued, and the claim
+        takes the jobs behind them instead.
 
         Two workers never claim the same job. Each claimed job counts an
         attempt and is renewed until it is finished, retried or released.
@@ -272,6 +290,13 @@ class DurableStore(Store):
         same, with :attr:`Claimed.problem` saying why: the worker then
         records it as failed.
         """
+
+    @abc.abstractmethod
+    async def next_due(self, queues: frozenset[str] | None = None) -> float | None:
+        """Seconds until the earliest queued registered job of ``queues``
+        comes due (0 if one is due now), by the store's clock; ``None`` if
+        none is queued. A worker with nothing to claim sleeps this long, and
+        :meth:`open`'s ``on_queued`` wakes it sooner for a job due earlier."""
 
     @abc.abstractmethod
     async def release(self, job_ids: list[str]) -> None:
@@ -325,10 +350,11 @@ class TransactionalStore(abc.ABC):
         this store's database."""
 
     @abc.abstractmethod
-    async def enqueue_in(self, session: Any, job: Job) -> None:
+    async def enqueue_in(self, session: Any, job: Job) -> str:
         """Record ``job`` through the application's ``AsyncSession``, in its
-        transaction: the job exists, and runs, only if that transaction
-        commits.
+        transaction, as :meth:`Store.enqueue` does: the job exists, and runs,
+        only if that transaction commits. Returns its id, or, for a unique
+        key taken, the id of the job that holds it.
 
         Raises:
             TypeError: the job is not registered (only registered jobs can

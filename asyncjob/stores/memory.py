@@ -19,11 +19,14 @@ from asyncjob._core.models import (
     Outcome,
     timestamp_to_datetime,
 )
+from asyncjob._core.spec import JobOptions
 
 from ._base import Store
 from .kit import Watchers
 
 __all__ = ("MemoryStore",)
+
+_DEFAULTS = JobOptions()
 
 
 class _Record:
@@ -42,10 +45,14 @@ class _Record:
         "finished_at",
         "id",
         "name",
+        "priority",
         "progress",
+        "queue",
         "result",
+        "run_after",
         "started_at",
         "state",
+        "unique",
     )
 
     def __init__(self, job: Job) -> None:
@@ -61,6 +68,12 @@ class _Record:
         self.errors: tuple[str, ...] = ()
         self.cancel_requested = False
         self.enqueued_at = job.enqueued_at
+        options = job.options or _DEFAULTS
+        self.queue = options.queue
+        self.priority = options.priority
+        self.unique = options.unique
+        #: Not before this (seconds since the epoch), if it was delayed.
+        self.run_after = options.due(job.enqueued_at)
         self.started_at: float | None = None
         self.finished_at: float | None = None
 
@@ -82,6 +95,16 @@ class _Record:
             attempts=self.attempts,
             errors=self.errors,
             cancel_requested=self.cancel_requested,
+            queue=self.queue,
+            priority=self.priority,
+            run_after=(
+                timestamp_to_datetime(self.run_after)
+                if self.state is JobState.queued
+                and self.run_after is not None
+                and self.run_after > time.time()
+                else None
+            ),
+            unique=self.unique,
             enqueued_at=timestamp_to_datetime(self.enqueued_at),
             started_at=timestamp_to_datetime(self.started_at),
             finished_at=timestamp_to_datetime(self.finished_at),
@@ -120,6 +143,8 @@ class MemoryStore(Store):
         self.max_finished = max_finished
         # In the order performed: newest last, as listings need them.
         self._records: dict[str, _Record] = {}
+        # The unique keys of the jobs queued or running, and their ids.
+        self._unique: dict[str, str] = {}
         self._finished: deque[_Record] = deque()
         self._watchers: Watchers[JobStatus] = Watchers(watch_backlog)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -127,18 +152,27 @@ class MemoryStore(Store):
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
 
-    async def enqueue(self, job: Job) -> None:
+    async def enqueue(self, job: Job) -> str:
         if job.id in self._records:
             raise ValueError(f"a job with id {job.id!r} exists already")
-        self._records[job.id] = _Record(job)
+        return self._record(job)
 
-    async def enqueue_many(self, jobs: list[Job]) -> None:
+    async def enqueue_many(self, jobs: list[Job]) -> list[str]:
         ids = {job.id for job in jobs}
         if len(ids) < len(jobs) or not ids.isdisjoint(self._records):
             taken = [job.id for job in jobs if job.id in self._records]
             raise ValueError(f"job ids exist already, or twice in the batch: {taken}")
-        for job in jobs:
-            self._records[job.id] = _Record(job)
+        return [self._record(job) for job in jobs]
+
+    def _record(self, job: Job) -> str:
+        key = None if job.options is None else job.options.unique
+        if key is not None:
+            holder = self._unique.get(key)
+            if holder is not None:
+                return holder
+            self._unique[key] = job.id
+        self._records[job.id] = _Record(job)
+        return job.id
 
     async def start(self, job_id: str) -> bool:
         rec = self._records.get(job_id)
@@ -197,6 +231,7 @@ class MemoryStore(Store):
             self._end(rec, JobState.cancelled)
             return False
         rec.state = JobState.queued
+        rec.run_after = time.time() + delay
         rec.errors = (*rec.errors, error)
         self._changed(rec)
         return True
@@ -231,11 +266,13 @@ class MemoryStore(Store):
                 raise JobNotFound(query.before)
             newest_first = itertools.dropwhile(lambda rec: rec.id != query.before, newest_first)
             next(newest_first)  # the job named by `before` itself
-        states, name = query.states, query.name
+        states, name, queue = query.states, query.name, query.queue
         found = (
             rec
             for rec in newest_first
-            if (states is None or rec.state in states) and (name is None or rec.name == name)
+            if (states is None or rec.state in states)
+            and (name is None or rec.name == name)
+            and (queue is None or rec.queue == queue)
         )
         return [rec.snapshot() for rec in itertools.islice(found, query.limit)]
 
@@ -257,6 +294,8 @@ class MemoryStore(Store):
                 yield status
 
     def _end(self, rec: _Record, state: JobState) -> None:
+        if rec.unique is not None and self._unique.get(rec.unique) == rec.id:
+            del self._unique[rec.unique]  # free for the next perform
         rec.state = state
         rec.cancel_requested = False
         rec.finished_at = time.time()

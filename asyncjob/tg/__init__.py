@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from asyncjob._core.errors import RunnerNotRunning
 from asyncjob._core.log import logger
 from asyncjob._core.models import JobStatus, Progress, new_job_id
+from asyncjob._core.spec import JobSpec
 from asyncjob._engine.context import current_job_id, set_progress
 from asyncjob._engine.sessions import Sessions
 from asyncjob._runner.runner import Runner
@@ -71,7 +72,7 @@ class AsyncJobQueue:
         self.pid = os.getpid()
 
     def perform(
-        self, what: Callable[..., Any], args: tuple[Any, ...] = (), params: Any = None
+        self, what: Callable[..., Any] | JobSpec, args: tuple[Any, ...] = (), params: Any = None
     ) -> str:
         """``tgext.asyncjob``'s ``queue.perform(callable, args, params)``."""
         return self.call(_perform, self.runner, what, args, params or {})
@@ -114,7 +115,10 @@ class AsyncJobQueue:
 
 
 async def _perform(
-    runner: Runner, what: Callable[..., Any], args: tuple[Any, ...], params: dict[str, Any]
+    runner: Runner,
+    what: Callable[..., Any] | JobSpec,
+    args: tuple[Any, ...],
+    params: dict[str, Any],
 ) -> str:
     return await runner.perform(what, *args, **params)
 
@@ -122,7 +126,7 @@ async def _perform(
 async def _perform_as(
     runner: Runner,
     job_id: str,
-    what: Callable[..., Any],
+    what: Callable[..., Any] | JobSpec,
     args: tuple[Any, ...],
     params: dict[str, Any],
 ) -> str:
@@ -245,11 +249,13 @@ def _get_queue() -> AsyncJobQueue:
     return queue
 
 
-def asyncjob_perform(callable: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
+def asyncjob_perform(callable: Callable[..., Any] | JobSpec, *args: Any, **kwargs: Any) -> str:
     """Perform ``callable(*args, **kwargs)`` in the background; returns its id.
 
-    Safe from any thread. With ``start_async_worker(after_commit=True)``
-    it behaves as :func:`asyncjob_perform_after_commit`.
+    ``callable`` may be :func:`asyncjob.using`'s spec, to perform the job
+    later, before others, in a queue or once per key. Safe from any thread.
+    With ``start_async_worker(after_commit=True)`` it behaves as
+    :func:`asyncjob_perform_after_commit`.
     """
     queue = _get_queue()
     if queue.after_commit:
@@ -257,7 +263,9 @@ def asyncjob_perform(callable: Callable[..., Any], *args: Any, **kwargs: Any) ->
     return queue.perform(callable, args, kwargs)
 
 
-def asyncjob_perform_after_commit(callable: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
+def asyncjob_perform_after_commit(
+    callable: Callable[..., Any] | JobSpec, *args: Any, **kwargs: Any
+) -> str:
     """Perform the job only once the current request's transaction commits.
 
     The id is returned at once. Inside a zope transaction, the job is handed
@@ -266,6 +274,10 @@ def asyncjob_perform_after_commit(callable: Callable[..., Any], *args: Any, **kw
     (``asyncjob_get_progress`` gives ``None``). So the job always finds
     what the request wrote, with no need for :func:`asyncjob_timed_query`.
     With no transaction begun in this thread the job is performed at once.
+
+    A ``unique`` key (see :func:`asyncjob.using`) is looked at when the
+    transaction commits: if a job holds it then, nothing is recorded, and
+    the id returned here stays unknown.
     """
     queue = _get_queue()
     if not _is_callable(callable):
@@ -291,7 +303,7 @@ def asyncjob_perform_after_commit(callable: Callable[..., Any], *args: Any, **kw
 
 def _is_callable(obj: object) -> bool:
     # The builtin, which the seed's parameter name shadows in the functions.
-    return callable(obj)
+    return callable(obj) or isinstance(obj, JobSpec)
 
 
 def asyncjob_get_progress(uid: str) -> Progress | None:

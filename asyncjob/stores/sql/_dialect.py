@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from asyncjob._core.models import Claimed, JobState
 from asyncjob.stores.kit import Report, loads
 
-from ._schema import DUE, Tables
+from ._schema import DUE, HOLDS_KEY, SCHEDULED, Tables
 
 __all__ = (
     "NEW_COLUMNS",
@@ -33,6 +34,8 @@ __all__ = (
     "by_claim_order",
     "claimed",
     "ending_sql",
+    "new_job_sql",
+    "unique_insert_sql",
 )
 
 _QUEUED = JobState.queued.value
@@ -41,8 +44,11 @@ _RUNNING = JobState.running.value
 #: The columns an insert fills, in this order.
 NEW_COLUMNS = (
     "id, name, registered, owner, locked_by, lease_expires_at, state, args, kwargs, "
-    "attempts, enqueued_at, run_after"
+    "attempts, enqueued_at, run_after, queue, priority, unique_key"
 )
+
+#: Jobs come due in batches of at most this many per claim (see promote_sql).
+PROMOTE_BATCH = 1000
 
 
 class Ending(NamedTuple):
@@ -121,6 +127,8 @@ class Dialect(abc.ABC):
         self.url = url
         self.tables = tables
         self.owner = owner
+        # Claims, by how many queues and limits they name.
+        self._claims: dict[tuple[int, int], str] = {}
 
     # -- the engine ------------------------------------------------------------
 
@@ -143,6 +151,11 @@ class Dialect(abc.ABC):
     def install_triggers(self, conn: Connection) -> None:  # noqa: B027 - optional
         """Create (or replace) what announces changes from the database itself."""
 
+    @abc.abstractmethod
+    def insert_construct(self, table: Table) -> Any:
+        """SQLAlchemy's ``insert(table)`` of this database, which can skip
+        conflicting rows (``on_conflict_do_nothing``)."""
+
     # -- the frequent writes ---------------------------------------------------
 
     @abc.abstractmethod
@@ -155,19 +168,32 @@ class Dialect(abc.ABC):
         """Close what :meth:`open` bound."""
 
     @abc.abstractmethod
-    async def claim(self, limit: int, lease: float) -> list[Claimed]:
-        """Take up to ``limit`` queued registered jobs that are due, in the
-        order they came due, for ``lease`` seconds (see
-        :meth:`DurableStore.claim`).
+    async def claim(
+        self,
+        limit: int,
+        lease: float,
+        queues: frozenset[str] | None,
+        limits: Mapping[str, int] | None,
+    ) -> list[Claimed]:
+        """Take up to ``limit`` queued registered jobs that are due, of
+        ``queues``, keeping to ``limits``, for ``lease`` seconds (see
+        :meth:`DurableStore.claim`); and, first, move the jobs that came due
+        since the last claim from ``scheduled`` to ``queued``.
 
         A claim lost with its connection is not sent again: its jobs, if
         the first was committed, come back when their lease runs out.
         """
 
     @abc.abstractmethod
-    async def insert(self, rows: list[dict[str, Any]], lease: float) -> None:
-        """Record new jobs (rows as ``SQLStore._row`` makes them); a job
-        that is not registered is leased for ``lease`` seconds.
+    async def insert(self, rows: list[dict[str, Any]], lease: float) -> list[str]:
+        """Record new jobs (rows as ``SQLStore._row`` makes them), all or
+        none; a job that is not registered is leased for ``lease`` seconds.
+        Returns, for each row, the id of the job recorded for it: its own,
+        or, when its unique key is held, the holder's (nothing is written
+        for it then).
+
+        Raises:
+            IntegrityError: a job with one of the ids exists already.
 
         A job comes due, and its lease starts, by the database's clock, as
         claims and recovery read them: a job performed by a process whose
@@ -198,11 +224,97 @@ class Dialect(abc.ABC):
 
     # -- SQL text both dialects share ---------------------------------------------
 
-    def claim_sql(self, owner: str, lease: str, chosen: str) -> str:
-        """The claim of the rows ``chosen`` (a condition, in which
-        :meth:`due_sql` picks them), with the placeholders given."""
-        jobs, now = self.tables.jobs.name, self.now_sql
+    #: What addresses a row in a statement that found it a moment before.
+    address: ClassVar[str] = "id"
+    #: What a claim's choice of rows ends with: the lock that keeps two
+    #: workers from choosing the same rows, where the database needs one.
+    lock_rows: ClassVar[str] = ""
+
+    def mark(self, n: int, sql_type: str) -> str:
+        """The placeholder of a statement's ``n``-th value (from 1)."""
+        return f":p{n}"
+
+    def claim_statement(
+        self,
+        limit: int,
+        lease: float,
+        queues: frozenset[str] | None,
+        limits: Mapping[str, int] | None,
+    ) -> tuple[str, list[Any]]:
+        """The claim (see :meth:`claim`), and its values in the order of
+        their placeholders (:meth:`mark`). The statement depends only on
+        how many queues and limits are given: it is made once for each."""
+        names = sorted(queues or ())
+        capped = sorted((limits or {}).items())
+        values: list[Any] = [self.owner, lease, limit, *names]
+        for pair in capped:
+            values += pair
+        sql = self._claims.get((len(names), len(capped)))
+        if sql is None:
+            mark, n = self.mark, itertools.count(4)
+            sql = self.claim_sql(
+                mark(1, "varchar"),
+                mark(2, "float8"),
+                mark(3, "int"),
+                [mark(next(n), "varchar") for _ in names],
+                [(mark(next(n), "varchar"), mark(next(n), "int")) for _ in capped],
+            )
+            self._claims[len(names), len(capped)] = sql
+        return sql, values
+
+    def claim_sql(
+        self,
+        owner: str,
+        lease: str,
+        limit: str,
+        queues: Sequence[str],
+        limits: Sequence[tuple[str, str]],
+    ) -> str:
+        """The claim, with the placeholders given: ``queues``, those of the
+        queue names to take from (none: every queue); ``limits``, pairs of
+        those of a name and its concurrency limit.
+
+        The rows are chosen through a claim index, higher priority first,
+        then in the order they came due; a name at its limit is left out
+        before the choice (so that its jobs do not hold up the others), and
+        trimmed to its limit after it (the count and the choice are one
+        statement, and the claims of every worker take the limits' locks in
+        turn first: see the dialects).
+        """
+        jobs, now, address = self.tables.jobs.name, self.now_sql, self.address
+        where = DUE
+        if len(queues) == 1:
+            where += f" AND queue = {queues[0]}"  # its own index, in claim order
+        elif queues:
+            where += f" AND queue IN ({', '.join(queues)})"
+        ctes = [f"promoted AS ({self.promote_sql()})"] if self.promote_in_claim else []
+        if limits:
+            pairs = ", ".join(f"({name}, {cap})" for name, cap in limits)
+            ctes += [
+                f"limited(name, cap) AS (VALUES {pairs})",
+                f"""free AS (
+                    SELECT l.name, l.cap - (SELECT count(*) FROM {jobs} AS r
+                                            WHERE r.state = '{_RUNNING}' AND r.name = l.name) AS n
+                    FROM limited AS l)""",
+                f"""picked AS (
+                    SELECT {address} AS address, name, priority, run_after FROM {jobs}
+                    WHERE {where} AND name NOT IN (SELECT name FROM free WHERE n <= 0)
+                    ORDER BY priority DESC, run_after LIMIT {limit}{self.lock_rows})""",
+                """ranked AS (
+                    SELECT p.address, f.n,
+                           row_number() OVER (PARTITION BY p.name
+                                              ORDER BY p.priority DESC, p.run_after) AS place
+                    FROM picked AS p LEFT JOIN free AS f ON f.name = p.name)""",
+            ]
+            chosen = self.chosen_sql("SELECT address FROM ranked WHERE n IS NULL OR place <= n")
+        else:
+            chosen = self.chosen_sql(
+                f"SELECT {address} FROM {jobs} WHERE {where} "
+                f"ORDER BY priority DESC, run_after LIMIT {limit}{self.lock_rows}"
+            )
+        with_ = f"WITH {', '.join(ctes)}" if ctes else ""
         return f"""
+            {with_}
             UPDATE {jobs}
             SET state = '{_RUNNING}', locked_by = {owner}, started_at = {now},
                 lease_expires_at = {now} + {lease},
@@ -210,14 +322,49 @@ class Dialect(abc.ABC):
                 -- the whole claim: the job fails alone (see claimed()).
                 attempts = CASE WHEN attempts < {MAX_ATTEMPTS} THEN attempts + 1 ELSE attempts END
             WHERE {chosen} AND state = '{_QUEUED}'
-            RETURNING id, name, args, kwargs, enqueued_at, attempts
+            RETURNING id, name, args, kwargs, enqueued_at, attempts, queue, priority, run_after
             """
 
-    def due_sql(self, column: str, limit: str) -> str:
-        """``column`` of the first ``limit`` rows due, by their claim index."""
+    #: True where the claim statement itself moves the jobs come due (a
+    #: common table expression); else :meth:`claim` runs
+    #: :meth:`promote_sql` before it, in its transaction.
+    promote_in_claim: ClassVar[bool] = False
+
+    def chosen_sql(self, addresses: str) -> str:
+        """The condition that a row is among ``addresses`` (a subquery)."""
+        return f"{self.address} IN ({addresses})"
+
+    def promote_sql(self) -> str:
+        """Move the jobs whose time has come from ``scheduled`` to ``queued``,
+        a batch at a time, through their own index."""
         jobs, now = self.tables.jobs.name, self.now_sql
-        return f"""SELECT {column} FROM {jobs} WHERE {DUE} AND run_after <= {now}
-                   ORDER BY run_after LIMIT {limit}"""
+        return f"""
+            UPDATE {jobs} SET state = '{_QUEUED}'
+            WHERE {self.chosen_sql(f"SELECT {self.address} FROM {jobs} "
+                                   f"WHERE state = '{SCHEDULED}' AND run_after <= {now} "
+                                   f"ORDER BY run_after LIMIT {PROMOTE_BATCH}{self.lock_rows}")}
+              AND state = '{SCHEDULED}'
+            """  # fmt: skip
+
+
+def new_job_sql(now: str, registered: str, lease: str, at: str, delay: str) -> tuple[str, str, str]:
+    """A new job's ``lease_expires_at``, ``state`` and ``run_after``, in the
+    database's SQL, from the placeholders given: a job not registered is
+    leased (its process runs it), and a delayed one is ``scheduled`` until
+    its time, by the database's clock."""
+    due = f"COALESCE({at}, {now} + COALESCE({delay}, 0))"
+    return (
+        f"CASE WHEN {registered} THEN NULL ELSE {now} + {lease} END",
+        f"CASE WHEN {due} > {now} THEN '{SCHEDULED}' ELSE '{_QUEUED}' END",
+        due,
+    )
+
+
+def unique_insert_sql(insert: str) -> str:
+    """``insert`` made to skip, with no error, a row whose unique key is held
+    (by another row, or by one before it in the same statement), and to
+    return the ids of the rows it wrote."""
+    return f"{insert} ON CONFLICT (unique_key) WHERE {HOLDS_KEY} DO NOTHING RETURNING id"
 
 
 def ending_sql(flag: str, state: str, result: str, error: str, traceback: str) -> str:
@@ -236,16 +383,17 @@ MAX_ATTEMPTS = 2**31 - 1
 
 
 def claimed(row: Sequence[Any]) -> Claimed:
-    """A claimed job's row (id, name, args, kwargs, enqueued_at, attempts),
+    """A claimed job's row (as :meth:`Dialect.claim_sql` returns it),
     decoded; a row it cannot decode says why, naming the column, so that
     the job fails alone and the others claimed with it run."""
-    job_id, name, args_text, kwargs_text, enqueued_at, attempts = row
+    job_id, name, args_text, kwargs_text, enqueued_at, attempts, queue, priority, _ = row
+    where = {"queue": queue, "priority": priority}
     if not isinstance(attempts, int) or not 0 < attempts < MAX_ATTEMPTS:
         problem = (
             f"job {job_id} has {attempts!r} in its attempts column, which asyncjob never writes"
         )
         # The attempts as they are: the worker's end of the job matches them.
-        return Claimed(job_id, name, (), {}, enqueued_at, attempts, problem)
+        return Claimed(job_id, name, (), {}, enqueued_at, attempts, problem, **where)
     try:
         # No arguments is the most common case: no decoder needed.
         args = [] if args_text == "[]" else loads(args_text)
@@ -254,10 +402,11 @@ def claimed(row: Sequence[Any]) -> Claimed:
             raise ValueError("arguments must be a JSON array and an object")
     except Exception as exc:  # noqa: BLE001 - whatever is wrong with one row is its own
         problem = f"job {job_id} has stored arguments asyncjob cannot read: {exc}"
-        return Claimed(job_id, name, (), {}, enqueued_at, attempts, problem)
-    return Claimed(job_id, name, tuple(args), kwargs, enqueued_at, attempts)
+        return Claimed(job_id, name, (), {}, enqueued_at, attempts, problem, **where)
+    return Claimed(job_id, name, tuple(args), kwargs, enqueued_at, attempts, **where)
 
 
-def by_claim_order(jobs: list[Claimed]) -> list[Claimed]:
-    """Claimed jobs in the order they came due (``RETURNING`` keeps none)."""
-    return sorted(jobs, key=lambda job: job.enqueued_at)
+def by_claim_order(rows: Sequence[Sequence[Any]]) -> list[Claimed]:
+    """Claimed rows, decoded, in claim order (``RETURNING`` keeps none):
+    higher priority first, then in the order they came due."""
+    return [claimed(row) for row in sorted(rows, key=lambda row: (-row[7], row[8]))]

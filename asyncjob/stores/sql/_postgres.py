@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, Table, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -42,13 +42,14 @@ from ._dialect import (
     Ending,
     Listener,
     by_claim_order,
-    claimed,
     ending_sql,
+    new_job_sql,
+    unique_insert_sql,
 )
+from ._schema import HOLDS_KEY, SCHEDULED
 
 __all__ = ("DirectConnection", "PostgresDialect", "PostgresListener", "asyncpg_args")
 
-_QUEUED = JobState.queued.value
 _RUNNING = JobState.running.value
 
 #: Any number, the same in every process: the schema's advisory lock.
@@ -69,6 +70,12 @@ class PostgresDialect(Dialect):
 
     name = "postgresql"
     now_sql = "CAST(EXTRACT(EPOCH FROM statement_timestamp()) AS float8)"
+    # The rows are found again by their physical address, which their lock
+    # keeps from changing until the statement updates them: no second
+    # look-up by the primary key.
+    address = "ctid"
+    lock_rows = " FOR UPDATE SKIP LOCKED"
+    promote_in_claim = True
     autocommit_options: ClassVar[dict[str, Any]] = {"isolation_level": "AUTOCOMMIT"}
 
     def __init__(self, url: str, tables: Any, owner: str) -> None:
@@ -77,26 +84,36 @@ class PostgresDialect(Dialect):
         self._relaxed: DirectConnection | None = None
         jobs = tables.jobs.name
         now = self.now_sql
-        # The rows are found again by their physical address, which their
-        # lock keeps from changing until this statement updates them: no
-        # second look-up by the primary key.
-        due = self.due_sql("ctid", "$3")
-        self._claim = self.claim_sql("$1", "$2", f"ctid = ANY(ARRAY({due} FOR UPDATE SKIP LOCKED))")
         # Each of these is sent again if its connection turns out dead (see
         # DirectConnection.fetch): an end that was committed first finds its
         # job no longer running; an insert is sent again as one for which
         # rows committed first are conflicts, and do nothing (the first try
         # skips that check, a fifth of an insert's cost).
+        leased, state, due = new_job_sql(now, "v.registered", "$8", "v.at", "v.delay")
         self._insert = f"""
             INSERT INTO {jobs} ({NEW_COLUMNS})
-            SELECT v.id, v.name, v.registered, v.owner, v.owner,
-                   CASE WHEN v.registered THEN NULL ELSE {now} + $8 END,
-                   '{_QUEUED}', v.args, v.kwargs, 0, v.at, {now}
+            SELECT v.id, v.name, v.registered, v.owner, v.owner, {leased}, {state},
+                   v.args, v.kwargs, 0, v.enqueued_at, {due}, v.queue, v.priority, v.unique_key
             FROM unnest($1::varchar[], $2::varchar[], $3::boolean[], $4::varchar[],
-                        $5::text[], $6::text[], $7::float8[])
-                 AS v(id, name, registered, owner, args, kwargs, at)
+                        $5::text[], $6::text[], $7::float8[], $9::varchar[], $10::int[],
+                        $11::varchar[], $12::float8[], $13::float8[])
+                 AS v(id, name, registered, owner, args, kwargs, enqueued_at, queue, priority,
+                      unique_key, at, delay)
             """
         self._insert_again = f"{self._insert} ON CONFLICT (id) DO NOTHING"
+        # With unique keys: a key held, nothing; sent again, an id taken
+        # (by the first try) is nothing too, and the look-up of the key's
+        # holder finds the job itself.
+        self._insert_unique = unique_insert_sql(self._insert)
+        self._insert_unique_again = f"{self._insert} ON CONFLICT DO NOTHING RETURNING id"
+        self._holders = f"""SELECT unique_key, id FROM {jobs}
+                            WHERE unique_key = ANY($1::varchar[]) AND {HOLDS_KEY}"""
+        # The limits' locks: one per name, taken in the order of the names
+        # by every worker, so that none waits for another in a circle.
+        self._lock_limits = """
+            SELECT count(pg_advisory_xact_lock(hashtext($1), hashtext(n)))
+            FROM unnest($2::varchar[]) AS n
+            """
         ending = ending_sql("j.cancel_requested", "v.state", "v.result", "v.error", "v.traceback")
         self._finish = f"""
             UPDATE {jobs} AS j
@@ -120,6 +137,12 @@ class PostgresDialect(Dialect):
             FROM unnest($1::varchar[], $2::float8[], $3::text[]) AS v(id, progress, data)
             WHERE j.id = v.id AND j.state = '{_RUNNING}'
             """
+
+    def chosen_sql(self, addresses: str) -> str:
+        return f"ctid = ANY(ARRAY({addresses}))"
+
+    def mark(self, n: int, sql_type: str) -> str:
+        return f"${n}::{sql_type}"
 
     # -- the engine ------------------------------------------------------------
 
@@ -198,7 +221,8 @@ class PostgresDialect(Dialect):
                     BEGIN
                         FOR ids, anew, stopped IN
                             SELECT string_agg(c.id, ','),
-                                   bool_or(c.state = 'queued' AND c.registered),
+                                   bool_or(c.state IN ('queued', '{SCHEDULED}')
+                                           AND c.registered),
                                    string_agg(c.id, ',') FILTER (WHERE c.stop)
                             FROM (SELECT r.*, (row_number() OVER ()) / {per} AS part
                                   FROM ({rows}) AS r) AS c
@@ -228,6 +252,11 @@ class PostgresDialect(Dialect):
                 )
             )
 
+    def insert_construct(self, table: Table) -> Any:
+        from sqlalchemy.dialects.postgresql import insert
+
+        return insert(table)
+
     # -- the frequent writes ---------------------------------------------------
 
     async def open(self, write_lock: Any) -> None:
@@ -245,15 +274,29 @@ class PostgresDialect(Dialect):
             raise RuntimeError("the store is not open: a Runner opens it when it starts")
         return self._durable, self._relaxed
 
-    async def claim(self, limit: int, lease: float) -> list[Claimed]:
+    async def claim(
+        self,
+        limit: int,
+        lease: float,
+        queues: frozenset[str] | None,
+        limits: Mapping[str, int] | None,
+    ) -> list[Claimed]:
         _, relaxed = self._connections
-        rows = await relaxed.fetch(self._claim, self.owner, lease, limit, retry=False)
-        return by_claim_order([claimed(row) for row in rows])
+        claim, args = self.claim_statement(limit, lease, queues, limits)
+        if not limits:
+            rows = await relaxed.fetch(claim, *args, retry=False)
+        else:
+            # Each worker counts a name's running jobs only once it holds
+            # the name's lock, in a snapshot taken after it: a count read
+            # before another worker's claim committed would let both take
+            # the last place (the statement takes its snapshot as it starts).
+            lock = (self._lock_limits, (self.tables.prefix, sorted(limits)))
+            rows = await relaxed.fetch_in_transaction([lock, (claim, args)])
+        return by_claim_order(rows)
 
-    async def insert(self, rows: list[dict[str, Any]], lease: float) -> None:
+    async def insert(self, rows: list[dict[str, Any]], lease: float) -> list[str]:
         durable, _ = self._connections
-        await durable.fetch(
-            self._insert,
+        columns = [
             [r["id"] for r in rows],
             [r["name"] for r in rows],
             [r["registered"] for r in rows],
@@ -262,8 +305,29 @@ class PostgresDialect(Dialect):
             [r["kwargs"] for r in rows],
             [r["enqueued_at"] for r in rows],
             lease,
-            retry=self._insert_again,
+            [r["queue"] for r in rows],
+            [r["priority"] for r in rows],
+            [r["unique_key"] for r in rows],
+            [r["at"] for r in rows],
+            [r["delay"] for r in rows],
+        ]
+        if all(r["unique_key"] is None for r in rows):
+            await durable.fetch(self._insert, *columns, retry=self._insert_again)
+            return [r["id"] for r in rows]
+        written = await durable.fetch(
+            self._insert_unique, *columns, retry=self._insert_unique_again
         )
+        inserted = {row[0] for row in written}
+        keys = [r["unique_key"] for r in rows if r["id"] not in inserted]
+        holders = dict(await durable.fetch(self._holders, keys)) if keys else {}
+        recorded = [r["id"] if r["id"] in inserted else holders.get(r["unique_key"]) for r in rows]
+        if None in recorded:
+            # A key's holder ended between the insert and the look-up: the
+            # key is free, and the job is recorded after all.
+            freed = [r for r, job_id in zip(rows, recorded, strict=True) if job_id is None]
+            again = iter(await self.insert(freed, lease))
+            recorded = [next(again) if job_id is None else job_id for job_id in recorded]
+        return [job_id for job_id in recorded if job_id is not None]
 
     async def finish(self, endings: list[Ending]) -> list[bool]:
         durable, _ = self._connections
@@ -352,6 +416,17 @@ class DirectConnection:
                     raise
             return await self._fetch(sql if retry is True else retry, args)
 
+    async def fetch_in_transaction(self, steps: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """Run the statements ``steps`` (each with its arguments) in one
+        transaction, and return the last one's rows. Never sent again: a
+        transaction lost with its connection was rolled back, or committed.
+
+        Raises:
+            as :meth:`fetch` does.
+        """
+        async with self._lock:
+            return await self._fetch("", (), steps)
+
     async def close(self) -> None:
         async with self._lock:
             conn, self._conn = self._conn, None
@@ -359,14 +434,25 @@ class DirectConnection:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), timeout=1)
 
-    async def _fetch(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+    async def _fetch(
+        self,
+        sql: str,
+        args: Sequence[Any],
+        steps: Sequence[tuple[str, Sequence[Any]]] = (),
+    ) -> list[Any]:
         import asyncpg
 
         try:
             if self._conn is None or self._conn.is_closed():
                 self._drop()
                 self._conn = await asyncpg.connect(**self._args)
-            rows: list[Any] = await self._conn.fetch(sql, *args)
+            rows: list[Any]
+            if not steps:
+                rows = await self._conn.fetch(sql, *args)
+                return rows
+            async with self._conn.transaction():
+                for sql, args in steps:
+                    rows = await self._conn.fetch(sql, *args)
             return rows
         except (
             OSError,

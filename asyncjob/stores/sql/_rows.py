@@ -10,6 +10,8 @@ from asyncjob._core.errors import AsyncJobError
 from asyncjob._core.models import JobState, JobStatus, timestamp_to_datetime
 from asyncjob.stores.kit import loads
 
+from ._schema import SCHEDULED
+
 __all__ = ("BadRecord", "json_column", "state_of", "status_of")
 
 
@@ -26,6 +28,8 @@ def number(value: float | None) -> float | None:
 
 
 def state_of(job_id: str, text: Any) -> JobState:
+    if text == SCHEDULED:
+        return JobState.queued  # waiting for its time: queued, as users see it
     try:
         return JobState(text)
     except ValueError:
@@ -56,6 +60,10 @@ def status_of(row: Row[Any]) -> JobStatus:
         attempts=row.attempts,
         errors=tuple(json_column(row.id, "errors", row.errors) or ()),
         cancel_requested=bool(row.cancel_requested),
+        queue=row.queue,
+        priority=row.priority,
+        run_after=timestamp_to_datetime(row.run_after) if row.state == SCHEDULED else None,
+        unique=row.unique_key,
         enqueued_at=timestamp_to_datetime(row.enqueued_at),
         started_at=timestamp_to_datetime(row.started_at),
         finished_at=timestamp_to_datetime(row.finished_at),

@@ -28,11 +28,28 @@ from sqlalchemy import (
 
 from asyncjob._core.errors import AsyncJobError
 from asyncjob._core.models import MAX_NAME_LENGTH
+from asyncjob._core.spec import DEFAULT_QUEUE, MAX_QUEUE_LENGTH, MAX_UNIQUE_LENGTH
 
-__all__ = ("DUE", "SCHEMA_VERSION", "SchemaError", "SchemaHooks", "Tables", "ensure_schema")
+__all__ = (
+    "DUE",
+    "HOLDS_KEY",
+    "SCHEDULED",
+    "SCHEMA_VERSION",
+    "SchemaError",
+    "SchemaHooks",
+    "Tables",
+    "ensure_schema",
+)
 
 #: The version this release writes and reads.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+#: The state, in the table, of a job that is queued and not due yet (delayed,
+#: or waiting for a retry). It reads as ``queued``: the difference is the
+#: store's own, so that the claim index holds only jobs that are due, and
+#: a claim never steps over jobs waiting for their time. Claims move them
+#: to ``queued`` once due (see ``Dialect.promote_sql``).
+SCHEDULED = "scheduled"
 
 
 class SchemaHooks(Protocol):
@@ -43,6 +60,10 @@ class SchemaHooks(Protocol):
 
     def install_triggers(self, conn: Connection) -> None:
         """Create (or replace) what announces changes from the database."""
+
+    @property
+    def now_sql(self) -> str:
+        """The database's clock, in seconds since the epoch, as SQL text."""
 
 
 class SchemaError(AsyncJobError):
@@ -83,6 +104,11 @@ class Tables:
             Column("traceback", Text, nullable=True),
             Column("errors", Text, nullable=True),  # JSON: earlier attempts' errors
             Column("attempts", Integer, nullable=False, default=0),
+            Column("queue", String(MAX_QUEUE_LENGTH), nullable=False, server_default=DEFAULT_QUEUE),
+            # From -100 to 100: among the jobs due, higher first.
+            Column("priority", Integer, nullable=False, server_default="0"),
+            # While the job is queued or running, no other job has this key.
+            Column("unique_key", String(MAX_UNIQUE_LENGTH), nullable=True),
             # Cancelled while it ran: it ends cancelled once its code has stopped.
             Column("cancel_requested", Boolean, nullable=False, server_default=false()),
             # Seconds since the epoch, as the store's clock tells them.
@@ -95,9 +121,11 @@ class Tables:
         )
         # Partial indexes: a row is in each only for part of its life, so
         # that most of its changes touch no index but the primary key's.
+        c = self.jobs.c
         self.indexes = (
-            # Claims: the queued registered jobs, in the order they come due.
-            _partial(f"{prefix}jobs_due", self.jobs.c.run_after, DUE),
+            # Claims from every queue: the registered jobs due, higher
+            # priority first, then in the order they came due.
+            _partial(f"{prefix}jobs_due", (c.priority.desc(), c.run_after), DUE),
             # Recovery: the jobs under a lease (running, or not registered).
             _partial(
                 f"{prefix}jobs_leased",
@@ -108,6 +136,14 @@ class Tables:
             _partial(f"{prefix}jobs_ended", self.jobs.c.finished_at, "finished_at IS NOT NULL"),
             # Listings, newest first, a page at a time.
             Index(f"{prefix}jobs_listed", self.jobs.c.enqueued_at, self.jobs.c.id),
+            # Claims from some queues: the same order, queue by queue.
+            _partial(f"{prefix}jobs_due_by_queue", (c.queue, c.priority.desc(), c.run_after), DUE),
+            # The jobs waiting for their time, the first due first.
+            _partial(f"{prefix}jobs_scheduled", (c.run_after,), f"state = '{SCHEDULED}'"),
+            # Unique jobs: one key, one job queued or running.
+            _partial(f"{prefix}jobs_unique", (c.unique_key,), HOLDS_KEY, unique=True),
+            # Concurrency limits: the running jobs, counted by name.
+            _partial(f"{prefix}jobs_running", (c.name,), "state = 'running'"),
         )
 
 
@@ -115,9 +151,18 @@ class Tables:
 #: (word for word: that is how the databases match a query to a partial index).
 DUE = "state = 'queued' AND registered"
 
+#: The rows whose unique key no other row may have: the jobs queued, waiting
+#: for their time or running. Every change of state moves the one row that
+#: holds the key (a retry, a recovery, a cancel): none creates another.
+HOLDS_KEY = f"unique_key IS NOT NULL AND state IN ('{SCHEDULED}', 'queued', 'running')"
 
-def _partial(name: str, column: Column[Any], where: str) -> Index:
-    return Index(name, column, postgresql_where=text(where), sqlite_where=text(where))
+
+def _partial(name: str, columns: Any, where: str, *, unique: bool = False) -> Index:
+    if not isinstance(columns, tuple):
+        columns = (columns,)
+    return Index(
+        name, *columns, unique=unique, postgresql_where=text(where), sqlite_where=text(where)
+    )
 
 
 def ensure_schema(conn: Connection, tables: Tables, dialect: SchemaHooks) -> None:
@@ -173,7 +218,8 @@ def _migrate_1_to_2(conn: Connection, tables: Tables, dialect: SchemaHooks) -> N
     :class:`Tables`), and notifies once per statement, not once per row."""
     for old in ("jobs_claim", "jobs_finished", "jobs_locked_by"):
         conn.execute(text(f"DROP INDEX IF EXISTS {tables.prefix}{old}"))
-    for index in tables.indexes[:3]:
+    # The claim index of the time is made again by version 4: not here.
+    for index in tables.indexes[1:3]:
         index.create(conn, checkfirst=True)
     dialect.install_triggers(conn)
 
@@ -189,8 +235,31 @@ def _migrate_2_to_3(conn: Connection, tables: Tables, dialect: SchemaHooks) -> N
     dialect.install_triggers(conn)  # they notify changes of the new column too
 
 
+def _migrate_3_to_4(conn: Connection, tables: Tables, dialect: SchemaHooks) -> None:
+    """Version 4 has queues, priorities and unique keys; its claim index
+    orders by priority, and jobs waiting for their time (retries, so far)
+    are ``scheduled``, out of it."""
+    jobs = tables.jobs.name
+    for column in (
+        f"queue VARCHAR({MAX_QUEUE_LENGTH}) NOT NULL DEFAULT '{DEFAULT_QUEUE}'",
+        "priority INTEGER NOT NULL DEFAULT 0",
+        f"unique_key VARCHAR({MAX_UNIQUE_LENGTH})",
+    ):
+        conn.execute(text(f"ALTER TABLE {jobs} ADD COLUMN {column}"))
+    conn.execute(text(f"DROP INDEX IF EXISTS {tables.prefix}jobs_due"))
+    conn.execute(
+        text(
+            f"UPDATE {jobs} SET state = '{SCHEDULED}' "
+            f"WHERE state = 'queued' AND run_after > {dialect.now_sql}"
+        )
+    )
+    for index in tables.indexes:
+        index.create(conn, checkfirst=True)
+    dialect.install_triggers(conn)  # they announce scheduled jobs too
+
+
 #: ``_MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1``.
-_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
 
 
 SchemaError.__module__ = "asyncjob.stores.sql"  # where users import it from

@@ -14,8 +14,8 @@
   aiosqlite makes one per statement, and one for ``BEGIN`` and ``COMMIT``
   each. SQLite runs in this process, so ``executemany`` costs no round
   trip per row.
-- Nothing announces changes across processes: other processes' changes
-  are polled.
+- Nothing announces changes across processes by itself: see
+  ``_wakeup`` for how other processes' changes are heard of.
 
 Errors come out as SQLAlchemy's, as from the rest of the store.
 """
@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import Table, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,7 +36,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from asyncjob._core.models import Claimed, JobState
 from asyncjob.stores.kit import Report
 
-from ._dialect import NEW_COLUMNS, Dialect, Ending, by_claim_order, claimed, ending_sql
+from ._dialect import (
+    NEW_COLUMNS,
+    Dialect,
+    Ending,
+    by_claim_order,
+    ending_sql,
+    new_job_sql,
+    unique_insert_sql,
+)
+from ._schema import HOLDS_KEY
 
 __all__ = ("PRAGMAS", "SQLiteDialect", "WriterThread")
 
@@ -77,15 +86,17 @@ class SQLiteDialect(Dialect):
         self._writer: WriterThread | None = None
         jobs = tables.jobs.name
         now = self.now_sql
-        # One writer at a time: the statement is atomic as it is.
-        due = self.due_sql("id", ":limit")
-        self._claim = self.claim_sql(":owner", ":lease", f"id IN ({due})")
+        # One writer at a time: a claim is atomic as it is, its counts for
+        # the limits included.
+        self._promote = self.promote_sql()
+        leased, state, due = new_job_sql(now, ":registered", ":lease", ":at", ":delay")
         self._insert = f"""
             INSERT INTO {jobs} ({NEW_COLUMNS})
-            VALUES (:id, :name, :registered, :owner, :owner,
-                    CASE WHEN :registered THEN NULL ELSE {now} + :lease END,
-                    '{_QUEUED}', :args, :kwargs, 0, :enqueued_at, {now})
+            VALUES (:id, :name, :registered, :owner, :owner, {leased}, {state},
+                    :args, :kwargs, 0, :enqueued_at, {due}, :queue, :priority, :unique_key)
             """
+        self._insert_unique = unique_insert_sql(self._insert)
+        self._holder = f"SELECT id FROM {jobs} WHERE unique_key = ? AND {HOLDS_KEY}"
         ending = ending_sql("cancel_requested", ":state", ":result", ":error", ":traceback")
         self._finish = f"""
             UPDATE {jobs}
@@ -129,6 +140,11 @@ class SQLiteDialect(Dialect):
                 return  # each statement is its own transaction
             conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("asyncjob_write") else "BEGIN")
 
+    def insert_construct(self, table: Table) -> Any:
+        from sqlalchemy.dialects.sqlite import insert
+
+        return insert(table)
+
     # -- the frequent writes ---------------------------------------------------
 
     async def open(self, write_lock: Any) -> None:
@@ -143,14 +159,39 @@ class SQLiteDialect(Dialect):
             raise RuntimeError("the store is not open: a Runner opens it when it starts")
         return await self._writer.write(work)
 
-    async def claim(self, limit: int, lease: float) -> list[Claimed]:
-        params = {"owner": self.owner, "lease": lease, "limit": limit}
-        rows = await self._write(lambda conn: conn.execute(self._claim, params).fetchall())
-        return by_claim_order([claimed(row) for row in rows])
+    async def claim(
+        self,
+        limit: int,
+        lease: float,
+        queues: frozenset[str] | None,
+        limits: Mapping[str, int] | None,
+    ) -> list[Claimed]:
+        claim, values = self.claim_statement(limit, lease, queues, limits)
+        params = {f"p{n}": value for n, value in enumerate(values, 1)}
 
-    async def insert(self, rows: list[dict[str, Any]], lease: float) -> None:
+        def write(conn: sqlite3.Connection) -> list[Any]:
+            conn.execute(self._promote)
+            return conn.execute(claim, params).fetchall()
+
+        return by_claim_order(await self._write(write))
+
+    async def insert(self, rows: list[dict[str, Any]], lease: float) -> list[str]:
         leased = [{**row, "lease": lease} for row in rows]
-        await self._write(lambda conn: conn.executemany(self._insert, leased))
+        if all(row["unique_key"] is None for row in rows):
+            await self._write(lambda conn: conn.executemany(self._insert, leased))
+            return [row["id"] for row in rows]
+
+        def write(conn: sqlite3.Connection) -> list[str]:
+            # One writer at a time: a key's holder cannot end meanwhile.
+            recorded = []
+            for row in leased:
+                found = conn.execute(self._insert_unique, row).fetchone()
+                if found is None:
+                    found = conn.execute(self._holder, (row["unique_key"],)).fetchone()
+                recorded.append(found[0])
+            return recorded
+
+        return await self._write(write)
 
     async def finish(self, endings: list[Ending]) -> list[bool]:
         ids = [e.job_id for e in endings]

@@ -9,10 +9,24 @@ import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from sqlalchemy import Update, and_, bindparam, case, delete, event, or_, select, tuple_, update
+from sqlalchemy import (
+    Update,
+    and_,
+    bindparam,
+    case,
+    delete,
+    event,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -28,6 +42,7 @@ from asyncjob._core.models import (
     JobStatus,
     Outcome,
 )
+from asyncjob._core.spec import JobOptions
 from asyncjob.stores._base import DurableStore, TransactionalStore, unknown_store
 from asyncjob.stores.kit import (
     GroupCommit,
@@ -44,7 +59,7 @@ from ._database import Database, refused, same_database
 from ._dialect import Dialect, Ending, Listener
 from ._postgres import PostgresDialect
 from ._rows import BadRecord, json_column, state_of, status_of
-from ._schema import Tables, ensure_schema
+from ._schema import DUE, HOLDS_KEY, SCHEDULED, Tables, ensure_schema
 from ._sqlite import SQLiteDialect
 
 __all__ = ("WORKER_LOST", "SQLStore")
@@ -53,6 +68,10 @@ __all__ = ("WORKER_LOST", "SQLStore")
 _PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,30}")
 
 _QUEUED = JobState.queued.value
+#: The states of a job queued, in the table (see ``SCHEDULED``).
+_WAITING = (_QUEUED, SCHEDULED)
+#: The options of a job performed without any.
+_DEFAULTS = JobOptions()
 _RUNNING = JobState.running.value
 _CANCELLED = JobState.cancelled.value
 
@@ -184,7 +203,7 @@ class SQLStore(DurableStore, TransactionalStore):
         self._watchers: Watchers[None] = Watchers(1)
         self._progress = ProgressBuffer(self._write_progress)
         # Jobs performed, and jobs ended, at the same time share a statement.
-        self._enqueues: GroupCommit[dict[str, Any], None] = GroupCommit(self._insert)
+        self._enqueues: GroupCommit[dict[str, Any], str] = GroupCommit(self._insert)
         self._finishes: GroupCommit[Ending, bool] = GroupCommit(self._finish)
         self._channels = self._dialect.channels()
         jobs = self.tables.jobs
@@ -302,13 +321,14 @@ class SQLStore(DurableStore, TransactionalStore):
 
     # -- a job comes in ------------------------------------------------------------
 
-    async def enqueue(self, job: Job) -> None:
-        await self._enqueues.submit(self._row(job))
-        if not job.registered:
+    async def enqueue(self, job: Job) -> str:
+        recorded = await self._enqueues.submit(self._row(job))
+        if recorded == job.id and not job.registered:
             self.held[job.id] = None
             await self._hear_cancels()
+        return recorded
 
-    async def enqueue_many(self, jobs: list[Job]) -> None:
+    async def enqueue_many(self, jobs: list[Job]) -> list[str]:
         rows = []
         for place, job in enumerate(jobs):
             try:
@@ -317,28 +337,57 @@ class SQLStore(DurableStore, TransactionalStore):
                 raise TypeError(f"job {place} of {len(jobs)}: {exc}") from None
         # One statement, not the group commit's batches: all of them, or none.
         try:
-            await self._dialect.insert(rows, self._lease)
+            recorded = await self._dialect.insert(rows, self._lease)
         except IntegrityError:
             raise ValueError("a job id of the batch exists already: nothing was recorded") from None
-        self.held.update((job.id, None) for job in jobs if not job.registered)
-        if any(not job.registered for job in jobs):
+        mine = [
+            job.id
+            for job, job_id in zip(jobs, recorded, strict=True)
+            if job_id == job.id and not job.registered
+        ]
+        self.held.update((job_id, None) for job_id in mine)
+        if mine:
             await self._hear_cancels()
+        return recorded
 
-    async def enqueue_in(self, session: Any, job: Job) -> None:
+    async def enqueue_in(self, session: Any, job: Job) -> str:
         if not job.registered:
             raise TypeError(
                 f"{job.name} is not registered with @asyncjob.job: only registered "
                 "jobs can be performed in your transaction, as any worker may run them"
             )
         row = self._row(job)
-        await session.execute(
-            self.tables.jobs.insert().values(
-                **row, state=JobState.queued.value, attempts=0, run_after=self.db.now()
-            )
+        at, delay = row.pop("at"), row.pop("delay")
+        jobs, now = self.tables.jobs, self.db.now()
+        due = literal(at) if at is not None else now + (delay or 0.0)
+        insert = self._dialect.insert_construct(jobs).values(
+            **row,
+            state=case((due > now, SCHEDULED), else_=_QUEUED),
+            attempts=0,
+            run_after=due,
         )
+        if row["unique_key"] is None:
+            await session.execute(insert)
+        else:
+            holds_key = text(HOLDS_KEY)
+            insert = insert.on_conflict_do_nothing(
+                index_elements=[jobs.c.unique_key], index_where=holds_key
+            )
+            if (await session.execute(insert.returning(jobs.c.id))).first() is None:
+                holder = await session.scalar(
+                    select(jobs.c.id).where(jobs.c.unique_key == row["unique_key"], holds_key)
+                )
+                if holder is not None:
+                    return str(holder)
+                raise RuntimeError(
+                    f"the job holding the unique key {row['unique_key']!r} is not visible "
+                    "to your transaction (its isolation level is above READ COMMITTED): "
+                    "perform it again in a new transaction"
+                )
         on_queued = self._on_queued
         if on_queued is not None:  # wake this process's worker once it commits
             event.listen(session.sync_session, "after_commit", lambda _: on_queued(), once=True)
+        return job.id
 
     def _row(self, job: Job) -> dict[str, Any]:
         """The job as :meth:`Dialect.insert` takes it.
@@ -358,6 +407,7 @@ class SQLStore(DurableStore, TransactionalStore):
         kwargs = (
             dumps(dict(job.kwargs), f"the keyword arguments of {job.name}") if job.kwargs else "{}"
         )
+        options = job.options or _DEFAULTS
         return {
             "id": job.id,
             "name": job.name,
@@ -367,13 +417,19 @@ class SQLStore(DurableStore, TransactionalStore):
             "args": args,
             "kwargs": kwargs,
             "enqueued_at": job.enqueued_at,
+            "queue": options.queue,
+            "priority": options.priority,
+            "unique_key": options.unique,
+            # When it comes due is the database's to say (see Dialect.insert).
+            "at": options.at,
+            "delay": options.delay,
         }
 
-    async def _insert(self, rows: list[dict[str, Any]]) -> list[Exception | None]:
+    async def _insert(self, rows: list[dict[str, Any]]) -> list[str | Exception]:
         """Write performed jobs, one batch at a time; a batch the database
         refuses is split, so that only the job at fault fails."""
         try:
-            await self._dialect.insert(rows, self._lease)
+            return [*await self._dialect.insert(rows, self._lease)]
         except DBAPIError as exc:
             if not refused(exc):
                 raise
@@ -388,7 +444,6 @@ class SQLStore(DurableStore, TransactionalStore):
             refusal = ValueError(why)
             refusal.__cause__ = exc
             return [refusal]
-        return [None] * len(rows)
 
     async def start(self, job_id: str) -> bool:  # a job not registered, run here
         jobs = self.tables.jobs
@@ -399,12 +454,12 @@ class SQLStore(DurableStore, TransactionalStore):
         try:
             done = await self.db.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, or_(jobs.c.state == _QUEUED, this_start))
+                .where(jobs.c.id == job_id, or_(jobs.c.state.in_(_WAITING), this_start))
                 .values(
                     state=_RUNNING,
                     started_at=now,
                     attempts=case(
-                        (jobs.c.state == _QUEUED, jobs.c.attempts + 1), else_=jobs.c.attempts
+                        (jobs.c.state.in_(_WAITING), jobs.c.attempts + 1), else_=jobs.c.attempts
                     ),
                     locked_by=self.owner,
                 )
@@ -446,14 +501,35 @@ class SQLStore(DurableStore, TransactionalStore):
         for job_id in pending:
             self._changed(job_id)
 
-    async def claim(self, limit: int) -> list[Claimed]:
-        claimed = await self._dialect.claim(limit, self._lease)
+    async def claim(
+        self,
+        limit: int,
+        queues: frozenset[str] | None = None,
+        limits: Mapping[str, int] | None = None,
+    ) -> list[Claimed]:
+        claimed = await self._dialect.claim(limit, self._lease, queues, limits)
         self.held.update((c.id, c.attempts) for c in claimed)
         if claimed:
             await self._hear_cancels()
         for c in claimed:
             self._changed(c.id)
         return claimed
+
+    async def next_due(self, queues: frozenset[str] | None = None) -> float | None:
+        jobs = self.tables.jobs
+        of = [] if queues is None else [jobs.c.queue.in_(sorted(queues))]
+        # Both through their indexes: one row of the claim index, and the
+        # first scheduled job of these queues.
+        due = select(jobs.c.id).where(text(DUE), *of).exists()
+        scheduled = (
+            select(func.min(jobs.c.run_after))
+            .where(jobs.c.state == SCHEDULED, jobs.c.registered.is_(True), *of)
+            .scalar_subquery()
+        )
+        wait = (
+            await self.db.fetch(select(case((due, 0.0), else_=scheduled - self.db.now())))
+        ).scalar()
+        return None if wait is None else max(0.0, float(wait))
 
     async def release(self, job_ids: list[str]) -> None:
         if not job_ids:
@@ -517,7 +593,7 @@ class SQLStore(DurableStore, TransactionalStore):
             .where(
                 jobs.c.id.in_(held),
                 jobs.c.locked_by == self.owner,
-                jobs.c.state.in_((_QUEUED, _RUNNING)),
+                jobs.c.state.in_((*_WAITING, _RUNNING)),
             )
             .values(lease_expires_at=db.now() + self._lease)
             .returning(jobs.c.id, jobs.c.cancel_requested)
@@ -546,7 +622,9 @@ class SQLStore(DurableStore, TransactionalStore):
             )
             lost = await conn.execute(
                 update(jobs)
-                .where(jobs.c.state.in_((_QUEUED, _RUNNING)), jobs.c.registered.is_(False), expired)
+                .where(
+                    jobs.c.state.in_((*_WAITING, _RUNNING)), jobs.c.registered.is_(False), expired
+                )
                 .values(state=JobState.failed.value, error=WORKER_LOST, finished_at=now, **gone)
             )
         return int(requeued.rowcount) + int(cancelled.rowcount) + int(lost.rowcount)
@@ -674,7 +752,7 @@ class SQLStore(DurableStore, TransactionalStore):
                 if not isinstance(earlier, list):
                     earlier = [f"(earlier errors unreadable: {earlier!r})"]
                 values = {
-                    "state": _QUEUED,
+                    "state": SCHEDULED if delay > 0 else _QUEUED,
                     "errors": dumps([*earlier, error], "the errors"),
                     "run_after": self.db.now() + delay,
                 }
@@ -800,9 +878,14 @@ class SQLStore(DurableStore, TransactionalStore):
         listed = tuple_(jobs.c.enqueued_at, jobs.c.id)
         statement = select(jobs).order_by(jobs.c.enqueued_at.desc(), jobs.c.id.desc())
         if query.states is not None:
-            statement = statement.where(jobs.c.state.in_(sorted(query.states)))
+            states = [state.value for state in sorted(query.states)]
+            if JobState.queued in query.states:
+                states.append(SCHEDULED)
+            statement = statement.where(jobs.c.state.in_(states))
         if query.name is not None:
             statement = statement.where(jobs.c.name == query.name)
+        if query.queue is not None:
+            statement = statement.where(jobs.c.queue == query.queue)
         if query.before is not None:
             anchor = (
                 await self.db.fetch(
