@@ -583,12 +583,8 @@ class DurableStoreContract(StoreContract):
         job, and both get its id."""
         other = await make_store()
         ids = await asyncio.gather(
-            *(
-                (store, other)[n % 2].enqueue(make_job(f"race{n}", unique="race"))
-                for n in range(10)
-            )
+            *((store, other)[n % 2].enqueue(make_job(f"race{n}", unique="race")) for n in range(10))
         )
         assert len(set(ids)) == 1
         listed = await store.list_jobs(JobQuery())
         assert [s.id for s in listed] == [ids[0]]
-

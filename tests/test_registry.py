@@ -27,10 +27,16 @@ def clean_registry() -> Iterator[None]:
     _registry._by_function.update(by_function)
 
 
+def _name_of(func: Any) -> str:
+    definition = _registry.definition_of(func)
+    assert definition is not None, f"{func!r} is not registered"
+    return definition.name
+
+
 def test_register_by_module_and_name() -> None:
     """The default name is module.qualname; the function comes back unchanged."""
     assert asyncjob.job(jobs.resize) is jobs.resize
-    assert _registry.definition_of(jobs.resize).name == "tests.jobs_for_registry.resize"
+    assert _name_of(jobs.resize) == "tests.jobs_for_registry.resize"
     definition = _registry.lookup("tests.jobs_for_registry.resize")
     assert definition is not None
     assert definition.func is jobs.resize
@@ -39,7 +45,7 @@ def test_register_by_module_and_name() -> None:
 def test_register_with_a_name() -> None:
     """@job(name=...) keeps a name that survives moving the code."""
     assert asyncjob.job(name="reports.yearly")(jobs.report) is jobs.report
-    assert _registry.definition_of(jobs.report).name == "reports.yearly"
+    assert _name_of(jobs.report) == "reports.yearly"
     assert _registry.lookup("tests.jobs_for_registry.report") is None
 
 
@@ -47,7 +53,7 @@ def test_registering_twice_is_harmless() -> None:
     """The same function under the same name, again: nothing changes."""
     asyncjob.job(jobs.report)
     asyncjob.job(jobs.report)
-    assert _registry.definition_of(jobs.report).name == "tests.jobs_for_registry.report"
+    assert _name_of(jobs.report) == "tests.jobs_for_registry.report"
 
 
 def test_a_name_taken_by_another_function() -> None:
