@@ -21,8 +21,8 @@ from ._core.errors import (
     NotInJob,
     RunnerNotRunning,
 )
-from ._core.models import JobState, JobStatus, Progress, new_job_id
-from ._core.registry import job
+from ._core.models import JobState, JobStatus, Progress, ScheduleStatus, new_job_id
+from ._core.registry import job, periodic
 from ._core.spec import JobSpec, using
 from ._engine.context import current_job_id, set_progress
 from ._engine.hooks import JobHooks
@@ -43,6 +43,7 @@ __all__ = (
     "Progress",
     "Runner",
     "RunnerNotRunning",
+    "ScheduleStatus",
     "cancel",
     "current_job_id",
     "get_progress",
@@ -51,6 +52,7 @@ __all__ = (
     "new_job_id",
     "perform",
     "perform_many",
+    "periodic",
     "session",
     "set_progress",
     "status",

@@ -38,16 +38,17 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from asyncjob._core.errors import JobNotFound
-from asyncjob._core.models import Job, JobQuery, JobState, JobStatus
+from asyncjob._core.models import Job, JobQuery, JobState, JobStatus, ScheduleStatus
 from asyncjob._core.spec import JobOptions
 from asyncjob.stores import DurableStore, Store
 
-__all__ = ("TIMEOUT", "DurableStoreContract", "StoreContract", "make_job")
+__all__ = ("TIMEOUT", "DurableStoreContract", "StoreContract", "make_job", "make_tick")
 
 #: Every wait of the suite gives up after this many seconds, so that a
 #: store that never answers fails fast instead of hanging the run.
@@ -75,6 +76,16 @@ def make_job(
         time.time() if at is None else at,
         registered,
         options=JobOptions(**options) if options else None,
+    )
+
+
+def make_tick(tick: int, name: str = "tests.periodic", cron: str = "* * * * *") -> ScheduleStatus:
+    """A schedule at its tick ``tick`` (a minute counted from 2026-01-01
+    UTC; the next tick one minute later), as the scheduler gives it to
+    :meth:`Store.tick`."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    return ScheduleStatus(
+        name, cron, start + timedelta(minutes=tick), start + timedelta(minutes=tick + 1)
     )
 
 
@@ -379,6 +390,33 @@ class StoreContract:
         queued = await store.list_jobs(JobQuery(states=frozenset({JobState.queued})))
         assert [s.id for s in queued] == ["c", "b", "a"]
 
+    async def test_a_tick_is_performed_once(self, store: Store) -> None:
+        """A new schedule is recorded, its tick not performed (its first run
+        is its next tick); then each newer tick is performed once, and an
+        older or repeated one never."""
+        job = make_job("t0", registered=True)
+        assert await store.tick(make_tick(0), job) is False
+        assert await store.get("t0") is None
+        assert await store.tick(make_tick(1), make_job("t1", registered=True)) is True
+        assert (await _status(store, "t1")).state is JobState.queued
+        assert await store.tick(make_tick(1), make_job("t1b", registered=True)) is False
+        assert await store.tick(make_tick(0), make_job("t0b", registered=True)) is False
+        # A runner that was away for three ticks performs the last, once.
+        assert await store.tick(make_tick(5), make_job("t5", registered=True)) is True
+        assert {s.id for s in await store.list_jobs(JobQuery())} == {"t1", "t5"}
+
+    async def test_schedules_are_readable(self, store: Store) -> None:
+        """Each schedule, by name, with its cron, last tick performed and
+        next tick, as the last tick left them."""
+        assert await store.schedules() == []
+        await store.tick(make_tick(0, "tests.b", "*/5 * * * *"), make_job("b0", registered=True))
+        await store.tick(make_tick(0, "tests.a"), make_job("a0", registered=True))
+        await store.tick(make_tick(1, "tests.a"), make_job("a1", registered=True))
+        assert await store.schedules() == [
+            make_tick(1, "tests.a"),
+            make_tick(0, "tests.b", "*/5 * * * *"),
+        ]
+
 
 class DurableStoreContract(StoreContract):
     """The contract of :class:`~asyncjob.stores.DurableStore`, with the
@@ -588,3 +626,23 @@ class DurableStoreContract(StoreContract):
         assert len(set(ids)) == 1
         listed = await store.list_jobs(JobQuery())
         assert [s.id for s in listed] == [ids[0]]
+
+    async def test_workers_at_one_tick_perform_it_once(
+        self, store: DurableStore, make_store: Callable[[], Awaitable[DurableStore]]
+    ) -> None:
+        """Three workers reaching the same ticks at the same moment: each
+        tick is performed by one of them, and its job is written once."""
+        others = [await make_store(), await make_store()]
+        stores = [store, *others]
+        await store.tick(make_tick(0), make_job("first", registered=True))
+        for tick in (1, 2, 3):
+            performed = await asyncio.gather(
+                *(
+                    s.tick(make_tick(tick), make_job(f"t{tick}-{n}", registered=True))
+                    for n, s in enumerate(stores)
+                )
+            )
+            assert performed.count(True) == 1, performed
+        jobs = await store.list_jobs(JobQuery())
+        assert len(jobs) == 3
+        assert (await store.schedules())[0].last_tick == make_tick(3).last_tick

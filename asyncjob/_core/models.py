@@ -28,6 +28,7 @@ __all__ = (
     "JobStatus",
     "Outcome",
     "Progress",
+    "ScheduleStatus",
     "new_job_id",
     "timestamp_to_datetime",
 )
@@ -134,6 +135,23 @@ MAX_NAME_LENGTH = 255
 
 #: The most jobs one listing returns: page through more with ``before``.
 MAX_LISTED = 1000
+
+
+@dataclass(frozen=True)
+class ScheduleStatus:
+    """A periodic job's schedule, as :meth:`Runner.schedules` reads it.
+
+    Attributes:
+        name: the periodic job's name.
+        cron: its cron schedule, in UTC.
+        last_tick: the last tick performed (an aware UTC datetime), if any.
+        next_tick: the next tick to perform.
+    """
+
+    name: str
+    cron: str
+    last_tick: datetime | None
+    next_tick: datetime | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ it runs only what the application registered with :func:`job`.
 
 from __future__ import annotations
 
+import inspect
 import random
 import threading
 from collections.abc import Callable, Mapping
@@ -13,10 +14,20 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar, overload
 
+from .cron import Cron
 from .models import MAX_NAME_LENGTH
 from .spec import DEFAULT_QUEUE, JobOptions, check_priority, check_queue
 
-__all__ = ("JobDefinition", "definition_of", "job", "limits", "lookup")
+__all__ = (
+    "JobDefinition",
+    "Schedule",
+    "definition_of",
+    "job",
+    "limits",
+    "lookup",
+    "periodic",
+    "schedules",
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,6 +35,7 @@ _lock = threading.Lock()
 _by_name: dict[str, JobDefinition] = {}
 _by_function: dict[Callable[..., Any], JobDefinition] = {}
 _limits: dict[str, int] = {}
+_schedules: dict[str, Schedule] = {}
 _read_only_limits = MappingProxyType(_limits)
 
 
@@ -160,6 +172,99 @@ def job(
     if func is not None:
         return register(func)
     return register
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A periodic job: its registration, and its cron schedule.
+
+    Attributes:
+        name: the registered job's name, which names the schedule too.
+        cron: its schedule, in UTC.
+    """
+
+    name: str
+    cron: Cron
+
+
+def periodic(cron: str, *, name: str | None = None, **options: Any) -> Callable[[F], F]:
+    """Register a module-level function that needs no arguments as a job
+    performed on a cron schedule, in UTC::
+
+        @asyncjob.periodic("*/5 * * * *")
+        async def refresh_feeds() -> None: ...
+
+        @asyncjob.periodic("0 3 * * *", name="reports.nightly", retries=2)
+        def nightly_report() -> None: ...
+
+    The runners that run jobs (workers, not producers only) perform each
+    tick once, however many share the store: on an SQL store the database
+    decides which one, tick by tick. A tick missed while no runner ran gives
+    one late run when one starts, not one run per tick missed. A new
+    schedule's first run is its first tick after a runner starts with it.
+    A run that outlasts its period overlaps the next: give
+    ``concurrency=1`` to keep them one at a time. Above
+    ``@asyncjob.job(...)``, it takes that registration as it is.
+
+    Args:
+        cron: five fields (minute, hour, day of month, month, day of week),
+            as crontab has them; a sixth, first, gives seconds
+            (``"*/10 * * * * *"``: every ten seconds).
+        name: the job's name (default ``module.qualname``), which names the
+            schedule too.
+        options: as :func:`asyncjob.job` takes them (``retries``,
+            ``timeout``, ``queue``, ``priority``, ``concurrency``...).
+
+    Raises:
+        ValueError: ``cron`` is not a cron schedule (the message quotes it
+            and says which field is wrong), or an option is out of range.
+        TypeError: the function needs arguments, or is not a module-level
+            function.
+        ImportError: cronsim, which parses schedules, is not installed
+            (``pip install 'asyncjob-runner[cron]'``).
+    """
+    schedule = Cron(cron)
+    register = job(name=name, **options)
+
+    def make_periodic(f: F) -> F:
+        _check_needs_nothing(f)
+        definition = definition_of(f)
+        if definition is None:  # else registered below this decorator, by @asyncjob.job
+            register(f)
+            definition = _by_function[f]
+        elif name is not None or options:
+            raise ValueError(
+                f"{definition.name} is registered with @asyncjob.job already: give its "
+                "options there, or to @asyncjob.periodic alone"
+            )
+        with _lock:
+            _schedules[definition.name] = Schedule(definition.name, schedule)
+        return f
+
+    return make_periodic
+
+
+def _check_needs_nothing(func: Callable[..., Any]) -> None:
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: found out when it runs
+    needed = [
+        p.name
+        for p in parameters
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if needed:
+        raise TypeError(
+            f"@asyncjob.periodic performs {getattr(func, '__qualname__', func)} with no "
+            f"arguments, and it needs {', '.join(needed)}: give them defaults, or perform "
+            "it from a periodic job of its own"
+        )
+
+
+def schedules() -> list[Schedule]:
+    """The periodic jobs registered in this process, by name."""
+    return sorted(_schedules.values(), key=lambda schedule: schedule.name)
 
 
 def _check_name(name: object) -> None:

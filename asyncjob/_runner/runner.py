@@ -26,15 +26,19 @@ from asyncjob._core.models import (
     JobStatus,
     Outcome,
     Progress,
+    ScheduleStatus,
     new_job_id,
+    timestamp_to_datetime,
 )
-from asyncjob._core.registry import definition_of, lookup
+from asyncjob._core.registry import JobDefinition, Schedule, definition_of, lookup
+from asyncjob._core.registry import schedules as registered_schedules
 from asyncjob._core.spec import JobSpec, check_queue
 from asyncjob._engine.engine import Engine, FinishIn, FinishInSync
 from asyncjob._engine.hooks import JobHooks
 from asyncjob._engine.sessions import JobScope, Sessions
 from asyncjob._worker.maintenance import Maintenance
 from asyncjob._worker.producer import Producer
+from asyncjob._worker.scheduler import Scheduler
 from asyncjob.stores import DurableStore, Store, TransactionalStore, resolve_store
 
 from . import crossloop
@@ -206,12 +210,39 @@ class Runner:
         # Jobs run in a copy of the context the runner was started in, as
         # they would in tasks created here.
         self._engine.start()
-        for side in (self._producer, self._maintenance):
+        for side in (self._producer, self._maintenance, self._scheduler()):
             if side is not None:
                 self._background.append(loop.create_task(side.run()))
         self._phase = Phase.running
         with _lock:
             _running.append(self)
+
+    def _scheduler(self) -> Scheduler | None:
+        """What performs the periodic jobs of the queues this runner takes,
+        if it runs jobs and there are any."""
+        if self.producer_only:
+            return None
+        kept = [
+            schedule
+            for schedule in registered_schedules()
+            if self.queues is None or self._definition(schedule).queue in self.queues
+        ]
+        if not kept:
+            return None
+
+        def new_job(schedule: Schedule, job_id: str) -> Job:
+            return self._new_job(job_id, self._definition(schedule).func, (), {}, "periodic")
+
+        async def performed(job: Job) -> None:
+            await self._announce([job])
+
+        return Scheduler(self._store, kept, new_job, performed)
+
+    @staticmethod
+    def _definition(schedule: Schedule) -> JobDefinition:
+        definition = lookup(schedule.name)
+        assert definition is not None, "a periodic job is registered"
+        return definition
 
     async def stop(self) -> None:
         """Stop gracefully; idempotent.
@@ -476,11 +507,15 @@ class Runner:
         ids = await self._store.enqueue_many(jobs)
         new = [job for job, recorded in zip(jobs, ids, strict=True) if recorded == job.id]
         if new:
-            for hook in self._hooks:
-                await hook.enqueued([job.id for job in new])
-            if not self._hand_over(new):
-                await self._refuse(new)
+            await self._announce(new)
         return ids
+
+    async def _announce(self, jobs: list[Job]) -> None:
+        """Tell the hooks of jobs just recorded, then hand them over."""
+        for hook in self._hooks:
+            await hook.enqueued([job.id for job in jobs])
+        if not self._hand_over(jobs):
+            await self._refuse(jobs)
 
     def _hand_over(self, jobs: Sequence[Job]) -> bool:
         """Jobs just recorded, to whoever runs them; False, handing over
@@ -622,6 +657,20 @@ class Runner:
         """
         query = _job_query(state, name, queue, limit, before)
         return await self._read(self._store.list_jobs, query)
+
+    async def schedules(self) -> list[ScheduleStatus]:
+        """The periodic jobs, by name: those registered here, and those the
+        store knows from any process, with their last tick performed and
+        their next one."""
+        now = time.time()
+        known = {status.name: status for status in await self._on_loop(self._store.schedules())}
+        for schedule in registered_schedules():
+            if schedule.name not in known:  # no runner has kept it yet
+                next_tick = timestamp_to_datetime(schedule.cron.next_after(now))
+                known[schedule.name] = ScheduleStatus(
+                    schedule.name, schedule.cron.expression, None, next_tick
+                )
+        return sorted(known.values(), key=lambda status: status.name)
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel the job; returns True if it was queued or running.

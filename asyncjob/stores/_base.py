@@ -22,7 +22,15 @@ import abc
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from asyncjob._core.models import Claimed, Job, JobQuery, JobState, JobStatus, Outcome
+from asyncjob._core.models import (
+    Claimed,
+    Job,
+    JobQuery,
+    JobState,
+    JobStatus,
+    Outcome,
+    ScheduleStatus,
+)
 
 __all__ = ("SHARED_STORES", "DurableStore", "Store", "TransactionalStore", "unknown_store")
 
@@ -199,6 +207,23 @@ class Store(abc.ABC):
         Raises:
             JobNotFound: ``query.before`` names a job the store does not know.
         """
+
+    @abc.abstractmethod
+    async def tick(self, schedule: ScheduleStatus, job: Job) -> bool:
+        """Perform ``job``, the run of the periodic job ``schedule`` for its
+        tick ``schedule.last_tick``, unless the store has performed that
+        tick, or a later one, already; keep ``schedule`` (its cron and next
+        tick) for :meth:`schedules`. True if this call performed it.
+
+        Atomic: of the runners that call it for one tick, however many and
+        in whichever processes, one performs it. A schedule the store does
+        not know yet is recorded, its tick not performed: its first run is
+        its next tick.
+        """
+
+    @abc.abstractmethod
+    async def schedules(self) -> list[ScheduleStatus]:
+        """The schedules the store knows, as the last :meth:`tick` left them."""
 
     @abc.abstractmethod
     def watch(self, job_id: str) -> AsyncIterator[JobStatus]:

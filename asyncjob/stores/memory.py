@@ -7,6 +7,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 from asyncjob._core import defaults
@@ -17,6 +18,7 @@ from asyncjob._core.models import (
     JobState,
     JobStatus,
     Outcome,
+    ScheduleStatus,
     timestamp_to_datetime,
 )
 from asyncjob._core.spec import JobOptions
@@ -145,6 +147,7 @@ class MemoryStore(Store):
         self._records: dict[str, _Record] = {}
         # The unique keys of the jobs queued or running, and their ids.
         self._unique: dict[str, str] = {}
+        self._schedules: dict[str, ScheduleStatus] = {}
         self._finished: deque[_Record] = deque()
         self._watchers: Watchers[JobStatus] = Watchers(watch_backlog)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -276,6 +279,19 @@ class MemoryStore(Store):
         )
         return [rec.snapshot() for rec in itertools.islice(found, query.limit)]
 
+    async def tick(self, schedule: ScheduleStatus, job: Job) -> bool:
+        known = self._schedules.get(schedule.name)
+        if known is not None and _not_after(schedule.last_tick, known.last_tick):
+            return False  # performed already
+        self._schedules[schedule.name] = schedule
+        if known is None:
+            return False  # its first run is its next tick
+        await self.enqueue(job)
+        return True
+
+    async def schedules(self) -> list[ScheduleStatus]:
+        return sorted(self._schedules.values(), key=lambda schedule: schedule.name)
+
     async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
         self._forget_expired()
         rec = self._records.get(job_id)
@@ -316,3 +332,7 @@ class MemoryStore(Store):
             len(finished) > self.max_finished or finished[0].finished_at <= cutoff  # type: ignore[operator]
         ):
             del self._records[finished.popleft().id]
+
+
+def _not_after(tick: datetime | None, last: datetime | None) -> bool:
+    return tick is None or (last is not None and tick <= last)

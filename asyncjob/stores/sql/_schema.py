@@ -119,6 +119,16 @@ class Tables:
             Column("locked_by", String(64), nullable=True),
             Column("lease_expires_at", Float, nullable=True),
         )
+        # Periodic jobs: the last tick performed of each, a row per schedule
+        # (the row is what decides, tick by tick, which runner performs it).
+        self.schedules = Table(
+            f"{prefix}schedules",
+            self.metadata,
+            Column("name", String(MAX_NAME_LENGTH), primary_key=True),
+            Column("cron", String(255), nullable=False),
+            Column("last_tick", Float, nullable=False),
+            Column("next_tick", Float, nullable=True),
+        )
         # Partial indexes: a row is in each only for part of its life, so
         # that most of its changes touch no index but the primary key's.
         c = self.jobs.c
@@ -238,7 +248,7 @@ def _migrate_2_to_3(conn: Connection, tables: Tables, dialect: SchemaHooks) -> N
 def _migrate_3_to_4(conn: Connection, tables: Tables, dialect: SchemaHooks) -> None:
     """Version 4 has queues, priorities and unique keys; its claim index
     orders by priority, and jobs waiting for their time (retries, so far)
-    are ``scheduled``, out of it."""
+    are ``scheduled``, out of it; periodic jobs' ticks have a table."""
     jobs = tables.jobs.name
     for column in (
         f"queue VARCHAR({MAX_QUEUE_LENGTH}) NOT NULL DEFAULT '{DEFAULT_QUEUE}'",
@@ -255,6 +265,7 @@ def _migrate_3_to_4(conn: Connection, tables: Tables, dialect: SchemaHooks) -> N
     )
     for index in tables.indexes:
         index.create(conn, checkfirst=True)
+    tables.schedules.create(conn, checkfirst=True)
     dialect.install_triggers(conn)  # they announce scheduled jobs too
 
 

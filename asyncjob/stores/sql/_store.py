@@ -41,6 +41,8 @@ from asyncjob._core.models import (
     JobState,
     JobStatus,
     Outcome,
+    ScheduleStatus,
+    timestamp_to_datetime,
 )
 from asyncjob._core.spec import JobOptions
 from asyncjob.stores._base import DurableStore, TransactionalStore, unknown_store
@@ -356,6 +358,33 @@ class SQLStore(DurableStore, TransactionalStore):
                 f"{job.name} is not registered with @asyncjob.job: only registered "
                 "jobs can be performed in your transaction, as any worker may run them"
             )
+        insert, key = self._insert_of(job)
+        if key is None:
+            await session.execute(insert)
+        else:
+            jobs, holds_key = self.tables.jobs, text(HOLDS_KEY)
+            insert = insert.on_conflict_do_nothing(
+                index_elements=[jobs.c.unique_key], index_where=holds_key
+            )
+            if (await session.execute(insert.returning(jobs.c.id))).first() is None:
+                holder = await session.scalar(
+                    select(jobs.c.id).where(jobs.c.unique_key == key, holds_key)
+                )
+                if holder is not None:
+                    return str(holder)
+                raise RuntimeError(
+                    f"the job holding the unique key {key!r} is not visible "
+                    "to your transaction (its isolation level is above READ COMMITTED): "
+                    "perform it again in a new transaction"
+                )
+        on_queued = self._on_queued
+        if on_queued is not None:  # wake this process's worker once it commits
+            event.listen(session.sync_session, "after_commit", lambda _: on_queued(), once=True)
+        return job.id
+
+    def _insert_of(self, job: Job) -> tuple[Any, str | None]:
+        """An SQLAlchemy insert of ``job`` (for a session or a connection of
+        the store's), and its unique key."""
         row = self._row(job)
         at, delay = row.pop("at"), row.pop("delay")
         jobs, now = self.tables.jobs, self.db.now()
@@ -366,28 +395,7 @@ class SQLStore(DurableStore, TransactionalStore):
             attempts=0,
             run_after=due,
         )
-        if row["unique_key"] is None:
-            await session.execute(insert)
-        else:
-            holds_key = text(HOLDS_KEY)
-            insert = insert.on_conflict_do_nothing(
-                index_elements=[jobs.c.unique_key], index_where=holds_key
-            )
-            if (await session.execute(insert.returning(jobs.c.id))).first() is None:
-                holder = await session.scalar(
-                    select(jobs.c.id).where(jobs.c.unique_key == row["unique_key"], holds_key)
-                )
-                if holder is not None:
-                    return str(holder)
-                raise RuntimeError(
-                    f"the job holding the unique key {row['unique_key']!r} is not visible "
-                    "to your transaction (its isolation level is above READ COMMITTED): "
-                    "perform it again in a new transaction"
-                )
-        on_queued = self._on_queued
-        if on_queued is not None:  # wake this process's worker once it commits
-            event.listen(session.sync_session, "after_commit", lambda _: on_queued(), once=True)
-        return job.id
+        return insert, row["unique_key"]
 
     def _row(self, job: Job) -> dict[str, Any]:
         """The job as :meth:`Dialect.insert` takes it.
@@ -897,6 +905,50 @@ class SQLStore(DurableStore, TransactionalStore):
             statement = statement.where(listed < tuple_(anchor.enqueued_at, anchor.id))
         rows = await self.db.fetch(statement.limit(query.limit))
         return [status_of(row) for row in rows]
+
+    async def tick(self, schedule: ScheduleStatus, job: Job) -> bool:
+        table = self.tables.schedules
+        due = schedule.last_tick.timestamp() if schedule.last_tick else None
+        values = {
+            "cron": schedule.cron,
+            "last_tick": due,
+            "next_tick": schedule.next_tick.timestamp() if schedule.next_tick else None,
+        }
+        async with self.db.write() as conn:
+            # Locked until the end of the transaction (SQLite: one writer
+            # at a time): another runner's call for the same tick reads it
+            # after this one has committed, and finds it performed.
+            last = await conn.scalar(
+                select(table.c.last_tick).where(table.c.name == schedule.name).with_for_update()
+            )
+            if last is None:
+                # Its first run is its next tick; two runners may meet here.
+                await conn.execute(
+                    self._dialect.insert_construct(table)
+                    .values(name=schedule.name, **values)
+                    .on_conflict_do_nothing()
+                )
+                return False
+            if due is None or due <= last:
+                return False
+            await conn.execute(update(table).where(table.c.name == schedule.name).values(values))
+            await conn.execute(self._insert_of(job)[0])
+        if self._on_queued is not None:
+            self._on_queued()
+        return True
+
+    async def schedules(self) -> list[ScheduleStatus]:
+        table = self.tables.schedules
+        rows = await self.db.fetch(select(table).order_by(table.c.name))
+        return [
+            ScheduleStatus(
+                row.name,
+                row.cron,
+                timestamp_to_datetime(row.last_tick),
+                timestamp_to_datetime(row.next_tick),
+            )
+            for row in rows
+        ]
 
     async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
         if self._listener is not None:  # the first watcher here starts hearing of changes
