@@ -22,6 +22,25 @@ RunnerFactory = Callable[..., Any]
 
 
 @pytest.fixture
+def clean_registry() -> Iterator[None]:
+    """The test leaves the registry (jobs, limits, periodic jobs) as it
+    found it: what it registers does not reach the tests after it."""
+    from asyncjob._core import registry
+
+    tables: list[dict[Any, Any]] = [
+        registry._by_name,
+        registry._by_function,
+        registry._limits,
+        registry._schedules,
+    ]
+    kept = [dict(table) for table in tables]
+    yield
+    for table, before in zip(tables, kept, strict=True):
+        table.clear()
+        table.update(before)
+
+
+@pytest.fixture
 async def make_runner() -> AsyncIterator[RunnerFactory]:
     """Start runners on demand, and stop every one of them after the test."""
     made: list[asyncjob.Runner] = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,16 +14,7 @@ from asyncjob._core import registry as _registry
 from . import jobs_for_registry as jobs
 from .conftest import TIMEOUT
 
-
-@pytest.fixture(autouse=True)
-def clean_registry() -> Iterator[None]:
-    """Each test starts with, and leaves, the registry as it found it."""
-    by_name, by_function = dict(_registry._by_name), dict(_registry._by_function)
-    yield
-    _registry._by_name.clear()
-    _registry._by_name.update(by_name)
-    _registry._by_function.clear()
-    _registry._by_function.update(by_function)
+pytestmark = pytest.mark.usefixtures("clean_registry")
 
 
 def _name_of(func: Any) -> str:
