@@ -614,6 +614,23 @@ class DurableStoreContract(StoreContract):
         assert [c.id for c in await store.claim(10, limits=limits)] == ["l2"]
         assert [c.id for c in await store.claim(10, limits={"tests.limited": 3})] == ["l3"]
 
+    async def test_jobs_held_back_by_a_limit_are_not_due(self, store: DurableStore) -> None:
+        """After a claim that left jobs at their name's limit, next_due()
+        does not call them due (a worker would claim again at once, over
+        and over): only the other jobs, and the ones to come."""
+        limits = {"tests.limited": 1}
+        for n in range(3):
+            await store.enqueue(make_job(f"l{n}", registered=True, name="tests.limited"))
+        assert [c.id for c in await store.claim(10, limits=limits)] == ["l0"]
+        assert await store.next_due() == 0
+        assert await store.next_due(limits=limits) is None
+        await store.enqueue(make_job("later", registered=True, delay=3600))
+        wait = await store.next_due(limits=limits)
+        assert wait is not None
+        assert wait > 3000
+        await store.enqueue(make_job("free", registered=True))
+        assert await store.next_due(limits=limits) == 0
+
     async def test_workers_racing_on_one_key_record_one_job(
         self, store: DurableStore, make_store: Callable[[], Awaitable[DurableStore]]
     ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from .conftest import TIMEOUT
@@ -29,8 +30,10 @@ class Workers:
         lease: float = 30.0,
         concurrency: int = 10,
         grace_period: float = 5.0,
+        queues: Sequence[str] = (),
     ) -> subprocess.Popen[str]:
-        """Start one more worker on ``url`` (default: the one given at first)."""
+        """Start one more worker on ``url`` (default: the one given at first),
+        taking the ``queues`` given (none: every queue)."""
         store = url or self.url
         assert store is not None, "which store?"
         log = (self.logs / f"worker-{len(self.processes)}.log").open("w")
@@ -38,6 +41,8 @@ class Workers:
         command += ["--import", self.module, "--concurrency", str(concurrency)]
         command += ["--lease", str(lease), "--poll-interval", "0.05"]
         command += ["--grace-period", str(grace_period)]
+        for queue in queues:
+            command += ["--queue", queue]
         process = subprocess.Popen(
             command,
             cwd=ROOT,

@@ -148,9 +148,9 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     worker.add_argument(
         "--poll-interval",
         type=float,
-        default=defaults.POLL_INTERVAL,
-        help="seconds between looks for jobs performed elsewhere "
-        f"(default {defaults.POLL_INTERVAL:g})",
+        help="seconds between looks for jobs nobody announced (default "
+        f"{defaults.POLL_INTERVAL_LISTENING:g} where the store hears of other processes' "
+        f"jobs, PostgreSQL and SQLite on Linux; else {defaults.POLL_INTERVAL:g})",
     )
     worker.add_argument(
         "--grace-period",

@@ -30,7 +30,7 @@ def run_worker(
     concurrency: int = defaults.CONCURRENCY,
     grace_period: float = defaults.GRACE_PERIOD,
     lease: float = defaults.LEASE,
-    poll_interval: float = defaults.POLL_INTERVAL,
+    poll_interval: float | None = None,
     threads: int | None = None,
     keep_finished: float = defaults.KEEP_FINISHED,
     table_prefix: str = defaults.TABLE_PREFIX,

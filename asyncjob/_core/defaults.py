@@ -12,6 +12,7 @@ __all__ = (
     "MEMORY_KEEP_FINISHED",
     "MEMORY_MAX_FINISHED",
     "POLL_INTERVAL",
+    "POLL_INTERVAL_LISTENING",
     "TABLE_PREFIX",
     "WATCH_BACKLOG",
 )
@@ -30,8 +31,12 @@ GRACE_PERIOD = 10.0
 #: Seconds a worker holds a claimed job without renewing it (SQL stores).
 LEASE = 30.0
 
-#: Seconds between two looks for work that nothing announced (SQL stores).
+#: Seconds between two looks for work that nothing announced (SQL stores),
+#: where nothing announces other processes' changes (SQLite off Linux)...
 POLL_INTERVAL = 0.25
+#: ...and where they are announced (PostgreSQL's NOTIFY, SQLite's log
+#: watched on Linux): a safety net then, for what a reconnection missed.
+POLL_INTERVAL_LISTENING = 1.0
 
 #: Seconds a finished job stays readable in an SQL store: a week.
 KEEP_FINISHED = 7 * 24 * 3600.0

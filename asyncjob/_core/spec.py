@@ -71,7 +71,9 @@ class JobSpec:
     """A function and the options to perform it with, made by
     :func:`asyncjob.using`; every ``perform`` takes it in place of the
     function. An option left out (``None``) is the registered job's default,
-    or the default of every job."""
+    or the default of every job. Make it with :func:`asyncjob.using`, which
+    checks the options and gives their errors; made directly, it is taken
+    as it is."""
 
     func: Callable[..., Any]
     queue: str | None = None

@@ -32,7 +32,7 @@ from asyncjob._core.models import (
 )
 from asyncjob._core.registry import JobDefinition, Schedule, definition_of, lookup
 from asyncjob._core.registry import schedules as registered_schedules
-from asyncjob._core.spec import JobSpec, check_queue
+from asyncjob._core.spec import DEFAULT_QUEUE, JobSpec, check_queue
 from asyncjob._engine.engine import Engine, FinishIn, FinishInSync
 from asyncjob._engine.hooks import JobHooks
 from asyncjob._engine.sessions import JobScope, Sessions
@@ -468,20 +468,19 @@ class Runner:
                 else spec.options(definition.queue, definition.priority)
             )
         registered = definition is not None
-        if options is not None and (not registered or self._durable is None):
-            self._check_queue_served(options.queue)
+        if registered and self._durable is None and self.queues is not None:
+            # Only this runner can run it (jobs that are not registered run
+            # here, whatever their queue).
+            queue = DEFAULT_QUEUE if options is None else options.queue
+            if queue not in self.queues:
+                raise ValueError(
+                    f"this runner takes the queues {sorted(self.queues)}, and no other "
+                    f"runner could take this job from the queue {queue!r}: perform it to "
+                    "one of them, or give the runner that queue too"
+                )
         return Job(
             job_id, name, target, args, kwargs, is_async, time.time(), registered, options=options
         )
-
-    def _check_queue_served(self, queue: str) -> None:
-        """A job run where it is performed must be of a queue this runner takes."""
-        if self.queues is not None and queue not in self.queues:
-            raise ValueError(
-                f"this runner takes the queues {sorted(self.queues)}, and no other "
-                f"runner could take this job from the queue {queue!r}: perform it to "
-                "one of them, or give the runner that queue too"
-            )
 
     def _check_running(self) -> None:
         if self._phase is not Phase.running:

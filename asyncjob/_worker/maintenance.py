@@ -19,7 +19,7 @@ from asyncjob._core.models import JobState
 from asyncjob._engine.engine import Engine
 from asyncjob.stores import DurableStore
 
-from .producer import Producer
+from .producer import Producer, unless_cancelled
 
 __all__ = ("Maintenance",)
 
@@ -74,6 +74,7 @@ class Maintenance:
                         self._on_recovered()
                     await self.retain(until=loop.time() + self._store.lease / 6)
             except Exception:  # noqa: BLE001 - the database may come back
+                unless_cancelled()
                 logger.exception("could not renew leases; trying again")
 
     async def retain(self, until: float | None = None) -> int:

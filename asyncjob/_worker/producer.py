@@ -16,7 +16,7 @@ from asyncjob.stores import DurableStore
 
 from .prefetch import Prefetch, Prefetched
 
-__all__ = ("CLAIM_BATCH", "RETRY_AFTER", "Producer")
+__all__ = ("CLAIM_BATCH", "RETRY_AFTER", "Producer", "unless_cancelled")
 
 #: Claimed in one statement at most: enough to keep workers busy, few
 #: enough that a stopping worker has little to hand back.
@@ -25,6 +25,17 @@ CLAIM_BATCH = 100
 #: After an error (the database went away), wait this long before trying
 #: again, so that a worker rides out a restart instead of spinning.
 RETRY_AFTER = 1.0
+
+
+def unless_cancelled() -> None:
+    """Raise :class:`asyncio.CancelledError` if this task is being
+    cancelled: after catching an error, in a loop that carries on after
+    errors. A driver cancelled mid-statement may fail to clean up and raise
+    that failure in place of the cancellation; the loop must stop all the
+    same, or the runner's stop waits for it forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class Producer:
@@ -60,6 +71,7 @@ class Producer:
                 await self._hand_back_stale()
                 full = await self._claim_once()
             except Exception:  # noqa: BLE001 - the database may come back
+                unless_cancelled()
                 logger.exception("could not claim jobs; trying again in %.0f s", RETRY_AFTER)
                 await asyncio.sleep(RETRY_AFTER)
                 continue
@@ -81,8 +93,9 @@ class Producer:
         if self._engine.free <= len(self._prefetched):
             return None  # a slot coming free wakes this producer
         try:
-            return await self._store.next_due(self._queues)
+            return await self._store.next_due(self._queues, limits())
         except Exception:  # noqa: BLE001 - the poll finds them all the same
+            unless_cancelled()
             logger.exception("could not read when the next job is due")
             return None
 

@@ -24,7 +24,7 @@ from asyncjob._core.models import Job, ScheduleStatus, timestamp_to_datetime
 from asyncjob._core.registry import Schedule
 from asyncjob.stores import Store
 
-from .producer import RETRY_AFTER
+from .producer import RETRY_AFTER, unless_cancelled
 
 __all__ = ("Scheduler", "tick_job_id")
 
@@ -91,6 +91,7 @@ class Scheduler:
             if await self._store.tick(status, job):
                 await self._performed(job)
         except Exception:  # noqa: BLE001 - the database may come back; the tick stays due
+            unless_cancelled()
             logger.exception("could not perform the tick %s of %s", status.last_tick, schedule.name)
             return now + RETRY_AFTER
         return next_tick

@@ -264,9 +264,9 @@ class DurableStore(Store):
     @property
     @abc.abstractmethod
     def poll_interval(self) -> float:
-        """Seconds between two looks for queued jobs that the store could
-        not announce (performed by another process, where the store has no
-        way to be told)."""
+        """Seconds between two looks for queued jobs that the store did not
+        announce (performed by another process, where the store has no way
+        to be told; or while the way it is told is down)."""
 
     @abc.abstractmethod
     async def open(
@@ -317,11 +317,19 @@ class DurableStore(Store):
         """
 
     @abc.abstractmethod
-    async def next_due(self, queues: frozenset[str] | None = None) -> float | None:
+    async def next_due(
+        self, queues: frozenset[str] | None = None, limits: Mapping[str, int] | None = None
+    ) -> float | None:
         """Seconds until the earliest queued registered job of ``queues``
         comes due (0 if one is due now), by the store's clock; ``None`` if
-        none is queued. A worker with nothing to claim sleeps this long, and
-        :meth:`open`'s ``on_queued`` wakes it sooner for a job due earlier."""
+        none is queued. A worker whose claim came back short sleeps this
+        long, and :meth:`open`'s ``on_queued`` wakes it sooner for a job due
+        earlier.
+
+        The jobs due now whose names are in ``limits`` are left out: that
+        claim left them, their names at their limits, and a slot freed
+        (announced as a job queued is) wakes the worker for them.
+        """
 
     @abc.abstractmethod
     async def release(self, job_ids: list[str]) -> None:

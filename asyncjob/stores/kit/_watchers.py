@@ -86,6 +86,10 @@ class Watchers(Generic[T]):
             if not boxes:
                 del self._boxes[job_id]
 
+    def job_ids(self) -> list[str]:
+        """The jobs someone watches."""
+        return list(self._boxes)
+
     def watched(self, job_id: str) -> bool:
         """True when someone watches the job."""
         return job_id in self._boxes

@@ -190,7 +190,9 @@ class PostgresDialect(Dialect):
         hundred jobs ended at once sends three notifications, not five
         hundred), and only for the changes a watcher can see: a lease
         renewed notifies nobody. A cancel requested is announced on a
-        channel of its own too, which the holders of jobs listen to.
+        channel of its own too, which the holders of jobs listen to. A
+        registered job queued, or ended (its slot of a concurrency limit
+        freed), is announced to the workers.
         """
         queued, changed, cancel = self.channels()
         jobs = self.tables.jobs.name
@@ -199,11 +201,16 @@ class PostgresDialect(Dialect):
         conn.execute(text(f"DROP FUNCTION IF EXISTS {jobs}_notify()"))
         per = IDS_PER_NOTIFICATION
         for change, rows in (
-            ("insert", "SELECT n.id, n.state, n.registered, false AS stop FROM new_rows AS n"),
+            (
+                "insert",
+                "SELECT n.id, n.state, n.registered, false AS stop, false AS freed"
+                " FROM new_rows AS n",
+            ),
             (
                 "update",
                 "SELECT n.id, n.state, n.registered,"
-                " (n.cancel_requested AND NOT o.cancel_requested) AS stop"
+                " (n.cancel_requested AND NOT o.cancel_requested) AS stop,"
+                f" (o.state = '{_RUNNING}' AND n.state <> '{_RUNNING}') AS freed"
                 " FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id"
                 " WHERE (n.state, n.progress, n.data, n.attempts, n.cancel_requested)"
                 " IS DISTINCT FROM"
@@ -221,8 +228,8 @@ class PostgresDialect(Dialect):
                     BEGIN
                         FOR ids, anew, stopped IN
                             SELECT string_agg(c.id, ','),
-                                   bool_or(c.state IN ('queued', '{SCHEDULED}')
-                                           AND c.registered),
+                                   bool_or((c.state IN ('queued', '{SCHEDULED}')
+                                            OR c.freed) AND c.registered),
                                    string_agg(c.id, ',') FILTER (WHERE c.stop)
                             FROM (SELECT r.*, (row_number() OVER ()) / {per} AS part
                                   FROM ({rows}) AS r) AS c
@@ -462,6 +469,12 @@ class DirectConnection:
             ValueError,  # a value asyncpg cannot encode (text that is not UTF-8)
             OverflowError,
         ) as exc:
+            if isinstance(exc.__context__, asyncio.CancelledError):
+                # Cancelled mid-statement, the rollback may fail ("another
+                # operation is in progress"): the task is stopping, and must
+                # not take that error for a lost database.
+                self._drop()
+                raise exc.__context__ from None
             if _is_disconnect(exc, self._conn):
                 self._drop()
                 raise OperationalError(sql, args, exc, connection_invalidated=True) from exc

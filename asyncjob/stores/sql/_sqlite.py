@@ -14,8 +14,11 @@
   aiosqlite makes one per statement, and one for ``BEGIN`` and ``COMMIT``
   each. SQLite runs in this process, so ``executemany`` costs no round
   trip per row.
-- Nothing announces changes across processes by itself: see
-  ``_wakeup`` for how other processes' changes are heard of.
+- Nothing announces changes across processes by itself: the listener
+  (:class:`SQLiteListener`) hears that another connection committed, from
+  the kernel, the moment it writes the log (``_wakeup``), and the store
+  then looks at what it cares about. Where that is not available (not
+  Linux), the store polls.
 
 Errors come out as SQLAlchemy's, as from the rest of the store.
 """
@@ -33,6 +36,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from asyncjob._core.log import logger
 from asyncjob._core.models import Claimed, JobState
 from asyncjob.stores.kit import Report
 
@@ -40,14 +44,16 @@ from ._dialect import (
     NEW_COLUMNS,
     Dialect,
     Ending,
+    Listener,
     by_claim_order,
     ending_sql,
     new_job_sql,
     unique_insert_sql,
 )
 from ._schema import HOLDS_KEY
+from ._wakeup import CommitWatch
 
-__all__ = ("PRAGMAS", "SQLiteDialect", "WriterThread")
+__all__ = ("PRAGMAS", "SQLiteDialect", "SQLiteListener", "WriterThread")
 
 T = TypeVar("T")
 
@@ -140,6 +146,17 @@ class SQLiteDialect(Dialect):
                 return  # each statement is its own transaction
             conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("asyncjob_write") else "BEGIN")
 
+    def listener(self, on_notify: Callable[[str, str], None]) -> Listener | None:
+        try:
+            return SQLiteListener(self.path, on_notify)
+        except OSError as exc:
+            logger.warning(
+                "other processes' changes to %s are seen at each poll, not at once: %s",
+                self.path,
+                exc,
+            )
+            return None
+
     def insert_construct(self, table: Table) -> Any:
         from sqlalchemy.dialects.sqlite import insert
 
@@ -216,6 +233,38 @@ class SQLiteDialect(Dialect):
             for job_id, (value, data) in reports.items()
         ]
         await self._write(lambda conn: conn.executemany(self._progress, rows))
+
+
+class SQLiteListener(Listener):
+    """Hears that other connections committed, and tells each channel
+    listened on with an empty payload: something may have changed there,
+    the store looks what (SQLite says no more).
+
+    Raises:
+        OSError: commits cannot be heard of here (see
+            :class:`~asyncjob.stores.sql._wakeup.CommitWatch`).
+    """
+
+    def __init__(self, path: str, on_notify: Callable[[str, str], None]) -> None:
+        self._on_notify = on_notify
+        self._channels: list[str] = []
+        self._watch = CommitWatch(path, self._committed)
+        self._watch.start()
+        self.connections = 1
+        self.listening = asyncio.Event()
+        self.listening.set()
+
+    async def listen(self, channel: str) -> None:
+        if channel not in self._channels:
+            self._channels.append(channel)
+
+    async def stop(self) -> None:
+        self._watch.stop()
+        self.listening.clear()
+
+    def _committed(self) -> None:
+        for channel in self._channels:
+            self._on_notify(channel, "")
 
 
 def _finish_row(e: Ending) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from asyncjob._core import defaults
 from asyncjob._core.errors import JobLost, JobNotFound
 from asyncjob._core.log import logger
 from asyncjob._core.models import (
+    MAX_LISTED,
     MAX_NAME_LENGTH,
     Claimed,
     Job,
@@ -136,8 +137,11 @@ class SQLStore(DurableStore, TransactionalStore):
             or ``postgresql+asyncpg://user@host/db``.
         table_prefix: the tables are ``<prefix>jobs`` and ``<prefix>meta``.
         poll_interval: how often a watcher reads a job that another process
-            may change, and a worker looks for queued jobs (seconds);
-            changes made here (and, on PostgreSQL, anywhere) wake them at once.
+            may change, and a worker looks for queued jobs (seconds), for
+            changes nobody announced: those made here, and on PostgreSQL
+            and on SQLite under Linux those made anywhere, wake them at
+            once. Default: 1 s where other processes' changes are heard
+            of, 0.25 s where they are not.
         lease: how long a worker holds a claimed job without renewing
             (seconds): a dead worker's jobs run again elsewhere this long
             after it last renewed. Workers renew at a third of it, and learn
@@ -156,7 +160,7 @@ class SQLStore(DurableStore, TransactionalStore):
         url: str,
         *,
         table_prefix: str = defaults.TABLE_PREFIX,
-        poll_interval: float = defaults.POLL_INTERVAL,
+        poll_interval: float | None = None,
         lease: float = defaults.LEASE,
         keep_finished: float = defaults.KEEP_FINISHED,
     ) -> None:
@@ -171,13 +175,13 @@ class SQLStore(DurableStore, TransactionalStore):
                 "begin with sqlite_ for itself"
             )
         for option, value in (("poll_interval", poll_interval), ("lease", lease)):
-            if not value > 0:
+            if value is not None and not value > 0:
                 raise ValueError(f"{option} must be > 0 seconds, not {value!r}")
         if not keep_finished >= 0:
             raise ValueError(f"keep_finished must be >= 0 seconds, not {keep_finished!r}")
         self.url = url
         self.keep_finished = float(keep_finished)
-        self._poll_interval = float(poll_interval)
+        self._poll_given = None if poll_interval is None else float(poll_interval)
         self._lease = float(lease)
         self.tables = Tables(table_prefix)
         #: Identifies this store object as the holder of the jobs it runs.
@@ -200,6 +204,11 @@ class SQLStore(DurableStore, TransactionalStore):
         self._hearing_cancels = False
         self._watching_cancels: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
+        # What a bare announcement (SQLite's) asks to read, and the task
+        # reading it; the watched jobs as last read that way.
+        self._to_look: set[str] = set()
+        self._looking: asyncio.Task[None] | None = None
+        self._seen: dict[str, tuple[Any, ...]] = {}
         self._leases: LeaseThread | None = None
         # Watchers re-read the job on any change: a bare "it changed" each.
         self._watchers: Watchers[None] = Watchers(1)
@@ -221,7 +230,11 @@ class SQLStore(DurableStore, TransactionalStore):
 
     @property
     def poll_interval(self) -> float:
-        return self._poll_interval
+        if self._poll_given is not None:
+            return self._poll_given
+        if self._listener is None:
+            return defaults.POLL_INTERVAL
+        return defaults.POLL_INTERVAL_LISTENING
 
     @property
     def db(self) -> Database:
@@ -265,23 +278,76 @@ class SQLStore(DurableStore, TransactionalStore):
         if self._watching_cancels is not None:
             self._watching_cancels.cancel()
             await asyncio.gather(self._watching_cancels, return_exceptions=True)
-        if self._leases is not None:
-            await asyncio.to_thread(self._leases.stop)
         if self._listener is not None:
             await self._listener.stop()
+        if self._looking is not None:
+            # Left to finish its read (a query cancelled halfway loses its
+            # connection): nothing asks for another now.
+            self._to_look.clear()
+            await asyncio.gather(self._looking, return_exceptions=True)
+        if self._leases is not None:
+            await asyncio.to_thread(self._leases.stop)
         await self._progress.stop()
         if self._db is not None:
             await self._dialect.close()
             await self._db.dispose()
 
     def _notified(self, channel: str, payload: str) -> None:
-        if channel == self._channels.changed:
+        if channel == self._channels.queued:
+            if self._on_queued is not None:
+                self._on_queued()
+        elif not payload:  # "something changed": which jobs, it does not say
+            self._look(channel)
+        elif channel == self._channels.changed:
             for job_id in payload.split(","):
                 self._changed(job_id)
         elif channel == self._channels.cancel:
             self._heard_cancels([job_id for job_id in payload.split(",") if job_id in self.held])
-        elif self._on_queued is not None:
-            self._on_queued()
+
+    def _look(self, channel: str) -> None:
+        """Read what a bare announcement on ``channel`` may be about: once,
+        for however many arrive while it is read."""
+        self._to_look.add(channel)
+        if self._looking is None:
+            self._looking = asyncio.get_running_loop().create_task(self._look_around())
+
+    async def _look_around(self) -> None:
+        try:
+            while self._to_look:
+                channels = set(self._to_look)
+                self._to_look.clear()
+                try:
+                    if self._channels.cancel in channels and self.held:
+                        self._heard_cancels(await self._cancels_requested())
+                    if self._channels.changed in channels:
+                        await self._look_at_watched()
+                except Exception:  # noqa: BLE001 - the next poll reads it all the same
+                    logger.exception("could not read what other processes changed")
+        finally:
+            self._looking = None
+
+    async def _look_at_watched(self) -> None:
+        """Wake the watchers of the jobs that changed since last read."""
+        jobs = self.tables.jobs
+        watched = self._watchers.job_ids()
+        self._seen = {job_id: self._seen[job_id] for job_id in watched if job_id in self._seen}
+        for part in range(0, len(watched), MAX_LISTED):
+            ids = watched[part : part + MAX_LISTED]
+            rows = await self.db.fetch(
+                select(
+                    jobs.c.id,
+                    jobs.c.state,
+                    jobs.c.attempts,
+                    jobs.c.progress,
+                    jobs.c.data,
+                    jobs.c.cancel_requested,
+                ).where(jobs.c.id.in_(ids))
+            )
+            for row in rows:
+                job_id, seen = row[0], tuple[Any, ...](row[1:])
+                if self._seen.get(job_id) != seen:
+                    self._seen[job_id] = seen
+                    self._changed(job_id)
 
     async def _hear_cancels(self) -> None:
         """Listen for cancels of the jobs held here, from the first one held."""
@@ -290,25 +356,29 @@ class SQLStore(DurableStore, TransactionalStore):
             await self._listener.listen(self._channels.cancel)
 
     async def _watch_cancels(self) -> None:
-        """Where the database announces nothing (SQLite): look for cancels of
-        the jobs held here every ``poll_interval``, through the index of
-        leased jobs (as many rows as jobs run, whatever the table holds)."""
+        """Where nothing announces changes (SQLite off Linux): look for
+        cancels of the jobs held here every ``poll_interval``."""
+        while True:
+            await asyncio.sleep(self.poll_interval)  # a poll, not a wait for something
+            if not self.held:
+                continue
+            try:
+                self._heard_cancels(await self._cancels_requested())
+            except Exception:  # noqa: BLE001 - renewals tell all the same
+                logger.exception("could not look for cancelled jobs; trying again")
+
+    async def _cancels_requested(self) -> list[str]:
+        """The jobs held here whose cancel was requested, not handed over
+        yet: through the index of leased jobs (as many rows as jobs run,
+        whatever the table holds)."""
         jobs = self.tables.jobs
         requested = select(jobs.c.id).where(
             jobs.c.lease_expires_at.is_not(None),
             jobs.c.locked_by == self.owner,
             jobs.c.cancel_requested.is_(True),
         )
-        while True:
-            await asyncio.sleep(self._poll_interval)  # a poll, not a wait for something
-            if not self.held:
-                continue
-            try:
-                found = (await self.db.fetch(requested)).scalars().all()
-            except Exception:  # noqa: BLE001 - renewals tell all the same
-                logger.exception("could not look for cancelled jobs; trying again")
-                continue
-            self._heard_cancels([job_id for job_id in found if job_id not in self._stopping])
+        found = (await self.db.fetch(requested)).scalars().all()
+        return [job_id for job_id in found if job_id not in self._stopping]
 
     def _heard_cancels(self, job_ids: list[str]) -> None:
         if not job_ids:
@@ -523,12 +593,15 @@ class SQLStore(DurableStore, TransactionalStore):
             self._changed(c.id)
         return claimed
 
-    async def next_due(self, queues: frozenset[str] | None = None) -> float | None:
+    async def next_due(
+        self, queues: frozenset[str] | None = None, limits: Mapping[str, int] | None = None
+    ) -> float | None:
         jobs = self.tables.jobs
         of = [] if queues is None else [jobs.c.queue.in_(sorted(queues))]
-        # Both through their indexes: one row of the claim index, and the
-        # first scheduled job of these queues.
-        due = select(jobs.c.id).where(text(DUE), *of).exists()
+        held_back = [jobs.c.name.not_in(sorted(limits))] if limits else []
+        # Both through their indexes: the first row of the claim index that
+        # is not held back, and the first scheduled job of these queues.
+        due = select(jobs.c.id).where(text(DUE), *of, *held_back).exists()
         scheduled = (
             select(func.min(jobs.c.run_after))
             .where(jobs.c.state == SCHEDULED, jobs.c.registered.is_(True), *of)
@@ -959,7 +1032,7 @@ class SQLStore(DurableStore, TransactionalStore):
                 raise JobNotFound(job_id)
             yield status
             while not status.is_final:
-                await changes.wait(self._poll_interval)
+                await changes.wait(self.poll_interval)
                 now = await self.get(job_id)
                 if now is None:
                     return  # forgotten meanwhile

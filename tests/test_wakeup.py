@@ -1,0 +1,130 @@
+"""SQLite across processes: a process hears of another's commit at once,
+not at its next poll. Each test sets the poll interval to a minute, longer
+than any of its waits: what it sees, it saw through the wake-up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import asyncjob
+from asyncjob.stores.sql import SQLStore
+from asyncjob.stores.sql._schema import Tables
+from asyncjob.stores.sql._sqlite import SQLiteDialect
+from asyncjob.stores.sql._wakeup import CommitWatch
+
+from .conftest import TIMEOUT, Database
+from .processes import ROOT
+from .worker_jobs import whoami
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="commits are heard of on Linux; elsewhere, polled"
+)
+
+#: Longer than every wait of these tests.
+NEVER = 60.0
+
+
+def write_from_another_process(path: Path, statement: str) -> None:
+    """Commit ``statement`` to the database at ``path`` from another process."""
+    subprocess.run(
+        [sys.executable, "-c", f"import sqlite3; c = sqlite3.connect({str(path)!r}); "
+         f"c.execute({statement!r}); c.commit()"],
+        check=True,
+        timeout=TIMEOUT,
+    )  # fmt: skip
+
+
+async def test_a_commit_elsewhere_is_heard_of(tmp_path: Path) -> None:
+    """The watch calls back once another process's commit is visible; a
+    write of its own connection's reader is not a commit of another."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as keep:
+        keep.execute("PRAGMA journal_mode=WAL")
+        keep.execute("CREATE TABLE t (x)")
+        heard = asyncio.Event()
+        watch = CommitWatch(str(path), heard.set)
+        watch.start()
+        try:
+            for n in range(3):
+                await asyncio.to_thread(
+                    write_from_another_process, path, f"INSERT INTO t VALUES ({n})"
+                )
+                async with asyncio.timeout(TIMEOUT):
+                    await heard.wait()
+                heard.clear()
+        finally:
+            watch.stop()
+            watch.stop()  # idempotent
+
+
+async def test_without_a_log_the_store_polls(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database whose log cannot be watched (here: no file at all) gives
+    no listener, and says that the store polls."""
+    with pytest.raises(OSError, match="inotify_add_watch"):
+        CommitWatch(str(tmp_path / "none.db"), lambda: None).start()
+    dialect = SQLiteDialect(f"sqlite+aiosqlite:///{tmp_path / 'none.db'}", Tables("t_"), "me")
+    with caplog.at_level(logging.WARNING):
+        assert dialect.listener(lambda channel, payload: None) is None
+    assert "seen at each poll, not at once" in caplog.text
+
+
+def slow_store(db: Database, lease: float = 30.0) -> SQLStore:
+    return SQLStore(db.async_url, poll_interval=NEVER, lease=lease)
+
+
+async def test_a_worker_process_takes_a_job_at_once(sqlite_db: Database, tmp_path: Path) -> None:
+    """A job performed here starts in a worker process that polls once a
+    minute; its end reaches the waiter here, which polls as seldom."""
+    async with asyncjob.Runner(slow_store(sqlite_db), producer_only=True) as producer:
+        log = tmp_path / "worker.log"
+        with log.open("w") as out:
+            worker = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "asyncjob", "worker", "--store", sqlite_db.async_url,
+                "--import", "tests.worker_jobs", "--poll-interval", str(NEVER),
+                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            for n in range(3):
+                job_id = await producer.perform(whoami, n)
+                assert (await producer.wait(job_id, TIMEOUT))["pid"] == worker.pid
+        finally:
+            worker.terminate()
+            async with asyncio.timeout(TIMEOUT):
+                await worker.wait()
+            print(log.read_text())
+
+
+async def test_progress_and_cancel_cross_at_once(sqlite_db: Database) -> None:
+    """Two runners on one file, each its own connections (as two processes
+    would have): the one watching sees the other's progress, and its cancel
+    reaches the job running in the other, both long before a poll."""
+    started, reported = asyncio.Event(), asyncio.Event()
+
+    async def report_then_wait() -> None:
+        started.set()
+        asyncjob.set_progress(0.5, "half")
+        await reported.wait()
+        await asyncio.Event().wait()  # until cancelled
+
+    async with (
+        asyncjob.Runner(slow_store(sqlite_db, NEVER)) as running,
+        asyncjob.Runner(slow_store(sqlite_db, NEVER), producer_only=True) as looking,
+    ):
+        job_id = await running.perform(report_then_wait)
+        async with asyncio.timeout(TIMEOUT):
+            async for status in looking.watch(job_id):
+                if status.progress == 0.5:
+                    reported.set()
+                    break
+        assert await looking.cancel(job_id) is True
+        with pytest.raises(asyncjob.JobCancelled):
+            await looking.wait(job_id, TIMEOUT)
