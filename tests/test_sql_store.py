@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import threading
 import time
@@ -18,7 +19,7 @@ from asyncjob.stores import Job
 from asyncjob.stores.sql import SCHEMA_VERSION, BadRecord, SchemaError, SQLStore
 
 from . import worker_jobs
-from .conftest import TIMEOUT, Database, RunnerFactory
+from .conftest import TIMEOUT, Database, RunnerFactory, edit_by_hand
 
 
 @pytest.fixture
@@ -492,3 +493,77 @@ async def test_postgres_listens_again_after_losing_its_connection(
     await _listening(store)
     job_id = await runner.perform(worker_jobs.whoami, 4)
     assert (await runner.wait(job_id, timeout=TIMEOUT))["n"] == 4
+
+
+#: Queued jobs in the plan test: enough that the planners would rather
+#: scan and sort than read an index, if the index could not serve.
+PLANNED = 50_000
+
+
+@pytest.mark.parametrize(
+    ("queues", "limits"),
+    [
+        (None, None),
+        (frozenset({"q1"}), None),
+        (frozenset({"q1", "q2"}), None),
+        (None, {"tests.job": 3}),
+    ],
+)
+async def test_a_claim_reads_its_index_in_order(
+    database: Database,
+    queues: frozenset[str] | None,
+    limits: dict[str, int] | None,
+) -> None:
+    """With many jobs queued over priorities and queues, the planner takes a
+    claim's jobs from a claim index, in its order, and stops at the claim's
+    size: no scan of the table and no sort of its rows (the only sort is of
+    the hundred picked, for the limits), whatever the number queued."""
+    store = SQLStore(database.async_url)
+    await store.open()
+    try:
+        jobs = store.tables.jobs.name
+        numbers = (
+            f"generate_series(1, {PLANNED}) AS g(n)"
+            if database.kind == "postgresql"
+            else f"(WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g "
+            f"WHERE n < {PLANNED}) SELECT n FROM g)"
+        )
+        true = "true" if database.kind == "postgresql" else "1"
+        edit_by_hand(
+            database.sync_url,
+            f"INSERT INTO {jobs} (id, name, registered, state, args, kwargs, attempts, "
+            f"enqueued_at, run_after, queue, priority) SELECT 'j' || n, 'tests.job', {true}, "
+            f"'queued', '[]', '{{}}', 0, n, n, 'q' || (n % 5), (n % 10) * 10 - 40 FROM {numbers}",
+            f"ANALYZE {jobs}",
+        )
+        sql, values = store._dialect.claim_statement(100, 30.0, queues, limits)
+        index = "jobs_due_by_queue" if queues is not None and len(queues) == 1 else "jobs_due"
+        if database.kind == "postgresql":
+            from asyncjob.stores.sql._postgres import DirectConnection
+
+            direct = DirectConnection(database.async_url)
+            try:
+                plan = [row[0] for row in await direct.fetch(f"EXPLAIN {sql}", *values)]
+            finally:
+                await direct.close()
+            text_ = "\n".join(plan)
+            assert f"Index Scan using asyncjob_{index} on {jobs}" in text_, text_
+            assert "Seq Scan" not in text_, text_
+            assert "Bitmap" not in text_, text_
+            sorts = [line for line in plan if "Sort Key" in line]
+            assert all("p.name" in line for line in sorts), text_  # the picked rows only
+        else:
+            import sqlite3
+
+            path = database.sync_url.removeprefix("sqlite:///")
+            with contextlib.closing(sqlite3.connect(path)) as conn:
+                params = {f"p{n}": value for n, value in enumerate(values, 1)}
+                plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+            text_ = "\n".join(plan)
+            assert f"USING INDEX asyncjob_{index}" in text_, text_
+            if limits is None:  # with them, the hundred picked are sorted by name
+                assert "TEMP B-TREE" not in text_, text_
+            scans = [line for line in plan if line.startswith(f"SCAN {jobs}")]
+            assert all("USING INDEX" in line for line in scans), text_
+    finally:
+        await store.close()
