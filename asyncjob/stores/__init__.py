@@ -17,7 +17,9 @@ from asyncjob._core.models import (
     JobState,
     JobStatus,
     Outcome,
+    ScheduleStatus,
 )
+from asyncjob._core.spec import JobOptions
 
 from ._base import DurableStore, Store, TransactionalStore
 from ._resolve import resolve_store
@@ -29,11 +31,13 @@ __all__ = (
     "Job",
     "JobLost",
     "JobNotFound",
+    "JobOptions",
     "JobQuery",
     "JobState",
     "JobStatus",
     "MemoryStore",
     "Outcome",
+    "ScheduleStatus",
     "Store",
     "TransactionalStore",
     "resolve_store",
