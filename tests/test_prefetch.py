@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from asyncjob import JobState
 from asyncjob._engine.engine import Engine
 from asyncjob._engine.sessions import Sessions
 from asyncjob._worker.prefetch import Prefetch, Prefetched
-from asyncjob.stores import Job, MemoryStore
+from asyncjob.stores import Claimed, Job, MemoryStore
 from asyncjob.stores.sql import SQLStore
 
 from . import worker_jobs
@@ -184,3 +185,46 @@ async def test_a_job_claimed_ahead_and_cancelled_never_starts(
     assert await busy.wait(after, timeout=TIMEOUT) == 2
     assert worker_jobs.RAN == [2]
     assert (await busy.status(cancelled)).state is JobState.cancelled
+
+
+class SlowAnswers(SQLStore):
+    """A store whose claims take their jobs, then answer late (a slow
+    network, a busy server): the worker may stop in between."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.taken = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def claim(self, *args: Any, **kwargs: Any) -> list[Claimed]:
+        claimed = await super().claim(*args, **kwargs)
+        if claimed:
+            self.taken.set()
+            await self.answer.wait()
+        return claimed
+
+
+async def test_a_claim_answered_as_the_worker_stops_is_handed_back(
+    make_runner: RunnerFactory, database: Database
+) -> None:
+    """The database took the job, the answer had not come, the worker
+    stopped: the job is handed back (queued, no attempt used), not left
+    running, held by nobody, until its lease runs out."""
+    producer = await make_runner(SQLStore(database.async_url), producer_only=True)
+    job_id = await producer.perform(worker_jobs.whoami, 1)
+    store = SlowAnswers(database.async_url)
+    worker = asyncjob.Runner(store)
+    await worker.start()
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await store.taken.wait()
+        claiming = worker._background[0]  # the producer, in its claim
+        claiming.cancel()  # as stop() does, first thing
+        store.answer.set()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(TIMEOUT):
+                await claiming
+    finally:
+        await worker.stop()
+    status = await producer.status(job_id)
+    assert (status.state, status.attempts) == (JobState.queued, 0)

@@ -26,6 +26,10 @@ CLAIM_BATCH = 100
 #: again, so that a worker rides out a restart instead of spinning.
 RETRY_AFTER = 1.0
 
+#: A worker stopping mid-claim waits this long (seconds) for the claim's
+#: answer, to hand back what it took.
+CLAIM_ANSWER_TIMEOUT = 5.0
+
 
 def unless_cancelled() -> None:
     """Raise :class:`asyncio.CancelledError` if this task is being
@@ -62,6 +66,8 @@ class Producer:
         self._wakeup = wakeup
         self._prefetch = Prefetch(engine.concurrency)
         self._prefetched = Prefetched()
+        # Claimed by a claim answered as the producer stopped.
+        self._taken_at_stop: list[str] = []
 
     async def run(self) -> None:
         """Claim jobs until cancelled."""
@@ -102,7 +108,8 @@ class Producer:
     def take_prefetched(self) -> list[str]:
         """The ids of the jobs claimed ahead and not given to the engine
         yet: the runner hands them back when it stops."""
-        return [job.id for job in self._prefetched.take_all()]
+        taken, self._taken_at_stop = self._taken_at_stop, []
+        return [*(job.id for job in self._prefetched.take_all()), *taken]
 
     def drop(self, job_id: str) -> bool:
         """Drop a job claimed ahead (its cancel was requested, say) before it
@@ -118,7 +125,7 @@ class Producer:
         if wanted <= 0:
             return False
         sent = time.monotonic()
-        claimed = await self._store.claim(wanted, self._queues, limits())
+        claimed = await self._claim(wanted)
         self._prefetch.measure(time.monotonic() - sent, self._engine.done)
         twice = [c.id for c in claimed if self._engine.runs(c.id) or c.id in self._prefetched]
         if twice:
@@ -144,6 +151,23 @@ class Producer:
                 )
         self._prefetched.hand_over(self._engine)
         return len(claimed) == wanted
+
+    async def _claim(self, wanted: int) -> list[Claimed]:
+        """The claim, carried to its end when the producer is stopped
+        meanwhile: a claim cut off after the database took the jobs, but
+        before its answer came, would leave them running, held by nobody,
+        until their lease ran out. Their ids are handed back instead, with
+        the jobs claimed ahead."""
+        claim = asyncio.ensure_future(self._store.claim(wanted, self._queues, limits()))
+        try:
+            return await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            try:
+                async with asyncio.timeout(CLAIM_ANSWER_TIMEOUT):
+                    self._taken_at_stop += [found.id for found in await claim]
+            except Exception:  # noqa: BLE001 - they come back when their lease runs out
+                logger.exception("a claim cut off by the worker's stop: its jobs run again later")
+            raise
 
     async def _hand_back_stale(self) -> None:
         """Hand back the jobs claimed ahead that waited too long for a slot."""
