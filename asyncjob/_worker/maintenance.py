@@ -5,8 +5,8 @@ Every third of a lease: stop the held jobs that the store says to stop
 (cancelled elsewhere, or taken over), put back in the queue the jobs of
 workers that died, and delete old finished jobs, batch after batch, for
 up to half of the time to the next round. A cancel the store hears of
-between two rounds is acted on at once. Periodic work
-of the store's that future features need (schedules) belongs here too.
+between two rounds is acted on at once. (Periodic jobs are the
+scheduler's, ``scheduler.py``.)
 """
 
 from __future__ import annotations
