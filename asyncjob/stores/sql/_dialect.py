@@ -281,13 +281,8 @@ class Dialect(abc.ABC):
         statement, and the claims of every worker take the limits' locks in
         turn first: see the dialects).
         """
-        jobs, now, address = self.tables.jobs.name, self.now_sql, self.address
-        where = DUE
-        if len(queues) == 1:
-            where += f" AND queue = {queues[0]}"  # its own index, in claim order
-        elif queues:
-            where += f" AND queue IN ({', '.join(queues)})"
-        ctes = [f"promoted AS ({self.promote_sql()})"] if self.promote_in_claim else []
+        jobs, now = self.tables.jobs.name, self.now_sql
+        ctes = [f"promoted AS ({self.promote_sql()} RETURNING 1)"] if self.promote_in_claim else []
         if limits:
             pairs = ", ".join(f"({name}, {cap})" for name, cap in limits)
             ctes += [
@@ -296,10 +291,11 @@ class Dialect(abc.ABC):
                     SELECT l.name, l.cap - (SELECT count(*) FROM {jobs} AS r
                                             WHERE r.state = '{_RUNNING}' AND r.name = l.name) AS n
                     FROM limited AS l)""",
-                f"""picked AS (
-                    SELECT {address} AS address, name, priority, run_after FROM {jobs}
-                    WHERE {where} AND name NOT IN (SELECT name FROM free WHERE n <= 0)
-                    ORDER BY priority DESC, run_after LIMIT {limit}{self.lock_rows})""",
+                f"""picked AS ({
+                    self.due_sql(
+                        queues, limit, "AND name NOT IN (SELECT name FROM free WHERE n <= 0)"
+                    )
+                })""",
                 """ranked AS (
                     SELECT p.address, f.n,
                            row_number() OVER (PARTITION BY p.name
@@ -308,13 +304,8 @@ class Dialect(abc.ABC):
             ]
             chosen = self.chosen_sql("SELECT address FROM ranked WHERE n IS NULL OR place <= n")
         else:
-            chosen = self.chosen_sql(
-                f"SELECT {address} FROM {jobs} WHERE {where} "
-                f"ORDER BY priority DESC, run_after LIMIT {limit}{self.lock_rows}"
-            )
-        with_ = f"WITH {', '.join(ctes)}" if ctes else ""
-        return f"""
-            {with_}
+            chosen = self.chosen_sql(f"SELECT address FROM ({self.due_sql(queues, limit)}) AS due")
+        update = f"""
             UPDATE {jobs}
             SET state = '{_RUNNING}', locked_by = {owner}, started_at = {now},
                 lease_expires_at = {now} + {lease},
@@ -324,9 +315,35 @@ class Dialect(abc.ABC):
             WHERE {chosen} AND state = '{_QUEUED}'
             RETURNING id, name, args, kwargs, enqueued_at, attempts, queue, priority, run_after
             """
+        if not self.promote_in_claim:
+            return f"WITH {', '.join(ctes)} {update}" if ctes else update
+        # The jobs moved to queued are out of this statement's sight (it sees
+        # the table as it began): say how many, so that the dialect claims
+        # again for them at once. One row at least, then, claimed or not.
+        ctes.append(f"claimed AS ({update})")
+        return f"""
+            WITH {", ".join(ctes)}
+            SELECT c.*, (SELECT count(*) FROM promoted) AS promoted
+            FROM (VALUES (1)) AS one (x) LEFT JOIN claimed AS c ON true
+            """
+
+    def due_sql(self, queues: Sequence[str], limit: str, held_back: str = "") -> str:
+        """The first ``limit`` jobs due of ``queues`` (placeholders; none:
+        every queue), in claim order, locked where the database locks
+        rows, as ``address, name, priority, run_after``: read through a
+        claim index, in its order. ``held_back`` leaves some out."""
+        jobs, where = self.tables.jobs.name, f"{DUE} {held_back}"
+        if len(queues) == 1:
+            where += f" AND queue = {queues[0]}"  # its own index, in claim order
+        elif queues:
+            where += f" AND queue IN ({', '.join(queues)})"
+        return f"""
+            SELECT {self.address} AS address, name, priority, run_after FROM {jobs}
+            WHERE {where} ORDER BY priority DESC, run_after LIMIT {limit}{self.lock_rows}"""
 
     #: True where the claim statement itself moves the jobs come due (a
-    #: common table expression); else :meth:`claim` runs
+    #: common table expression; its rows then end with how many it moved,
+    #: and a row of nulls stands for none claimed); else :meth:`claim` runs
     #: :meth:`promote_sql` before it, in its transaction.
     promote_in_claim: ClassVar[bool] = False
 

@@ -46,7 +46,7 @@ from ._dialect import (
     new_job_sql,
     unique_insert_sql,
 )
-from ._schema import HOLDS_KEY, SCHEDULED
+from ._schema import DUE, HOLDS_KEY, SCHEDULED
 
 __all__ = ("DirectConnection", "PostgresDialect", "PostgresListener", "asyncpg_args")
 
@@ -140,6 +140,25 @@ class PostgresDialect(Dialect):
 
     def chosen_sql(self, addresses: str) -> str:
         return f"ctid = ANY(ARRAY({addresses}))"
+
+    def due_sql(self, queues: Sequence[str], limit: str, held_back: str = "") -> str:
+        if len(queues) < 2:
+            return super().due_sql(queues, limit, held_back)
+        # Queue by queue, each through its own index in claim order, then
+        # the first of them all: read through the index of every queue, the
+        # rows of the queues not taken would be read and skipped, more of
+        # them at each claim (measured: a worker of 2 queues out of 5 at
+        # 0.38 of a worker of all, with a million jobs queued).
+        jobs = self.tables.jobs.name
+        wanted = ", ".join(f"({queue})" for queue in queues)
+        return f"""
+            SELECT j.address, j.name, j.priority, j.run_after
+            FROM (VALUES {wanted}) AS wanted(queue)
+            CROSS JOIN LATERAL (
+                SELECT ctid AS address, name, priority, run_after FROM {jobs}
+                WHERE {DUE} {held_back} AND queue = wanted.queue
+                ORDER BY priority DESC, run_after LIMIT {limit}{self.lock_rows}) AS j
+            ORDER BY j.priority DESC, j.run_after LIMIT {limit}"""
 
     def mark(self, n: int, sql_type: str) -> str:
         return f"${n}::{sql_type}"
@@ -290,16 +309,23 @@ class PostgresDialect(Dialect):
     ) -> list[Claimed]:
         _, relaxed = self._connections
         claim, args = self.claim_statement(limit, lease, queues, limits)
-        if not limits:
-            rows = await relaxed.fetch(claim, *args, retry=False)
-        else:
-            # Each worker counts a name's running jobs only once it holds
-            # the name's lock, in a snapshot taken after it: a count read
-            # before another worker's claim committed would let both take
-            # the last place (the statement takes its snapshot as it starts).
-            lock = (self._lock_limits, (self.tables.prefix, sorted(limits)))
-            rows = await relaxed.fetch_in_transaction([lock, (claim, args)])
-        return by_claim_order(rows)
+        found: list[Any] = []
+        for _ in range(2):
+            if not limits:
+                rows = await relaxed.fetch(claim, *args, retry=False)
+            else:
+                # Each worker counts a name's running jobs only once it holds
+                # the name's lock, in a snapshot taken after it: a count read
+                # before another worker's claim committed would let both take
+                # the last place (the statement takes its snapshot as it starts).
+                lock = (self._lock_limits, (self.tables.prefix, sorted(limits)))
+                rows = await relaxed.fetch_in_transaction([lock, (claim, args)])
+            found = [tuple(row)[:-1] for row in rows if row[0] is not None]
+            if found or not rows[0][-1]:
+                break
+            # It moved jobs come due, and could not see them: they are
+            # claimed now, not after another look at when the next is due.
+        return by_claim_order(found)
 
     async def insert(self, rows: list[dict[str, Any]], lease: float) -> list[str]:
         durable, _ = self._connections

@@ -126,6 +126,11 @@ def dialect_for(url: str, tables: Tables, owner: str) -> Dialect:
     return dialect(url, tables, owner)
 
 
+#: Where commits are announced but not what they changed (SQLite), the
+#: cancels of the jobs held here are read at most this often (seconds).
+CANCELS_READ_EVERY = 0.05
+
+
 class SQLStore(DurableStore, TransactionalStore):
     """Jobs in SQL tables, readable from every process that opens the store.
 
@@ -204,10 +209,10 @@ class SQLStore(DurableStore, TransactionalStore):
         self._hearing_cancels = False
         self._watching_cancels: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
-        # What a bare announcement (SQLite's) asks to read, and the task
-        # reading it; the watched jobs as last read that way.
+        # What bare announcements (SQLite's) ask to read, and the task
+        # reading it, channel by channel; the watched jobs as last read.
         self._to_look: set[str] = set()
-        self._looking: asyncio.Task[None] | None = None
+        self._looking: dict[str, asyncio.Task[None]] = {}
         self._seen: dict[str, tuple[Any, ...]] = {}
         self._leases: LeaseThread | None = None
         # Watchers re-read the job on any change: a bare "it changed" each.
@@ -280,11 +285,11 @@ class SQLStore(DurableStore, TransactionalStore):
             await asyncio.gather(self._watching_cancels, return_exceptions=True)
         if self._listener is not None:
             await self._listener.stop()
-        if self._looking is not None:
-            # Left to finish its read (a query cancelled halfway loses its
+        if self._looking:
+            # Left to finish their reads (a query cancelled halfway loses its
             # connection): nothing asks for another now.
             self._to_look.clear()
-            await asyncio.gather(self._looking, return_exceptions=True)
+            await asyncio.gather(*self._looking.values(), return_exceptions=True)
         if self._leases is not None:
             await asyncio.to_thread(self._leases.stop)
         await self._progress.stop()
@@ -308,23 +313,27 @@ class SQLStore(DurableStore, TransactionalStore):
         """Read what a bare announcement on ``channel`` may be about: once,
         for however many arrive while it is read."""
         self._to_look.add(channel)
-        if self._looking is None:
-            self._looking = asyncio.get_running_loop().create_task(self._look_around())
+        if channel not in self._looking:
+            task = asyncio.get_running_loop().create_task(self._look_around(channel))
+            self._looking[channel] = task
 
-    async def _look_around(self) -> None:
+    async def _look_around(self, channel: str) -> None:
+        # A worker's own commits (its claims, its ends) are announced too:
+        # cancels are read at most every CANCELS_READ_EVERY while jobs run.
+        cancels = channel == self._channels.cancel
         try:
-            while self._to_look:
-                channels = set(self._to_look)
-                self._to_look.clear()
+            while channel in self._to_look:
+                self._to_look.discard(channel)
                 try:
-                    if self._channels.cancel in channels and self.held:
-                        self._heard_cancels(await self._cancels_requested())
-                    if self._channels.changed in channels:
+                    if not cancels:
                         await self._look_at_watched()
+                    elif self.held:
+                        self._heard_cancels(await self._cancels_requested())
+                        await asyncio.sleep(CANCELS_READ_EVERY)  # a pace, not a wait
                 except Exception:  # noqa: BLE001 - the next poll reads it all the same
                     logger.exception("could not read what other processes changed")
         finally:
-            self._looking = None
+            del self._looking[channel]
 
     async def _look_at_watched(self) -> None:
         """Wake the watchers of the jobs that changed since last read."""
