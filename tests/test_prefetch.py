@@ -218,13 +218,17 @@ async def test_a_claim_answered_as_the_worker_stops_is_handed_back(
     try:
         async with asyncio.timeout(TIMEOUT):
             await store.taken.wait()
-        claiming = worker._background[0]  # the producer, in its claim
-        claiming.cancel()  # as stop() does, first thing
-        store.answer.set()
-        with pytest.raises(asyncio.CancelledError):
-            async with asyncio.timeout(TIMEOUT):
-                await claiming
+        claiming = worker._producer
+        assert claiming is not None
+        stop = claiming.stop
+
+        def stop_then_answer() -> None:  # the answer comes once the stop began
+            stop()
+            store.answer.set()
+
+        claiming.stop = stop_then_answer  # type: ignore[method-assign]
     finally:
-        await worker.stop()
+        async with asyncio.timeout(TIMEOUT):
+            await worker.stop()
     status = await producer.status(job_id)
     assert (status.state, status.attempts) == (JobState.queued, 0)

@@ -725,13 +725,15 @@ class CancelTurnedIntoError(SQLStore):
 
 
 async def test_stop_is_not_lost_in_a_claim_that_fails_as_it_is_cancelled(
-    sqlite_db: Database,
+    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Runner.stop() cancels the producer. If the claim it is in raises a
+    """Runner.stop() cancels the producer, once its claim under way has had
+    STOP_TIMEOUT to answer (here 0.1 s). If the claim raises a
     database error as it is cancelled (asyncpg does, for a claim under a
     concurrency limit on PostgreSQL: seen when this file's runners were
     stopped), the producer must still end: taking the error for a failed
     claim, it tries again, forever, and stop() waits for it, forever."""
+    monkeypatch.setattr("asyncjob._runner.runner.STOP_TIMEOUT", 0.1)
     store = CancelTurnedIntoError(sqlite_db.async_url)
     runner = asyncjob.Runner(store)  # not make_runner's: its stop() is the test
     await runner.start()

@@ -37,7 +37,7 @@ from asyncjob._engine.engine import Engine, FinishIn, FinishInSync
 from asyncjob._engine.hooks import JobHooks
 from asyncjob._engine.sessions import JobScope, Sessions
 from asyncjob._worker.maintenance import Maintenance
-from asyncjob._worker.producer import Producer
+from asyncjob._worker.producer import STOP_TIMEOUT, Producer
 from asyncjob._worker.scheduler import Scheduler
 from asyncjob.stores import DurableStore, Store, TransactionalStore, resolve_store
 
@@ -176,6 +176,7 @@ class Runner:
                 self._durable, self._engine, self._producer, on_recovered=self._wakeup.set
             )
         self._background: list[asyncio.Task[None]] = []
+        self._producing: asyncio.Task[None] | None = None
 
     @property
     def store(self) -> Store:
@@ -213,6 +214,8 @@ class Runner:
         for side in (self._producer, self._maintenance, self._scheduler()):
             if side is not None:
                 self._background.append(loop.create_task(side.run()))
+        # The producer, first of them, is stopped gently: see Producer.stop.
+        self._producing = self._background[0] if self._producer is not None else None
         self._phase = Phase.running
         with _lock:
             _running.append(self)
@@ -275,6 +278,9 @@ class Runner:
 
     async def _shut_down(self) -> None:
         """The steps of :meth:`stop`, on the runner's loop."""
+        if self._producer is not None and self._producing is not None:
+            self._producer.stop()
+            await asyncio.wait({self._producing}, timeout=STOP_TIMEOUT)
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

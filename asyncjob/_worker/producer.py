@@ -16,7 +16,7 @@ from asyncjob.stores import DurableStore
 
 from .prefetch import Prefetch, Prefetched
 
-__all__ = ("CLAIM_BATCH", "RETRY_AFTER", "Producer", "unless_cancelled")
+__all__ = ("CLAIM_BATCH", "RETRY_AFTER", "STOP_TIMEOUT", "Producer", "unless_cancelled")
 
 #: Claimed in one statement at most: enough to keep workers busy, few
 #: enough that a stopping worker has little to hand back.
@@ -28,7 +28,7 @@ RETRY_AFTER = 1.0
 
 #: A worker stopping mid-claim waits this long (seconds) for the claim's
 #: answer, to hand back what it took.
-CLAIM_ANSWER_TIMEOUT = 5.0
+STOP_TIMEOUT = 5.0
 
 
 def unless_cancelled() -> None:
@@ -66,12 +66,20 @@ class Producer:
         self._wakeup = wakeup
         self._prefetch = Prefetch(engine.concurrency)
         self._prefetched = Prefetched()
-        # Claimed by a claim answered as the producer stopped.
-        self._taken_at_stop: list[str] = []
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Claim no more: :meth:`run` returns once its claim under way, if
+        any, has its answer. A claim cut off by a cancellation after the
+        database took the jobs, but before the answer came, would leave them
+        running, held by nobody, until their lease ran out; answered, they
+        wait with the jobs claimed ahead, for the runner to hand back."""
+        self._stopping = True
+        self._wakeup.set()
 
     async def run(self) -> None:
-        """Claim jobs until cancelled."""
-        while True:
+        """Claim jobs until stopped (or cancelled)."""
+        while not self._stopping:
             self._prefetched.hand_over(self._engine)
             try:
                 await self._hand_back_stale()
@@ -108,8 +116,7 @@ class Producer:
     def take_prefetched(self) -> list[str]:
         """The ids of the jobs claimed ahead and not given to the engine
         yet: the runner hands them back when it stops."""
-        taken, self._taken_at_stop = self._taken_at_stop, []
-        return [*(job.id for job in self._prefetched.take_all()), *taken]
+        return [job.id for job in self._prefetched.take_all()]
 
     def drop(self, job_id: str) -> bool:
         """Drop a job claimed ahead (its cancel was requested, say) before it
@@ -125,7 +132,7 @@ class Producer:
         if wanted <= 0:
             return False
         sent = time.monotonic()
-        claimed = await self._claim(wanted)
+        claimed = await self._store.claim(wanted, self._queues, limits())
         self._prefetch.measure(time.monotonic() - sent, self._engine.done)
         twice = [c.id for c in claimed if self._engine.runs(c.id) or c.id in self._prefetched]
         if twice:
@@ -149,25 +156,9 @@ class Producer:
                     "lease runs out",
                     found.id,
                 )
-        self._prefetched.hand_over(self._engine)
+        if not self._stopping:
+            self._prefetched.hand_over(self._engine)
         return len(claimed) == wanted
-
-    async def _claim(self, wanted: int) -> list[Claimed]:
-        """The claim, carried to its end when the producer is stopped
-        meanwhile: a claim cut off after the database took the jobs, but
-        before its answer came, would leave them running, held by nobody,
-        until their lease ran out. Their ids are handed back instead, with
-        the jobs claimed ahead."""
-        claim = asyncio.ensure_future(self._store.claim(wanted, self._queues, limits()))
-        try:
-            return await asyncio.shield(claim)
-        except asyncio.CancelledError:
-            try:
-                async with asyncio.timeout(CLAIM_ANSWER_TIMEOUT):
-                    self._taken_at_stop += [found.id for found in await claim]
-            except Exception:  # noqa: BLE001 - they come back when their lease runs out
-                logger.exception("a claim cut off by the worker's stop: its jobs run again later")
-            raise
 
     async def _hand_back_stale(self) -> None:
         """Hand back the jobs claimed ahead that waited too long for a slot."""
