@@ -8,6 +8,7 @@ import datetime
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -573,4 +574,29 @@ async def test_a_claim_reads_its_index_in_order(
             scans = [line for line in plan if line.startswith(f"SCAN {jobs}")]
             assert all("USING INDEX" in line for line in scans), text_
     finally:
+        await store.close()
+
+
+async def test_sqlite_waits_for_a_writer_in_the_default_journal_mode(tmp_path: Path) -> None:
+    """The application created the file and writes it in SQLite's default
+    mode (its own tables, at start): the store opening it waits for the
+    write to end before turning on WAL mode, which SQLite does not wait for
+    by itself ("database is locked" at once)."""
+    import sqlite3
+
+    path = tmp_path / "app.db"
+    app = sqlite3.connect(path, isolation_level=None)
+    app.execute("BEGIN IMMEDIATE")
+    app.execute("CREATE TABLE app_users (id INTEGER PRIMARY KEY)")
+    store = SQLStore(f"sqlite+aiosqlite:///{path}")
+    opening = asyncio.ensure_future(store.open())
+    try:
+        done, _ = await asyncio.wait({opening}, timeout=0.3)
+        assert not done, opening.exception()  # waiting, not failed
+        app.execute("COMMIT")
+        async with asyncio.timeout(TIMEOUT):
+            await opening
+        assert await store.list_jobs(asyncjob.stores.JobQuery()) == []
+    finally:
+        app.close()
         await store.close()

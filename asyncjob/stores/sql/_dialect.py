@@ -156,6 +156,10 @@ class Dialect(abc.ABC):
         """SQLAlchemy's ``insert(table)`` of this database, which can skip
         conflicting rows (``on_conflict_do_nothing``)."""
 
+    async def prepare(self) -> None:  # noqa: B027 - most databases need nothing
+        """Make the database ready for the store's first connection, before
+        it is made (SQLite: its journal mode)."""
+
     # -- the frequent writes ---------------------------------------------------
 
     @abc.abstractmethod

@@ -26,7 +26,9 @@ Errors come out as SQLAlchemy's, as from the rest of the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
@@ -145,6 +147,9 @@ class SQLiteDialect(Dialect):
             if options.get("asyncjob_autocommit", False):
                 return  # each statement is its own transaction
             conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("asyncjob_write") else "BEGIN")
+
+    async def prepare(self) -> None:
+        await asyncio.to_thread(_use_wal, self.path)
 
     def listener(self, on_notify: Callable[[str, str], None]) -> Listener | None:
         try:
@@ -265,6 +270,26 @@ class SQLiteListener(Listener):
     def _committed(self) -> None:
         for channel in self._channels:
             self._on_notify(channel, "")
+
+
+def _use_wal(path: str) -> None:
+    """Put the file in WAL mode, if it is not yet: the mode is the file's,
+    kept once set. Setting it takes the file to itself for a moment, and
+    SQLite does not wait for that (its busy timeout does not apply): a
+    store opening a file that another process writes in the default mode
+    (the application creating its tables, say) got "database is locked".
+    Tried again then, for up to BUSY_TIMEOUT."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT)) as conn:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)  # in a thread of its own: a pace, not a wait for something
 
 
 def _finish_row(e: Ending) -> dict[str, Any]:

@@ -257,6 +257,7 @@ class SQLStore(DurableStore, TransactionalStore):
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._on_queued, self._on_cancel = on_queued, on_cancel
+        await self._dialect.prepare()
         db = Database(self._dialect)
         try:
             async with db.write() as conn:
