@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import importlib.metadata
 import json
 import os
 import platform
@@ -70,6 +69,7 @@ from sql import (
     progress,
     render,
     retried,
+    versions,
 )
 from sql_subjects import Database
 
@@ -112,6 +112,15 @@ TAKEN = frozenset({"q1", "q3"})
 TARGET_RATIO = 0.8
 TARGET_IDLE_PERCENT = 1.0
 TARGET_LATE_P50_MS = 5.0
+
+
+#: The libraries whose versions a run reports: (name shown, distribution).
+LIBRARIES = (
+    ("asyncjob", "asyncjob-runner"),
+    ("asyncpg", "asyncpg"),
+    ("aiosqlite", "aiosqlite"),
+    ("SQLAlchemy", "SQLAlchemy"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -695,23 +704,6 @@ def spread(samples: dict[str, list[float]]) -> str:
     return "\n".join(out)
 
 
-def versions(admin: str, kinds: Sequence[str]) -> dict[str, str]:
-    """What was measured: asyncjob's, the drivers' and the databases' versions."""
-    found = {
-        name: importlib.metadata.version(distribution)
-        for name, distribution in (
-            ("asyncjob", "asyncjob-runner"), ("asyncpg", "asyncpg"), ("aiosqlite", "aiosqlite"),
-            ("SQLAlchemy", "SQLAlchemy"),
-        )
-    }  # fmt: skip
-    found["sqlite"] = sqlite3.sqlite_version
-    if "postgres" in kinds:
-        with psycopg.connect(admin) as conn:
-            row = conn.execute("SHOW server_version").fetchone()
-        found["postgresql"] = str(row[0]).split()[0] if row else "?"
-    return found
-
-
 def header(sizes: Sizes, digest: str, found: dict[str, str]) -> str:
     """What was run, and where."""
     libraries = ", ".join(f"{k} {v}" for k, v in found.items() if k != "asyncjob")
@@ -787,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_benchmark(sizes: Sizes, kinds: Sequence[str], args: argparse.Namespace) -> int:
     digest = source_digest()  # of the code just imported, before any of it runs
-    found = versions(args.pg, kinds)
+    found = versions(args.pg, kinds, LIBRARIES)
     load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     samples: dict[str, list[float]] = {}
     for i in range(sizes.repeat):

@@ -763,16 +763,19 @@ def spread(samples: dict[str, list[float]]) -> str:
     return "\n".join(lines)
 
 
-def versions(admin: str, kinds: Sequence[str]) -> dict[str, str]:
+#: The libraries whose versions a run reports: (name shown, distribution).
+LIBRARIES = (
+    ("asyncjob", "asyncjob-runner"), ("procrastinate", "procrastinate"),
+    ("pgqueuer", "pgqueuer"), ("asyncpg", "asyncpg"), ("psycopg", "psycopg"),
+    ("aiosqlite", "aiosqlite"), ("SQLAlchemy", "SQLAlchemy"),
+)  # fmt: skip
+
+
+def versions(
+    admin: str, kinds: Sequence[str], libraries: Sequence[tuple[str, str]] = LIBRARIES
+) -> dict[str, str]:
     """What was measured: the libraries' and the databases' versions."""
-    found = {
-        name: importlib.metadata.version(distribution)
-        for name, distribution in (
-            ("asyncjob", "asyncjob-runner"), ("procrastinate", "procrastinate"),
-            ("pgqueuer", "pgqueuer"), ("asyncpg", "asyncpg"), ("psycopg", "psycopg"),
-            ("aiosqlite", "aiosqlite"), ("SQLAlchemy", "SQLAlchemy"),
-        )
-    }  # fmt: skip
+    found = {name: importlib.metadata.version(distribution) for name, distribution in libraries}
     found["sqlite"] = sqlite3.sqlite_version
     if "postgres" in kinds:
         with psycopg.connect(admin) as conn:
