@@ -90,6 +90,10 @@ class Watchers(Generic[T]):
         """The jobs someone watches."""
         return list(self._boxes)
 
+    def __len__(self) -> int:
+        """How many jobs someone watches."""
+        return len(self._boxes)
+
     def watched(self, job_id: str) -> bool:
         """True when someone watches the job."""
         return job_id in self._boxes

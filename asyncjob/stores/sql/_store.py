@@ -303,7 +303,9 @@ class SQLStore(DurableStore, TransactionalStore):
             if self._on_queued is not None:
                 self._on_queued()
         elif not payload:  # "something changed": which jobs, it does not say
-            self._look(channel)
+            # Only if something here may be concerned: jobs held, or watched.
+            if self.held if channel == self._channels.cancel else self._watchers:
+                self._look(channel)
         elif channel == self._channels.changed:
             for job_id in payload.split(","):
                 self._changed(job_id)
