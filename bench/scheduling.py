@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import platform
 import random
@@ -49,7 +48,6 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -64,12 +62,15 @@ from sql import (
     WORKER_START_TIMEOUT,
     WORKER_STOP_TIMEOUT,
     Probe,
+    closing,
     drop_leftovers,
+    fmt,
     measure,
     progress,
     render,
-    retried,
+    spread,
     versions,
+    write_json,
 )
 from sql_subjects import Database
 
@@ -647,17 +648,6 @@ def lines(sizes: Sizes) -> tuple[Line, ...]:
     )  # fmt: skip
 
 
-def fmt(value: float | None, unit: str) -> str:
-    """A figure with its unit, rounded for reading."""
-    if value is None:
-        return "-"
-    if unit == "%":
-        return f"{value:.2f} %"
-    if unit == "ms":
-        return f"{value:.2f} ms" if value < 100 else f"{value:,.0f} ms"
-    return f"{value:,.0f} {unit}"
-
-
 def unit_of(key: str) -> str:
     """The unit of a raw figure, by the middle of its key."""
     middle = key.split(".")[1]
@@ -694,16 +684,6 @@ def table(kind: str, sizes: Sizes, medians: dict[str, float], markdown: bool) ->
     return render(rows, "<>><><<", markdown)
 
 
-def spread(samples: dict[str, list[float]]) -> str:
-    """Each raw figure's median and range over the repetitions."""
-    out = []
-    for key, values in samples.items():
-        unit = unit_of(key)
-        lo, mid, hi = min(values), statistics.median(values), max(values)
-        out.append(f"  {key:<28} {fmt(mid, unit):>14}   range {fmt(lo, unit)} .. {fmt(hi, unit)}")
-    return "\n".join(out)
-
-
 def header(sizes: Sizes, digest: str, found: dict[str, str]) -> str:
     """What was run, and where."""
     libraries = ", ".join(f"{k} {v}" for k, v in found.items() if k != "asyncjob")
@@ -720,24 +700,6 @@ def header(sizes: Sizes, digest: str, found: dict[str, str]) -> str:
         f"lateness: {sizes.late_samples} jobs one at a time, due->start; "
         "ratio = value / baseline"
     )
-
-
-def write_json(
-    path: Path, sizes: Sizes, digest: str, found: dict[str, str], samples: dict[str, list[float]]
-) -> None:
-    doc = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "sources": digest,
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "versions": found,
-        "sizes": dataclasses.asdict(sizes),
-        "samples": samples,
-        "medians": {k: statistics.median(v) for k, v in samples.items()},
-        "retried": retried,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 # -- the command line ------------------------------------------------------------------
@@ -790,15 +752,7 @@ def run_benchmark(sizes: Sizes, kinds: Sequence[str], args: argparse.Namespace) 
     parts = [header(sizes, digest, found)]
     for markdown in (False, True) if args.markdown else (False,):
         parts += [f"{kind}:\n\n{table(kind, sizes, medians, markdown)}" for kind in kinds]
-    parts += ["medians and ranges:", spread(samples)]
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    parts.append(
-        f"load average at the start: {load_before}; at the end: {load}; "
-        f"measurements made again: {len(retried)}"
-    )
-    parts[-1] += "".join(f"\n  {why}" for why in retried)
-    if source_digest() != digest:
-        parts.append("WARNING: the asyncjob sources changed during the run")
+    parts += ["medians and ranges:", spread(samples, unit_of), *closing(load_before, digest)]
     print(*parts, sep="\n\n")
     if args.json is not None:
         write_json(args.json, sizes, digest, found, samples)

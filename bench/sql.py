@@ -671,8 +671,10 @@ def fmt(value: float | None, unit: str) -> str:
     """A figure with its unit, rounded for reading."""
     if value is None:
         return "-"
+    if unit == "%":
+        return f"{value:.2f} %"
     if unit == "ms":
-        return f"{value:.2f} ms" if value < 100 else f"{value:.0f} ms"
+        return f"{value:.2f} ms" if value < 100 else f"{value:,.0f} ms"
     if unit == "us" and value < 10:
         return f"{value:.1f} us"
     return f"{value:,.0f} {unit}"
@@ -752,12 +754,17 @@ def database_table(kinds: Sequence[str], medians: dict[str, float], markdown: bo
     return render(rows, "<>>", markdown)
 
 
-def spread(samples: dict[str, list[float]]) -> str:
+def unit_of(key: str) -> str:
+    """The unit of a raw figure, by its key."""
+    middle, last = key.split(".")[1:]
+    return "ms" if last in {"p50", "p99"} else UNITS.get(middle, "jobs/s")
+
+
+def spread(samples: dict[str, list[float]], units: Callable[[str], str] = unit_of) -> str:
     """Each raw figure's median and range over the repetitions."""
     lines = []
     for key, values in samples.items():
-        middle, last = key.split(".")[1:]
-        unit = "ms" if last in {"p50", "p99"} else UNITS.get(middle, "jobs/s")
+        unit = units(key)
         lo, mid, hi = min(values), statistics.median(values), max(values)
         lines.append(f"  {key:<28} {fmt(mid, unit):>14}   range {fmt(lo, unit)} .. {fmt(hi, unit)}")
     return "\n".join(lines)
@@ -799,9 +806,15 @@ def header(sizes: Sizes, digest: str, found: dict[str, str]) -> str:
 
 
 def write_json(
-    path: Path, sizes: Sizes, digest: str, found: dict[str, str], samples: dict[str, list[float]]
+    path: Path,
+    sizes: Any,
+    digest: str,
+    found: dict[str, str],
+    samples: dict[str, list[float]],
+    **settings: Any,
 ) -> None:
-    medians = {k: statistics.median(v) for k, v in samples.items()}
+    """Every sample, the medians, what was run and where (``sizes``: a
+    dataclass; ``settings``: more of what was run)."""
     doc = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "sources": digest,
@@ -809,14 +822,26 @@ def write_json(
         "cpus": os.cpu_count(),
         "versions": found,
         "sizes": dataclasses.asdict(sizes),
-        "concurrency": CONCURRENCY,
-        "chunk": CHUNK,
+        **settings,
         "samples": samples,
-        "medians": medians,
+        "medians": {k: statistics.median(v) for k, v in samples.items()},
         "retried": retried,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def closing(load_before: str, digest: str) -> list[str]:
+    """The last lines of a run's report: the machine's load, the
+    measurements made again, and whether the sources changed meanwhile."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    parts = [
+        f"load average at the start: {load_before}; at the end: {load}; "
+        f"measurements made again: {len(retried)}" + "".join(f"\n  {why}" for why in retried)
+    ]
+    if source_digest() != digest:
+        parts.append("WARNING: the asyncjob sources changed during the run")
+    return parts
 
 
 # -- profiling ----------------------------------------------------------------------------------
@@ -1048,18 +1073,10 @@ def run_benchmark(sizes: Sizes, kinds: Sequence[str], args: argparse.Namespace) 
         for kind in kinds:
             parts.append(f"{kind}:\n\n{store_table(kind, medians, markdown)}")
         parts.append(f"database:\n\n{database_table(kinds, medians, markdown)}")
-    parts += ["medians and ranges:", spread(samples)]
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    parts.append(
-        f"load average at the start: {load_before}; at the end: {load}; "
-        f"measurements made again: {len(retried)}"
-    )
-    parts[-1] += "".join(f"\n  {why}" for why in retried)
-    if source_digest() != digest:
-        parts.append("WARNING: the asyncjob sources changed during the run")
+    parts += ["medians and ranges:", spread(samples), *closing(load_before, digest)]
     print(*parts, sep="\n\n")
     if args.json is not None:
-        write_json(args.json, sizes, digest, found, samples)
+        write_json(args.json, sizes, digest, found, samples, concurrency=CONCURRENCY, chunk=CHUNK)
     return 0
 
 
