@@ -127,8 +127,10 @@ class Dialect(abc.ABC):
         self.url = url
         self.tables = tables
         self.owner = owner
-        # Claims, by how many queues and limits they name.
+        # Claims, and looks at when the next job is due, by how many queues
+        # and limits they name.
         self._claims: dict[tuple[int, int], str] = {}
+        self._next_dues: dict[tuple[int, int], str] = {}
 
     # -- the engine ------------------------------------------------------------
 
@@ -187,6 +189,14 @@ class Dialect(abc.ABC):
         A claim lost with its connection is not sent again: its jobs, if
         the first was committed, come back when their lease runs out.
         """
+
+    @abc.abstractmethod
+    async def next_due(
+        self, queues: frozenset[str] | None, limits: Mapping[str, int] | None
+    ) -> float | None:
+        """Seconds until a job that :meth:`claim` could take comes due (see
+        :meth:`DurableStore.next_due`): the statement of
+        :meth:`next_due_statement`, on a connection of the dialect's own."""
 
     @abc.abstractmethod
     async def insert(self, rows: list[dict[str, Any]], lease: float) -> list[str]:
@@ -265,6 +275,36 @@ class Dialect(abc.ABC):
             )
             self._claims[len(names), len(capped)] = sql
         return sql, values
+
+    def next_due_statement(
+        self, queues: frozenset[str] | None, limits: Mapping[str, int] | None
+    ) -> tuple[str, list[Any]]:
+        """When the next job is due (see :meth:`next_due`), and its values in
+        the order of their placeholders: made once for each number of queues
+        and limits, as claims are. A producer asks after every claim that
+        left slots free: built and compiled by SQLAlchemy each time, this
+        cost its worker several times what the claim did."""
+        names, held_back = sorted(queues or ()), sorted(limits or ())
+        sql = self._next_dues.get((len(names), len(held_back)))
+        if sql is None:
+            n = itertools.count(1)
+            of = held = ""
+            if names:
+                of = f" AND queue IN ({', '.join(self.mark(next(n), 'varchar') for _ in names)})"
+            if held_back:
+                marks = ", ".join(self.mark(next(n), "varchar") for _ in held_back)
+                held = f" AND name NOT IN ({marks})"
+            jobs = self.tables.jobs.name
+            # Both through their indexes: the first row of the claim index
+            # that is not held back, and the first scheduled job of these queues.
+            sql = f"""
+                SELECT CASE
+                    WHEN EXISTS (SELECT 1 FROM {jobs} WHERE {DUE}{of}{held}) THEN 0.0
+                    ELSE (SELECT min(run_after) FROM {jobs}
+                          WHERE state = '{SCHEDULED}' AND registered{of}) - {self.now_sql}
+                END"""
+            self._next_dues[len(names), len(held_back)] = sql
+        return sql, [*names, *held_back]
 
     def claim_sql(
         self,

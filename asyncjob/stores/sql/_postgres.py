@@ -327,6 +327,14 @@ class PostgresDialect(Dialect):
             # claimed now, not after another look at when the next is due.
         return by_claim_order(found)
 
+    async def next_due(
+        self, queues: frozenset[str] | None, limits: Mapping[str, int] | None
+    ) -> float | None:
+        _, relaxed = self._connections
+        sql, args = self.next_due_statement(queues, limits)
+        wait = (await relaxed.fetch(sql, *args))[0][0]
+        return None if wait is None else max(0.0, float(wait))
+
     async def insert(self, rows: list[dict[str, Any]], lease: float) -> list[str]:
         durable, _ = self._connections
         columns = [

@@ -197,6 +197,16 @@ class SQLiteDialect(Dialect):
 
         return by_claim_order(await self._write(write))
 
+    async def next_due(
+        self, queues: frozenset[str] | None, limits: Mapping[str, int] | None
+    ) -> float | None:
+        sql, values = self.next_due_statement(queues, limits)
+        params = {f"p{n}": value for n, value in enumerate(values, 1)}
+        if self._writer is None:
+            raise RuntimeError("the store is not open: a Runner opens it when it starts")
+        wait = await self._writer.read(lambda conn: conn.execute(sql, params).fetchone()[0])
+        return None if wait is None else max(0.0, float(wait))
+
     async def insert(self, rows: list[dict[str, Any]], lease: float) -> list[str]:
         leased = [{**row, "lease": lease} for row in rows]
         if all(row["unique_key"] is None for row in rows):
@@ -341,14 +351,25 @@ class WriterThread:
                 self._thread, self._transaction, work
             )
 
+    async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work(connection)`` outside any transaction of ours (a read of
+        one statement, which takes no lock that writers wait for), between
+        the transactions of :meth:`write`.
+
+        Raises:
+            as :meth:`write` does.
+        """
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, self._errors_translated, work
+        )
+
     async def close(self) -> None:
         async with self._lock:
             await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
         self._thread.shutdown(wait=False)
 
     def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        try:
-            conn = self._connection()
+        def transaction(conn: sqlite3.Connection) -> T:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = work(conn)
@@ -357,6 +378,14 @@ class WriterThread:
                 raise
             conn.execute("COMMIT")
             return result
+
+        return self._errors_translated(transaction)
+
+    def _errors_translated(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work(connection)``, its errors SQLAlchemy's, as the store's
+        other connections raise them."""
+        try:
+            return work(self._connection())
         except sqlite3.OperationalError as exc:
             raise OperationalError(None, None, exc) from exc
         except sqlite3.IntegrityError as exc:

@@ -19,7 +19,6 @@ from sqlalchemy import (
     case,
     delete,
     event,
-    func,
     literal,
     or_,
     select,
@@ -62,7 +61,7 @@ from ._database import Database, refused, same_database
 from ._dialect import Dialect, Ending, Listener
 from ._postgres import PostgresDialect
 from ._rows import BadRecord, json_column, state_of, status_of
-from ._schema import DUE, HOLDS_KEY, SCHEDULED, Tables, ensure_schema
+from ._schema import HOLDS_KEY, SCHEDULED, Tables, ensure_schema
 from ._sqlite import SQLiteDialect
 
 __all__ = ("WORKER_LOST", "SQLStore")
@@ -608,21 +607,7 @@ class SQLStore(DurableStore, TransactionalStore):
     async def next_due(
         self, queues: frozenset[str] | None = None, limits: Mapping[str, int] | None = None
     ) -> float | None:
-        jobs = self.tables.jobs
-        of = [] if queues is None else [jobs.c.queue.in_(sorted(queues))]
-        held_back = [jobs.c.name.not_in(sorted(limits))] if limits else []
-        # Both through their indexes: the first row of the claim index that
-        # is not held back, and the first scheduled job of these queues.
-        due = select(jobs.c.id).where(text(DUE), *of, *held_back).exists()
-        scheduled = (
-            select(func.min(jobs.c.run_after))
-            .where(jobs.c.state == SCHEDULED, jobs.c.registered.is_(True), *of)
-            .scalar_subquery()
-        )
-        wait = (
-            await self.db.fetch(select(case((due, 0.0), else_=scheduled - self.db.now())))
-        ).scalar()
-        return None if wait is None else max(0.0, float(wait))
+        return await self._dialect.next_due(queues, limits)
 
     async def release(self, job_ids: list[str]) -> None:
         if not job_ids:
