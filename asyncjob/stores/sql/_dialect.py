@@ -375,15 +375,33 @@ class Dialect(abc.ABC):
         """The first ``limit`` jobs due of ``queues`` (placeholders; none:
         every queue), in claim order, locked where the database locks
         rows, as ``address, name, priority, run_after``: read through a
-        claim index, in its order. ``held_back`` leaves some out."""
-        jobs, where = self.tables.jobs.name, f"{DUE} {held_back}"
-        if len(queues) == 1:
-            where += f" AND queue = {queues[0]}"  # its own index, in claim order
-        elif queues:
-            where += f" AND queue IN ({', '.join(queues)})"
+        claim index, in its order. ``held_back`` leaves some out.
+
+        Of several queues, queue by queue, each through its own index in
+        claim order, then the first of them all. Read through the index of
+        every queue, the rows of the queues not taken would be read and
+        skipped, more of them at each claim (measured on PostgreSQL: a
+        worker of 2 queues out of 5 at 0.38 of a worker of all, with a
+        million jobs queued); and where the statistics do not tell how
+        many rows each queue has (SQLite, never analyzed), the planner read
+        every row of the queues taken, and sorted them.
+        """
+        jobs = self.tables.jobs.name
+
+        def head(where: str) -> str:
+            return f"""
+                SELECT {self.address} AS address, name, priority, run_after FROM {jobs}
+                WHERE {DUE} {held_back}{where}
+                ORDER BY priority DESC, run_after LIMIT {limit}{self.lock_rows}"""
+
+        if len(queues) < 2:
+            return head(f" AND queue = {queues[0]}" if queues else "")
+        heads = " UNION ALL ".join(
+            f"SELECT * FROM ({head(f' AND queue = {q}')}) AS q{n}" for n, q in enumerate(queues)
+        )
         return f"""
-            SELECT {self.address} AS address, name, priority, run_after FROM {jobs}
-            WHERE {where} ORDER BY priority DESC, run_after LIMIT {limit}{self.lock_rows}"""
+            SELECT address, name, priority, run_after FROM ({heads}) AS heads
+            ORDER BY priority DESC, run_after LIMIT {limit}"""
 
     #: True where the claim statement itself moves the jobs come due (a
     #: common table expression; its rows then end with how many it moved,
