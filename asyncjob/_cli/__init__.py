@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_demo(commands)
     _add_worker(commands)
+    _add_dashboard(commands)
     return parser
 
 
@@ -94,12 +95,7 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
             "still held are handed back to the store for another worker."
         ),
     )
-    worker.add_argument(
-        "--store",
-        default=os.environ.get("ASYNCJOB_STORE"),
-        required="ASYNCJOB_STORE" not in os.environ,
-        help="the store's URL (default: $ASYNCJOB_STORE, which keeps a password out of ps)",
-    )
+    _add_store(worker)
     worker.add_argument(
         "--import",
         dest="modules",
@@ -160,6 +156,69 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         f"(default {defaults.GRACE_PERIOD:g})",
     )
     worker.set_defaults(handler=_run_worker)
+
+
+# -- asyncjob dashboard ------------------------------------------------------------
+
+
+def _add_dashboard(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    board = commands.add_parser(
+        "dashboard",
+        help="serve the dashboard of a shared store: jobs, live progress, schedules",
+        description=(
+            "Serve the dashboard of a shared store over HTTP until SIGINT or SIGTERM: "
+            "the jobs, filtered and paged, each with its live progress, arguments, "
+            "result or error; the periodic jobs. Read-only unless --allow-actions. "
+            "Needs the web extra (pip install 'asyncjob-runner[web]')."
+        ),
+        epilog=(
+            "examples:\n"
+            "  asyncjob dashboard --store sqlite+aiosqlite:///jobs.db\n"
+            "  ASYNCJOB_STORE=postgresql+asyncpg://app@db/app asyncjob dashboard --port 9000\n"
+            "then open http://127.0.0.1:8700/ (or the port given)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_store(board)
+    board.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (default 127.0.0.1: this machine only)",
+    )
+    board.add_argument("--port", type=int, default=8700, help="the port (default 8700)")
+    board.add_argument(
+        "--allow-actions",
+        action="store_true",
+        help="serve actions (cancel) to whoever reaches the dashboard: only behind "
+        "your own authentication",
+    )
+    board.add_argument(
+        "--table-prefix",
+        default=defaults.TABLE_PREFIX,
+        help=f"the store's table prefix (default {defaults.TABLE_PREFIX})",
+    )
+    board.set_defaults(handler=_run_dashboard)
+
+
+def _run_dashboard(args: argparse.Namespace) -> int:
+    from .dashboard import run_dashboard
+
+    return run_dashboard(
+        args.store,
+        host=args.host,
+        port=args.port,
+        allow_actions=args.allow_actions,
+        table_prefix=args.table_prefix,
+    )
+
+
+def _add_store(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        default=os.environ.get("ASYNCJOB_STORE"),
+        required="ASYNCJOB_STORE" not in os.environ,
+        help="the store's URL (default: $ASYNCJOB_STORE, which keeps a password out of ps)",
+    )
 
 
 def _positive_int(text: str) -> int:

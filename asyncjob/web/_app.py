@@ -1,0 +1,267 @@
+"""The dashboard: an ASGI application (Starlette) that shows a runner's jobs,
+their live progress, and its periodic jobs; and, when allowed, acts on them.
+
+Routes, under wherever it is mounted:
+
+- ``GET /``: the page (HTML, with the script and styles it needs, served
+  from the package: no build step, no CDN).
+- ``GET /static/asyncjob.js``: the page's script, which also defines the
+  ``<asyncjob-progress>`` element that other pages can use.
+- ``GET /api/jobs``: a page of jobs, newest first, filtered (``state``,
+  repeated for several; ``name``; ``queue``; ``limit``; ``before``, the id
+  of the previous page's last job); ``{"jobs": [...], "next": id | null}``.
+- ``GET /api/jobs/{id}``: the job's status; 404 for an unknown id.
+- ``GET /api/jobs/{id}/events``: its live stream (``text/event-stream``).
+- ``GET /api/events?id=A&id=B``: one stream for many jobs (a browser keeps
+  six connections per host at most over HTTP/1.1).
+- ``GET /api/schedules``: the periodic jobs, their last and next ticks.
+- ``POST /api/jobs/{id}/cancel``: only when actions are allowed.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from sse_starlette import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from asyncjob._core.errors import JobNotFound, RunnerNotRunning
+from asyncjob._core.log import logger
+from asyncjob._runner.runner import Runner
+
+from ._json import dumps, schedule_json, status_json
+from ._stream import job_events
+
+__all__ = ("Authorize", "dashboard")
+
+#: Decides whether a request may take an action (``"cancel"``) on a job:
+#: ``authorize(request, action, job_id)``, True to allow. It may be a
+#: coroutine function. What it needs to know of the user, it reads from the
+#: request (a session, ``request.user`` under Starlette's authentication).
+Authorize = Callable[[Request, str, str], "bool | Awaitable[bool]"]
+
+#: Jobs one stream may follow.
+MAX_STREAMED = 100
+
+#: Jobs one page of ``/api/jobs`` may hold.
+MAX_PAGE = 500
+
+#: Seconds between heartbeats (SSE comments) on an idle stream: proxies
+#: close a connection that stays silent for a minute or so.
+HEARTBEAT = 15.0
+
+#: The header that every action request carries. A form or a link on
+#: another site cannot set it, and a script on another site cannot send it
+#: without the browser first asking this server (CORS), which does not
+#: answer: together with the Origin check, what keeps actions safe from
+#: cross-site requests without a token to manage.
+ACTION_HEADER = "X-Asyncjob-Action"
+
+
+class _JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return dumps(content).encode()
+
+
+def dashboard(
+    runner: Runner,
+    *,
+    read_only: bool = True,
+    authorize: Authorize | None = None,
+) -> Starlette:
+    """An ASGI application showing ``runner``'s jobs, to mount in Starlette,
+    FastAPI, or any ASGI application (``asyncjob[web]`` extra)::
+
+        app.mount("/jobs", asyncjob.web.dashboard(runner))
+
+    The runner is the application's own, started and stopped by it (a
+    producer-only runner is enough: the dashboard reads the store, it runs
+    nothing).
+
+    Args:
+        runner: whose store to show.
+        read_only: serve nothing that changes a job (the default). With
+            False, actions are served to every request that reaches the
+            dashboard: mount it behind your authentication.
+        authorize: decides, request by request and action by action,
+            whether an action is allowed (see :data:`Authorize`); given, it
+            enables actions, whatever ``read_only`` says.
+    """
+    if not isinstance(runner, Runner):
+        raise TypeError(f"dashboard() takes an asyncjob.Runner, not {runner!r}")
+    actions = authorize is not None or not read_only
+    board = _Dashboard(runner, authorize if actions else None, actions)
+    routes = [
+        Route("/", board.page),
+        Route("/static/asyncjob.js", board.script),
+        Route("/api/jobs", board.list_jobs),
+        Route("/api/jobs/{job_id}", board.job),
+        Route("/api/jobs/{job_id}/events", board.job_events),
+        Route("/api/events", board.events),
+        Route("/api/schedules", board.schedules),
+    ]
+    if actions:
+        routes.append(Route("/api/jobs/{job_id}/cancel", board.cancel, methods=["POST"]))
+    return Starlette(
+        routes=routes,
+        exception_handlers={
+            HTTPException: _error,
+            RunnerNotRunning: _not_running,
+        },
+    )
+
+
+class _Dashboard:
+    """The handlers, around one runner."""
+
+    def __init__(self, runner: Runner, authorize: Authorize | None, actions: bool) -> None:
+        self.runner = runner
+        self.authorize = authorize
+        self.actions = actions
+
+    async def page(self, request: Request) -> Response:
+        html = _asset("index.html").replace(
+            "{{base}}", _escape(request.scope.get("root_path", "")).rstrip("/")
+        )
+        html = html.replace("{{actions}}", "true" if self.actions else "false")
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    async def script(self, request: Request) -> Response:
+        return Response(
+            _asset("asyncjob.js"),
+            media_type="text/javascript",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    async def list_jobs(self, request: Request) -> Response:
+        params = request.query_params
+        try:
+            limit = int(params.get("limit", "50"))
+        except ValueError:
+            raise HTTPException(400, f"limit must be a number, not {params['limit']!r}") from None
+        if not 1 <= limit <= MAX_PAGE:
+            raise HTTPException(400, f"limit must be from 1 to {MAX_PAGE}, not {limit}")
+        try:
+            found = await self.runner.jobs(
+                params.getlist("state") or None,
+                params.get("name") or None,
+                params.get("queue") or None,
+                limit + 1,  # one more: is there a next page?
+                before=params.get("before") or None,
+            )
+        except JobNotFound:
+            raise HTTPException(400, "before names no job the store knows") from None
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        page = found[:limit]
+        more = len(found) > limit
+        return _JSON(
+            {"jobs": [status_json(s) for s in page], "next": page[-1].id if more else None}
+        )
+
+    async def job(self, request: Request) -> Response:
+        return _JSON(status_json(await self._status(request.path_params["job_id"])))
+
+    async def job_events(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        await self._status(job_id)  # a 404 now, not an empty stream
+        return self._stream(request, [job_id])
+
+    async def events(self, request: Request) -> Response:
+        job_ids = list(dict.fromkeys(request.query_params.getlist("id")))
+        if not job_ids:
+            raise HTTPException(400, "name the jobs to follow: /api/events?id=A&id=B")
+        if len(job_ids) > MAX_STREAMED:
+            raise HTTPException(400, f"one stream follows {MAX_STREAMED} jobs at most")
+        unknown = []
+        for job_id in job_ids:
+            try:
+                await self.runner.status(job_id)
+            except JobNotFound:
+                unknown.append(job_id)
+        if unknown:
+            raise HTTPException(404, f"no such job: {', '.join(unknown)}")
+        return self._stream(request, job_ids)
+
+    async def schedules(self, request: Request) -> Response:
+        return _JSON([schedule_json(s) for s in await self.runner.schedules()])
+
+    async def cancel(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        await self._allow(request, "cancel", job_id)
+        await self._status(job_id)
+        cancelled = await self.runner.cancel(job_id)
+        logger.warning(
+            "dashboard: %s cancelled job %s%s",
+            _who(request),
+            job_id,
+            "" if cancelled else " (it had ended already)",
+        )
+        return _JSON({"cancelled": cancelled, **status_json(await self._status(job_id))})
+
+    # -- helpers --------------------------------------------------------------
+
+    async def _status(self, job_id: str) -> Any:
+        try:
+            return await self.runner.status(job_id)
+        except JobNotFound:
+            raise HTTPException(404, f"no such job: {job_id}") from None
+
+    def _stream(self, request: Request, job_ids: list[str]) -> Response:
+        last = request.headers.get("last-event-id", "")
+        events = job_events(self.runner, job_ids, last_event_id=int(last) if last.isdigit() else 0)
+        return EventSourceResponse(
+            events, ping=HEARTBEAT, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        )
+
+    async def _allow(self, request: Request, action: str, job_id: str) -> None:
+        """Refuse an action sent from another site, or not authorized."""
+        if request.headers.get(ACTION_HEADER) != action:
+            raise HTTPException(403, f"an action request carries the header {ACTION_HEADER}")
+        origin = request.headers.get("origin")
+        if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
+            raise HTTPException(403, f"an action from another site ({origin}) is refused")
+        if self.authorize is not None:
+            allowed = self.authorize(request, action, job_id)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+            if not allowed:
+                logger.warning("dashboard: %s may not %s job %s", _who(request), action, job_id)
+                raise HTTPException(403, f"you may not {action} this job")
+
+
+def _who(request: Request) -> str:
+    """Who sent the request, as the log says it: the authenticated user's
+    name if the application set one, and the client's address."""
+    client = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
+    user = request.scope.get("user")
+    name = getattr(user, "display_name", None) or getattr(user, "username", None)
+    return f"{name} ({client})" if name else client
+
+
+async def _error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return _JSON({"error": exc.detail}, status_code=exc.status_code)
+
+
+async def _not_running(request: Request, exc: Exception) -> Response:
+    return _JSON({"error": "the runner is not running"}, status_code=503)
+
+
+@functools.cache
+def _asset(name: str) -> str:
+    return resources.files(__package__).joinpath("static", name).read_text(encoding="utf-8")
+
+
+def _escape(text: str) -> str:
+    return (
+        text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
+    )

@@ -1,0 +1,61 @@
+"""A job's status as the web's JSON: the fields of :class:`~asyncjob.JobStatus`,
+times as ISO 8601 strings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import datetime
+from typing import Any
+
+from asyncjob._core.models import JobStatus, ScheduleStatus
+
+__all__ = ("dumps", "schedule_json", "status_json")
+
+_FIELDS = tuple(field.name for field in dataclasses.fields(JobStatus))
+
+
+def status_json(status: JobStatus) -> dict[str, Any]:
+    """``status`` as a JSON object: every field of :class:`JobStatus`, by
+    the same name.
+
+    A job run in-process on the memory store may return (or report as
+    progress data) any Python object: what JSON cannot hold is given as its
+    ``repr()``, so that one odd value never breaks the page or the stream
+    that shows it.
+    """
+    found = {name: getattr(status, name) for name in _FIELDS}
+    found["state"] = status.state.value
+    found["errors"] = list(status.errors)
+    for name in ("run_after", "enqueued_at", "started_at", "finished_at"):
+        found[name] = _iso(found[name])
+    for name in ("result", "data"):
+        found[name] = _jsonable(found[name])
+    return found
+
+
+def schedule_json(schedule: ScheduleStatus) -> dict[str, Any]:
+    """A periodic job's schedule as a JSON object."""
+    return {
+        "name": schedule.name,
+        "cron": schedule.cron,
+        "last_tick": _iso(schedule.last_tick),
+        "next_tick": _iso(schedule.next_tick),
+    }
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, as the API and the stream send it."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value

@@ -1,0 +1,341 @@
+/*
+ * asyncjob's live progress, for any page: no build step, no dependency.
+ *
+ *   <script src="/jobs/static/asyncjob.js" defer></script>
+ *   <asyncjob-progress job="JOB_ID" src="/jobs"></asyncjob-progress>
+ *
+ * `src` is where the dashboard (asyncjob.web.dashboard) is mounted; the
+ * element follows the job's live stream (Server-Sent Events), shows a
+ * progress bar, the state, the data the job reported, then the result or
+ * the error; it polls the JSON endpoint where a stream cannot be had.
+ * Attributes: `max` (what a full bar is, default 100), `poll` (always poll;
+ * its value in seconds, default 1). Events, bubbling, with the status as
+ * `detail`: `asyncjob-change` on each change, `asyncjob-end` at the end.
+ *
+ * The same file runs the dashboard's page when it finds its root element.
+ */
+(() => {
+  "use strict";
+
+  const FINAL = new Set(["succeeded", "failed", "cancelled"]);
+
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs)) {
+      if (value === null || value === undefined) continue;
+      if (key === "class") node.className = value;
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value);
+    }
+    for (const child of children) {
+      if (child === null || child === undefined) continue;
+      node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  }
+
+  function text(value) {
+    if (value === null || value === undefined) return "";
+    return typeof value === "string" ? value : JSON.stringify(value);
+  }
+
+  /** Follow one job: SSE first, polling when SSE fails before it ever worked. */
+  function follow(base, jobId, onStatus, options = {}) {
+    const url = `${base}/api/jobs/${encodeURIComponent(jobId)}`;
+    let stopped = false;
+    let source = null;
+    let timer = null;
+    const period = (options.poll || 1) * 1000;
+    const stop = () => {
+      stopped = true;
+      if (source) source.close();
+      if (timer) clearTimeout(timer);
+    };
+    const seen = (status) => {
+      onStatus(status);
+      if (FINAL.has(status.state)) stop();
+    };
+    const poll = async () => {
+      if (stopped) return;
+      try {
+        const response = await fetch(url, { headers: { Accept: "application/json" } });
+        if (response.status === 404) {
+          onStatus(null);
+          return stop();
+        }
+        if (response.ok) seen(await response.json());
+      } catch (error) {
+        /* the server is away: try again */
+      }
+      if (!stopped) timer = setTimeout(poll, period);
+    };
+    if (options.poll || !window.EventSource) {
+      poll();
+      return stop;
+    }
+    let worked = false;
+    source = new EventSource(`${url}/events`);
+    source.onmessage = (event) => {
+      worked = true;
+      seen(JSON.parse(event.data));
+    };
+    source.onerror = () => {
+      // The browser reconnects by itself, with Last-Event-ID, once the
+      // stream has worked; a stream that never opened (a proxy that buffers
+      // or refuses it, an unknown job) falls back to polling.
+      if (!worked && !stopped) {
+        source.close();
+        source = null;
+        poll();
+      }
+    };
+    return stop;
+  }
+
+  class AsyncjobProgress extends HTMLElement {
+    static get observedAttributes() {
+      return ["job", "src"];
+    }
+
+    connectedCallback() {
+      this.start();
+    }
+
+    disconnectedCallback() {
+      if (this.stop) this.stop();
+      this.stop = null;
+    }
+
+    attributeChangedCallback() {
+      if (this.isConnected) this.start();
+    }
+
+    start() {
+      if (this.stop) this.stop();
+      const jobId = this.getAttribute("job");
+      if (!jobId) return;
+      const base = (this.getAttribute("src") || "").replace(/\/$/, "");
+      this.bar = el("progress", { max: this.getAttribute("max") || "100" });
+      this.label = el("span", { class: "asyncjob-label" }, "…");
+      this.replaceChildren(this.bar, " ", this.label);
+      this.setAttribute("role", "status");
+      const poll = this.hasAttribute("poll") ? Number(this.getAttribute("poll")) || 1 : 0;
+      this.stop = follow(base, jobId, (status) => this.show(status), { poll });
+    }
+
+    show(status) {
+      if (status === null) {
+        this.setAttribute("state", "unknown");
+        this.label.textContent = "no such job";
+        return;
+      }
+      this.status = status;
+      this.setAttribute("state", status.state);
+      const max = Number(this.bar.max);
+      if (status.state === "succeeded") this.bar.value = max;
+      else if (status.progress !== null) this.bar.value = Math.min(status.progress, max);
+      else if (status.state !== "running") this.bar.removeAttribute("value");
+      let label = status.state;
+      if (status.progress !== null && !FINAL.has(status.state)) {
+        label += ` ${Math.round((status.progress * 100) / max)}%`;
+      }
+      if (status.data !== null && status.data !== undefined) label += ` · ${text(status.data)}`;
+      if (status.state === "failed" && status.error) label += ` · ${status.error}`;
+      if (status.state === "succeeded" && status.result !== null) {
+        label += ` · ${text(status.result)}`;
+      }
+      this.label.textContent = label;
+      const detail = { detail: status, bubbles: true };
+      this.dispatchEvent(new CustomEvent("asyncjob-change", detail));
+      if (FINAL.has(status.state)) this.dispatchEvent(new CustomEvent("asyncjob-end", detail));
+    }
+  }
+
+  if (!customElements.get("asyncjob-progress")) {
+    customElements.define("asyncjob-progress", AsyncjobProgress);
+  }
+  window.asyncjob = Object.assign(window.asyncjob || {}, { follow });
+
+  // -- the dashboard's page ------------------------------------------------------
+
+  const root = document.getElementById("asyncjob-dashboard");
+  if (!root) return;
+  const base = root.dataset.base;
+  const actions = root.dataset.actions === "true";
+  const STATES = ["queued", "running", "succeeded", "failed", "cancelled"];
+  const form = document.getElementById("filters");
+  const table = document.getElementById("jobs");
+  const more = document.getElementById("more");
+  const detail = document.getElementById("job");
+  let cursor = null;
+  let rowsStream = null;
+
+  function when(iso) {
+    return iso ? new Date(iso).toLocaleString() : "";
+  }
+
+  function query() {
+    const params = new URLSearchParams();
+    for (const [key, value] of new FormData(form)) if (value) params.append(key, value);
+    return params;
+  }
+
+  async function getJSON(url) {
+    const response = await fetch(url, { headers: { Accept: "application/json" } });
+    const body = await response.json();
+    if (!response.ok) throw new Error(body.error || response.statusText);
+    return body;
+  }
+
+  function row(status) {
+    const bar = el("progress", { max: "100" });
+    const tr = el(
+      "tr",
+      { "data-id": status.id },
+      el("td", {}, el("a", { href: `#${status.id}` }, status.id)),
+      el("td", {}, status.name),
+      el("td", {}, status.queue),
+      el("td", { class: "state" }),
+      el("td", {}, bar),
+      el("td", {}, when(status.enqueued_at)),
+    );
+    update(tr, status);
+    return tr;
+  }
+
+  function update(tr, status) {
+    tr.dataset.state = status.state;
+    tr.querySelector(".state").textContent = status.state;
+    const bar = tr.querySelector("progress");
+    if (status.state === "succeeded") bar.value = 100;
+    else if (status.progress !== null) bar.value = Math.min(status.progress, 100);
+  }
+
+  /** One stream for the page's live rows: a browser keeps six connections
+   * per host at most, and a page of fifty bars must not take them all. */
+  function followRows() {
+    if (rowsStream) rowsStream.close();
+    rowsStream = null;
+    const live = [...table.querySelectorAll("tr")].filter((tr) => !FINAL.has(tr.dataset.state));
+    if (live.length === 0 || !window.EventSource) return;
+    const params = new URLSearchParams(live.slice(0, 100).map((tr) => ["id", tr.dataset.id]));
+    const stream = new EventSource(`${base}/api/events?${params}`);
+    const left = new Set(live.map((tr) => tr.dataset.id));
+    stream.onmessage = (event) => {
+      const status = JSON.parse(event.data);
+      const tr = table.querySelector(`tr[data-id="${CSS.escape(status.id)}"]`);
+      if (tr) update(tr, status);
+      if (FINAL.has(status.state)) left.delete(status.id);
+      if (left.size === 0) stream.close();
+    };
+    rowsStream = stream;
+  }
+
+  async function load(append) {
+    const params = query();
+    if (append && cursor) params.set("before", cursor);
+    const status = document.getElementById("list-error");
+    try {
+      const page = await getJSON(`${base}/api/jobs?${params}`);
+      status.textContent = "";
+      if (!append) table.replaceChildren();
+      for (const job of page.jobs) table.append(row(job));
+      cursor = page.next;
+      more.hidden = !cursor;
+      followRows();
+    } catch (error) {
+      status.textContent = error.message;
+    }
+  }
+
+  async function show(jobId) {
+    if (!jobId) {
+      detail.hidden = true;
+      return;
+    }
+    detail.hidden = false;
+    const body = document.getElementById("job-body");
+    body.replaceChildren(el("p", {}, "…"));
+    let status;
+    try {
+      status = await getJSON(`${base}/api/jobs/${encodeURIComponent(jobId)}`);
+    } catch (error) {
+      body.replaceChildren(el("p", { class: "error" }, error.message));
+      return;
+    }
+    const fields = el("dl", { id: "job-fields" });
+    const render = (s) => {
+      fields.replaceChildren();
+      const add = (name, value) => {
+        if (value === null || value === undefined || value === "") return;
+        fields.append(el("dt", {}, name), el("dd", { "data-field": name }, value));
+      };
+      add("id", s.id);
+      add("name", s.name);
+      add("state", s.state + (s.cancel_requested ? " (cancel requested)" : ""));
+      add("queue", s.queue);
+      add("priority", String(s.priority));
+      add("attempts", String(s.attempts));
+      add("unique", s.unique);
+      add("performed", when(s.enqueued_at));
+      add("due", when(s.run_after));
+      add("started", when(s.started_at));
+      add("finished", when(s.finished_at));
+      add("result", s.state === "succeeded" ? text(s.result) : null);
+      add("error", s.error);
+      if (s.traceback) fields.append(el("dt", {}, "traceback"), el("dd", {}, el("pre", {}, s.traceback)));
+      s.errors.forEach((error, n) => add(`attempt ${n + 1}`, error));
+      const cancel = document.getElementById("cancel");
+      if (cancel) cancel.hidden = FINAL.has(s.state);
+    };
+    const bar = el("asyncjob-progress", { job: jobId, src: base, id: "job-progress" });
+    bar.addEventListener("asyncjob-change", (event) => render(event.detail));
+    const buttons = actions && !FINAL.has(status.state)
+      ? el("p", {}, el("button", { id: "cancel", type: "button", onclick: () => act(jobId, "cancel") }, "Cancel"))
+      : null;
+    body.replaceChildren(el("h2", {}, status.name), bar, buttons, fields);
+    render(status);
+  }
+
+  async function act(jobId, action) {
+    const response = await fetch(`${base}/api/jobs/${encodeURIComponent(jobId)}/${action}`, {
+      method: "POST",
+      headers: { "X-Asyncjob-Action": action, Accept: "application/json" },
+    });
+    const body = await response.json();
+    document.getElementById("action-result").textContent = response.ok
+      ? `${action}: ${body.state}`
+      : body.error;
+  }
+
+  async function loadSchedules() {
+    const list = document.getElementById("schedules");
+    try {
+      const schedules = await getJSON(`${base}/api/schedules`);
+      list.replaceChildren(...schedules.map((s) => el("tr", {},
+        el("td", {}, s.name), el("td", {}, el("code", {}, s.cron)),
+        el("td", {}, when(s.last_tick)), el("td", {}, when(s.next_tick)))));
+      document.getElementById("schedules-section").hidden = schedules.length === 0;
+    } catch (error) {
+      /* shown as absent */
+    }
+  }
+
+  const stateSelect = form.elements.state;
+  for (const state of STATES) stateSelect.append(el("option", { value: state }, state));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    cursor = null;
+    load(false);
+  });
+  more.addEventListener("click", () => load(true));
+  window.addEventListener("hashchange", () => show(location.hash.slice(1)));
+  document.getElementById("refresh").addEventListener("click", () => {
+    cursor = null;
+    load(false);
+    loadSchedules();
+  });
+  load(false);
+  loadSchedules();
+  show(location.hash.slice(1));
+})();
