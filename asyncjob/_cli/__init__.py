@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable, Sequence
 
 from asyncjob._core import defaults
@@ -201,7 +202,15 @@ def _add_dashboard(commands: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _run_dashboard(args: argparse.Namespace) -> int:
-    from .dashboard import run_dashboard
+    try:
+        from .dashboard import run_dashboard
+    except ImportError as exc:
+        print(
+            f"asyncjob dashboard: needs the web extra ({exc.name} is missing): "
+            "pip install 'asyncjob-runner[web]'",
+            file=sys.stderr,
+        )
+        return 2
 
     return run_dashboard(
         args.store,

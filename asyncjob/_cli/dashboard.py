@@ -1,20 +1,27 @@
-"""``asyncjob dashboard``: the dashboard of a shared store, served over HTTP."""
+"""``asyncjob dashboard``: the dashboard of a shared store, served over HTTP
+(imported only by that command: it needs the ``web`` extra)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from asyncjob._core import defaults
 from asyncjob._core.errors import AsyncJobError
 from asyncjob._runner.runner import Runner
 from asyncjob.stores import resolve_store
 from asyncjob.stores._base import SHARED_STORES
+from asyncjob.web import dashboard
 
 __all__ = ("run_dashboard",)
 
@@ -29,20 +36,7 @@ def run_dashboard(
 ) -> int:
     """Serve the dashboard of ``store`` until SIGINT or SIGTERM. Returns the
     exit code: 0 after a stop, 2 when the store cannot be used or the
-    ``web`` extra is missing."""
-    try:
-        import uvicorn
-        from starlette.applications import Starlette
-        from starlette.routing import Mount
-
-        from asyncjob.web import dashboard
-    except ImportError as exc:
-        print(
-            f"asyncjob dashboard: needs the web extra ({exc.name} is missing): "
-            "pip install 'asyncjob-runner[web]'",
-            file=sys.stderr,
-        )
-        return 2
+    server cannot start."""
     if "://" not in store:
         print(f"asyncjob dashboard: {store!r} is not a shared store: give {SHARED_STORES}",
               file=sys.stderr)  # fmt: skip
@@ -63,12 +57,26 @@ def run_dashboard(
     )
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, lifespan="on"))
+    server = _Server(uvicorn.Config(app, host=host, port=port, lifespan="on"))
     try:
-        server.run()
+        asyncio.run(server.serve())
     except (OSError, SQLAlchemyError, AsyncJobError) as exc:
         print(f"asyncjob dashboard: cannot open the store: {exc}", file=sys.stderr)
         return 2
     # uvicorn reports a failed start-up (the store unreachable, the port
     # taken) in its log, and returns.
     return 0 if server.started else 2
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, whose stop on SIGINT or SIGTERM is a clean exit:
+    uvicorn's own handlers raise the signal again once it has stopped, and
+    the process would end killed by it (status -15), which a supervisor
+    takes for a crash."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self.handle_exit, signum, None)
+        yield

@@ -1,0 +1,553 @@
+"""asyncjob.web over real HTTP: the dashboard's JSON API, its live streams
+(Server-Sent Events), its actions and their guards, served by uvicorn on
+loopback and read with httpx; and the ``asyncjob dashboard`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+from starlette.requests import Request
+
+import asyncjob
+import asyncjob.web
+
+from . import worker_jobs
+from .conftest import TIMEOUT, Database
+from .web_server import app_with_dashboard, serving
+
+#: Each test's steps: the job waits for the test to let it take the next one.
+steps: dict[str, asyncio.Queue[str]] = {}
+
+
+async def stepper(key: str, n: int) -> dict[str, int]:
+    """Reports its progress ``n`` times, each when the test lets it; then
+    returns, or fails if told to."""
+    for done in range(1, n + 1):
+        async with asyncio.timeout(TIMEOUT):
+            order = await steps[key].get()
+        if order == "fail":
+            raise ValueError("told to fail")
+        asyncjob.set_progress(done * 100 / n, f"step {done} of {n}")
+    return {"steps": n}
+
+
+async def hot(n: int) -> int:
+    """Reports progress as fast as it can."""
+    for done in range(n):
+        asyncjob.set_progress(done)
+        await asyncio.sleep(0)
+    return n
+
+
+@contextlib.asynccontextmanager
+async def dashboard(**options: Any) -> AsyncIterator[tuple[asyncjob.Runner, httpx.AsyncClient]]:
+    """A memory runner with its dashboard at /jobs, served over loopback."""
+    runner = asyncjob.Runner()
+    async with (
+        serving(app_with_dashboard(runner, **options)) as (url, _),
+        httpx.AsyncClient(base_url=f"{url}/jobs", timeout=TIMEOUT) as client,
+    ):
+        yield runner, client
+
+
+def events_of(lines: list[str]) -> list[dict[str, Any]]:
+    """The events of an SSE text: each as {"id": ..., "data": parsed JSON}."""
+    found: list[dict[str, Any]] = []
+    event: dict[str, Any] = {}
+    for line in lines:
+        if not line:
+            if "data" in event:
+                found.append(event)
+            event = {}
+        elif line.startswith("id:"):
+            event["id"] = line[3:].strip()
+        elif line.startswith("data:"):
+            event["data"] = json.loads(line[5:].strip())
+    return found
+
+
+class Stream:
+    """An SSE response read event by event."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._lines = response.aiter_lines()
+
+    async def next(self) -> dict[str, Any] | None:
+        """The next event, or None when the stream has ended."""
+        pending: list[str] = []
+        async with asyncio.timeout(TIMEOUT):
+            async for line in self._lines:
+                pending.append(line)
+                if line == "" and any(p.startswith("data:") for p in pending):
+                    return events_of(pending)[0]
+        return None
+
+
+@contextlib.asynccontextmanager
+async def stream(
+    client: httpx.AsyncClient, path: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[Stream]:
+    async with client.stream("GET", path, headers=headers) as response:
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        yield Stream(response)
+
+
+# -- the JSON API ------------------------------------------------------------------------
+
+
+async def test_a_job_as_json_has_every_status_field_and_iso_times() -> None:
+    """GET /api/jobs/{id} is the job's JobStatus, field for field, with
+    times as ISO 8601 strings that parse back to the same instants."""
+    async with dashboard() as (runner, client):
+        job_id = await runner.perform(hot, 3)
+        await runner.wait(job_id, timeout=TIMEOUT)
+        response = await client.get(f"/api/jobs/{job_id}")
+        assert response.status_code == 200
+        body = response.json()
+        status = await runner.status(job_id)
+        assert set(body) == {f.name for f in dataclasses.fields(asyncjob.JobStatus)}
+        assert body["state"] == "succeeded"
+        assert body["result"] == 3
+        assert body["errors"] == []
+        for name in ("enqueued_at", "started_at", "finished_at"):
+            assert datetime.fromisoformat(body[name]) == getattr(status, name)
+        assert body["run_after"] is None
+
+
+async def test_an_unknown_job_is_a_404_in_json() -> None:
+    async with dashboard() as (_, client):
+        for path in ("/api/jobs/nope", "/api/jobs/nope/events", "/api/events?id=nope"):
+            response = await client.get(path)
+            assert response.status_code == 404, path
+            assert "nope" in response.json()["error"]
+
+
+async def test_a_value_json_cannot_hold_is_shown_as_its_repr() -> None:
+    """An in-process job may return any object: its status still renders,
+    with the object's repr, and the stream ends as for any other."""
+
+    async def odd() -> object:
+        return {1, 2}
+
+    async with dashboard() as (runner, client):
+        job_id = await runner.perform(odd)
+        await runner.wait(job_id, timeout=TIMEOUT)
+        assert (await client.get(f"/api/jobs/{job_id}")).json()["result"] == "{1, 2}"
+        async with stream(client, f"/api/jobs/{job_id}/events") as events:
+            last = await events.next()
+            assert last is not None
+            assert last["data"]["result"] == "{1, 2}"
+            assert await events.next() is None
+
+
+async def broken() -> None:
+    raise ValueError("broken")
+
+
+async def test_listing_filters_and_pages_newest_first() -> None:
+    async with dashboard() as (runner, client):
+        ids = [await runner.perform(hot, 1) for _ in range(5)]
+        failing = await runner.perform(broken)
+        for job_id in ids:
+            await runner.wait(job_id, timeout=TIMEOUT)
+        with pytest.raises(asyncjob.JobFailed):
+            await runner.wait(failing, timeout=TIMEOUT)
+
+        first = (await client.get("/api/jobs", params={"limit": 4})).json()
+        assert [j["id"] for j in first["jobs"]] == [failing, *ids[::-1][:3]]
+        assert first["next"] == ids[2]
+        rest = (await client.get("/api/jobs", params={"limit": 4, "before": first["next"]})).json()
+        assert [j["id"] for j in rest["jobs"]] == ids[1::-1]
+        assert rest["next"] is None
+
+        failed = (await client.get("/api/jobs", params={"state": "failed"})).json()
+        assert [j["id"] for j in failed["jobs"]] == [failing]
+        both = await client.get("/api/jobs", params="state=failed&state=succeeded")
+        assert len(both.json()["jobs"]) == 6
+        named = await client.get("/api/jobs", params={"name": f"{__name__}.hot"})
+        assert len(named.json()["jobs"]) == 5
+        assert (await client.get("/api/jobs", params={"queue": "other"})).json()["jobs"] == []
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"limit": "many"}, "limit must be a number"),
+        ({"limit": "0"}, "limit must be from 1"),
+        ({"limit": "100000"}, "limit must be from 1"),
+        ({"state": "lost"}, "lost"),
+        ({"before": "nope"}, "before names no job"),
+    ],
+)
+async def test_a_bad_listing_is_a_400_saying_what_is_wrong(
+    params: dict[str, str], message: str
+) -> None:
+    async with dashboard() as (_, client):
+        response = await client.get("/api/jobs", params=params)
+        assert response.status_code == 400
+        assert message in response.json()["error"]
+
+
+async def nightly() -> None:
+    """A periodic job of the test below, registered by it."""
+
+
+@pytest.mark.usefixtures("clean_registry")
+async def test_schedules_are_listed() -> None:
+    asyncjob.periodic("0 3 * * *", name="tests.web.nightly")(nightly)
+    async with dashboard() as (_, client):
+        (schedule,) = (await client.get("/api/schedules")).json()
+        assert schedule["name"] == "tests.web.nightly"
+        assert schedule["cron"] == "0 3 * * *"
+        assert datetime.fromisoformat(schedule["next_tick"]).hour == 3
+
+
+async def test_the_page_and_its_script_are_served_under_the_mount_point() -> None:
+    async with dashboard() as (_, client):
+        page = await client.get("/")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert 'data-base="/jobs"' in page.text
+        assert 'src="/jobs/static/asyncjob.js"' in page.text
+        script = await client.get("/static/asyncjob.js")
+        assert script.headers["content-type"].startswith("text/javascript")
+        assert "asyncjob-progress" in script.text
+
+
+# -- the live stream -------------------------------------------------------------------------
+
+
+async def test_a_stream_sends_each_change_then_the_final_state_and_ends() -> None:
+    steps["live"] = asyncio.Queue()
+    async with dashboard() as (runner, client):
+        job_id = await runner.perform(stepper, "live", 3)
+        async with stream(client, f"/api/jobs/{job_id}/events") as events:
+            first = await events.next()
+            assert first is not None
+            assert first["data"]["progress"] is None
+            event: dict[str, Any] | None = first
+            for step in (1, 2, 3):
+                steps["live"].put_nowait("go")
+                event = await events.next()
+                # Each step shows (one event may cover a step and the end).
+                while event is not None and event["data"]["data"] != f"step {step} of 3":
+                    event = await events.next()
+                assert event is not None, f"step {step} never shown"
+            last = event
+            while (event := await events.next()) is not None:
+                last = event  # the stream ends after the final state
+            assert last is not None
+            assert last["data"]["state"] == "succeeded"
+            assert last["data"]["result"] == {"steps": 3}
+            assert last["data"]["data"] == "step 3 of 3"
+        ids = [int(e) for e in (first["id"], last["id"])]
+        assert ids[0] < ids[1]
+
+
+async def test_a_failed_job_ends_its_stream_with_its_error() -> None:
+    steps["fail"] = asyncio.Queue()
+    async with dashboard() as (runner, client):
+        job_id = await runner.perform(stepper, "fail", 2)
+        async with stream(client, f"/api/jobs/{job_id}/events") as events:
+            await events.next()
+            steps["fail"].put_nowait("fail")
+            last = None
+            while (event := await events.next()) is not None:
+                last = event
+        assert last is not None
+        assert last["data"]["state"] == "failed"
+        assert last["data"]["error"] == "ValueError: told to fail"
+        assert "Traceback" in last["data"]["traceback"]
+
+
+async def test_hot_progress_is_coalesced_and_the_final_state_always_comes() -> None:
+    """A job reporting thousands of times a second gives a few events a
+    second, the last one always its final state."""
+    async with dashboard() as (runner, client):
+        gate = asyncio.Event()
+
+        async def gated_hot(n: int) -> int:
+            async with asyncio.timeout(TIMEOUT):
+                await gate.wait()
+            return await hot(n)
+
+        job_id = await runner.perform(gated_hot, 20_000)
+        async with stream(client, f"/api/jobs/{job_id}/events") as events:
+            found = [await events.next()]
+            gate.set()
+            while (event := await events.next()) is not None:
+                found.append(event)
+        assert found[-1] is not None
+        assert found[-1]["data"]["state"] == "succeeded"
+        assert found[-1]["data"]["result"] == 20_000
+        assert len(found) < 2_000, len(found)
+
+
+async def test_reconnecting_with_last_event_id_gives_a_snapshot_first() -> None:
+    """A browser that lost its stream reconnects with Last-Event-ID: it gets
+    the job as it is now at once, then the changes, with ids going on."""
+    steps["again"] = asyncio.Queue()
+    async with dashboard() as (runner, client):
+        job_id = await runner.perform(stepper, "again", 2)
+        async with stream(client, f"/api/jobs/{job_id}/events") as events:
+            first = await events.next()
+        assert first is not None
+        steps["again"].put_nowait("go")
+        async with asyncio.timeout(TIMEOUT):
+            async for status in runner.watch(job_id):
+                if status.progress == 50:
+                    break
+        headers = {"Last-Event-ID": first["id"]}
+        async with stream(client, f"/api/jobs/{job_id}/events", headers) as events:
+            snapshot = await events.next()
+            assert snapshot is not None
+            assert snapshot["data"]["progress"] == 50  # missed while away: in the snapshot
+            assert int(snapshot["id"]) > int(first["id"])
+            steps["again"].put_nowait("go")
+            last = snapshot
+            while (event := await events.next()) is not None:
+                last = event
+            assert last["data"]["state"] == "succeeded"
+
+
+async def test_one_stream_follows_many_jobs_until_all_have_ended() -> None:
+    steps["a"], steps["b"] = asyncio.Queue(), asyncio.Queue()
+    async with dashboard() as (runner, client):
+        a = await runner.perform(stepper, "a", 1)
+        b = await runner.perform(stepper, "b", 1)
+        async with stream(client, f"/api/events?id={a}&id={b}") as events:
+            ended: list[str] = []
+            snapshots = {
+                (e or {})["data"]["id"] for e in [await events.next(), await events.next()]
+            }
+            assert snapshots == {a, b}
+            steps["b"].put_nowait("go")
+            steps["a"].put_nowait("go")
+            while (event := await events.next()) is not None:
+                if event["data"]["state"] == "succeeded":
+                    ended.append(event["data"]["id"])
+        assert sorted(ended) == sorted([a, b])
+
+
+async def test_a_stream_names_its_jobs_and_not_too_many() -> None:
+    async with dashboard() as (_, client):
+        response = await client.get("/api/events")
+        assert response.status_code == 400
+        assert "name the jobs" in response.json()["error"]
+        many = "&".join(f"id={n}" for n in range(101))
+        response = await client.get("/api/events", params=many)
+        assert response.status_code == 400
+        assert "100 jobs at most" in response.json()["error"]
+
+
+async def test_the_client_going_away_stops_the_watch() -> None:
+    """A closed browser tab must not leave a watch behind in the server."""
+    steps["away"] = asyncio.Queue()
+    async with dashboard() as (runner, client):
+        job_id = await runner.perform(stepper, "away", 1)
+        store = runner.store
+        async with stream(client, f"/api/jobs/{job_id}/events") as events:
+            await events.next()
+            assert store._watchers.job_ids() == [job_id]  # type: ignore[attr-defined]
+        async with asyncio.timeout(TIMEOUT):
+            while store._watchers.job_ids():  # type: ignore[attr-defined]  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        steps["away"].put_nowait("go")
+        await runner.wait(job_id, timeout=TIMEOUT)
+
+
+async def test_a_server_stopping_ends_its_streams_promptly() -> None:
+    """A deploy stops the server: open streams end (the browser reconnects
+    to the next one) rather than holding the shutdown for ever."""
+    steps["stop"] = asyncio.Queue()
+    runner = asyncjob.Runner()
+    async with (
+        serving(app_with_dashboard(runner)) as (url, server),
+        httpx.AsyncClient(base_url=f"{url}/jobs", timeout=TIMEOUT) as client,
+    ):
+        job_id = await runner.perform(stepper, "stop", 1)
+        async with stream(client, f"/api/jobs/{job_id}/events") as events:
+            await events.next()
+            server.should_exit = True
+            async with asyncio.timeout(TIMEOUT):
+                with contextlib.suppress(httpx.RemoteProtocolError):
+                    assert await events.next() is None
+
+
+async def test_a_stream_of_a_job_on_an_sql_store_follows_it(database: Database) -> None:
+    """On an SQL store, the stream follows a registered job run by a worker
+    of the same store, to its end."""
+    store = asyncjob.stores.resolve_store(database.async_url)
+    runner = asyncjob.Runner(store)
+    async with (
+        serving(app_with_dashboard(runner)) as (url, _),
+        httpx.AsyncClient(base_url=f"{url}/jobs", timeout=TIMEOUT) as client,
+    ):
+        job_id = await runner.perform(worker_jobs.whoami, 3)
+        async with stream(client, f"/api/jobs/{job_id}/events") as events:
+            last = None
+            while (event := await events.next()) is not None:
+                last = event
+        assert last is not None
+        assert last["data"]["state"] == "succeeded"
+        assert last["data"]["result"] == {"n": 3, "pid": os.getpid()}
+
+
+# -- actions ----------------------------------------------------------------------------------
+
+
+ACTION = {asyncjob.web.ACTION_HEADER: "cancel"}
+
+
+async def test_read_only_serves_no_action() -> None:
+    steps["ro"] = asyncio.Queue()
+    async with dashboard() as (runner, client):
+        job_id = await runner.perform(stepper, "ro", 1)
+        response = await client.post(f"/api/jobs/{job_id}/cancel", headers=ACTION)
+        assert response.status_code in (404, 405)
+        assert (await runner.status(job_id)).state is asyncjob.JobState.running
+        steps["ro"].put_nowait("go")
+        await runner.wait(job_id, timeout=TIMEOUT)
+
+
+async def test_cancel_when_allowed() -> None:
+    steps["cancel"] = asyncio.Queue()
+    async with dashboard(read_only=False) as (runner, client):
+        job_id = await runner.perform(stepper, "cancel", 1)
+        response = await client.post(f"/api/jobs/{job_id}/cancel", headers=ACTION)
+        assert response.status_code == 200
+        assert response.json()["cancelled"] is True
+        with pytest.raises(asyncjob.JobCancelled):
+            await runner.wait(job_id, timeout=TIMEOUT)
+        again = await client.post(f"/api/jobs/{job_id}/cancel", headers=ACTION)
+        assert again.json() | {"cancelled": False} == again.json()
+        assert (await client.post("/api/jobs/nope/cancel", headers=ACTION)).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({}, "carries the header"),
+        ({asyncjob.web.ACTION_HEADER: "delete"}, "carries the header"),
+        ({**ACTION, "Origin": "https://evil.example"}, "another site"),
+    ],
+)
+async def test_an_action_from_another_site_is_refused(
+    headers: dict[str, str], message: str
+) -> None:
+    """A form or a script on another site cannot set the action header
+    without the server's consent (CORS), which it never gives; an Origin
+    that is not the dashboard's own is refused too."""
+    steps["csrf"] = asyncio.Queue()
+    async with dashboard(read_only=False) as (runner, client):
+        job_id = await runner.perform(stepper, "csrf", 1)
+        response = await client.post(f"/api/jobs/{job_id}/cancel", headers=headers)
+        assert response.status_code == 403
+        assert message in response.json()["error"]
+        assert not (await runner.status(job_id)).cancel_requested
+        steps["csrf"].put_nowait("go")
+        await runner.wait(job_id, timeout=TIMEOUT)
+
+
+async def test_authorize_decides_each_action(caplog: pytest.LogCaptureFixture) -> None:
+    """The hook sees the request, the action and the job; refused actions
+    and allowed ones are logged with who asked."""
+    asked: list[tuple[str, str]] = []
+
+    async def authorize(request: Request, action: str, job_id: str) -> bool:
+        asked.append((action, job_id))
+        return request.headers.get("x-user") == "admin"
+
+    steps["auth"] = asyncio.Queue()
+    async with dashboard(authorize=authorize) as (runner, client):
+        job_id = await runner.perform(stepper, "auth", 1)
+        refused = await client.post(f"/api/jobs/{job_id}/cancel", headers=ACTION)
+        assert refused.status_code == 403
+        allowed = await client.post(
+            f"/api/jobs/{job_id}/cancel", headers={**ACTION, "x-user": "admin"}
+        )
+        assert allowed.status_code == 200
+        with pytest.raises(asyncjob.JobCancelled):
+            await runner.wait(job_id, timeout=TIMEOUT)
+    assert asked == [("cancel", job_id), ("cancel", job_id)]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("may not cancel job" in m and "127.0.0.1" in m for m in messages)
+    assert any(f"cancelled job {job_id}" in m for m in messages)
+
+
+def test_dashboard_takes_a_runner() -> None:
+    with pytest.raises(TypeError, match=r"takes an asyncjob\.Runner"):
+        asyncjob.web.dashboard("sqlite:///jobs.db")  # type: ignore[arg-type]
+
+
+# -- asyncjob dashboard ------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_the_command_serves_a_store_until_sigterm(database: Database) -> None:
+    """``asyncjob dashboard --store URL`` shows the jobs that another process
+    performed into the store, read-only, on 127.0.0.1, and stops cleanly."""
+    producer = asyncjob.Runner(
+        asyncjob.stores.resolve_store(database.async_url), producer_only=True
+    )
+    async with producer:
+        job_id = await producer.perform(worker_jobs.whoami, 2)
+    port = _free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asyncjob", "dashboard", "--store", database.async_url,
+        "--port", str(port),
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        async with asyncio.timeout(TIMEOUT * 2):
+            while b"Uvicorn running" not in (line := await process.stderr.readline()):
+                assert line, "the dashboard exited before serving"
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=TIMEOUT) as c:
+            body = (await c.get(f"/api/jobs/{job_id}")).json()
+            assert body["state"] == "queued"
+            assert body["name"] == "tests.worker_jobs.whoami"
+            assert (await c.post(f"/api/jobs/{job_id}/cancel", headers=ACTION)).status_code in (
+                404,
+                405,
+            )
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(TIMEOUT):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def test_the_command_refuses_a_store_that_is_not_shared() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "asyncjob", "dashboard", "--store", "memory"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 3,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "is not a shared store" in done.stderr
