@@ -29,7 +29,7 @@ async def serving(app: Any) -> AsyncIterator[tuple[str, uvicorn.Server]]:
     task = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(TIMEOUT):
-            while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
+            while not server.started:  # uvicorn offers no event for it
                 if task.done():
                     task.result()  # its start-up failed: say why
                 await asyncio.sleep(0.01)
