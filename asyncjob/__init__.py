@@ -21,7 +21,14 @@ from ._core.errors import (
     NotInJob,
     RunnerNotRunning,
 )
-from ._core.models import JobState, JobStatus, Progress, ScheduleStatus, new_job_id
+from ._core.models import (
+    JobState,
+    JobStatus,
+    Progress,
+    ScheduleStatus,
+    WorkerStatus,
+    new_job_id,
+)
 from ._core.registry import job, periodic
 from ._core.spec import JobSpec, using
 from ._engine.context import current_job_id, set_progress
@@ -44,6 +51,7 @@ __all__ = (
     "Runner",
     "RunnerNotRunning",
     "ScheduleStatus",
+    "WorkerStatus",
     "cancel",
     "current_job_id",
     "get_progress",

@@ -35,6 +35,7 @@ to run out): give it one well under a second.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -663,3 +664,110 @@ class DurableStoreContract(StoreContract):
         jobs = await store.list_jobs(JobQuery())
         assert len(jobs) == 3
         assert (await store.schedules())[0].last_tick == make_tick(3).last_tick
+
+    # -- what operators do -------------------------------------------------------
+
+    async def _ended(self, store: DurableStore, job_id: str, state: JobState, **job: Any) -> None:
+        """A registered job claimed and ended in ``state``."""
+        await store.enqueue(make_job(job_id, registered=True, **job))
+        (claimed,) = await store.claim(1)
+        assert claimed.id == job_id
+        if state is JobState.cancelled:
+            await store.cancel(job_id)
+            await store.finish(job_id, JobState.succeeded)  # a cancel requested ends cancelled
+        else:
+            await store.finish(job_id, state, result=1, error="OSError: disk full", traceback="T")
+        assert (await _status(store, job_id)).state is state
+
+    async def test_requeue_runs_a_failed_job_again(
+        self, store: DurableStore, make_store: Callable[[], Awaitable[DurableStore]]
+    ) -> None:
+        """A failed job goes back to the queue, due now, its error among the
+        earlier ones and its outcome cleared; any worker takes it, for its
+        next attempt."""
+        await self._ended(store, "f", JobState.failed)
+        assert await store.requeue("f") is True
+        status = await _status(store, "f")
+        assert (status.state, status.errors, status.error, status.traceback) == (
+            JobState.queued, ("OSError: disk full",), None, None,
+        )  # fmt: skip
+        assert (status.started_at, status.finished_at, status.run_after) == (None, None, None)
+        assert await store.requeue("f") is False  # queued: nothing to do
+        (again,) = await (await make_store()).claim(1)
+        assert (again.id, again.attempts) == ("f", 2)
+
+    async def test_requeue_runs_a_cancelled_job_again(self, store: DurableStore) -> None:
+        await self._ended(store, "c", JobState.cancelled)
+        assert await store.requeue("c") is True
+        status = await _status(store, "c")
+        assert (status.state, status.cancel_requested, status.errors) == (
+            JobState.queued,
+            False,
+            (),
+        )
+
+    async def test_requeue_refuses_what_it_cannot_run(self, store: DurableStore) -> None:
+        """Only a registered job that failed or was cancelled runs again: not
+        one that succeeded, is queued or running, is unknown, or was
+        performed by a process (not registered) that alone could run it."""
+        await self._ended(store, "ok", JobState.succeeded)
+        await store.enqueue(make_job("mine"))
+        await store.start("mine")
+        await store.finish("mine", JobState.failed, error="E")
+        await store.enqueue(make_job("waiting", registered=True))
+        for job_id in ("ok", "mine", "waiting", "nope"):
+            assert await store.requeue(job_id) is False, job_id
+        assert (await _status(store, "ok")).state is JobState.succeeded
+        assert (await _status(store, "mine")).state is JobState.failed
+
+    async def test_requeue_keeps_a_unique_key_to_one_job(self, store: DurableStore) -> None:
+        """A failed job whose key another job holds now stays failed, and
+        says why; once the key is free, it runs again."""
+        await self._ended(store, "old", JobState.failed, unique="report")
+        assert await store.enqueue(make_job("new", registered=True, unique="report")) == "new"
+        with pytest.raises(ValueError, match="unique key 'report' is held"):
+            await store.requeue("old")
+        assert (await _status(store, "old")).state is JobState.failed
+        await store.cancel("new")
+        assert await store.requeue("old") is True
+
+    async def test_delete_takes_only_jobs_that_ended(self, store: DurableStore) -> None:
+        await self._ended(store, "done", JobState.succeeded)
+        await store.enqueue(make_job("queued", registered=True))
+        assert await store.delete(["done", "queued", "nope"]) == 1
+        assert await store.get("done") is None
+        assert await store.get("queued") is not None
+        assert await store.delete([]) == 0
+
+    async def test_purge_takes_old_jobs_of_the_states_named(self, store: DurableStore) -> None:
+        await self._ended(store, "ok", JobState.succeeded)
+        await self._ended(store, "bad", JobState.failed)
+        await store.enqueue(make_job("queued", registered=True))
+        assert await store.purge(frozenset({JobState.succeeded}), older_than=3600) == 0
+        assert await store.purge(frozenset({JobState.succeeded}), older_than=0) == 1
+        assert await store.get("ok") is None
+        assert await store.get("bad") is not None
+        assert await store.purge(frozenset(JobState), older_than=0) == 1  # queued: never
+        assert [s.id for s in await store.list_jobs(JobQuery())] == ["queued"]
+
+    async def test_heartbeats_list_the_workers(
+        self, store: DurableStore, make_store: Callable[[], Awaitable[DurableStore]]
+    ) -> None:
+        """Each worker's heartbeat is its row: what it takes and runs, and
+        when it was last seen; one that leaves is no longer listed."""
+        other = await make_store()
+        await store.heartbeat(queues=frozenset({"video", "mail"}), concurrency=4, running=1)
+        await other.heartbeat(queues=None, concurrency=10, running=0)
+        await store.heartbeat(queues=frozenset({"video", "mail"}), concurrency=4, running=3)
+        workers = {w.id: w for w in await other.workers()}
+        assert len(workers) == 2
+        mine = [w for w in workers.values() if w.queues is not None]
+        assert len(mine) == 1
+        (worker,) = mine
+        assert (worker.queues, worker.concurrency, worker.running, worker.alive) == (
+            ("mail", "video"), 4, 3, True,
+        )  # fmt: skip
+        assert worker.pid == os.getpid()
+        assert worker.started_at <= worker.last_seen
+        await store.leave()
+        assert [w.queues for w in await other.workers()] == [None]

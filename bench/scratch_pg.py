@@ -23,7 +23,7 @@ async def drop_store_tables(url: str, prefix: str) -> None:
     """Leave the database as it was: drop the store's tables and functions."""
     engine = create_async_engine(url)
     async with engine.begin() as conn:
-        for table in ("jobs", "meta"):
+        for table in ("jobs", "meta", "schedules", "workers"):
             await conn.execute(text(f"DROP TABLE IF EXISTS {prefix}{table} CASCADE"))
         for change in ("insert", "update"):
             await conn.execute(text(f"DROP FUNCTION IF EXISTS {prefix}jobs_notify_{change}()"))

@@ -79,3 +79,13 @@ async def reports_then_waits(seconds: float) -> str:
     asyncjob.set_progress(42, "partway")
     await asyncio.sleep(seconds)  # the work
     return "done"
+
+
+@asyncjob.job
+def fails_once(marker: str) -> str:
+    """Fail the first time (leaving the file ``marker``), succeed after."""
+    if not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        raise OSError(f"first attempt: {marker} was missing")
+    return "second time lucky"

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(commands)
     _add_worker(commands)
     _add_dashboard(commands)
+    _add_operator_commands(commands)
     return parser
 
 
@@ -219,6 +220,169 @@ def _run_dashboard(args: argparse.Namespace) -> int:
         allow_actions=args.allow_actions,
         table_prefix=args.table_prefix,
     )
+
+
+# -- the operator's commands ------------------------------------------------------------
+
+_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+_EXIT = (
+    "exit status: 0 done; 1 a job did not succeed, or was not acted on; "
+    "2 the command failed (unknown id, store unreachable)"
+)
+
+
+def _add_operator_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def command(name: str, help: str, examples: str, handler: Handler) -> argparse.ArgumentParser:
+        parser = commands.add_parser(
+            name,
+            help=help,
+            description=f"{help[0].upper()}{help[1:]}.",
+            epilog=f"examples:\n{examples}\n\n{_EXIT}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _add_store(parser)
+        parser.add_argument(
+            "--table-prefix",
+            default=defaults.TABLE_PREFIX,
+            help=f"the store's table prefix (default {defaults.TABLE_PREFIX})",
+        )
+        parser.set_defaults(handler=handler)
+        return parser
+
+    jobs = command(
+        "jobs",
+        "list a shared store's jobs, newest first",
+        "  asyncjob jobs --state failed --limit 20\n"
+        "  asyncjob jobs --name app.jobs.resize --queue video --json\n"
+        "  asyncjob jobs --before LAST_ID_OF_THE_PREVIOUS_PAGE",
+        _run_jobs,
+    )
+    jobs.add_argument(
+        "--state",
+        dest="states",
+        action="append",
+        choices=_STATES,
+        help="only jobs in this state (repeat for more)",
+    )
+    jobs.add_argument("--name", help="only jobs of this name (app.jobs.resize)")
+    jobs.add_argument("--queue", help="only jobs of this queue")
+    jobs.add_argument("--limit", type=_positive_int, default=50, help="at most this many (50)")
+    jobs.add_argument("--before", metavar="ID", help="the page after this job")
+    jobs.add_argument("--json", action="store_true", help="print JSON, not a table")
+
+    status = command(
+        "status",
+        "show a job's status; with --follow, its live progress until it ends",
+        "  asyncjob status 5f0c...\n  asyncjob status 5f0c... --follow && echo done",
+        _run_status,
+    )
+    status.add_argument("job_id", metavar="ID")
+    status.add_argument("--follow", action="store_true", help="wait for the end, showing progress")
+
+    cancel = command(
+        "cancel",
+        "cancel jobs: queued ones never start, running ones are stopped",
+        "  asyncjob cancel 5f0c... 77a1...",
+        _run_cancel,
+    )
+    cancel.add_argument("job_ids", metavar="ID", nargs="+")
+
+    retry = command(
+        "retry",
+        "run again registered jobs that failed or were cancelled",
+        "  asyncjob retry 5f0c...\n"
+        "  asyncjob jobs --state failed --json | jq -r '.[].id' | xargs asyncjob retry",
+        _run_retry,
+    )
+    retry.add_argument("job_ids", metavar="ID", nargs="+")
+
+    purge = command(
+        "purge",
+        "delete jobs that ended long enough ago",
+        "  asyncjob purge --older-than 7d\n"
+        "  asyncjob purge --state failed --state cancelled --older-than 30d",
+        _run_purge,
+    )
+    purge.add_argument(
+        "--state",
+        dest="states",
+        action="append",
+        choices=("succeeded", "failed", "cancelled"),
+        help="the states to delete (repeat; default succeeded and cancelled)",
+    )
+    purge.add_argument(
+        "--older-than",
+        required=True,
+        type=_duration,
+        help="ended at least this long ago: seconds, or 15m, 12h, 7d, 2w",
+    )
+
+    workers = command(
+        "workers",
+        "list the workers of a shared store, as their heartbeats tell",
+        "  asyncjob workers\n  asyncjob workers --json",
+        _run_workers,
+    )
+    workers.add_argument("--json", action="store_true", help="print JSON, not a table")
+
+
+def _duration(text: str) -> float:
+    from .operate import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _run_jobs(args: argparse.Namespace) -> int:
+    from .operate import list_jobs
+
+    return list_jobs(
+        args.store,
+        states=args.states,
+        name=args.name,
+        queue=args.queue,
+        limit=args.limit,
+        before=args.before,
+        as_json=args.json,
+        table_prefix=args.table_prefix,
+    )
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from .operate import show_status
+
+    return show_status(args.store, args.job_id, follow=args.follow, table_prefix=args.table_prefix)
+
+
+def _run_cancel(args: argparse.Namespace) -> int:
+    from .operate import cancel_jobs
+
+    return cancel_jobs(args.store, args.job_ids, table_prefix=args.table_prefix)
+
+
+def _run_retry(args: argparse.Namespace) -> int:
+    from .operate import retry_jobs
+
+    return retry_jobs(args.store, args.job_ids, table_prefix=args.table_prefix)
+
+
+def _run_purge(args: argparse.Namespace) -> int:
+    from .operate import purge_jobs
+
+    return purge_jobs(
+        args.store,
+        states=args.states or ["succeeded", "cancelled"],
+        older_than=args.older_than,
+        table_prefix=args.table_prefix,
+    )
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    from .operate import list_workers
+
+    return list_workers(args.store, as_json=args.json, table_prefix=args.table_prefix)
 
 
 def _add_store(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ __all__ = (
     "Outcome",
     "Progress",
     "ScheduleStatus",
+    "WorkerStatus",
     "new_job_id",
     "timestamp_to_datetime",
 )
@@ -152,6 +153,36 @@ class ScheduleStatus:
     cron: str
     last_tick: datetime | None
     next_tick: datetime | None
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """A worker (a runner that runs the jobs of a durable store), as its
+    last heartbeat recorded it (see :meth:`Runner.workers`).
+
+    Attributes:
+        id: the worker's name in the store, as jobs it holds say
+            (``host:pid:random``).
+        host: the machine it runs on.
+        pid: its process id there.
+        queues: the queues it takes, sorted; ``None`` for every queue.
+        concurrency: how many jobs it runs at once at most.
+        running: how many jobs it held at its last heartbeat.
+        started_at: when it started (an aware UTC datetime).
+        last_seen: its last heartbeat, by the store's clock.
+        alive: it was seen within a lease: past that, its jobs are taken
+            for lost and run again elsewhere, and so is it.
+    """
+
+    id: str
+    host: str
+    pid: int
+    queues: tuple[str, ...] | None
+    concurrency: int
+    running: int
+    started_at: datetime
+    last_seen: datetime
+    alive: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
 from types import MappingProxyType, TracebackType
 from typing import Any, Self, TypeVar
 
@@ -27,6 +28,7 @@ from asyncjob._core.models import (
     Outcome,
     Progress,
     ScheduleStatus,
+    WorkerStatus,
     new_job_id,
     timestamp_to_datetime,
 )
@@ -173,7 +175,11 @@ class Runner:
             if claims:
                 self._producer = Producer(self._durable, self._engine, self._wakeup, self.queues)
             self._maintenance = Maintenance(
-                self._durable, self._engine, self._producer, on_recovered=self._wakeup.set
+                self._durable,
+                self._engine,
+                self._producer,
+                on_recovered=self._wakeup.set,
+                queues=self.queues,
             )
         self._background: list[asyncio.Task[None]] = []
         self._producing: asyncio.Task[None] | None = None
@@ -206,6 +212,7 @@ class Runner:
             # A worker's store listens for new jobs from the start.
             on_queued = self._wakeup.set if self._producer is not None else None
             await self._durable.open(on_queued, self._maintenance.wake)
+            await self._maintenance.heartbeat()  # listed among the workers once started
         else:
             await self._store.open()
         # Jobs run in a copy of the context the runner was started in, as
@@ -307,6 +314,8 @@ class Runner:
                 if job_id not in claimed:
                     await self._store.cancel(job_id)
             await engine.stop_late(late, max(1.0, grace))
+        if self._maintenance is not None:
+            await self._maintenance.leave()
         engine.close()
         await self._store.close()
 
@@ -708,6 +717,84 @@ class Runner:
             else:
                 self._engine.interrupt(job_id)
         return before in (JobState.queued, JobState.running)
+
+    # -- what operators do (shared stores) --------------------------------------------
+
+    async def retry(self, job_id: str) -> bool:
+        """Run again a job that failed or was cancelled: it is queued, due
+        now, for one more attempt, and any worker of the store takes it.
+        Its last error joins :attr:`JobStatus.errors`. Returns False if the
+        job has not failed or been cancelled (it is queued, running or
+        succeeded), or is not registered (only the process that performed
+        it could run it).
+
+        Raises:
+            JobNotFound: no job has this id.
+            ValueError: the job's unique key is held by another job now.
+            RuntimeError: the store is not shared (``"memory"`` keeps no
+                job's function and arguments once it has run).
+        """
+        store = self._shared_store("retry a job")
+        if not await self._on_loop(store.requeue(job_id)):
+            await self.status(job_id)  # JobNotFound, if it is that
+            return False
+        return True
+
+    async def delete(self, job_ids: Iterable[str]) -> int:
+        """Delete the jobs of ``job_ids`` that have ended, and return how
+        many; a job queued or running is left alone (cancel it first).
+
+        Raises:
+            RuntimeError: the store is not shared (``"memory"`` forgets
+                ended jobs by itself, after ``keep_finished``).
+        """
+        ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
+        return await self._on_loop(self._shared_store("delete jobs").delete(ids))
+
+    async def purge(
+        self,
+        older_than: float | timedelta,
+        states: Iterable[JobState | str] = (JobState.succeeded, JobState.cancelled),
+    ) -> int:
+        """Delete the jobs in ``states`` that ended more than ``older_than``
+        ago (seconds, or a timedelta), and return how many: a batch at a
+        time, so that workers and producers are never held up for long.
+        Failed jobs are kept unless named: their errors are what people
+        come back for.
+
+        Raises:
+            ValueError: a state is not a final one, or ``older_than`` < 0.
+            RuntimeError: the store is not shared.
+        """
+        seconds: object = (
+            older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+        )
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
+            raise ValueError(f"older_than must be seconds >= 0 or a timedelta, not {older_than!r}")
+        chosen = frozenset(JobState(state) for state in states)
+        if not chosen or not all(state.is_final for state in chosen):
+            raise ValueError(
+                f"only jobs that ended can be purged: states among succeeded, failed, "
+                f"cancelled, not {sorted(state.value for state in chosen)}"
+            )
+        return await self._on_loop(self._shared_store("purge jobs").purge(chosen, float(seconds)))
+
+    async def workers(self) -> list[WorkerStatus]:
+        """The workers of the store (the runners that run its jobs, in any
+        process), as their heartbeats tell: host, pid, queues, concurrency,
+        jobs held. Those gone for a lease are not ``alive``; those gone for
+        a day are not listed. An empty list on the memory store."""
+        if self._durable is None:
+            return []
+        return await self._on_loop(self._durable.workers())
+
+    def _shared_store(self, what: str) -> DurableStore:
+        if self._durable is None:
+            raise RuntimeError(
+                f"cannot {what} in a memory store: give the runner a shared store "
+                "(an SQLite file or PostgreSQL)"
+            )
+        return self._durable
 
     async def _read(self, method: Callable[[Any], Awaitable[T]], arg: Any) -> T:
         """``await method(arg)``: a store read, on the runner's loop."""

@@ -3,8 +3,9 @@ it claims jobs or only performs them.
 
 Every third of a lease: stop the held jobs that the store says to stop
 (cancelled elsewhere, or taken over), put back in the queue the jobs of
-workers that died, and delete old finished jobs, batch after batch, for
-up to half of the time to the next round. A cancel the store hears of
+workers that died, delete old finished jobs, batch after batch, for up to
+half of the time to the next round, and, for a runner that runs the
+store's jobs, record a heartbeat (what operators see of the workers). A cancel the store hears of
 between two rounds is acted on at once. (Periodic jobs are the
 scheduler's, ``scheduler.py``.)
 """
@@ -34,6 +35,7 @@ class Maintenance:
             does not claim): the ones to stop are dropped before they start.
         on_recovered: called when jobs of dead workers went back to the
             queue, so that they are claimed at once.
+        queues: the queues the runner takes, for its heartbeats.
     """
 
     def __init__(
@@ -42,8 +44,10 @@ class Maintenance:
         engine: Engine,
         producer: Producer | None,
         on_recovered: Callable[[], None],
+        queues: frozenset[str] | None = None,
     ) -> None:
         self._store = store
+        self._queues = queues
         self._engine = engine
         self._producer = producer
         self._on_recovered = on_recovered
@@ -70,6 +74,7 @@ class Maintenance:
                 await self._stop_what_the_store_says()
                 if loop.time() >= next_round:
                     next_round = loop.time() + self._store.lease / 3
+                    await self.heartbeat()
                     if await self._store.recover():
                         self._on_recovered()
                     await self.retain(until=loop.time() + self._store.lease / 6)
@@ -91,6 +96,30 @@ class Maintenance:
             deleted += done
             await asyncio.sleep(0)  # between two statements, the loop's other work
         return deleted
+
+    async def heartbeat(self) -> None:
+        """Tell the store this worker is alive, and what it does; a runner
+        that only performs jobs (a web process) is no worker."""
+        if self._producer is None:
+            return
+        try:
+            await self._store.heartbeat(
+                queues=self._queues,
+                concurrency=self._engine.concurrency,
+                running=self._engine.running,
+            )
+        except Exception:  # noqa: BLE001 - the next round tries again
+            unless_cancelled()
+            logger.exception("could not record this worker's heartbeat")
+
+    async def leave(self) -> None:
+        """This worker stops: the store forgets its heartbeats."""
+        if self._producer is None:
+            return
+        try:
+            await self._store.leave()
+        except Exception:  # noqa: BLE001 - it ages out of the list all the same
+            logger.exception("could not remove this worker from the store's workers")
 
     async def _stop_what_the_store_says(self) -> None:
         for job_id in await self._store.renew():

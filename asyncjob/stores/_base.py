@@ -30,6 +30,7 @@ from asyncjob._core.models import (
     JobStatus,
     Outcome,
     ScheduleStatus,
+    WorkerStatus,
 )
 
 __all__ = ("SHARED_STORES", "DurableStore", "Store", "TransactionalStore", "unknown_store")
@@ -365,6 +366,50 @@ class DurableStore(Store):
         """Delete some of the jobs that finished long enough ago, without
         holding locks for long; return how many. Workers call it again and
         again."""
+
+    # -- what operators do ------------------------------------------------------
+
+    @abc.abstractmethod
+    async def requeue(self, job_id: str) -> bool:
+        """Run again a registered job that failed or was cancelled: queued,
+        due now, for its next attempt. The error it ended with joins its
+        ``errors``; its result, error, traceback, progress and times are
+        cleared. Returns True if it was queued again; False for an unknown
+        id, a job that is not registered (only the process that performed
+        it could run it) or one that has not failed or been cancelled.
+
+        Raises:
+            ValueError: the job's unique key is held by another job now
+                (queued, waiting or running); the job stays as it was.
+        """
+
+    @abc.abstractmethod
+    async def delete(self, job_ids: list[str]) -> int:
+        """Delete those of ``job_ids`` that have ended; return how many. A job
+        queued or running is never deleted: cancel it first."""
+
+    @abc.abstractmethod
+    async def purge(self, states: frozenset[JobState], older_than: float) -> int:
+        """Delete the jobs in ``states`` (final states) that ended more than
+        ``older_than`` seconds ago by the store's clock, a batch at a time;
+        return how many."""
+
+    @abc.abstractmethod
+    async def heartbeat(
+        self, *, queues: frozenset[str] | None, concurrency: int, running: int
+    ) -> None:
+        """Record that the worker of this store is alive: the queues it
+        takes (``None``: every queue), its concurrency, the jobs it runs.
+        Called by a runner that runs jobs, every third of a lease."""
+
+    @abc.abstractmethod
+    async def leave(self) -> None:
+        """The worker of this store stops: forget its heartbeats."""
+
+    @abc.abstractmethod
+    async def workers(self) -> list[WorkerStatus]:
+        """The workers that sent a heartbeat within the last day, by id:
+        those seen within a lease are ``alive``."""
 
 
 class TransactionalStore(abc.ABC):

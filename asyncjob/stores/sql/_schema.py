@@ -42,7 +42,7 @@ __all__ = (
 )
 
 #: The version this release writes and reads.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: The state, in the table, of a job that is queued and not due yet (delayed,
 #: or waiting for a retry). It reads as ``queued``: the difference is the
@@ -128,6 +128,19 @@ class Tables:
             Column("cron", String(255), nullable=False),
             Column("last_tick", Float, nullable=False),
             Column("next_tick", Float, nullable=True),
+        )
+        # Workers: a row each, rewritten by its heartbeats (a third of a lease).
+        self.workers = Table(
+            f"{prefix}workers",
+            self.metadata,
+            Column("id", String(64), primary_key=True),
+            Column("host", String(255), nullable=False),
+            Column("pid", Integer, nullable=False),
+            Column("queues", Text, nullable=True),  # JSON array; NULL: every queue
+            Column("concurrency", Integer, nullable=False),
+            Column("running", Integer, nullable=False),
+            Column("started_at", Float, nullable=False),
+            Column("last_seen", Float, nullable=False),
         )
         # Partial indexes: a row is in each only for part of its life, so
         # that most of its changes touch no index but the primary key's.
@@ -269,8 +282,13 @@ def _migrate_3_to_4(conn: Connection, tables: Tables, dialect: SchemaHooks) -> N
     dialect.install_triggers(conn)  # they announce scheduled jobs too
 
 
+def _migrate_4_to_5(conn: Connection, tables: Tables, dialect: SchemaHooks) -> None:
+    """Version 5 records the workers' heartbeats."""
+    tables.workers.create(conn, checkfirst=True)
+
+
 #: ``_MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1``.
-_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5}
 
 
 SchemaError.__module__ = "asyncjob.stores.sql"  # where users import it from

@@ -10,6 +10,7 @@ import re
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -42,6 +43,7 @@ from asyncjob._core.models import (
     JobStatus,
     Outcome,
     ScheduleStatus,
+    WorkerStatus,
     timestamp_to_datetime,
 )
 from asyncjob._core.spec import JobOptions
@@ -54,6 +56,7 @@ from asyncjob.stores.kit import (
     Report,
     Watchers,
     dumps,
+    loads,
     storable_text,
 )
 
@@ -86,6 +89,11 @@ WORKER_LOST = (
 
 #: Finished jobs deleted per statement: small, so that no lock is held long.
 PURGE_BATCH = 500
+
+#: Seconds a worker that stopped sending heartbeats (it crashed) stays listed.
+WORKERS_KEPT = 86_400.0
+
+_ENDED = [JobState.succeeded.value, JobState.failed.value, JobState.cancelled.value]
 
 #: The longest error kept when the database refused the real one.
 _ERROR_LENGTH = 2000
@@ -190,6 +198,7 @@ class SQLStore(DurableStore, TransactionalStore):
         self.tables = Tables(table_prefix)
         #: Identifies this store object as the holder of the jobs it runs.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self._opened_at = time.time()
         self._dialect: Dialect = dialect_for(url, self.tables, self.owner)
         #: The jobs this store object holds, under a lease it renews, with the
         #: attempt it holds: the registered jobs it claimed, and the others
@@ -721,6 +730,129 @@ class SQLStore(DurableStore, TransactionalStore):
         done = await self.db.execute(delete(jobs).where(jobs.c.id.in_(old)))
         return int(done.rowcount)
 
+    # -- what operators do ------------------------------------------------------
+
+    async def requeue(self, job_id: str) -> bool:
+        jobs = self.tables.jobs
+        ended = [JobState.failed.value, _CANCELLED]
+        async with self.db.write() as conn:
+            row = (
+                await conn.execute(
+                    select(jobs.c.error, jobs.c.errors, jobs.c.unique_key)
+                    .where(jobs.c.id == job_id, jobs.c.registered.is_(True))
+                    .where(jobs.c.state.in_(ended))
+                    .with_for_update()
+                )
+            ).first()
+            if row is None:
+                return False
+            errors = _errors_of(job_id, row.errors) + ([row.error] if row.error else [])
+            try:
+                await conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id)
+                    .values(
+                        state=_QUEUED,
+                        run_after=self.db.now(),
+                        errors=dumps(errors, "the errors") if errors else None,
+                        error=None,
+                        traceback=None,
+                        result=None,
+                        progress=None,
+                        data=None,
+                        started_at=None,
+                        finished_at=None,
+                        cancel_requested=False,
+                    )
+                )
+            except IntegrityError:
+                raise ValueError(
+                    f"job {job_id} cannot run again now: its unique key {row.unique_key!r} "
+                    "is held by another job, queued or running"
+                ) from None
+        self._changed(job_id)
+        return True
+
+    async def delete(self, job_ids: list[str]) -> int:
+        jobs = self.tables.jobs
+        total = 0
+        for first in range(0, len(job_ids), PURGE_BATCH):
+            done = await self.db.execute(
+                delete(jobs).where(
+                    jobs.c.id.in_(job_ids[first : first + PURGE_BATCH]), jobs.c.state.in_(_ENDED)
+                )
+            )
+            total += int(done.rowcount)
+        return total
+
+    async def purge(self, states: frozenset[JobState], older_than: float) -> int:
+        jobs = self.tables.jobs
+        chosen = sorted(state.value for state in states if state.is_final)
+        total = 0
+        while chosen:
+            old = (
+                select(jobs.c.id)
+                .where(jobs.c.finished_at < self.db.now() - older_than, jobs.c.state.in_(chosen))
+                .order_by(jobs.c.finished_at)  # through the index of ended jobs
+                .limit(PURGE_BATCH)
+                .scalar_subquery()
+            )
+            done = int((await self.db.execute(delete(jobs).where(jobs.c.id.in_(old)))).rowcount)
+            total += done
+            if done < PURGE_BATCH:
+                break
+            await asyncio.sleep(0)  # between two statements, the loop's other work
+        return total
+
+    async def heartbeat(
+        self, *, queues: frozenset[str] | None, concurrency: int, running: int
+    ) -> None:
+        workers = self.tables.workers
+        seen = {
+            "queues": None if queues is None else dumps(sorted(queues), "the queues"),
+            "concurrency": concurrency,
+            "running": running,
+            "last_seen": self.db.now(),
+        }
+        beat = self._dialect.insert_construct(workers).values(
+            id=self.owner, host=socket.gethostname(), pid=os.getpid(),
+            started_at=self._opened_at, **seen,
+        )  # fmt: skip
+        async with self.db.write() as conn:
+            await conn.execute(beat.on_conflict_do_update(index_elements=["id"], set_=seen))
+            # Workers gone for a day are forgotten (a crash leaves its row).
+            await conn.execute(
+                delete(workers).where(workers.c.last_seen < self.db.now() - WORKERS_KEPT)
+            )
+
+    async def leave(self) -> None:
+        workers = self.tables.workers
+        await self.db.execute(delete(workers).where(workers.c.id == self.owner))
+
+    async def workers(self) -> list[WorkerStatus]:
+        workers = self.tables.workers
+        rows = (
+            await self.db.fetch(
+                select(workers, (workers.c.last_seen >= self.db.now() - self._lease).label("alive"))
+                .where(workers.c.last_seen >= self.db.now() - WORKERS_KEPT)
+                .order_by(workers.c.id)
+            )
+        ).all()
+        return [
+            WorkerStatus(
+                id=row.id,
+                host=row.host,
+                pid=row.pid,
+                queues=None if row.queues is None else tuple(loads(row.queues)),
+                concurrency=row.concurrency,
+                running=row.running,
+                started_at=datetime.fromtimestamp(row.started_at, UTC),
+                last_seen=datetime.fromtimestamp(row.last_seen, UTC),
+                alive=bool(row.alive),
+            )
+            for row in rows
+        ]
+
     # -- a job ends --------------------------------------------------------------
 
     async def finish(
@@ -823,12 +955,7 @@ class SQLStore(DurableStore, TransactionalStore):
                     "cancel_requested": False,
                 }
             else:
-                try:
-                    earlier = json_column(job_id, "errors", row.errors) or []
-                except BadRecord as exc:  # edited by hand: keep the new error all the same
-                    earlier = [f"(earlier errors unreadable: {exc})"]
-                if not isinstance(earlier, list):
-                    earlier = [f"(earlier errors unreadable: {earlier!r})"]
+                earlier = _errors_of(job_id, row.errors)
                 values = {
                     "state": SCHEDULED if delay > 0 else _QUEUED,
                     "errors": dumps([*earlier, error], "the errors"),
@@ -1036,3 +1163,16 @@ class SQLStore(DurableStore, TransactionalStore):
                 if now != status:
                     status = now
                     yield status
+
+
+def _errors_of(job_id: str, raw: str | None) -> list[Any]:
+    """The errors of a job's earlier attempts, as its row keeps them. A
+    list edited by hand into something else is said to be unreadable, and
+    the next error is kept all the same."""
+    try:
+        earlier = json_column(job_id, "errors", raw) or []
+    except BadRecord as exc:
+        return [f"(earlier errors unreadable: {exc})"]
+    if not isinstance(earlier, list):
+        return [f"(earlier errors unreadable: {earlier!r})"]
+    return earlier

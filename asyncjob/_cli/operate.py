@@ -1,0 +1,324 @@
+"""The operator's commands: ``asyncjob jobs``, ``status``, ``cancel``,
+``retry``, ``purge`` and ``workers``, each on a shared store, through a
+producer-only runner (it runs nothing, and is no worker)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, TextIO
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from asyncjob._core import defaults
+from asyncjob._core.errors import AsyncJobError, JobNotFound
+from asyncjob._core.models import JobState, JobStatus, WorkerStatus
+from asyncjob._runner.runner import Runner
+from asyncjob.stores import resolve_store
+from asyncjob.stores._base import SHARED_STORES
+
+__all__ = (
+    "cancel_jobs",
+    "list_jobs",
+    "list_workers",
+    "parse_duration",
+    "purge_jobs",
+    "retry_jobs",
+    "show_status",
+)
+
+#: Exit statuses: done; done, but a job did not succeed (or an id was not
+#: acted on); the command could not do its work (unknown id, store away).
+OK, NOT_SUCCEEDED, FAILED = 0, 1, 2
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w`` as seconds.
+
+    Raises:
+        ValueError: not one of those forms.
+    """
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if found is None:
+        raise ValueError(f"{text!r} is not a duration: give seconds, or 15m, 12h, 7d, 2w")
+    return float(found[1]) * _UNITS[found[2] or "s"]
+
+
+class _Failure(Exception):
+    """The command cannot do its work: the message says why."""
+
+
+def _run(store: str, table_prefix: str, work: Callable[[Runner], Awaitable[int]]) -> int:
+    """Open ``store``, do ``work`` with a runner on it, close it; the exit
+    status, with an error said on stderr."""
+    if "://" not in store:
+        return _error(f"{store!r} is not a shared store: give {SHARED_STORES}")
+    try:
+        runner = Runner(resolve_store(store, table_prefix=table_prefix), producer_only=True)
+    except (TypeError, ValueError) as exc:
+        return _error(str(exc))
+
+    async def main() -> int:
+        try:
+            await runner.start()
+        except (OSError, SQLAlchemyError, AsyncJobError) as exc:
+            raise _Failure(f"cannot open the store: {exc}") from None
+        try:
+            return await work(runner)
+        finally:
+            await runner.stop()
+
+    try:
+        return asyncio.run(main())
+    except _Failure as exc:
+        return _error(str(exc))
+    except (OSError, SQLAlchemyError) as exc:
+        return _error(f"the store failed: {exc}")
+
+
+def _error(message: str) -> int:
+    print(f"asyncjob: {message}", file=sys.stderr)
+    return FAILED
+
+
+# -- asyncjob jobs --------------------------------------------------------------------------
+
+
+def list_jobs(
+    store: str,
+    *,
+    states: Sequence[str] | None,
+    name: str | None,
+    queue: str | None,
+    limit: int,
+    before: str | None,
+    as_json: bool,
+    table_prefix: str = defaults.TABLE_PREFIX,
+) -> int:
+    async def work(runner: Runner) -> int:
+        try:
+            found = await runner.jobs(states or None, name, queue, limit, before=before)
+        except JobNotFound:
+            raise _Failure(f"--before names no job the store knows: {before}") from None
+        except ValueError as exc:
+            raise _Failure(str(exc)) from None
+        if as_json:
+            json.dump([_jsonable(status) for status in found], sys.stdout, indent=1)
+            print()
+        else:
+            _table(
+                ["ID", "NAME", "QUEUE", "STATE", "PROGRESS", "PERFORMED"],
+                [
+                    [s.id, s.name, s.queue, _state(s), _progress(s), _when(s.enqueued_at)]
+                    for s in found
+                ],
+            )
+        return OK
+
+    return _run(store, table_prefix, work)
+
+
+# -- asyncjob status ------------------------------------------------------------------------
+
+
+def show_status(
+    store: str, job_id: str, *, follow: bool, table_prefix: str = defaults.TABLE_PREFIX
+) -> int:
+    async def work(runner: Runner) -> int:
+        try:
+            status = await runner.status(job_id)
+        except JobNotFound:
+            raise _Failure(f"no such job: {job_id}") from None
+        if follow and not status.is_final:
+            status = await _follow(runner, job_id, sys.stderr)
+        _describe(status, sys.stdout)
+        if status.state is JobState.succeeded or not status.is_final:
+            return OK
+        return NOT_SUCCEEDED
+
+    return _run(store, table_prefix, work)
+
+
+async def _follow(runner: Runner, job_id: str, out: TextIO) -> JobStatus:
+    """Show the job's progress until it ends: a bar redrawn in place on a
+    terminal, a line per change otherwise. Returns its final status."""
+    live = out.isatty()
+    last: JobStatus | None = None
+    async for status in runner.watch(job_id):
+        last = status
+        line = f"{_bar(status)} {_state(status)}{_data(status)}"
+        if live:
+            out.write(f"\r\x1b[2K{line[:200]}")
+        else:
+            out.write(f"{line}\n")
+        out.flush()
+    if live:
+        out.write("\n")
+    assert last is not None  # watch yields the status as it is, first
+    return last
+
+
+# -- asyncjob cancel, retry -----------------------------------------------------------------
+
+
+def cancel_jobs(store: str, job_ids: Sequence[str], *, table_prefix: str) -> int:
+    async def work(runner: Runner) -> int:
+        worst = OK
+        for job_id in job_ids:
+            try:
+                before = (await runner.status(job_id)).state
+            except JobNotFound:
+                print(f"{job_id}: no such job", file=sys.stderr)
+                worst = FAILED
+                continue
+            if await runner.cancel(job_id):
+                after = (await runner.status(job_id)).state
+                print(f"{job_id}: {'cancelled' if after.is_final else 'cancel requested'}")
+            else:
+                print(f"{job_id}: not cancelled, it had ended ({before.value})")
+                worst = max(worst, NOT_SUCCEEDED)
+        return worst
+
+    return _run(store, table_prefix, work)
+
+
+def retry_jobs(store: str, job_ids: Sequence[str], *, table_prefix: str) -> int:
+    async def work(runner: Runner) -> int:
+        worst = OK
+        for job_id in job_ids:
+            try:
+                if await runner.retry(job_id):
+                    print(f"{job_id}: queued again")
+                    continue
+                state = (await runner.status(job_id)).state.value
+                print(f"{job_id}: not retried: it is {state}, or not registered "
+                      "(only jobs registered with @asyncjob.job that failed or were "
+                      "cancelled run again)")  # fmt: skip
+                worst = max(worst, NOT_SUCCEEDED)
+            except JobNotFound:
+                print(f"{job_id}: no such job", file=sys.stderr)
+                worst = FAILED
+            except ValueError as exc:
+                print(f"{job_id}: not retried: {exc}", file=sys.stderr)
+                worst = max(worst, NOT_SUCCEEDED)
+        return worst
+
+    return _run(store, table_prefix, work)
+
+
+# -- asyncjob purge ---------------------------------------------------------------------------
+
+
+def purge_jobs(store: str, *, states: Sequence[str], older_than: float, table_prefix: str) -> int:
+    async def work(runner: Runner) -> int:
+        try:
+            deleted = await runner.purge(older_than, states)
+        except ValueError as exc:
+            raise _Failure(str(exc)) from None
+        print(f"deleted {deleted} job(s)")
+        return OK
+
+    return _run(store, table_prefix, work)
+
+
+# -- asyncjob workers -------------------------------------------------------------------------
+
+
+def list_workers(store: str, *, as_json: bool, table_prefix: str) -> int:
+    async def work(runner: Runner) -> int:
+        found = await runner.workers()
+        if as_json:
+            json.dump([_worker_json(w) for w in found], sys.stdout, indent=1)
+            print()
+        else:
+            _table(
+                ["ID", "HOST", "PID", "QUEUES", "RUNNING", "LAST SEEN", "ALIVE"],
+                [
+                    [
+                        w.id, w.host, str(w.pid),
+                        "*" if w.queues is None else ",".join(w.queues),
+                        f"{w.running}/{w.concurrency}", _when(w.last_seen),
+                        "yes" if w.alive else "LOST",
+                    ]
+                    for w in found
+                ],
+            )  # fmt: skip
+        return OK
+
+    return _run(store, table_prefix, work)
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    widths = [max(len(row[n]) for row in [header, *rows]) for n in range(len(header))]
+    for row in [header, *rows]:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def _describe(status: JobStatus, out: TextIO) -> None:
+    """The status, a field a line, what is set."""
+    shown = _jsonable(status)
+    shown.pop("traceback")
+    for key, value in shown.items():
+        if value not in (None, [], "") and not (key == "cancel_requested" and value is False):
+            print(f"{key}: {value if isinstance(value, str) else json.dumps(value)}", file=out)
+    if status.traceback:
+        print(status.traceback.rstrip(), file=out)
+
+
+def _jsonable(status: JobStatus) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key in status.__dataclass_fields__:
+        value = getattr(status, key)
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, JobState):
+            value = value.value
+        elif isinstance(value, tuple):
+            value = list(value)
+        found[key] = value
+    return found
+
+
+def _worker_json(worker: WorkerStatus) -> dict[str, Any]:
+    return {
+        key: value.isoformat() if isinstance(value, datetime) else value
+        for key, value in vars(worker).items()
+    }
+
+
+def _state(status: JobStatus) -> str:
+    if status.cancel_requested:
+        return f"{status.state.value} (cancel requested)"
+    return status.state.value
+
+
+def _progress(status: JobStatus) -> str:
+    return "" if status.progress is None else f"{status.progress:g}"
+
+
+def _data(status: JobStatus) -> str:
+    return "" if status.data is None else f" {status.data}"
+
+
+def _bar(status: JobStatus, width: int = 30) -> str:
+    value = 100.0 if status.state is JobState.succeeded else (status.progress or 0.0)
+    filled = round(width * max(0.0, min(value, 100.0)) / 100)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {value:5.1f}%"
+
+
+def _when(moment: datetime | None) -> str:
+    return "" if moment is None else moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
