@@ -22,8 +22,10 @@ from ._core.errors import (
     RunnerNotRunning,
 )
 from ._core.models import (
+    COUNT_CAP,
     JobState,
     JobStatus,
+    Overview,
     Progress,
     ScheduleStatus,
     WorkerStatus,
@@ -37,6 +39,7 @@ from ._engine.sessions import JobScope, session, timed_query, timed_query_sync
 from ._runner.runner import Runner
 
 __all__ = (
+    "COUNT_CAP",
     "AsyncJobError",
     "JobCancelled",
     "JobFailed",
@@ -47,6 +50,7 @@ __all__ = (
     "JobState",
     "JobStatus",
     "NotInJob",
+    "Overview",
     "Progress",
     "Runner",
     "RunnerNotRunning",

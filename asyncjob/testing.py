@@ -418,6 +418,31 @@ class StoreContract:
             make_tick(0, "tests.b", "*/5 * * * *"),
         ]
 
+    async def test_overview_counts_by_queue_and_minute(self, store: Store) -> None:
+        """Waiting, delayed and running jobs by queue; since when the oldest
+        due job waits; what ended in the last hour, by minute."""
+        empty = await store.overview()
+        assert (empty.waiting, empty.running, empty.oldest_due) == ({}, {}, None)
+        now = time.time()
+        await store.enqueue(make_job("old", at=now))
+        await store.enqueue(make_job("new", at=now, queue="mail"))
+        await store.enqueue(make_job("later", delay=3600))
+        for job_id, state in (("ok", JobState.succeeded), ("bad", JobState.failed), ("run", None)):
+            await store.enqueue(make_job(job_id, queue="video"))
+            await store.start(job_id)
+            if state is not None:
+                await store.finish(job_id, state)
+        seen = await store.overview()
+        assert (seen.waiting, seen.scheduled, seen.running, seen.capped) == (
+            {"default": 1, "mail": 1}, {"default": 1}, {"video": 1}, False,
+        )  # fmt: skip
+        assert seen.oldest_due is not None
+        assert now - 5 < seen.oldest_due.timestamp() < time.time() + 5  # the store's clock
+        assert len(seen.ended) == 60
+        assert sum(minute[1] for minute in seen.ended) == 1
+        assert sum(minute[2] for minute in seen.ended) == 1
+        assert seen.ended[-1][0] <= datetime.now(UTC) < seen.ended[-1][0] + timedelta(minutes=1)
+
 
 class DurableStoreContract(StoreContract):
     """The contract of :class:`~asyncjob.stores.DurableStore`, with the

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -431,11 +432,12 @@ async def test_cancel_when_allowed() -> None:
         job_id = await runner.perform(stepper, "cancel", 1)
         response = await client.post(f"/api/jobs/{job_id}/cancel", headers=ACTION)
         assert response.status_code == 200
-        assert response.json()["cancelled"] is True
+        assert response.json()["done"] is True
         with pytest.raises(asyncjob.JobCancelled):
             await runner.wait(job_id, timeout=TIMEOUT)
         again = await client.post(f"/api/jobs/{job_id}/cancel", headers=ACTION)
-        assert again.json() | {"cancelled": False} == again.json()
+        assert (again.json()["done"], again.json()["why"]) == (False, "it has ended")
+        assert again.json()["status"]["state"] == "cancelled"
         assert (await client.post("/api/jobs/nope/cancel", headers=ACTION)).status_code == 404
 
 
@@ -487,7 +489,105 @@ async def test_authorize_decides_each_action(caplog: pytest.LogCaptureFixture) -
     assert asked == [("cancel", job_id), ("cancel", job_id)]
     messages = [r.getMessage() for r in caplog.records]
     assert any("may not cancel job" in m and "127.0.0.1" in m for m in messages)
-    assert any(f"cancelled job {job_id}" in m for m in messages)
+    assert any(f"cancel job {job_id}: done" in m for m in messages)
+
+
+async def test_retry_delete_and_bulk_actions_on_a_shared_store(
+    database: Database, tmp_path: Path
+) -> None:
+    """On an SQL store: a failed job retried runs again; an ended one is
+    deleted, a queued one is not; one request acts on many jobs, and says
+    what it did to each."""
+    store = asyncjob.stores.resolve_store(database.async_url)
+    runner = asyncjob.Runner(store)
+    async with (
+        serving(app_with_dashboard(runner, read_only=False)) as (url, _),
+        httpx.AsyncClient(base_url=f"{url}/jobs", timeout=TIMEOUT) as client,
+    ):
+        failing = await runner.perform(worker_jobs.fails_once, str(tmp_path / "marker"))
+        with pytest.raises(asyncjob.JobFailed):
+            await runner.wait(failing, timeout=TIMEOUT)
+        retry = {asyncjob.web.ACTION_HEADER: "retry"}
+        answer = (await client.post(f"/api/jobs/{failing}/retry", headers=retry)).json()
+        assert answer["done"] is True
+        assert await runner.wait(failing, timeout=TIMEOUT) == "second time lucky"
+        again = (await client.post(f"/api/jobs/{failing}/retry", headers=retry)).json()
+        assert again["done"] is False
+        assert "failed or was cancelled" in again["why"]
+
+        delete = {asyncjob.web.ACTION_HEADER: "delete"}
+        gate = f"bulk-{os.urandom(4).hex()}"
+        waiting = await runner.perform(worker_jobs.wait_for_gate, gate)
+        bulk = await client.post(
+            "/api/actions", json={"action": "delete", "ids": [failing, waiting]}, headers=delete
+        )
+        results = {r["id"]: r["done"] for r in bulk.json()["results"]}
+        assert results == {failing: True, waiting: False}
+        assert (await client.get(f"/api/jobs/{failing}")).status_code == 404
+        cancel = {asyncjob.web.ACTION_HEADER: "cancel"}
+        cancelled = await client.post(
+            "/api/actions", json={"action": "cancel", "ids": [waiting]}, headers=cancel
+        )
+        assert cancelled.json()["results"] == [{"id": waiting, "done": True, "why": None}]
+        worker_jobs.GATES.setdefault(gate, asyncio.Event()).set()
+        with pytest.raises(asyncjob.JobCancelled):
+            await runner.wait(waiting, timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"action": "explode", "ids": ["a"]}, "the actions are cancel, retry, delete"),
+        ({"action": "cancel", "ids": []}, "ids must be a list"),
+        ({"action": "cancel", "ids": "a"}, "ids must be a list"),
+        ({"action": "cancel", "ids": [str(n) for n in range(101)]}, "100 jobs at most"),
+    ],
+)
+async def test_a_bad_bulk_action_is_a_400(body: dict[str, Any], message: str) -> None:
+    async with dashboard(read_only=False) as (_, client):
+        response = await client.post("/api/actions", json=body, headers=ACTION)
+        assert response.status_code == 400
+        assert message in response.json()["error"]
+
+
+async def test_retry_and_delete_need_a_shared_store() -> None:
+    """The memory store keeps no ended job's function: the page is told so."""
+    async with dashboard(read_only=False) as (runner, client):
+        job_id = await runner.perform(hot, 1)
+        await runner.wait(job_id, timeout=TIMEOUT)
+        answer = await client.post(
+            f"/api/jobs/{job_id}/delete", headers={asyncjob.web.ACTION_HEADER: "delete"}
+        )
+        assert answer.json()["done"] is False
+        assert "memory store" in answer.json()["why"]
+
+
+async def test_overview_and_workers(database: Database) -> None:
+    """The overview counts by queue and minute; the workers list this
+    runner, which runs the store's jobs."""
+    store = asyncjob.stores.resolve_store(database.async_url)
+    runner = asyncjob.Runner(store)
+    async with (
+        serving(app_with_dashboard(runner)) as (url, _),
+        httpx.AsyncClient(base_url=f"{url}/jobs", timeout=TIMEOUT) as client,
+    ):
+        job_id = await runner.perform(worker_jobs.whoami, 1)
+        await runner.wait(job_id, timeout=TIMEOUT)
+        later = await runner.perform(asyncjob.using(worker_jobs.whoami, delay=3600), 2)
+        overview = (await client.get("/api/overview")).json()
+        assert overview["scheduled"] == {"default": 1}
+        assert (overview["waiting"], overview["capped"], overview["oldest_due"]) == (
+            {},
+            False,
+            None,
+        )
+        assert len(overview["ended"]) == 60
+        assert sum(m["succeeded"] for m in overview["ended"]) == 1
+        datetime.fromisoformat(overview["ended"][-1]["minute"])
+        (worker,) = (await client.get("/api/workers")).json()
+        assert (worker["pid"], worker["alive"], worker["queues"]) == (os.getpid(), True, None)
+        datetime.fromisoformat(worker["last_seen"])
+        await runner.cancel(later)
 
 
 def test_dashboard_takes_a_runner() -> None:

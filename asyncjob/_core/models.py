@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from .spec import DEFAULT_QUEUE, JobOptions
 
 __all__ = (
+    "COUNT_CAP",
     "MAX_JOB_ID_LENGTH",
     "MAX_LISTED",
     "MAX_NAME_LENGTH",
@@ -27,9 +28,11 @@ __all__ = (
     "JobState",
     "JobStatus",
     "Outcome",
+    "Overview",
     "Progress",
     "ScheduleStatus",
     "WorkerStatus",
+    "minutes_of_the_last_hour",
     "new_job_id",
     "timestamp_to_datetime",
 )
@@ -183,6 +186,58 @@ class WorkerStatus:
     started_at: datetime
     last_seen: datetime
     alive: bool
+
+
+#: Counts of the overview stop here: reading it costs no more at a million
+#: jobs than at ten thousand.
+COUNT_CAP = 10_000
+
+
+@dataclass(frozen=True)
+class Overview:
+    """What a store holds now, and what ended over the last hour (see
+    :meth:`Runner.overview`).
+
+    Attributes:
+        waiting: the jobs due and waiting for a worker, by queue.
+        scheduled: the jobs waiting for their time (delayed, or a retry's
+            backoff), by queue.
+        running: the jobs running, by queue.
+        capped: a count stopped at :data:`COUNT_CAP`: there are at least
+            that many.
+        oldest_due: since when the job that has waited longest for a
+            worker is due (an aware UTC datetime); ``None`` if none waits.
+        ended: the last hour, a minute at a time, oldest first: ``(minute,
+            succeeded, failed, cancelled)``, the minute as an aware UTC
+            datetime.
+    """
+
+    waiting: dict[str, int]
+    scheduled: dict[str, int]
+    running: dict[str, int]
+    capped: bool
+    oldest_due: datetime | None
+    ended: tuple[tuple[datetime, int, int, int], ...]
+
+
+def minutes_of_the_last_hour(
+    now: float, counted: Iterable[tuple[int, str, int]]
+) -> tuple[tuple[datetime, int, int, int], ...]:
+    """The counts of jobs ended, ``(minute, state, count)`` with the minute
+    as ``seconds since the epoch // 60``, as :attr:`Overview.ended` gives
+    them: each minute of the hour before ``now`` (the minute under way
+    included), with zeros where none ended."""
+    last = int(now // 60)
+    counts = {minute: [0, 0, 0] for minute in range(last - 59, last + 1)}
+    column = {"succeeded": 0, "failed": 1, "cancelled": 2}
+    for minute, state, count in counted:
+        row = counts.get(int(minute))
+        if row is not None and state in column:
+            row[column[state]] += count
+    return tuple(
+        (datetime.fromtimestamp(minute * 60, UTC), row[0], row[1], row[2])
+        for minute, row in counts.items()
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from asyncjob._core.models import (
     JobState,
     JobStatus,
     Outcome,
+    Overview,
     Progress,
     ScheduleStatus,
     WorkerStatus,
@@ -778,6 +779,14 @@ class Runner:
                 f"cancelled, not {sorted(state.value for state in chosen)}"
             )
         return await self._on_loop(self._shared_store("purge jobs").purge(chosen, float(seconds)))
+
+    async def overview(self) -> Overview:
+        """What the store holds now (jobs waiting, delayed and running, by
+        queue; since when the longest-waiting job is due) and what ended
+        over the last hour, a minute at a time: what a dashboard shows.
+        Counts stop at :data:`~asyncjob.COUNT_CAP`, so that reading it costs
+        no more with a million jobs queued."""
+        return await self._on_loop(self._store.overview())
 
     async def workers(self) -> list[WorkerStatus]:
         """The workers of the store (the runners that run its jobs, in any

@@ -29,6 +29,7 @@ from asyncjob._core.models import (
     JobState,
     JobStatus,
     Outcome,
+    Overview,
     ScheduleStatus,
     WorkerStatus,
 )
@@ -208,6 +209,13 @@ class Store(abc.ABC):
         Raises:
             JobNotFound: ``query.before`` names a job the store does not know.
         """
+
+    @abc.abstractmethod
+    async def overview(self) -> Overview:
+        """What the store holds now, counted up to :data:`COUNT_CAP` per kind
+        of job, and what ended over the last hour, by the store's clock: at
+        a cost that does not grow with the jobs queued or kept (see
+        :class:`Overview`)."""
 
     @abc.abstractmethod
     async def tick(self, schedule: ScheduleStatus, job: Job) -> bool:

@@ -18,7 +18,9 @@ from asyncjob._core.models import (
     JobState,
     JobStatus,
     Outcome,
+    Overview,
     ScheduleStatus,
+    minutes_of_the_last_hour,
     timestamp_to_datetime,
 )
 from asyncjob._core.spec import JobOptions
@@ -278,6 +280,36 @@ class MemoryStore(Store):
             and (queue is None or rec.queue == queue)
         )
         return [rec.snapshot() for rec in itertools.islice(found, query.limit)]
+
+    async def overview(self) -> Overview:
+        self._forget_expired()
+        now = time.time()
+        active: dict[str, dict[str, int]] = {"waiting": {}, "scheduled": {}, "running": {}}
+        oldest: float | None = None
+        ended: dict[tuple[int, str], int] = {}
+        for rec in self._records.values():
+            if rec.state is JobState.running:
+                kind = "running"
+            elif rec.state is JobState.queued:
+                due = rec.run_after if rec.run_after is not None else rec.enqueued_at
+                kind = "scheduled" if due > now else "waiting"
+                if kind == "waiting" and (oldest is None or due < oldest):
+                    oldest = due
+            else:
+                if rec.finished_at is not None and rec.finished_at >= now - 3600:
+                    key = (int(rec.finished_at // 60), rec.state.value)
+                    ended[key] = ended.get(key, 0) + 1
+                continue
+            counts = active[kind]
+            counts[rec.queue] = counts.get(rec.queue, 0) + 1
+        return Overview(
+            waiting=active["waiting"],
+            scheduled=active["scheduled"],
+            running=active["running"],
+            capped=False,
+            oldest_due=timestamp_to_datetime(oldest),
+            ended=minutes_of_the_last_hour(now, ((m, s, n) for (m, s), n in ended.items())),
+        )
 
     async def tick(self, schedule: ScheduleStatus, job: Job) -> bool:
         known = self._schedules.get(schedule.name)

@@ -15,7 +15,12 @@ Routes, under wherever it is mounted:
 - ``GET /api/events?id=A&id=B``: one stream for many jobs (a browser keeps
   six connections per host at most over HTTP/1.1).
 - ``GET /api/schedules``: the periodic jobs, their last and next ticks.
-- ``POST /api/jobs/{id}/cancel``: only when actions are allowed.
+- ``GET /api/overview``: jobs waiting, delayed and running by queue, the
+  oldest due, what ended over the last hour by minute.
+- ``GET /api/workers``: the workers, as their heartbeats tell.
+- ``POST /api/jobs/{id}/{action}`` (``cancel``, ``retry``, ``delete``) and
+  ``POST /api/actions`` (``{"action": ..., "ids": [...]}``, up to
+  :data:`MAX_BULK` jobs): only when actions are allowed.
 """
 
 from __future__ import annotations
@@ -37,12 +42,13 @@ from asyncjob._core.errors import JobNotFound, RunnerNotRunning
 from asyncjob._core.log import logger
 from asyncjob._runner.runner import Runner
 
-from ._json import dumps, schedule_json, status_json
+from ._json import dumps, overview_json, schedule_json, status_json, worker_json
 from ._stream import job_events
 
 __all__ = ("Authorize", "dashboard")
 
-#: Decides whether a request may take an action (``"cancel"``) on a job:
+#: Decides whether a request may take an action (``"cancel"``, ``"retry"``,
+#: ``"delete"``) on a job:
 #: ``authorize(request, action, job_id)``, True to allow. It may be a
 #: coroutine function. What it needs to know of the user, it reads from the
 #: request (a session, ``request.user`` under Starlette's authentication).
@@ -53,6 +59,12 @@ MAX_STREAMED = 100
 
 #: Jobs one page of ``/api/jobs`` may hold.
 MAX_PAGE = 500
+
+#: Jobs one bulk action may name.
+MAX_BULK = 100
+
+#: What an action may do to a job.
+ACTIONS = ("cancel", "retry", "delete")
 
 #: Seconds between heartbeats (SSE comments) on an idle stream: proxies
 #: close a connection that stays silent for a minute or so.
@@ -107,9 +119,14 @@ def dashboard(
         Route("/api/jobs/{job_id}/events", board.job_events),
         Route("/api/events", board.events),
         Route("/api/schedules", board.schedules),
+        Route("/api/overview", board.overview),
+        Route("/api/workers", board.workers),
     ]
     if actions:
-        routes.append(Route("/api/jobs/{job_id}/cancel", board.cancel, methods=["POST"]))
+        routes += [
+            Route("/api/jobs/{job_id}/{action}", board.act, methods=["POST"]),
+            Route("/api/actions", board.act_on_many, methods=["POST"]),
+        ]
     return Starlette(
         routes=routes,
         exception_handlers={
@@ -194,20 +211,74 @@ class _Dashboard:
     async def schedules(self, request: Request) -> Response:
         return _JSON([schedule_json(s) for s in await self.runner.schedules()])
 
-    async def cancel(self, request: Request) -> Response:
+    async def overview(self, request: Request) -> Response:
+        return _JSON(overview_json(await self.runner.overview()))
+
+    async def workers(self, request: Request) -> Response:
+        return _JSON([worker_json(w) for w in await self.runner.workers()])
+
+    async def act(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        await self._allow(request, "cancel", job_id)
-        await self._status(job_id)
-        cancelled = await self.runner.cancel(job_id)
-        logger.warning(
-            "dashboard: %s cancelled job %s%s",
-            _who(request),
-            job_id,
-            "" if cancelled else " (it had ended already)",
-        )
-        return _JSON({"cancelled": cancelled, **status_json(await self._status(job_id))})
+        action = self._action(request.path_params["action"])
+        await self._allow(request, action, job_id)
+        await self._status(job_id)  # a 404 for an unknown id
+        done, why = await self._do(request, action, job_id)
+        found = {"id": job_id, "action": action, "done": done, "why": why}
+        if action != "delete" or not done:
+            found["status"] = status_json(await self._status(job_id))
+        return _JSON(found)
+
+    async def act_on_many(self, request: Request) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(400, 'send JSON: {"action": ..., "ids": [...]}') from None
+        action = self._action(body.get("action") if isinstance(body, dict) else None)
+        ids = body.get("ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            raise HTTPException(400, "ids must be a list of job ids")
+        if len(ids) > MAX_BULK:
+            raise HTTPException(400, f"one action names {MAX_BULK} jobs at most, not {len(ids)}")
+        results = []
+        for job_id in dict.fromkeys(ids):
+            await self._allow(request, action, job_id)
+            done, why = await self._do(request, action, job_id)
+            results.append({"id": job_id, "done": done, "why": why})
+        return _JSON({"action": action, "results": results})
 
     # -- helpers --------------------------------------------------------------
+
+    def _action(self, action: object) -> str:
+        if not isinstance(action, str) or action not in ACTIONS:
+            raise HTTPException(400, f"the actions are {', '.join(ACTIONS)}, not {action!r}")
+        return action
+
+    async def _do(self, request: Request, action: str, job_id: str) -> tuple[bool, str | None]:
+        """Take ``action`` on the job, log it with who asked; whether it was
+        done, and if not, why."""
+        why: str | None = None
+        try:
+            if action == "cancel":
+                done = await self.runner.cancel(job_id)
+                why = None if done else "it has ended"
+            elif action == "retry":
+                done = await self.runner.retry(job_id)
+                why = None if done else "only a registered job that failed or was cancelled"
+            else:
+                done = await self.runner.delete([job_id]) == 1
+                why = None if done else "no such job, or it has not ended (cancel it first)"
+        except JobNotFound:
+            done, why = False, "no such job"
+        except (ValueError, RuntimeError) as exc:
+            done, why = False, str(exc)
+        logger.warning(
+            "dashboard: %s %s job %s: %s",
+            _who(request),
+            action,
+            job_id,
+            "done" if done else f"not done ({why})",
+        )
+        return done, why
 
     async def _status(self, job_id: str) -> Any:
         try:
@@ -225,7 +296,9 @@ class _Dashboard:
     async def _allow(self, request: Request, action: str, job_id: str) -> None:
         """Refuse an action sent from another site, or not authorized."""
         if request.headers.get(ACTION_HEADER) != action:
-            raise HTTPException(403, f"an action request carries the header {ACTION_HEADER}")
+            raise HTTPException(
+                403, f"an action request carries the header {ACTION_HEADER}: {action}"
+            )
         origin = request.headers.get("origin")
         if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
             raise HTTPException(403, f"an action from another site ({origin}) is refused")

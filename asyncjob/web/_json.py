@@ -8,9 +8,9 @@ import json
 from datetime import datetime
 from typing import Any
 
-from asyncjob._core.models import JobStatus, ScheduleStatus
+from asyncjob._core.models import JobStatus, Overview, ScheduleStatus, WorkerStatus
 
-__all__ = ("dumps", "schedule_json", "status_json")
+__all__ = ("dumps", "overview_json", "schedule_json", "status_json", "worker_json")
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(JobStatus))
 
@@ -41,6 +41,31 @@ def schedule_json(schedule: ScheduleStatus) -> dict[str, Any]:
         "cron": schedule.cron,
         "last_tick": _iso(schedule.last_tick),
         "next_tick": _iso(schedule.next_tick),
+    }
+
+
+def worker_json(worker: WorkerStatus) -> dict[str, Any]:
+    """A worker as a JSON object: the fields of :class:`WorkerStatus`."""
+    found = dataclasses.asdict(worker)
+    found["queues"] = None if worker.queues is None else list(worker.queues)
+    found["started_at"] = _iso(worker.started_at)
+    found["last_seen"] = _iso(worker.last_seen)
+    return found
+
+
+def overview_json(overview: Overview) -> dict[str, Any]:
+    """The overview as a JSON object; ``ended`` as a list of
+    ``{"minute", "succeeded", "failed", "cancelled"}``."""
+    return {
+        "waiting": overview.waiting,
+        "scheduled": overview.scheduled,
+        "running": overview.running,
+        "capped": overview.capped,
+        "oldest_due": _iso(overview.oldest_due),
+        "ended": [
+            {"minute": _iso(minute), "succeeded": ok, "failed": failed, "cancelled": cancelled}
+            for minute, ok, failed, cancelled in overview.ended
+        ],
     }
 
 

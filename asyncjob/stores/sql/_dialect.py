@@ -238,6 +238,10 @@ class Dialect(abc.ABC):
 
     # -- SQL text both dialects share ---------------------------------------------
 
+    #: The minute of a time (seconds since the epoch) in ``{column}``, as
+    #: ``seconds // 60``.
+    minute_sql: ClassVar[str]
+
     #: What addresses a row in a statement that found it a moment before.
     address: ClassVar[str] = "id"
     #: What a claim's choice of rows ends with: the lock that keeps two

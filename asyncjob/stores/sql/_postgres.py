@@ -70,6 +70,7 @@ class PostgresDialect(Dialect):
 
     name = "postgresql"
     now_sql = "CAST(EXTRACT(EPOCH FROM statement_timestamp()) AS float8)"
+    minute_sql = "CAST(floor({column} / 60) AS bigint)"
     # The rows are found again by their physical address, which their lock
     # keeps from changing until the statement updates them: no second
     # look-up by the primary key.

@@ -78,6 +78,7 @@ class SQLiteDialect(Dialect):
 
     name = "sqlite"
     now_sql = "((julianday('now') - 2440587.5) * 86400.0)"
+    minute_sql = "CAST({column} / 60 AS INTEGER)"  # times are positive: a floor
     one_writer = True
     autocommit_options: ClassVar[dict[str, Any]] = {"asyncjob_autocommit": True}
     write_options: ClassVar[dict[str, Any]] = {"asyncjob_write": True}

@@ -9,18 +9,21 @@ import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    Integer,
     Update,
     and_,
     bindparam,
     case,
     delete,
     event,
+    func,
     literal,
+    literal_column,
     or_,
     select,
     text,
@@ -34,6 +37,7 @@ from asyncjob._core import defaults
 from asyncjob._core.errors import JobLost, JobNotFound
 from asyncjob._core.log import logger
 from asyncjob._core.models import (
+    COUNT_CAP,
     MAX_LISTED,
     MAX_NAME_LENGTH,
     Claimed,
@@ -42,8 +46,10 @@ from asyncjob._core.models import (
     JobState,
     JobStatus,
     Outcome,
+    Overview,
     ScheduleStatus,
     WorkerStatus,
+    minutes_of_the_last_hour,
     timestamp_to_datetime,
 )
 from asyncjob._core.spec import JobOptions
@@ -64,7 +70,7 @@ from ._database import Database, refused, same_database
 from ._dialect import Dialect, Ending, Listener
 from ._postgres import PostgresDialect
 from ._rows import BadRecord, json_column, state_of, status_of
-from ._schema import HOLDS_KEY, SCHEDULED, Tables, ensure_schema
+from ._schema import DUE, HOLDS_KEY, SCHEDULED, Tables, ensure_schema
 from ._sqlite import SQLiteDialect
 
 __all__ = ("WORKER_LOST", "SQLStore")
@@ -89,6 +95,10 @@ WORKER_LOST = (
 
 #: Finished jobs deleted per statement: small, so that no lock is held long.
 PURGE_BATCH = 500
+
+#: Of the jobs that ended over the last hour, the overview counts the last
+#: this many at most: at a higher rate, its chart shows the latest minutes.
+ENDED_CAP = 200_000
 
 #: Seconds a worker that stopped sending heartbeats (it crashed) stays listed.
 WORKERS_KEPT = 86_400.0
@@ -1102,6 +1112,73 @@ class SQLStore(DurableStore, TransactionalStore):
             statement = statement.where(listed < tuple_(anchor.enqueued_at, anchor.id))
         rows = await self.db.fetch(statement.limit(query.limit))
         return [status_of(row) for row in rows]
+
+    async def overview(self) -> Overview:
+        jobs = self.tables.jobs
+        capped = False
+        active: list[dict[str, int]] = []
+        # Each through its own partial index, at most COUNT_CAP rows read:
+        # the registered jobs due, those not registered (leased to the
+        # process that performed them) queued, the delayed, the running.
+        waiting_here = [jobs.c.lease_expires_at.is_not(None), jobs.c.state == _QUEUED]
+        kinds: list[list[list[Any]]] = [
+            [[text(DUE)], waiting_here],
+            [[jobs.c.state == SCHEDULED]],
+            [[jobs.c.state == _RUNNING]],
+        ]
+        for kind in kinds:
+            counts: dict[str, int] = {}
+            for where in kind:
+                some = select(jobs.c.queue).where(*where).limit(COUNT_CAP).subquery()
+                by_queue = select(some.c.queue, func.count()).group_by(some.c.queue)
+                rows: Sequence[Any] = (await self.db.fetch(by_queue)).all()
+                for queue, n in rows:
+                    counts[queue] = counts.get(queue, 0) + int(n)
+                capped = capped or sum(int(n) for _, n in rows) >= COUNT_CAP
+            active.append(counts)
+        minute = literal_column(self._dialect.minute_sql.format(column="finished_at"), Integer)
+        since = self.db.now() - 3600
+        ended = (
+            select(minute.label("minute"), jobs.c.state)
+            .where(jobs.c.finished_at >= since)  # through the index of ended jobs
+            .order_by(jobs.c.finished_at.desc())
+            .limit(ENDED_CAP)
+            .subquery()
+        )
+        by_minute = select(ended.c.minute, ended.c.state, func.count()).group_by(
+            ended.c.minute, ended.c.state
+        )
+        minutes: Sequence[Any] = (await self.db.fetch(by_minute)).all()
+        counted = [(int(at), state, int(n)) for at, state, n in minutes]
+        now = (await self.db.fetch(select(self.db.now()))).scalar_one()
+        return Overview(
+            waiting=active[0],
+            scheduled=active[1],
+            running=active[2],
+            capped=capped,
+            oldest_due=timestamp_to_datetime(await self._oldest_due(waiting_here)),
+            ended=minutes_of_the_last_hour(float(now), counted),
+        )
+
+    async def _oldest_due(self, waiting_here: list[Any]) -> float | None:
+        """When the longest-waiting due job came due: of the registered
+        ones, the head of each priority in the claim index (which orders
+        by priority, then by due time), one short read per priority in use;
+        of the others, the first due of those queued in their process."""
+        jobs = self.tables.jobs
+        here = select(func.min(jobs.c.run_after)).where(*waiting_here)
+        oldest: float | None = (await self.db.fetch(here)).scalar()
+        below: int | None = None
+        while True:
+            head = select(jobs.c.priority, jobs.c.run_after).where(text(DUE))
+            if below is not None:
+                head = head.where(jobs.c.priority < below)
+            head = head.order_by(jobs.c.priority.desc(), jobs.c.run_after).limit(1)
+            found = (await self.db.fetch(head)).first()
+            if found is None:
+                return oldest
+            below = found.priority
+            oldest = found.run_after if oldest is None else min(oldest, found.run_after)
 
     async def tick(self, schedule: ScheduleStatus, job: Job) -> bool:
         table = self.tables.schedules

@@ -134,6 +134,7 @@
       const max = Number(this.bar.max);
       if (status.state === "succeeded") this.bar.value = max;
       else if (status.progress !== null) this.bar.value = Math.min(status.progress, max);
+      else if (FINAL.has(status.state)) this.bar.value = 0;
       else if (status.state !== "running") this.bar.removeAttribute("value");
       let label = status.state;
       if (status.progress !== null && !FINAL.has(status.state)) {
@@ -192,6 +193,9 @@
     const tr = el(
       "tr",
       { "data-id": status.id },
+      el("td", { class: "pick" }, actions
+        ? el("input", { type: "checkbox", "aria-label": `select ${status.id}`, onchange: picked })
+        : null),
       el("td", {}, el("a", { href: `#${status.id}` }, status.id)),
       el("td", {}, status.name),
       el("td", {}, status.queue),
@@ -209,6 +213,7 @@
     const bar = tr.querySelector("progress");
     if (status.state === "succeeded") bar.value = 100;
     else if (status.progress !== null) bar.value = Math.min(status.progress, 100);
+    else if (FINAL.has(status.state)) bar.value = 0;
   }
 
   /** One stream for the page's live rows: a browser keeps six connections
@@ -285,27 +290,133 @@
       add("error", s.error);
       if (s.traceback) fields.append(el("dt", {}, "traceback"), el("dd", {}, el("pre", {}, s.traceback)));
       s.errors.forEach((error, n) => add(`attempt ${n + 1}`, error));
-      const cancel = document.getElementById("cancel");
-      if (cancel) cancel.hidden = FINAL.has(s.state);
+      const shown = {
+        cancel: !FINAL.has(s.state),
+        retry: s.state === "failed" || s.state === "cancelled",
+        delete: FINAL.has(s.state),
+      };
+      for (const [action, visible] of Object.entries(shown)) {
+        const button = document.getElementById(action);
+        if (button) button.hidden = !visible;
+      }
     };
     const bar = el("asyncjob-progress", { job: jobId, src: base, id: "job-progress" });
     bar.addEventListener("asyncjob-change", (event) => render(event.detail));
-    const buttons = actions && !FINAL.has(status.state)
-      ? el("p", {}, el("button", { id: "cancel", type: "button", onclick: () => act(jobId, "cancel") }, "Cancel"))
+    const button = (action, label) =>
+      el("button", { id: action, type: "button", onclick: () => act(jobId, action) }, label);
+    const buttons = actions
+      ? el("p", {}, button("cancel", "Cancel"), " ", button("retry", "Retry"), " ",
+        button("delete", "Delete"))
       : null;
     body.replaceChildren(el("h2", {}, status.name), bar, buttons, fields);
     render(status);
   }
 
-  async function act(jobId, action) {
-    const response = await fetch(`${base}/api/jobs/${encodeURIComponent(jobId)}/${action}`, {
+  async function post(url, action, body) {
+    const response = await fetch(url, {
       method: "POST",
-      headers: { "X-Asyncjob-Action": action, Accept: "application/json" },
+      headers: { "X-Asyncjob-Action": action, Accept: "application/json",
+        "Content-Type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
     });
-    const body = await response.json();
-    document.getElementById("action-result").textContent = response.ok
-      ? `${action}: ${body.state}`
+    return [response.ok, await response.json()];
+  }
+
+  async function act(jobId, action) {
+    const [ok, body] = await post(`${base}/api/jobs/${encodeURIComponent(jobId)}/${action}`, action);
+    const said = document.getElementById("action-result");
+    if (!ok) said.textContent = body.error;
+    else if (!body.done) said.textContent = `${action}: not done, ${body.why}`;
+    else said.textContent = body.status ? `${action}: ${body.status.state}` : `${action}: done`;
+    if (ok && body.done && action === "retry") show(jobId);  // a new attempt: follow it
+    if (ok && body.done && action === "delete") location.hash = "";
+  }
+
+  function pickedRows() {
+    return [...table.querySelectorAll("td.pick input:checked")].map((box) => box.closest("tr"));
+  }
+
+  function picked() {
+    const rows = pickedRows();
+    document.getElementById("picked").textContent = String(rows.length);
+    document.getElementById("bulk").hidden = rows.length === 0;
+  }
+
+  async function actOnPicked(action) {
+    const ids = pickedRows().map((tr) => tr.dataset.id).slice(0, 100);
+    const [ok, body] = await post(`${base}/api/actions`, action, { action, ids });
+    const done = ok ? body.results.filter((r) => r.done).length : 0;
+    document.getElementById("bulk-result").textContent = ok
+      ? `${action}: ${done} of ${ids.length} done`
       : body.error;
+    load(false);
+  }
+
+  function ago(iso) {
+    const seconds = Math.max(0, (Date.now() - new Date(iso).getTime()) / 1000);
+    if (seconds < 90) return `${Math.round(seconds)} s`;
+    if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+    return `${(seconds / 3600).toFixed(1)} h`;
+  }
+
+  async function loadOverview() {
+    let overview;
+    try {
+      overview = await getJSON(`${base}/api/overview`);
+    } catch (error) {
+      return;
+    }
+    const queues = [...new Set([...Object.keys(overview.waiting),
+      ...Object.keys(overview.scheduled), ...Object.keys(overview.running)])].sort();
+    const plus = overview.capped ? "+" : "";
+    document.querySelector("#counts tbody").replaceChildren(...queues.map((queue) => el("tr",
+      { "data-queue": queue }, el("td", {}, queue),
+      el("td", {}, `${overview.waiting[queue] || 0}${plus}`),
+      el("td", {}, `${overview.scheduled[queue] || 0}${plus}`),
+      el("td", {}, `${overview.running[queue] || 0}`))));
+    document.getElementById("oldest").textContent = overview.oldest_due
+      ? `oldest waiting job: due ${ago(overview.oldest_due)} ago`
+      : "no job waiting for a worker";
+    const chart = document.getElementById("chart");
+    const most = Math.max(1, ...overview.ended.map((m) => m.succeeded + m.failed + m.cancelled));
+    const width = 360 / overview.ended.length;
+    const bars = [];
+    let total = 0;
+    overview.ended.forEach((minute, n) => {
+      let y = 80;
+      for (const state of ["succeeded", "failed", "cancelled"]) {
+        const height = (minute[state] * 76) / most;
+        total += minute[state];
+        if (height === 0) continue;
+        y -= height;
+        const bar = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+        for (const [key, value] of Object.entries({ x: n * width, y, width: width - 1, height })) {
+          bar.setAttribute(key, String(value));
+        }
+        bar.setAttribute("class", state);
+        const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+        title.textContent = `${when(minute.minute)}: ${minute[state]} ${state}`;
+        bar.append(title);
+        bars.push(bar);
+      }
+    });
+    chart.replaceChildren(...bars);
+    document.getElementById("ended-total").textContent = String(total);
+  }
+
+  async function loadWorkers() {
+    try {
+      const workers = await getJSON(`${base}/api/workers`);
+      document.getElementById("workers").replaceChildren(...workers.map((w) => el("tr",
+        { "data-alive": String(w.alive) },
+        el("td", {}, w.id), el("td", {}, w.host), el("td", {}, String(w.pid)),
+        el("td", {}, w.queues === null ? "every queue" : w.queues.join(", ")),
+        el("td", {}, `${w.running} of ${w.concurrency}`),
+        el("td", {}, w.alive ? `${ago(w.last_seen)} ago` : `LOST, ${ago(w.last_seen)} ago`))));
+      document.getElementById("workers-section").hidden = workers.length === 0;
+    } catch (error) {
+      /* shown as absent */
+    }
   }
 
   async function loadSchedules() {
@@ -329,13 +440,34 @@
     load(false);
   });
   more.addEventListener("click", () => load(true));
+  for (const button of document.querySelectorAll("[data-bulk]")) {
+    button.addEventListener("click", () => actOnPicked(button.dataset.bulk));
+  }
+  const pickAll = document.getElementById("pick-all");
+  pickAll.hidden = !actions;
+  pickAll.addEventListener("change", () => {
+    for (const box of table.querySelectorAll("td.pick input")) box.checked = pickAll.checked;
+    picked();
+  });
   window.addEventListener("hashchange", () => show(location.hash.slice(1)));
   document.getElementById("refresh").addEventListener("click", () => {
     cursor = null;
     load(false);
     loadSchedules();
+    loadOverview();
+    loadWorkers();
   });
   load(false);
   loadSchedules();
+  loadOverview();
+  loadWorkers();
+  // The counts and the workers are read again every few seconds (the
+  // rows and the job's page are pushed, through their streams).
+  setInterval(() => {
+    if (!document.hidden) {
+      loadOverview();
+      loadWorkers();
+    }
+  }, 5000);
   show(location.hash.slice(1));
 })();
