@@ -22,7 +22,6 @@ from ._core.errors import (
     RunnerNotRunning,
 )
 from ._core.models import (
-    COUNT_CAP,
     JobState,
     JobStatus,
     Overview,
@@ -39,7 +38,6 @@ from ._engine.sessions import JobScope, session, timed_query, timed_query_sync
 from ._runner.runner import Runner
 
 __all__ = (
-    "COUNT_CAP",
     "AsyncJobError",
     "JobCancelled",
     "JobFailed",

@@ -595,6 +595,38 @@ def test_dashboard_takes_a_runner() -> None:
         asyncjob.web.dashboard("sqlite:///jobs.db")  # type: ignore[arg-type]
 
 
+def test_read_only_with_authorize_is_refused() -> None:
+    """Read-only serves no action: a hook to decide them is a mistake."""
+    with pytest.raises(ValueError, match="authorize= would decide nothing"):
+        asyncjob.web.dashboard(asyncjob.Runner(), read_only=True, authorize=lambda *_: True)
+
+
+async def test_a_change_made_while_an_event_is_sent_is_not_lost() -> None:
+    """The stream's generator is paused in a yield while an event goes out:
+    a change recorded meanwhile (here, the job's end) must still come out,
+    or the browser would show the job running for ever."""
+    from asyncjob.web._stream import job_events
+
+    gate = asyncio.Event()
+
+    async def gated() -> str:
+        async with asyncio.timeout(TIMEOUT):
+            await gate.wait()
+        return "ended"
+
+    async with asyncjob.Runner() as runner:
+        job_id = await runner.perform(gated)
+        events = job_events(runner, [job_id])
+        async with asyncio.timeout(TIMEOUT):
+            first = await anext(events)  # paused here, in the yield
+            gate.set()
+            await runner.wait(job_id, timeout=TIMEOUT)
+            last = await anext(events)
+            assert await anext(events, None) is None  # and the stream ends
+        assert json.loads(str(first.data))["state"] != "succeeded"
+        assert json.loads(str(last.data))["state"] == "succeeded"
+
+
 # -- asyncjob dashboard ------------------------------------------------------------------------
 
 

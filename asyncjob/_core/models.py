@@ -203,8 +203,7 @@ class Overview:
         scheduled: the jobs waiting for their time (delayed, or a retry's
             backoff), by queue.
         running: the jobs running, by queue.
-        capped: a count stopped at :data:`COUNT_CAP`: there are at least
-            that many.
+        capped: a count stopped at 10,000: there are at least that many.
         oldest_due: since when the job that has waited longest for a
             worker is due (an aware UTC datetime); ``None`` if none waits.
         ended: the last hour, a minute at a time, oldest first: ``(minute,

@@ -784,8 +784,8 @@ class Runner:
         """What the store holds now (jobs waiting, delayed and running, by
         queue; since when the longest-waiting job is due) and what ended
         over the last hour, a minute at a time: what a dashboard shows.
-        Counts stop at :data:`~asyncjob.COUNT_CAP`, so that reading it costs
-        no more with a million jobs queued."""
+        Counts stop at 10,000, so that reading it costs no more with a
+        million jobs queued."""
         return await self._on_loop(self._store.overview())
 
     async def workers(self) -> list[WorkerStatus]:

@@ -212,8 +212,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def overview(self) -> Overview:
-        """What the store holds now, counted up to :data:`COUNT_CAP` per kind
-        of job, and what ended over the last hour, by the store's clock: at
+        """What the store holds now, counted up to ``COUNT_CAP`` (10,000) per
+        kind of job, and what ended over the last hour, by the store's clock: at
         a cost that does not grow with the jobs queued or kept (see
         :class:`Overview`)."""
 

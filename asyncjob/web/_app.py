@@ -86,7 +86,7 @@ class _JSON(JSONResponse):
 def dashboard(
     runner: Runner,
     *,
-    read_only: bool = True,
+    read_only: bool | None = None,
     authorize: Authorize | None = None,
 ) -> Starlette:
     """An ASGI application showing ``runner``'s jobs, to mount in Starlette,
@@ -100,16 +100,28 @@ def dashboard(
 
     Args:
         runner: whose store to show.
-        read_only: serve nothing that changes a job (the default). With
-            False, actions are served to every request that reaches the
-            dashboard: mount it behind your authentication.
+        read_only: serve nothing that changes a job: the default, unless
+            ``authorize`` is given. With False, actions are served to every
+            request that reaches the dashboard and that ``authorize`` (if
+            given) allows: without it, mount the dashboard behind your
+            authentication.
         authorize: decides, request by request and action by action,
             whether an action is allowed (see :data:`Authorize`); given, it
-            enables actions, whatever ``read_only`` says.
+            turns actions on.
+
+    Raises:
+        TypeError: ``runner`` is not a :class:`~asyncjob.Runner`.
+        ValueError: ``read_only=True`` with ``authorize``: there would be
+            nothing for it to decide.
     """
     if not isinstance(runner, Runner):
         raise TypeError(f"dashboard() takes an asyncjob.Runner, not {runner!r}")
-    actions = authorize is not None or not read_only
+    if read_only and authorize is not None:
+        raise ValueError(
+            "read_only=True serves no action, so authorize= would decide nothing: "
+            "give authorize= alone (it turns actions on), or read_only=False"
+        )
+    actions = authorize is not None if read_only is None else not read_only
     board = _Dashboard(runner, authorize if actions else None, actions)
     routes = [
         Route("/", board.page),

@@ -70,6 +70,9 @@ async def job_events(
     number = last_event_id
     async with _tasks([watch(job_id) for job_id in dict.fromkeys(job_ids)]):
         while latest or watching:
+            # Cleared before the table is read, not after: a status recorded
+            # while an event was being sent would otherwise never wake us.
+            changed.clear()
             wake_in: float | None = None
             now = time.monotonic()
             for job_id, status in list(latest.items()):
@@ -83,7 +86,6 @@ async def job_events(
                 yield ServerSentEvent(data=dumps(status_json(status)), id=str(number))
             if not latest and not watching:
                 return
-            changed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wake_in):
                     await changed.wait()

@@ -98,16 +98,20 @@
     }
 
     connectedCallback() {
+      this.connected = true;
       this.start();
     }
 
     disconnectedCallback() {
+      this.connected = false;
       if (this.stop) this.stop();
       this.stop = null;
     }
 
-    attributeChangedCallback() {
-      if (this.isConnected) this.start();
+    attributeChangedCallback(name, before, after) {
+      // Upgraded with its attributes set, the element hears of each before
+      // it is connected: it starts once, when connected.
+      if (this.connected && before !== after) this.start();
     }
 
     start() {
@@ -223,9 +227,11 @@
     rowsStream = null;
     const live = [...table.querySelectorAll("tr")].filter((tr) => !FINAL.has(tr.dataset.state));
     if (live.length === 0 || !window.EventSource) return;
-    const params = new URLSearchParams(live.slice(0, 100).map((tr) => ["id", tr.dataset.id]));
+    // One stream follows 100 jobs at most: the newest live rows.
+    const followed = live.slice(0, 100);
+    const params = new URLSearchParams(followed.map((tr) => ["id", tr.dataset.id]));
     const stream = new EventSource(`${base}/api/events?${params}`);
-    const left = new Set(live.map((tr) => tr.dataset.id));
+    const left = new Set(followed.map((tr) => tr.dataset.id));
     stream.onmessage = (event) => {
       const status = JSON.parse(event.data);
       const tr = table.querySelector(`tr[data-id="${CSS.escape(status.id)}"]`);
@@ -236,12 +242,16 @@
     rowsStream = stream;
   }
 
+  let listing = 0;
+
   async function load(append) {
+    const mine = ++listing;  // an older answer arriving last must not win
     const params = query();
     if (append && cursor) params.set("before", cursor);
     const status = document.getElementById("list-error");
     try {
       const page = await getJSON(`${base}/api/jobs?${params}`);
+      if (mine !== listing) return;
       status.textContent = "";
       if (!append) table.replaceChildren();
       for (const job of page.jobs) table.append(row(job));
@@ -259,11 +269,13 @@
       return;
     }
     detail.hidden = false;
+    document.getElementById("action-result").textContent = "";
     const body = document.getElementById("job-body");
     body.replaceChildren(el("p", {}, "…"));
     let status;
     try {
       status = await getJSON(`${base}/api/jobs/${encodeURIComponent(jobId)}`);
+      if (location.hash.slice(1) !== jobId) return;  // another job was opened meanwhile
     } catch (error) {
       body.replaceChildren(el("p", { class: "error" }, error.message));
       return;
@@ -288,7 +300,10 @@
       add("finished", when(s.finished_at));
       add("result", s.state === "succeeded" ? text(s.result) : null);
       add("error", s.error);
-      if (s.traceback) fields.append(el("dt", {}, "traceback"), el("dd", {}, el("pre", {}, s.traceback)));
+      if (s.traceback) {
+        fields.append(el("dt", {}, "traceback"),
+          el("dd", { "data-field": "traceback" }, el("pre", {}, s.traceback)));
+      }
       s.errors.forEach((error, n) => add(`attempt ${n + 1}`, error));
       const shown = {
         cancel: !FINAL.has(s.state),
@@ -343,11 +358,13 @@
   }
 
   async function actOnPicked(action) {
-    const ids = pickedRows().map((tr) => tr.dataset.id).slice(0, 100);
+    const all = pickedRows().map((tr) => tr.dataset.id);
+    const ids = all.slice(0, 100);  // the server takes 100 at a time
     const [ok, body] = await post(`${base}/api/actions`, action, { action, ids });
     const done = ok ? body.results.filter((r) => r.done).length : 0;
     document.getElementById("bulk-result").textContent = ok
-      ? `${action}: ${done} of ${ids.length} done`
+      ? `${action}: ${done} of ${ids.length} done` +
+        (all.length > ids.length ? ` (only 100 at a time: ${all.length - ids.length} not acted on)` : "")
       : body.error;
     load(false);
   }
