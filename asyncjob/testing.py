@@ -418,6 +418,18 @@ class StoreContract:
             make_tick(0, "tests.b", "*/5 * * * *"),
         ]
 
+    async def test_list_jobs_between_two_times(self, store: Store) -> None:
+        """``since`` (included) and ``until`` (excluded) bound when the jobs
+        listed were performed."""
+        for n in range(4):
+            await store.enqueue(make_job(f"t{n}", at=1_000_000 + n * 60))
+        found = await store.list_jobs(JobQuery(since=1_000_060, until=1_000_180))
+        assert [s.id for s in found] == ["t2", "t1"]
+        found = await store.list_jobs(JobQuery(since=1_000_120, limit=1))
+        assert [s.id for s in found] == ["t3"]
+        after = await store.list_jobs(JobQuery(since=1_000_120, before="t3"))
+        assert [s.id for s in after] == ["t2"]
+
     async def test_overview_counts_by_queue_and_minute(self, store: Store) -> None:
         """Waiting, delayed and running jobs by queue; since when the oldest
         due job waits; what ended in the last hour, by minute."""

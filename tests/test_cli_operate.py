@@ -78,6 +78,13 @@ async def test_jobs_lists_newest_first_filtered_and_paged(
     assert [job["id"] for job in json.loads(rest.stdout)] == ids[:1]
     none = await asyncjob_command("jobs", "--store", store, "--state", "failed")
     assert none.stdout.strip() == "(none)"
+    recent = await asyncjob_command("jobs", "--store", store, "--since", "1h", "--json")
+    assert len(json.loads(recent.stdout)) == 3
+    old = await asyncjob_command("jobs", "--store", store, "--until", "2000-01-01T00:00", "--json")
+    assert json.loads(old.stdout) == []
+    wrong = await asyncjob_command("jobs", "--store", store, "--since", "last week")
+    assert wrong.returncode == 2
+    assert "'last week' is not a time" in wrong.stderr
 
 
 async def test_status_exit_says_whether_the_job_succeeded(

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import math
+import re
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -412,3 +415,36 @@ async def test_jobs_that_never_await_do_not_starve_the_loop(
     await asyncio.sleep(0)  # one turn of the loop for this task
     assert (await runner.status(ids[-1])).state is asyncjob.JobState.queued
     await runner.join(TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    ("filters", "error", "message"),
+    [
+        ({"state": "lost"}, ValueError, "unknown state in 'lost'"),
+        ({"limit": 0}, ValueError, "limit must be from 1 to 1000"),
+        ({"limit": True}, TypeError, "limit must be an int"),
+        ({"name": 3}, TypeError, "name must be a string"),
+        ({"before": 5}, TypeError, "before must be a job id"),
+        ({"since": datetime(2026, 1, 1)}, ValueError, "since must be an aware datetime"),
+        ({"until": "yesterday"}, TypeError, "until must be a datetime"),
+    ],
+)
+async def test_jobs_refuses_bad_filters(
+    runner: asyncjob.Runner, filters: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        await runner.jobs(**filters)
+
+
+async def test_jobs_between_two_times(runner: asyncjob.Runner) -> None:
+    """``since`` and ``until`` bound when the jobs listed were performed."""
+    first = await runner.perform(asyncio.sleep, 0)
+    await runner.wait(first, timeout=TIMEOUT)
+    middle = (await runner.status(first)).enqueued_at
+    assert middle is not None
+    second = await runner.perform(asyncio.sleep, 0)
+    await runner.wait(second, timeout=TIMEOUT)
+    later = middle + timedelta(microseconds=1)
+    assert [s.id for s in await runner.jobs(since=later)] == [second]
+    assert [s.id for s in await runner.jobs(until=later)] == [first]
+    assert [s.id for s in await runner.jobs(since=middle, until=later)] == [first]

@@ -183,6 +183,16 @@ async def test_listing_filters_and_pages_newest_first() -> None:
         named = await client.get("/api/jobs", params={"name": f"{__name__}.hot"})
         assert len(named.json()["jobs"]) == 5
         assert (await client.get("/api/jobs", params={"queue": "other"})).json()["jobs"] == []
+        performed = (await runner.status(failing)).enqueued_at
+        assert performed is not None
+        since = {"since": performed.isoformat()}
+        assert [j["id"] for j in (await client.get("/api/jobs", params=since)).json()["jobs"]] == [
+            failing
+        ]
+        until = {"until": performed.isoformat(), "limit": "1"}
+        assert [j["id"] for j in (await client.get("/api/jobs", params=until)).json()["jobs"]] == [
+            ids[-1]
+        ]
 
 
 @pytest.mark.parametrize(
@@ -193,6 +203,8 @@ async def test_listing_filters_and_pages_newest_first() -> None:
         ({"limit": "100000"}, "limit must be from 1"),
         ({"state": "lost"}, "lost"),
         ({"before": "nope"}, "before names no job"),
+        ({"since": "yesterday"}, "since must be a time in ISO 8601"),
+        ({"until": "2026-12-05T10:00:00"}, "until must be an aware datetime"),
     ],
 )
 async def test_a_bad_listing_is_a_400_saying_what_is_wrong(

@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from asyncjob._core import defaults
 from asyncjob._version import __version__
@@ -254,6 +255,7 @@ def _add_operator_commands(commands: argparse._SubParsersAction[argparse.Argumen
         "list a shared store's jobs, newest first",
         "  asyncjob jobs --state failed --limit 20\n"
         "  asyncjob jobs --name app.jobs.resize --queue video --json\n"
+        "  asyncjob jobs --state failed --since 2h\n"
         "  asyncjob jobs --before LAST_ID_OF_THE_PREVIOUS_PAGE",
         _run_jobs,
     )
@@ -266,6 +268,13 @@ def _add_operator_commands(commands: argparse._SubParsersAction[argparse.Argumen
     )
     jobs.add_argument("--name", help="only jobs of this name (app.jobs.resize)")
     jobs.add_argument("--queue", help="only jobs of this queue")
+    jobs.add_argument(
+        "--since",
+        type=_moment,
+        help="only jobs performed since then: 2026-12-05T10:00 (local time, or with "
+        "its zone), or how long ago, as 2h",
+    )
+    jobs.add_argument("--until", type=_moment, help="only jobs performed before then")
     jobs.add_argument("--limit", type=_positive_int, default=50, help="at most this many (50)")
     jobs.add_argument("--before", metavar="ID", help="the page after this job")
     jobs.add_argument("--json", action="store_true", help="print JSON, not a table")
@@ -335,6 +344,15 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _moment(text: str) -> Any:
+    from .operate import parse_moment
+
+    try:
+        return parse_moment(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _run_jobs(args: argparse.Namespace) -> int:
     from .operate import list_jobs
 
@@ -345,6 +363,8 @@ def _run_jobs(args: argparse.Namespace) -> int:
         queue=args.queue,
         limit=args.limit,
         before=args.before,
+        since=args.since,
+        until=args.until,
         as_json=args.json,
         table_prefix=args.table_prefix,
     )

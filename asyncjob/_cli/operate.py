@@ -9,7 +9,7 @@ import json
 import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -26,6 +26,7 @@ __all__ = (
     "list_jobs",
     "list_workers",
     "parse_duration",
+    "parse_moment",
     "purge_jobs",
     "retry_jobs",
     "show_status",
@@ -48,6 +49,27 @@ def parse_duration(text: str) -> float:
     if found is None:
         raise ValueError(f"{text!r} is not a duration: give seconds, or 15m, 12h, 7d, 2w")
     return float(found[1]) * _UNITS[found[2] or "s"]
+
+
+def parse_moment(text: str) -> datetime:
+    """A time: ISO 8601 (``2026-12-05T10:00``, local time unless it says
+    its zone), or a duration (``2h``: two hours ago).
+
+    Raises:
+        ValueError: neither.
+    """
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a time: give 2026-12-05T10:00 (local time, or with its "
+            "zone), or how long ago, as 2h or 7d"
+        ) from None
+    return moment if moment.utcoffset() is not None else moment.astimezone()
 
 
 class _Failure(Exception):
@@ -99,11 +121,15 @@ def list_jobs(
     limit: int,
     before: str | None,
     as_json: bool,
+    since: datetime | None = None,
+    until: datetime | None = None,
     table_prefix: str = defaults.TABLE_PREFIX,
 ) -> int:
     async def work(runner: Runner) -> int:
         try:
-            found = await runner.jobs(states or None, name, queue, limit, before=before)
+            found = await runner.jobs(
+                states or None, name, queue, limit, before=before, since=since, until=until
+            )
         except JobNotFound:
             raise _Failure(f"--before names no job the store knows: {before}") from None
         except ValueError as exc:

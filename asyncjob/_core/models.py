@@ -252,6 +252,9 @@ class JobQuery:
         before: keyset pagination: only jobs listed after the job of this
             id, the last one of the previous page. Pages stay cheap however
             deep they go, and a job performed meanwhile does not shift them.
+        since: only jobs performed at or after this time (seconds since
+            the epoch).
+        until: only jobs performed before this time.
     """
 
     states: frozenset[JobState] | None = None
@@ -259,6 +262,8 @@ class JobQuery:
     queue: str | None = None
     limit: int = 100
     before: str | None = None
+    since: float | None = None
+    until: float | None = None
 
 
 class Job(NamedTuple):

@@ -5,12 +5,13 @@ for them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import MappingProxyType, TracebackType
 from typing import Any, Self, TypeVar
 
@@ -654,6 +655,8 @@ class Runner:
         limit: int = 100,
         *,
         before: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[JobStatus]:
         """The jobs in the store, newest first, filtered.
 
@@ -664,13 +667,21 @@ class Runner:
             limit: at most this many (1 to 1,000).
             before: the id of the last job of the previous page: only jobs
                 after it. Pages stay cheap however deep they go.
+            since: only jobs performed at or after this time (an aware
+                datetime).
+            until: only jobs performed before this time.
 
         Raises:
-            ValueError: a state is unknown, or ``limit`` out of range.
+            ValueError: a state is unknown, ``limit`` out of range, or a
+                time naive (without a time zone).
             TypeError: an argument has the wrong type.
             JobNotFound: ``before`` names no job the store knows.
         """
         query = _job_query(state, name, queue, limit, before)
+        if since is not None or until is not None:
+            query = dataclasses.replace(
+                query, since=_moment(since, "since"), until=_moment(until, "until")
+            )
         return await self._read(self._store.list_jobs, query)
 
     async def schedules(self) -> list[ScheduleStatus]:
@@ -916,6 +927,20 @@ def _job_query(
     if queue is not None:
         queue = check_queue(queue, "queue")
     return JobQuery(states, name, queue, limit, before)
+
+
+def _moment(moment: object, what: str) -> float | None:
+    """An aware datetime of :meth:`Runner.jobs` as seconds since the epoch."""
+    if moment is None:
+        return None
+    if not isinstance(moment, datetime):
+        raise TypeError(f"{what} must be a datetime, not {type(moment).__name__}")
+    if moment.utcoffset() is None:
+        raise ValueError(
+            f"{what} must be an aware datetime (with a time zone), not the naive {moment!r}: "
+            "use datetime.now(timezone.utc), say"
+        )
+    return moment.timestamp()
 
 
 def _is_final(status: JobStatus) -> bool:

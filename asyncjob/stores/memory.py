@@ -272,12 +272,15 @@ class MemoryStore(Store):
             newest_first = itertools.dropwhile(lambda rec: rec.id != query.before, newest_first)
             next(newest_first)  # the job named by `before` itself
         states, name, queue = query.states, query.name, query.queue
+        since, until = query.since, query.until
         found = (
             rec
             for rec in newest_first
             if (states is None or rec.state in states)
             and (name is None or rec.name == name)
             and (queue is None or rec.queue == queue)
+            and (since is None or rec.enqueued_at >= since)
+            and (until is None or rec.enqueued_at < until)
         )
         return [rec.snapshot() for rec in itertools.islice(found, query.limit)]
 

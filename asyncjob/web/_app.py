@@ -8,8 +8,9 @@ Routes, under wherever it is mounted:
 - ``GET /static/asyncjob.js``: the page's script, which also defines the
   ``<asyncjob-progress>`` element that other pages can use.
 - ``GET /api/jobs``: a page of jobs, newest first, filtered (``state``,
-  repeated for several; ``name``; ``queue``; ``limit``; ``before``, the id
-  of the previous page's last job); ``{"jobs": [...], "next": id | null}``.
+  repeated for several; ``name``; ``queue``; ``since`` and ``until``, ISO
+  8601 times; ``limit``; ``before``, the id of the previous page's last
+  job); ``{"jobs": [...], "next": id | null}``.
 - ``GET /api/jobs/{id}``: the job's status; 404 for an unknown id.
 - ``GET /api/jobs/{id}/events``: its live stream (``text/event-stream``).
 - ``GET /api/events?id=A&id=B``: one stream for many jobs (a browser keeps
@@ -28,6 +29,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
@@ -185,6 +187,8 @@ class _Dashboard:
                 params.get("queue") or None,
                 limit + 1,  # one more: is there a next page?
                 before=params.get("before") or None,
+                since=_moment(params, "since"),
+                until=_moment(params, "until"),
             )
         except JobNotFound:
             raise HTTPException(400, "before names no job the store knows") from None
@@ -321,6 +325,19 @@ class _Dashboard:
             if not allowed:
                 logger.warning("dashboard: %s may not %s job %s", _who(request), action, job_id)
                 raise HTTPException(403, f"you may not {action} this job")
+
+
+def _moment(params: Any, name: str) -> datetime | None:
+    """A time of the query, in ISO 8601 with its time zone."""
+    given = params.get(name)
+    if not given:
+        return None
+    try:
+        return datetime.fromisoformat(given)
+    except ValueError:
+        raise HTTPException(
+            400, f"{name} must be a time in ISO 8601, as 2026-12-05T10:00:00Z, not {given!r}"
+        ) from None
 
 
 def _who(request: Request) -> str:

@@ -1101,6 +1101,10 @@ class SQLStore(DurableStore, TransactionalStore):
             statement = statement.where(jobs.c.name == query.name)
         if query.queue is not None:
             statement = statement.where(jobs.c.queue == query.queue)
+        if query.since is not None:  # a range of the listing's index
+            statement = statement.where(jobs.c.enqueued_at >= query.since)
+        if query.until is not None:
+            statement = statement.where(jobs.c.enqueued_at < query.until)
         if query.before is not None:
             anchor = (
                 await self.db.fetch(

@@ -181,7 +181,12 @@
 
   function query() {
     const params = new URLSearchParams();
-    for (const [key, value] of new FormData(form)) if (value) params.append(key, value);
+    for (const [key, value] of new FormData(form)) {
+      if (!value) continue;
+      // The browser's local time, as the server takes it: ISO 8601, in UTC.
+      const time = key === "since" || key === "until";
+      params.append(key, time ? new Date(value).toISOString() : value);
+    }
     return params;
   }
 
