@@ -24,6 +24,7 @@ from starlette.requests import Request
 
 import asyncjob
 import asyncjob.web
+from asyncjob._worker.scheduler import tick_job_id
 
 from . import worker_jobs
 from .conftest import TIMEOUT, Database
@@ -228,6 +229,34 @@ async def test_schedules_are_listed() -> None:
         assert schedule["name"] == "tests.web.nightly"
         assert schedule["cron"] == "0 3 * * *"
         assert datetime.fromisoformat(schedule["next_tick"]).hour == 3
+        assert schedule["last_job"] is None  # no tick performed yet
+
+
+#: Set by :func:`every_second` when it runs.
+TICKED: list[asyncio.Event] = []
+
+
+async def every_second() -> None:
+    """A periodic job of the test below, registered by it."""
+    TICKED[-1].set()
+
+
+@pytest.mark.usefixtures("clean_registry")
+async def test_a_schedule_shows_its_last_ticks_job() -> None:
+    """The last tick's job is named, with its state: an operator sees at
+    once whether the last run of a periodic job went well."""
+    TICKED.append(asyncio.Event())
+    asyncjob.periodic("* * * * * *", name="tests.web.every_second")(every_second)
+    async with dashboard() as (runner, client):
+        async with asyncio.timeout(TIMEOUT):
+            await TICKED[-1].wait()
+        (schedule,) = (await client.get("/api/schedules")).json()
+        last = schedule["last_job"]
+        assert last["id"] == tick_job_id(
+            "tests.web.every_second", datetime.fromisoformat(schedule["last_tick"]).timestamp()
+        )
+        assert last["state"] in {"queued", "running", "succeeded"}
+        await runner.wait(last["id"], timeout=TIMEOUT)  # the next ticks may be under way
 
 
 async def test_the_page_and_its_script_are_served_under_the_mount_point() -> None:

@@ -15,7 +15,8 @@ Routes, under wherever it is mounted:
 - ``GET /api/jobs/{id}/events``: its live stream (``text/event-stream``).
 - ``GET /api/events?id=A&id=B``: one stream for many jobs (a browser keeps
   six connections per host at most over HTTP/1.1).
-- ``GET /api/schedules``: the periodic jobs, their last and next ticks.
+- ``GET /api/schedules``: the periodic jobs, their last and next ticks, and
+  the last tick's job (``{"id", "state"}``, or ``null`` if there is none).
 - ``GET /api/overview``: jobs waiting, delayed and running by queue, the
   oldest due, what ended over the last hour by minute.
 - ``GET /api/workers``: the workers, as their heartbeats tell.
@@ -26,6 +27,7 @@ Routes, under wherever it is mounted:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
@@ -43,6 +45,7 @@ from starlette.routing import Route
 from asyncjob._core.errors import JobNotFound, RunnerNotRunning
 from asyncjob._core.log import logger
 from asyncjob._runner.runner import Runner
+from asyncjob._worker.scheduler import tick_job_id
 
 from ._json import dumps, overview_json, schedule_json, status_json, worker_json
 from ._stream import job_events
@@ -225,7 +228,19 @@ class _Dashboard:
         return self._stream(request, job_ids)
 
     async def schedules(self, request: Request) -> Response:
-        return _JSON([schedule_json(s) for s in await self.runner.schedules()])
+        found = []
+        for schedule in await self.runner.schedules():
+            shown = schedule_json(schedule)
+            shown["last_job"] = None
+            if schedule.last_tick is not None:
+                # The last tick's job: its id is the tick's own.
+                job_id = tick_job_id(schedule.name, schedule.last_tick.timestamp())
+                with contextlib.suppress(JobNotFound):  # none: the tick was only
+                    # recorded (the schedule's first sight), or its job forgotten
+                    state = (await self.runner.status(job_id)).state.value
+                    shown["last_job"] = {"id": job_id, "state": state}
+            found.append(shown)
+        return _JSON(found)
 
     async def overview(self, request: Request) -> Response:
         return _JSON(overview_json(await self.runner.overview()))

@@ -445,9 +445,12 @@
     const list = document.getElementById("schedules");
     try {
       const schedules = await getJSON(`${base}/api/schedules`);
+      const outcome = (s) => s.last_job === null ? ""
+        : el("a", { href: `#${s.last_job.id}` }, s.last_job.state);
       list.replaceChildren(...schedules.map((s) => el("tr", {},
         el("td", {}, s.name), el("td", {}, el("code", {}, s.cron)),
-        el("td", {}, when(s.last_tick)), el("td", {}, when(s.next_tick)))));
+        el("td", {}, when(s.last_tick)), el("td", { class: "outcome" }, outcome(s)),
+        el("td", {}, when(s.next_tick)))));
       document.getElementById("schedules-section").hidden = schedules.length === 0;
     } catch (error) {
       /* shown as absent */
