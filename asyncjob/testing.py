@@ -418,6 +418,19 @@ class StoreContract:
             make_tick(0, "tests.b", "*/5 * * * *"),
         ]
 
+    async def test_changes_are_announced(self, store: Store) -> None:
+        """A follower of :meth:`Store.changes` wakes at each change (from
+        the call on), and once for many that came while it was busy."""
+        changes = store.changes()  # it follows from now on
+        await store.enqueue(make_job("a"))
+        async with asyncio.timeout(TIMEOUT):
+            await anext(changes)
+        for n in range(5):
+            await store.enqueue(make_job(f"b{n}"))
+        await store.start("a")
+        async with asyncio.timeout(TIMEOUT):
+            await anext(changes)
+
     async def test_list_jobs_between_two_times(self, store: Store) -> None:
         """``since`` (included) and ``until`` (excluded) bound when the jobs
         listed were performed."""

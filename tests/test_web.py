@@ -631,6 +631,59 @@ async def test_overview_and_workers(database: Database) -> None:
         await runner.cancel(later)
 
 
+async def test_the_overview_is_pushed_when_jobs_change() -> None:
+    """The overview's stream sends the counts now, then again when jobs
+    change (not at the next poll): a job performed shows as waiting."""
+    async with dashboard() as (runner, client):
+        gate = asyncio.Event()
+
+        async def held() -> None:
+            async with asyncio.timeout(TIMEOUT):
+                await gate.wait()
+
+        async with stream(client, "/api/overview/events") as events:
+            first = await events.next()
+            assert first is not None
+            assert first["data"]["overview"]["running"] == {}
+            assert first["data"]["workers"] == []
+            job_id = await runner.perform(held)
+            event = await events.next()
+            while event is not None and event["data"]["overview"]["running"] != {"default": 1}:
+                event = await events.next()  # a reading between two changes
+            assert event is not None
+            gate.set()
+            await runner.wait(job_id, timeout=TIMEOUT)
+            event = await events.next()
+            while event is not None and event["data"]["overview"]["running"]:
+                event = await events.next()
+            assert event is not None
+            ended = event["data"]["overview"]["ended"]
+            assert sum(minute["succeeded"] for minute in ended) == 1
+
+
+async def test_one_reading_serves_every_browser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """However many browsers follow the overview, the store is read once
+    per change (and at the start)."""
+    async with dashboard() as (runner, client):
+        readings = 0
+        overview = runner.overview
+
+        async def counted() -> asyncjob.Overview:
+            nonlocal readings
+            readings += 1
+            return await overview()
+
+        monkeypatch.setattr(runner, "overview", counted)
+        async with contextlib.AsyncExitStack() as followers:
+            streams = [
+                await followers.enter_async_context(stream(client, "/api/overview/events"))
+                for _ in range(4)
+            ]
+            for each in streams:
+                assert await each.next() is not None
+            assert readings == 1
+
+
 def test_dashboard_takes_a_runner() -> None:
     with pytest.raises(TypeError, match=r"takes an asyncjob\.Runner"):
         asyncjob.web.dashboard("sqlite:///jobs.db")  # type: ignore[arg-type]

@@ -647,6 +647,19 @@ class Runner:
         async for status in crossloop.relay(self._loop, source, _is_final):
             yield status
 
+    async def changes(self) -> AsyncIterator[None]:
+        """Yield whenever the store's jobs may have changed, here or, where
+        the store hears of them, in other processes; once for however many
+        came while the caller was busy. Which jobs, it does not say: for an
+        overview that is read again when something moved (the dashboard's),
+        rather than every few seconds. Never ends: stop iterating."""
+        if self._loop is None or crossloop.is_current(self._loop):
+            async for _ in self._store.changes():
+                yield
+            return
+        async for _ in crossloop.relay(self._loop, self._store.changes, _never):
+            yield
+
     async def jobs(
         self,
         state: JobState | str | Iterable[JobState | str] | None = None,
@@ -941,6 +954,10 @@ def _moment(moment: object, what: str) -> float | None:
             "use datetime.now(timezone.utc), say"
         )
     return moment.timestamp()
+
+
+def _never(_: object) -> bool:
+    return False
 
 
 def _is_final(status: JobStatus) -> bool:

@@ -235,6 +235,16 @@ class Store(abc.ABC):
         """The schedules the store knows, as the last :meth:`tick` left them."""
 
     @abc.abstractmethod
+    def changes(self) -> AsyncIterator[None]:
+        """Yield whenever jobs may have changed: performed, started,
+        progressed or ended, here or in any process the store hears of
+        (see :meth:`watch`); once for however many changes came while the
+        consumer was busy. It follows from this call, not from its first
+        iteration. Which jobs, it does not say: for an overview that is read
+        again when something moved, rather than every few seconds.
+        :class:`~asyncjob.stores.kit.Watchers` has one."""
+
+    @abc.abstractmethod
     def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
         """Yield the job's status now, then again on every change, and stop
         after yielding a final state.

@@ -177,6 +177,7 @@ class MemoryStore(Store):
                 return holder
             self._unique[key] = job.id
         self._records[job.id] = _Record(job)
+        self._watchers.announce()
         return job.id
 
     async def start(self, job_id: str) -> bool:
@@ -327,6 +328,9 @@ class MemoryStore(Store):
     async def schedules(self) -> list[ScheduleStatus]:
         return sorted(self._schedules.values(), key=lambda schedule: schedule.name)
 
+    def changes(self) -> AsyncIterator[None]:
+        return self._watchers.changes()
+
     async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
         self._forget_expired()
         rec = self._records.get(job_id)
@@ -355,6 +359,7 @@ class MemoryStore(Store):
         self._forget_expired()
 
     def _changed(self, rec: _Record) -> None:
+        self._watchers.announce()
         if self._watchers.watched(rec.id):
             self._watchers.publish(rec.id, rec.snapshot())
 

@@ -19,6 +19,9 @@ Routes, under wherever it is mounted:
   the last tick's job (``{"id", "state"}``, or ``null`` if there is none).
 - ``GET /api/overview``: jobs waiting, delayed and running by queue, the
   oldest due, what ended over the last hour by minute.
+- ``GET /api/overview/events``: the overview and the workers, as a stream:
+  read again when the store says jobs changed (at most once a second, at
+  least every 15), by one reader however many browsers follow.
 - ``GET /api/workers``: the workers, as their heartbeats tell.
 - ``POST /api/jobs/{id}/{action}`` (``cancel``, ``retry``, ``delete``) and
   ``POST /api/actions`` (``{"action": ..., "ids": [...]}``, up to
@@ -30,12 +33,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from importlib import resources
 from typing import Any
 
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -48,6 +51,7 @@ from asyncjob._runner.runner import Runner
 from asyncjob._worker.scheduler import tick_job_id
 
 from ._json import dumps, overview_json, schedule_json, status_json, worker_json
+from ._overview import Overviews
 from ._stream import job_events
 
 __all__ = ("Authorize", "dashboard")
@@ -137,6 +141,7 @@ def dashboard(
         Route("/api/events", board.events),
         Route("/api/schedules", board.schedules),
         Route("/api/overview", board.overview),
+        Route("/api/overview/events", board.overview_events),
         Route("/api/workers", board.workers),
     ]
     if actions:
@@ -160,6 +165,7 @@ class _Dashboard:
         self.runner = runner
         self.authorize = authorize
         self.actions = actions
+        self.overviews = Overviews(runner)
 
     async def page(self, request: Request) -> Response:
         html = _asset("index.html").replace(
@@ -245,6 +251,13 @@ class _Dashboard:
     async def overview(self, request: Request) -> Response:
         return _JSON(overview_json(await self.runner.overview()))
 
+    async def overview_events(self, request: Request) -> Response:
+        async def events() -> AsyncIterator[ServerSentEvent]:
+            async for reading in self.overviews.follow():
+                yield ServerSentEvent(data=dumps(reading))
+
+        return _event_stream(events())
+
     async def workers(self, request: Request) -> Response:
         return _JSON([worker_json(w) for w in await self.runner.workers()])
 
@@ -320,9 +333,7 @@ class _Dashboard:
     def _stream(self, request: Request, job_ids: list[str]) -> Response:
         last = request.headers.get("last-event-id", "")
         events = job_events(self.runner, job_ids, last_event_id=int(last) if last.isdigit() else 0)
-        return EventSourceResponse(
-            events, ping=HEARTBEAT, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-        )
+        return _event_stream(events)
 
     async def _allow(self, request: Request, action: str, job_id: str) -> None:
         """Refuse an action sent from another site, or not authorized."""
@@ -340,6 +351,14 @@ class _Dashboard:
             if not allowed:
                 logger.warning("dashboard: %s may not %s job %s", _who(request), action, job_id)
                 raise HTTPException(403, f"you may not {action} this job")
+
+
+def _event_stream(events: AsyncIterator[ServerSentEvent]) -> Response:
+    """A stream of ``events``, with heartbeats, that no cache or proxy keeps
+    (nginx passes each event on at once)."""
+    return EventSourceResponse(
+        events, ping=HEARTBEAT, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
 
 
 def _moment(params: Any, name: str) -> datetime | None:

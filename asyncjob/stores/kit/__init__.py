@@ -19,11 +19,12 @@ from ._group_commit import MAX_BATCH, GroupCommit
 from ._json import dumps, loads, storable_text
 from ._leases import LeaseThread, Renew
 from ._progress import PROGRESS_INTERVAL, ProgressBuffer, Report
-from ._watchers import Mailbox, Watchers
+from ._watchers import Changes, Mailbox, Watchers
 
 __all__ = (
     "MAX_BATCH",
     "PROGRESS_INTERVAL",
+    "Changes",
     "GroupCommit",
     "LeaseThread",
     "Mailbox",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
-__all__ = ("Mailbox", "Watchers")
+__all__ = ("Changes", "Mailbox", "Watchers")
 
 T = TypeVar("T")
 
@@ -71,6 +72,7 @@ class Watchers(Generic[T]):
     def __init__(self, backlog: int) -> None:
         self._backlog = backlog
         self._boxes: dict[str, list[Mailbox[T]]] = {}
+        self._anyone: weakref.WeakSet[Changes] = weakref.WeakSet()
 
     @contextmanager
     def subscribe(self, job_id: str) -> Iterator[Mailbox[T]]:
@@ -102,3 +104,47 @@ class Watchers(Generic[T]):
         """Hand ``item`` to every watcher of the job."""
         for box in self._boxes.get(job_id, ()):
             box.put(item)
+
+    def announce(self) -> None:
+        """Something changed, of some job: wake the followers of
+        :meth:`changes`. A store calls it at every change it makes or hears
+        of; with nobody following, it costs a test of an empty set."""
+        for follower in self._anyone:
+            follower.wake()
+
+    def changes(self) -> Changes:
+        """What :meth:`Store.changes` gives: an iterator that yields after
+        :meth:`announce`, once for however many came while its consumer was
+        busy; it follows from this call, not from its first iteration."""
+        return Changes(self._anyone)
+
+
+class Changes:
+    """Announcements of changes, followed from its creation until it is
+    closed or dropped (the store keeps no reference to it that would keep
+    it alive)."""
+
+    __slots__ = ("__weakref__", "_event", "_followers")
+
+    def __init__(self, followers: weakref.WeakSet[Changes]) -> None:
+        self._event = asyncio.Event()
+        self._followers: weakref.WeakSet[Changes] | None = followers
+        followers.add(self)
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def __aiter__(self) -> Changes:
+        return self
+
+    async def __anext__(self) -> None:
+        if self._followers is None:
+            raise StopAsyncIteration
+        await self._event.wait()
+        self._event.clear()
+
+    async def aclose(self) -> None:
+        """Follow no more."""
+        if self._followers is not None:
+            self._followers.discard(self)
+            self._followers = None

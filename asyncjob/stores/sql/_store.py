@@ -317,6 +317,8 @@ class SQLStore(DurableStore, TransactionalStore):
             await self._db.dispose()
 
     def _notified(self, channel: str, payload: str) -> None:
+        if not payload:
+            self._watchers.announce()  # something changed; the ids come otherwise
         if channel == self._channels.queued:
             if self._on_queued is not None:
                 self._on_queued()
@@ -418,13 +420,15 @@ class SQLStore(DurableStore, TransactionalStore):
             self._on_cancel()
 
     def _changed(self, job_id: str) -> None:
-        """Wake the job's watchers in this process."""
+        """Wake the job's watchers in this process, and those of all changes."""
+        self._watchers.announce()
         self._watchers.publish(job_id, None)
 
     # -- a job comes in ------------------------------------------------------------
 
     async def enqueue(self, job: Job) -> str:
         recorded = await self._enqueues.submit(self._row(job))
+        self._watchers.announce()
         if recorded == job.id and not job.registered:
             self.held[job.id] = None
             await self._hear_cancels()
@@ -450,6 +454,7 @@ class SQLStore(DurableStore, TransactionalStore):
         self.held.update((job_id, None) for job_id in mine)
         if mine:
             await self._hear_cancels()
+        self._watchers.announce()
         return recorded
 
     async def enqueue_in(self, session: Any, job: Job) -> str:
@@ -1227,6 +1232,9 @@ class SQLStore(DurableStore, TransactionalStore):
             )
             for row in rows
         ]
+
+    def changes(self) -> AsyncIterator[None]:
+        return self._watchers.changes()
 
     async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
         if self._listener is not None:  # the first watcher here starts hearing of changes

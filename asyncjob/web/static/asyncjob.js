@@ -382,12 +382,14 @@
   }
 
   async function loadOverview() {
-    let overview;
     try {
-      overview = await getJSON(`${base}/api/overview`);
+      showOverview(await getJSON(`${base}/api/overview`));
     } catch (error) {
-      return;
+      /* shown as it was */
     }
+  }
+
+  function showOverview(overview) {
     const queues = [...new Set([...Object.keys(overview.waiting),
       ...Object.keys(overview.scheduled), ...Object.keys(overview.running)])].sort();
     const plus = overview.capped ? "+" : "";
@@ -428,17 +430,20 @@
 
   async function loadWorkers() {
     try {
-      const workers = await getJSON(`${base}/api/workers`);
-      document.getElementById("workers").replaceChildren(...workers.map((w) => el("tr",
-        { "data-alive": String(w.alive) },
-        el("td", {}, w.id), el("td", {}, w.host), el("td", {}, String(w.pid)),
-        el("td", {}, w.queues === null ? "every queue" : w.queues.join(", ")),
-        el("td", {}, `${w.running} of ${w.concurrency}`),
-        el("td", {}, w.alive ? `${ago(w.last_seen)} ago` : `LOST, ${ago(w.last_seen)} ago`))));
-      document.getElementById("workers-section").hidden = workers.length === 0;
+      showWorkers(await getJSON(`${base}/api/workers`));
     } catch (error) {
       /* shown as absent */
     }
+  }
+
+  function showWorkers(workers) {
+    document.getElementById("workers").replaceChildren(...workers.map((w) => el("tr",
+      { "data-alive": String(w.alive) },
+      el("td", {}, w.id), el("td", {}, w.host), el("td", {}, String(w.pid)),
+      el("td", {}, w.queues === null ? "every queue" : w.queues.join(", ")),
+      el("td", {}, `${w.running} of ${w.concurrency}`),
+      el("td", {}, w.alive ? `${ago(w.last_seen)} ago` : `LOST, ${ago(w.last_seen)} ago`))));
+    document.getElementById("workers-section").hidden = workers.length === 0;
   }
 
   async function loadSchedules() {
@@ -484,15 +489,24 @@
   });
   load(false);
   loadSchedules();
-  loadOverview();
-  loadWorkers();
-  // The counts and the workers are read again every few seconds (the
-  // rows and the job's page are pushed, through their streams).
-  setInterval(() => {
-    if (!document.hidden) {
-      loadOverview();
-      loadWorkers();
-    }
-  }, 5000);
+  // The counts and the workers come on a stream of their own, read again
+  // by the server when jobs change; where streams cannot be had, every 5 s.
+  if (window.EventSource) {
+    const overviews = new EventSource(`${base}/api/overview/events`);
+    overviews.onmessage = (event) => {
+      const reading = JSON.parse(event.data);
+      showOverview(reading.overview);
+      showWorkers(reading.workers);
+    };
+  } else {
+    loadOverview();
+    loadWorkers();
+    setInterval(() => {
+      if (!document.hidden) {
+        loadOverview();
+        loadWorkers();
+      }
+    }, 5000);
+  }
   show(location.hash.slice(1));
 })();
