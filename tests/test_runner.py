@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import math
 import re
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -440,11 +440,14 @@ async def test_jobs_between_two_times(runner: asyncjob.Runner) -> None:
     """``since`` and ``until`` bound when the jobs listed were performed."""
     first = await runner.perform(asyncio.sleep, 0)
     await runner.wait(first, timeout=TIMEOUT)
-    middle = (await runner.status(first)).enqueued_at
-    assert middle is not None
     second = await runner.perform(asyncio.sleep, 0)
     await runner.wait(second, timeout=TIMEOUT)
-    later = middle + timedelta(microseconds=1)
-    assert [s.id for s in await runner.jobs(since=later)] == [second]
-    assert [s.id for s in await runner.jobs(until=later)] == [first]
-    assert [s.id for s in await runner.jobs(since=middle, until=later)] == [first]
+    one, two = [(await runner.status(job_id)).enqueued_at for job_id in (first, second)]
+    assert one is not None
+    assert two is not None
+    between = one + (two - one) / 2
+    assert [s.id for s in await runner.jobs(since=between)] == [second]
+    assert [s.id for s in await runner.jobs(until=between)] == [first]
+    # A job's own time, as its status gives it, is "since" it.
+    assert [s.id for s in await runner.jobs(since=one, until=between)] == [first]
+    assert [s.id for s in await runner.jobs(since=two)] == [second]

@@ -429,6 +429,7 @@ async def test_a_server_stopping_ends_its_streams_promptly() -> None:
             async with asyncio.timeout(TIMEOUT):
                 with contextlib.suppress(httpx.RemoteProtocolError):
                     assert await events.next() is None
+        steps["stop"].put_nowait("go")  # the runner stops with the server: let it end
 
 
 async def test_a_stream_of_a_job_on_an_sql_store_follows_it(database: Database) -> None:

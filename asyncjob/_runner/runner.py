@@ -943,7 +943,10 @@ def _job_query(
 
 
 def _moment(moment: object, what: str) -> float | None:
-    """An aware datetime of :meth:`Runner.jobs` as seconds since the epoch."""
+    """An aware datetime of :meth:`Runner.jobs` as seconds since the epoch,
+    compared to the microsecond, as :class:`JobStatus` gives times: a store
+    keeps a float, which its datetime rounds, so that ``since=`` a job's own
+    ``enqueued_at`` would otherwise leave it out half the time."""
     if moment is None:
         return None
     if not isinstance(moment, datetime):
@@ -953,7 +956,7 @@ def _moment(moment: object, what: str) -> float | None:
             f"{what} must be an aware datetime (with a time zone), not the naive {moment!r}: "
             "use datetime.now(timezone.utc), say"
         )
-    return moment.timestamp()
+    return moment.timestamp() - 0.5e-6
 
 
 def _never(_: object) -> bool:
