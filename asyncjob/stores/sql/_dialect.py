@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from asyncjob._core.models import Claimed, JobState
 from asyncjob.stores.kit import Report, loads
 
-from ._schema import DUE, HOLDS_KEY, SCHEDULED, Tables
+from ._schema import DUE, HOLDS_KEY, RUNNING, SCHEDULED, Tables
 
 __all__ = (
     "NEW_COLUMNS",
@@ -337,7 +337,7 @@ class Dialect(abc.ABC):
                 f"limited(name, cap) AS (VALUES {pairs})",
                 f"""free AS (
                     SELECT l.name, l.cap - (SELECT count(*) FROM {jobs} AS r
-                                            WHERE r.state = '{_RUNNING}' AND r.name = l.name) AS n
+                                            WHERE {RUNNING} AND r.name = l.name) AS n
                     FROM limited AS l)""",
                 f"""picked AS ({
                     self.due_sql(

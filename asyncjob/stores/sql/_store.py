@@ -70,7 +70,7 @@ from ._database import Database, refused, same_database
 from ._dialect import Dialect, Ending, Listener
 from ._postgres import PostgresDialect
 from ._rows import BadRecord, json_column, state_of, status_of
-from ._schema import DUE, HOLDS_KEY, SCHEDULED, Tables, ensure_schema
+from ._schema import DUE, HOLDS_KEY, RUNNING, SCHEDULED, Tables, ensure_schema
 from ._sqlite import SQLiteDialect
 
 __all__ = ("WORKER_LOST", "SQLStore")
@@ -1133,7 +1133,7 @@ class SQLStore(DurableStore, TransactionalStore):
         kinds: list[list[list[Any]]] = [
             [[text(DUE)], waiting_here],
             [[jobs.c.state == SCHEDULED]],
-            [[jobs.c.state == _RUNNING]],
+            [[text(RUNNING)]],
         ]
         for kind in kinds:
             counts: dict[str, int] = {}
