@@ -367,6 +367,36 @@ async def test_reconnecting_with_last_event_id_gives_a_snapshot_first() -> None:
             assert last["data"]["state"] == "succeeded"
 
 
+@pytest.mark.parametrize("last", ["abc", "-1", "1.5", "9" * 40])
+async def test_a_malformed_last_event_id_is_a_400(last: str) -> None:
+    """Only numbers of this stream come back as Last-Event-ID."""
+    async with dashboard() as (runner, client):
+        job_id = await runner.perform(hot, 1)
+        response = await client.get(f"/api/jobs/{job_id}/events", headers={"Last-Event-ID": last})
+        assert response.status_code == 400
+        assert "Last-Event-ID must be an event number" in response.json()["error"]
+
+
+async def test_the_api_through_an_asgi_transport() -> None:
+    """In-process, with no server (as an application's own tests drive it):
+    the status, and the stream to its end."""
+    runner = asyncjob.Runner()
+    app = app_with_dashboard(runner)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://app.test/jobs"
+        ) as client,
+    ):
+        job_id = await runner.perform(hot, 5)
+        await runner.wait(job_id, timeout=TIMEOUT)
+        assert (await client.get(f"/api/jobs/{job_id}")).json()["result"] == 5
+        async with client.stream("GET", f"/api/jobs/{job_id}/events") as response:
+            lines = [line async for line in response.aiter_lines()]
+        (last,) = events_of(lines)
+        assert last["data"]["state"] == "succeeded"
+
+
 async def test_one_stream_follows_many_jobs_until_all_have_ended() -> None:
     steps["a"], steps["b"] = asyncio.Queue(), asyncio.Queue()
     async with dashboard() as (runner, client):

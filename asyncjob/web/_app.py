@@ -331,8 +331,11 @@ class _Dashboard:
             raise HTTPException(404, f"no such job: {job_id}") from None
 
     def _stream(self, request: Request, job_ids: list[str]) -> Response:
-        last = request.headers.get("last-event-id", "")
-        events = job_events(self.runner, job_ids, last_event_id=int(last) if last.isdigit() else 0)
+        last = request.headers.get("last-event-id", "").strip()
+        if last and not (last.isascii() and last.isdigit() and len(last) <= 18):
+            # Ours are numbers: anything else was not sent by this stream.
+            raise HTTPException(400, f"Last-Event-ID must be an event number, not {last[:40]!r}")
+        events = job_events(self.runner, job_ids, last_event_id=int(last or 0))
         return _event_stream(events)
 
     async def _allow(self, request: Request, action: str, job_id: str) -> None:
