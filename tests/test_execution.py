@@ -274,3 +274,20 @@ async def test_a_claimed_job_interrupted_while_it_waits_never_runs() -> None:
     assert status.state is JobState.cancelled
     await engine.drain(TIMEOUT)
     engine.close()
+
+
+async def test_a_failure_is_logged_with_the_job_as_fields(
+    runner: asyncjob.Runner, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Structured logging: the record of a failure carries the job's id,
+    name, queue and attempt as fields of its own."""
+
+    async def fails() -> None:
+        raise ValueError("no")
+
+    job_id = await runner.perform(asyncjob.using(fails, queue="reports"))
+    with pytest.raises(asyncjob.JobFailed):
+        await runner.wait(job_id, timeout=TIMEOUT)
+    (record,) = [r for r in caplog.records if getattr(r, "job_id", None) == job_id]
+    fields = (record.job_name, record.job_queue, record.job_attempt)  # type: ignore[attr-defined]
+    assert fields == (f"{__name__}.{fails.__qualname__}", "reports", 1)

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from asyncjob._core.errors import JobLost
-from asyncjob._core.log import logger
+from asyncjob._core.log import about, logger
 from asyncjob._core.models import Job, JobState
 from asyncjob._core.registry import JobDefinition, lookup
 from asyncjob.stores import DurableStore, Store
@@ -345,7 +345,7 @@ class Engine:
                 else:
                     await self._run_sync(job, task, definition)
             except Exception:  # noqa: BLE001 - a bug here must not kill the worker
-                logger.exception("internal error while running job %s", job.id)
+                logger.exception("internal error while running job %s", job.id, extra=about(job))
             finally:
                 if limit is not None:
                     self._one_less_of(job.name)
@@ -561,6 +561,7 @@ class Engine:
                 "requested, or another worker took it over): its writes are rolled back",
                 job.id,
                 job.name,
+                extra=about(job),
             )
             await self._record(job, JobState.cancelled)
         elif error is not None:
@@ -572,7 +573,7 @@ class Engine:
         else:
             await self._record(job, JobState.succeeded, result=result)
             if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("job %s (%s) succeeded", job.id, job.name)
+                logger.debug("job %s (%s) succeeded", job.id, job.name, extra=about(job))
 
     async def _fail(self, job: Job, definition: JobDefinition | None, exc: BaseException) -> None:
         error = "".join(traceback.format_exception_only(exc)).strip()
@@ -582,13 +583,15 @@ class Engine:
             if await self._store.retry(job.id, error=error, delay=delay):
                 logger.warning(
                     "job %s (%s) failed on attempt %d, trying again in %.1f s: %s",
-                    job.id, job.name, job.attempt, delay, error,
+                    job.id, job.name, job.attempt, delay, error, extra=about(job),
                 )  # fmt: skip
                 if not self._durable:  # else any worker of the store takes it
                     self.submit_later(job._replace(attempt=job.attempt + 1), delay)
                 return
         tb = "".join(traceback.format_exception(exc))
-        logger.error("job %s (%s) failed: %s", job.id, job.name, error, exc_info=exc)
+        logger.error(
+            "job %s (%s) failed: %s", job.id, job.name, error, exc_info=exc, extra=about(job)
+        )
         await self._record(job, JobState.failed, error=error, traceback=tb)
 
     async def _record(
