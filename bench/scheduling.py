@@ -69,6 +69,7 @@ from sql import (
     progress,
     render,
     spread,
+    tail,
     versions,
     write_json,
 )
@@ -366,10 +367,7 @@ class CliWorker:
 
     def log(self) -> str:
         """What the worker wrote so far (its end)."""
-        if self._log is None:
-            return ""
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")[-4000:]
+        return tail(self._log)
 
     def check_alive(self) -> None:
         assert self.proc is not None

@@ -207,6 +207,15 @@ class Probe:
 # -- the worker process ---------------------------------------------------------------
 
 
+def tail(written: IO[bytes] | None) -> str:
+    """The end of what a worker process wrote to ``written`` so far, for
+    the error that says why it died."""
+    if written is None:
+        return ""
+    written.seek(0)
+    return written.read().decode(errors="replace")[-4000:]
+
+
 class WorkerProcess:
     """``python bench/sql.py --serve ...``: one subject's worker, in a process
     of its own. It prepares, says ``ready``, runs jobs from ``go`` until
@@ -279,10 +288,7 @@ class WorkerProcess:
 
     def errors(self) -> str:
         """The end of what the worker wrote on stderr."""
-        if self._stderr is None:
-            return ""
-        self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace")[-4000:]
+        return tail(self._stderr)
 
     def check_alive(self) -> None:
         assert self.proc is not None

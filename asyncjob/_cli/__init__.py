@@ -133,11 +133,6 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="seconds finished jobs stay readable before they are deleted (default a week)",
     )
     worker.add_argument(
-        "--table-prefix",
-        default=defaults.TABLE_PREFIX,
-        help=f"the store's table prefix (default {defaults.TABLE_PREFIX})",
-    )
-    worker.add_argument(
         "--lease",
         type=float,
         default=defaults.LEASE,
@@ -195,11 +190,6 @@ def _add_dashboard(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         help="serve actions (cancel) to whoever reaches the dashboard: only behind "
         "your own authentication",
     )
-    board.add_argument(
-        "--table-prefix",
-        default=defaults.TABLE_PREFIX,
-        help=f"the store's table prefix (default {defaults.TABLE_PREFIX})",
-    )
     board.set_defaults(handler=_run_dashboard)
 
 
@@ -242,11 +232,6 @@ def _add_operator_commands(commands: argparse._SubParsersAction[argparse.Argumen
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         _add_store(parser)
-        parser.add_argument(
-            "--table-prefix",
-            default=defaults.TABLE_PREFIX,
-            help=f"the store's table prefix (default {defaults.TABLE_PREFIX})",
-        )
         parser.set_defaults(handler=handler)
         return parser
 
@@ -270,11 +255,13 @@ def _add_operator_commands(commands: argparse._SubParsersAction[argparse.Argumen
     jobs.add_argument("--queue", help="only jobs of this queue")
     jobs.add_argument(
         "--since",
-        type=_moment,
+        type=_parsed_by("parse_moment"),
         help="only jobs performed since then: 2026-12-05T10:00 (local time, or with "
         "its zone), or how long ago, as 2h",
     )
-    jobs.add_argument("--until", type=_moment, help="only jobs performed before then")
+    jobs.add_argument(
+        "--until", type=_parsed_by("parse_moment"), help="only jobs performed before then"
+    )
     jobs.add_argument("--limit", type=_positive_int, default=50, help="at most this many (50)")
     jobs.add_argument("--before", metavar="ID", help="the page after this job")
     jobs.add_argument("--json", action="store_true", help="print JSON, not a table")
@@ -322,7 +309,7 @@ def _add_operator_commands(commands: argparse._SubParsersAction[argparse.Argumen
     purge.add_argument(
         "--older-than",
         required=True,
-        type=_duration,
+        type=_parsed_by("parse_duration"),
         help="ended at least this long ago: seconds, or 15m, 12h, 7d, 2w",
     )
 
@@ -335,22 +322,20 @@ def _add_operator_commands(commands: argparse._SubParsersAction[argparse.Argumen
     workers.add_argument("--json", action="store_true", help="print JSON, not a table")
 
 
-def _duration(text: str) -> float:
-    from .operate import parse_duration
+def _parsed_by(name: str) -> Callable[[str], Any]:
+    """An argument's type: the parser ``name`` of ``operate`` (imported only
+    when the command runs), whose ValueError is the usage error said."""
 
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    def parse(text: str) -> Any:
+        from . import operate
 
+        try:
+            return getattr(operate, name)(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-def _moment(text: str) -> Any:
-    from .operate import parse_moment
-
-    try:
-        return parse_moment(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = name.removeprefix("parse_")  # as argparse names the value
+    return parse
 
 
 def _run_jobs(args: argparse.Namespace) -> int:
@@ -406,11 +391,17 @@ def _run_workers(args: argparse.Namespace) -> int:
 
 
 def _add_store(parser: argparse.ArgumentParser) -> None:
+    """``--store`` and ``--table-prefix``, which every command on a store takes."""
     parser.add_argument(
         "--store",
         default=os.environ.get("ASYNCJOB_STORE"),
         required="ASYNCJOB_STORE" not in os.environ,
         help="the store's URL (default: $ASYNCJOB_STORE, which keeps a password out of ps)",
+    )
+    parser.add_argument(
+        "--table-prefix",
+        default=defaults.TABLE_PREFIX,
+        help=f"the store's table prefix (default {defaults.TABLE_PREFIX})",
     )
 
 

@@ -18,10 +18,9 @@ from starlette.routing import Mount
 
 from asyncjob._core import defaults
 from asyncjob._core.errors import AsyncJobError
-from asyncjob._runner.runner import Runner
-from asyncjob.stores import resolve_store
-from asyncjob.stores._base import SHARED_STORES
 from asyncjob.web import dashboard
+
+from .operate import CommandError, producer_on
 
 __all__ = ("run_dashboard",)
 
@@ -37,13 +36,9 @@ def run_dashboard(
     """Serve the dashboard of ``store`` until SIGINT or SIGTERM. Returns the
     exit code: 0 after a stop, 2 when the store cannot be used or the
     server cannot start."""
-    if "://" not in store:
-        print(f"asyncjob dashboard: {store!r} is not a shared store: give {SHARED_STORES}",
-              file=sys.stderr)  # fmt: skip
-        return 2
     try:
-        runner = Runner(resolve_store(store, table_prefix=table_prefix), producer_only=True)
-    except (TypeError, ValueError) as exc:
+        runner = producer_on(store, table_prefix)
+    except CommandError as exc:
         print(f"asyncjob dashboard: {exc}", file=sys.stderr)
         return 2
 

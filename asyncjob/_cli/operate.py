@@ -10,23 +10,26 @@ import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TextIO
+from typing import TextIO
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from asyncjob._core import defaults
 from asyncjob._core.errors import AsyncJobError, JobNotFound
-from asyncjob._core.models import JobState, JobStatus, WorkerStatus
+from asyncjob._core.models import JobState, JobStatus
+from asyncjob._core.views import status_json, worker_json
 from asyncjob._runner.runner import Runner
 from asyncjob.stores import resolve_store
 from asyncjob.stores._base import SHARED_STORES
 
 __all__ = (
+    "CommandError",
     "cancel_jobs",
     "list_jobs",
     "list_workers",
     "parse_duration",
     "parse_moment",
+    "producer_on",
     "purge_jobs",
     "retry_jobs",
     "show_status",
@@ -72,25 +75,35 @@ def parse_moment(text: str) -> datetime:
     return moment if moment.utcoffset() is not None else moment.astimezone()
 
 
-class _Failure(Exception):
-    """The command cannot do its work: the message says why."""
+class CommandError(Exception):
+    """The command cannot do its work: the message says why (exit 2)."""
+
+
+def producer_on(store: str, table_prefix: str) -> Runner:
+    """A runner on the shared ``store`` that runs nothing: what an
+    operator's command (and the dashboard) reads and acts through.
+
+    Raises:
+        CommandError: ``store`` is not a shared store's URL, or is wrong.
+    """
+    if "://" not in store:
+        raise CommandError(f"{store!r} is not a shared store: give {SHARED_STORES}")
+    try:
+        return Runner(resolve_store(store, table_prefix=table_prefix), producer_only=True)
+    except (TypeError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _run(store: str, table_prefix: str, work: Callable[[Runner], Awaitable[int]]) -> int:
     """Open ``store``, do ``work`` with a runner on it, close it; the exit
     status, with an error said on stderr."""
-    if "://" not in store:
-        return _error(f"{store!r} is not a shared store: give {SHARED_STORES}")
-    try:
-        runner = Runner(resolve_store(store, table_prefix=table_prefix), producer_only=True)
-    except (TypeError, ValueError) as exc:
-        return _error(str(exc))
 
     async def main() -> int:
+        runner = producer_on(store, table_prefix)
         try:
             await runner.start()
         except (OSError, SQLAlchemyError, AsyncJobError) as exc:
-            raise _Failure(f"cannot open the store: {exc}") from None
+            raise CommandError(f"cannot open the store: {exc}") from None
         try:
             return await work(runner)
         finally:
@@ -98,7 +111,7 @@ def _run(store: str, table_prefix: str, work: Callable[[Runner], Awaitable[int]]
 
     try:
         return asyncio.run(main())
-    except _Failure as exc:
+    except CommandError as exc:
         return _error(str(exc))
     except (OSError, SQLAlchemyError) as exc:
         return _error(f"the store failed: {exc}")
@@ -131,11 +144,11 @@ def list_jobs(
                 states or None, name, queue, limit, before=before, since=since, until=until
             )
         except JobNotFound:
-            raise _Failure(f"--before names no job the store knows: {before}") from None
+            raise CommandError(f"--before names no job the store knows: {before}") from None
         except ValueError as exc:
-            raise _Failure(str(exc)) from None
+            raise CommandError(str(exc)) from None
         if as_json:
-            json.dump([_jsonable(status) for status in found], sys.stdout, indent=1)
+            json.dump([status_json(status) for status in found], sys.stdout, indent=1)
             print()
         else:
             _table(
@@ -160,7 +173,7 @@ def show_status(
         try:
             status = await runner.status(job_id)
         except JobNotFound:
-            raise _Failure(f"no such job: {job_id}") from None
+            raise CommandError(f"no such job: {job_id}") from None
         if follow and not status.is_final:
             status = await _follow(runner, job_id, sys.stderr)
         _describe(status, sys.stdout)
@@ -246,7 +259,7 @@ def purge_jobs(store: str, *, states: Sequence[str], older_than: float, table_pr
         try:
             deleted = await runner.purge(older_than, states)
         except ValueError as exc:
-            raise _Failure(str(exc)) from None
+            raise CommandError(str(exc)) from None
         print(f"deleted {deleted} job(s)")
         return OK
 
@@ -260,7 +273,7 @@ def list_workers(store: str, *, as_json: bool, table_prefix: str) -> int:
     async def work(runner: Runner) -> int:
         found = await runner.workers()
         if as_json:
-            json.dump([_worker_json(w) for w in found], sys.stdout, indent=1)
+            json.dump([worker_json(w) for w in found], sys.stdout, indent=1)
             print()
         else:
             _table(
@@ -296,34 +309,13 @@ def _table(header: list[str], rows: list[list[str]]) -> None:
 
 def _describe(status: JobStatus, out: TextIO) -> None:
     """The status, a field a line, what is set."""
-    shown = _jsonable(status)
+    shown = status_json(status)
     shown.pop("traceback")
     for key, value in shown.items():
         if value not in (None, [], "") and not (key == "cancel_requested" and value is False):
             print(f"{key}: {value if isinstance(value, str) else json.dumps(value)}", file=out)
     if status.traceback:
         print(status.traceback.rstrip(), file=out)
-
-
-def _jsonable(status: JobStatus) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for key in status.__dataclass_fields__:
-        value = getattr(status, key)
-        if isinstance(value, datetime):
-            value = value.isoformat()
-        elif isinstance(value, JobState):
-            value = value.value
-        elif isinstance(value, tuple):
-            value = list(value)
-        found[key] = value
-    return found
-
-
-def _worker_json(worker: WorkerStatus) -> dict[str, Any]:
-    return {
-        key: value.isoformat() if isinstance(value, datetime) else value
-        for key, value in vars(worker).items()
-    }
 
 
 def _state(status: JobStatus) -> str:

@@ -30,6 +30,7 @@ Routes, under wherever it is mounted:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
@@ -47,10 +48,10 @@ from starlette.routing import Route
 
 from asyncjob._core.errors import JobNotFound, RunnerNotRunning
 from asyncjob._core.log import logger
+from asyncjob._core.views import dumps, overview_json, schedule_json, status_json, worker_json
 from asyncjob._runner.runner import Runner
 from asyncjob._worker.scheduler import tick_job_id
 
-from ._json import dumps, overview_json, schedule_json, status_json, worker_json
 from ._overview import Overviews
 from ._stream import job_events
 
@@ -223,12 +224,8 @@ class _Dashboard:
             raise HTTPException(400, "name the jobs to follow: /api/events?id=A&id=B")
         if len(job_ids) > MAX_STREAMED:
             raise HTTPException(400, f"one stream follows {MAX_STREAMED} jobs at most")
-        unknown = []
-        for job_id in job_ids:
-            try:
-                await self.runner.status(job_id)
-            except JobNotFound:
-                unknown.append(job_id)
+        known = await asyncio.gather(*(self._known(job_id) for job_id in job_ids))
+        unknown = [job_id for job_id, ok in zip(job_ids, known, strict=True) if not ok]
         if unknown:
             raise HTTPException(404, f"no such job: {', '.join(unknown)}")
         return self._stream(request, job_ids)
@@ -323,6 +320,13 @@ class _Dashboard:
             "done" if done else f"not done ({why})",
         )
         return done, why
+
+    async def _known(self, job_id: str) -> bool:
+        try:
+            await self.runner.status(job_id)
+        except JobNotFound:
+            return False
+        return True
 
     async def _status(self, job_id: str) -> Any:
         try:

@@ -9,9 +9,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from asyncjob._core.log import logger
+from asyncjob._core.views import overview_json, worker_json
 from asyncjob._runner.runner import Runner
-
-from ._json import overview_json, worker_json
 
 __all__ = ("EVERY", "REFRESH", "Overviews")
 

@@ -22,9 +22,8 @@ from sse_starlette import ServerSentEvent
 from asyncjob._core.errors import JobNotFound
 from asyncjob._core.log import logger
 from asyncjob._core.models import JobStatus
+from asyncjob._core.views import dumps, status_json
 from asyncjob._runner.runner import Runner
-
-from ._json import dumps, status_json
 
 __all__ = ("COALESCE", "job_events")
 

@@ -108,9 +108,12 @@ class Watchers(Generic[T]):
     def announce(self) -> None:
         """Something changed, of some job: wake the followers of
         :meth:`changes`. A store calls it at every change it makes or hears
-        of; with nobody following, it costs a test of an empty set."""
-        for follower in self._anyone:
-            follower.wake()
+        of; with nobody following, it costs a test of an empty set (and
+        only that: iterating even an empty WeakSet costs 0.9 us, at every
+        change of every job)."""
+        if self._anyone:
+            for follower in self._anyone:
+                follower.wake()
 
     def changes(self) -> Changes:
         """What :meth:`Store.changes` gives: an iterator that yields after

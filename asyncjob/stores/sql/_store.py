@@ -732,10 +732,15 @@ class SQLStore(DurableStore, TransactionalStore):
         return int(requeued.rowcount) + int(cancelled.rowcount) + int(lost.rowcount)
 
     async def forget_finished(self) -> int:
+        return await self._delete_ended(_ENDED, self.keep_finished)
+
+    async def _delete_ended(self, states: list[str], older_than: float) -> int:
+        """Delete a batch of the jobs in ``states`` that ended more than
+        ``older_than`` seconds ago; how many."""
         jobs = self.tables.jobs
         old = (
             select(jobs.c.id)
-            .where(jobs.c.finished_at < self.db.now() - self.keep_finished)
+            .where(jobs.c.finished_at < self.db.now() - older_than, jobs.c.state.in_(states))
             # Oldest first, through the index of ended jobs: without it, a
             # planner short of statistics scans the whole table each time.
             .order_by(jobs.c.finished_at)
@@ -801,18 +806,10 @@ class SQLStore(DurableStore, TransactionalStore):
         return total
 
     async def purge(self, states: frozenset[JobState], older_than: float) -> int:
-        jobs = self.tables.jobs
         chosen = sorted(state.value for state in states if state.is_final)
         total = 0
         while chosen:
-            old = (
-                select(jobs.c.id)
-                .where(jobs.c.finished_at < self.db.now() - older_than, jobs.c.state.in_(chosen))
-                .order_by(jobs.c.finished_at)  # through the index of ended jobs
-                .limit(PURGE_BATCH)
-                .scalar_subquery()
-            )
-            done = int((await self.db.execute(delete(jobs).where(jobs.c.id.in_(old)))).rowcount)
+            done = await self._delete_ended(chosen, older_than)
             total += done
             if done < PURGE_BATCH:
                 break

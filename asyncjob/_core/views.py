@@ -1,5 +1,7 @@
-"""A job's status as the web's JSON: the fields of :class:`~asyncjob.JobStatus`,
-times as ISO 8601 strings."""
+"""What the store says, as JSON objects: the fields of
+:class:`~asyncjob.JobStatus` (and of workers, schedules, the overview), times
+as ISO 8601 strings. The dashboard's API and the command line's ``--json``
+both print these, so that the two say the same thing in the same words."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from asyncjob._core.models import JobStatus, Overview, ScheduleStatus, WorkerStatus
+from .models import JobStatus, Overview, ScheduleStatus, WorkerStatus
 
 __all__ = ("dumps", "overview_json", "schedule_json", "status_json", "worker_json")
 
