@@ -62,6 +62,17 @@ def docs(session: nox.Session) -> None:
 
 
 @nox.session
+def screenshots(session: nox.Session) -> None:
+    """Take the guides' screenshots again (docs/images), as the browser
+    tests see the pages."""
+    _install(session, "test")
+    session.run(
+        "pytest", "-q", "-p", "no:cacheprovider", "tests/test_browser.py",
+        env={"ASYNCJOB_SCREENSHOTS": "docs/images"},
+    )  # fmt: skip
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """The benchmarks (not run by CI): ``nox -s bench -- --quick`` for a smoke run."""
     _install(session, "bench")

@@ -33,7 +33,7 @@ from ._core.models import (
 from ._core.registry import job, periodic
 from ._core.spec import JobSpec, using
 from ._engine.context import current_job_id, set_progress
-from ._engine.hooks import JobHooks
+from ._engine.hooks import JobHooks, JobInfo
 from ._engine.sessions import JobScope, session, timed_query, timed_query_sync
 from ._runner.runner import Runner
 
@@ -42,6 +42,7 @@ __all__ = (
     "JobCancelled",
     "JobFailed",
     "JobHooks",
+    "JobInfo",
     "JobNotFound",
     "JobScope",
     "JobSpec",

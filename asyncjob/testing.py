@@ -468,6 +468,20 @@ class StoreContract:
         assert sum(minute[2] for minute in seen.ended) == 1
         assert seen.ended[-1][0] <= datetime.now(UTC) < seen.ended[-1][0] + timedelta(minutes=1)
 
+    async def test_overview_says_since_when_each_queue_waits(self, store: Store) -> None:
+        """``due_since`` is by queue, and finds the longest-waiting job
+        behind jobs of a higher priority that came due after it."""
+        await store.enqueue(make_job("low", registered=True))
+        await store.enqueue(make_job("mail", registered=True, queue="mail"))
+        await store.enqueue(make_job("later", registered=True, queue="later", delay=3600))
+        before = await store.overview()
+        assert sorted(before.due_since) == ["default", "mail"]
+        assert before.due_since["default"] <= before.due_since["mail"]
+        await store.enqueue(make_job("high", registered=True, priority=50))
+        seen = await store.overview()
+        assert seen.due_since == before.due_since
+        assert seen.oldest_due == seen.due_since["default"]
+
 
 class DurableStoreContract(StoreContract):
     """The contract of :class:`~asyncjob.stores.DurableStore`, with the

@@ -31,9 +31,11 @@ class Workers:
         concurrency: int = 10,
         grace_period: float = 5.0,
         queues: Sequence[str] = (),
+        extra: Sequence[str] = (),
     ) -> subprocess.Popen[str]:
         """Start one more worker on ``url`` (default: the one given at first),
-        taking the ``queues`` given (none: every queue)."""
+        taking the ``queues`` given (none: every queue), with ``extra``
+        options."""
         store = url or self.url
         assert store is not None, "which store?"
         log = (self.logs / f"worker-{len(self.processes)}.log").open("w")
@@ -43,6 +45,7 @@ class Workers:
         command += ["--grace-period", str(grace_period)]
         for queue in queues:
             command += ["--queue", queue]
+        command += extra
         process = subprocess.Popen(
             command,
             cwd=ROOT,

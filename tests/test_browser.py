@@ -54,6 +54,19 @@ CHROMIUM_ARGS = [
 #: Playwright counts in milliseconds: what it waits for, at most.
 WAIT = TIMEOUT * 1000
 
+#: Where the tests leave the screenshots the guides show, when set
+#: (``nox -s screenshots`` sets it to docs/images).
+SCREENSHOTS = os.environ.get("ASYNCJOB_SCREENSHOTS")
+
+
+async def screenshot(page: Page, name: str, **options: Any) -> None:
+    """Take the page as the test left it: kept as ``name``.png for the
+    guides when :data:`SCREENSHOTS` is set; otherwise taken all the same,
+    so that a page that cannot be drawn fails here and not in the docs."""
+    path = None if SCREENSHOTS is None else os.path.join(SCREENSHOTS, f"{name}.png")
+    taken = await page.screenshot(path=path, animations="disabled", **options)
+    assert taken[:8] == b"\x89PNG\r\n\x1a\n"
+
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser() -> AsyncIterator[Browser]:
@@ -260,6 +273,7 @@ async def test_the_list_shows_jobs_and_follows_live_ones_on_one_stream(browser: 
             await expect(row_of[first].locator("progress")).to_have_js_property(
                 "value", 30, timeout=WAIT
             )
+            await screenshot(page, "dashboard", full_page=True)
             second_control.finish("ok")
             await expect(row_of[second]).to_have_attribute("data-state", "succeeded", timeout=WAIT)
             await expect(row_of[second].locator(".state")).to_have_text("succeeded", timeout=WAIT)
@@ -315,6 +329,10 @@ async def test_the_job_page_follows_the_job_to_its_result(browser: Browser) -> N
                 control.report(progress, data)
                 await expect(bar).to_have_js_property("value", progress, timeout=WAIT)
                 await expect(label).to_have_text(shown, timeout=WAIT)
+                if progress == 45:
+                    # Nothing but the job: no stray text where an action is not offered.
+                    await expect(page.locator("#job")).not_to_contain_text("null")
+                    await screenshot(page, "dashboard-job")
 
             control.finish({"thumbnails": 3})
             await expect(element).to_have_attribute("state", "succeeded", timeout=WAIT)
@@ -371,6 +389,7 @@ async def test_the_job_page_shows_a_failure_and_its_traceback(browser: Browser) 
             )
             await expect(traceback).to_contain_text(", in puppet\n", timeout=WAIT)
             await expect(traceback).to_contain_text("ValueError: the disk is full", timeout=WAIT)
+            await screenshot(page, "dashboard-failed-job")
             assert opened.asked(r"/jobs/", "document") == ["/jobs/"]  # loaded once
             with pytest.raises(asyncjob.JobFailed):
                 await runner.wait(job_id, timeout=TIMEOUT)
@@ -448,6 +467,7 @@ async def follow_to_the_end(
     control.report(75, "page 3 of 4")
     await expect(bar).to_have_js_property("value", 75, timeout=WAIT)
     await expect(label).to_have_text("running 75% · page 3 of 4", timeout=WAIT)
+    await screenshot(page, "progress-element", clip={"x": 0, "y": 0, "width": 640, "height": 160})
     control.finish("export.csv")
     detail = await ended(page)
     assert detail["id"] == job_id

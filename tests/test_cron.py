@@ -162,9 +162,9 @@ class Enqueued(asyncjob.JobHooks):
     def __init__(self) -> None:
         self.ids: asyncio.Queue[str] = asyncio.Queue()
 
-    async def enqueued(self, job_ids: Sequence[str]) -> None:
-        for job_id in job_ids:
-            self.ids.put_nowait(job_id)
+    async def enqueued(self, jobs: Sequence[asyncjob.JobInfo]) -> None:
+        for job in jobs:
+            self.ids.put_nowait(job.id)
 
     async def next(self) -> str:
         async with asyncio.timeout(TIMEOUT):

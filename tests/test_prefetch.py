@@ -70,7 +70,8 @@ async def test_waiting_jobs_go_to_free_slots_only(monkeypatch: pytest.MonkeyPatc
     assert [job.id for job in waiting.stale()] == ["j2"]
     assert waiting.next_stale_in() is None
     waiting.put_back([_job(3), _job(4)])
-    assert (waiting.discard("j3"), waiting.discard("j9")) == (True, False)
+    dropped = waiting.discard("j3")
+    assert (dropped and dropped.id, waiting.discard("j9")) == ("j3", None)
     assert [job.id for job in waiting.take_all()] == ["j4"]
     engine.take_queued()
     await engine.drain(TIMEOUT)

@@ -153,6 +153,20 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="seconds running jobs get to finish when stopping "
         f"(default {defaults.GRACE_PERIOD:g})",
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve this worker's job counters and durations for Prometheus on "
+        "http://HOST:PORT/metrics (needs the metrics extra)",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the address --metrics-port listens on (default 127.0.0.1; 0.0.0.0 for "
+        "every interface)",
+    )
     worker.set_defaults(handler=_run_worker)
 
 
@@ -183,7 +197,7 @@ def _add_dashboard(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         default="127.0.0.1",
         help="the address to listen on (default 127.0.0.1: this machine only)",
     )
-    board.add_argument("--port", type=int, default=8700, help="the port (default 8700)")
+    board.add_argument("--port", type=_port, default=8700, help="the port (default 8700)")
     board.add_argument(
         "--allow-actions",
         action="store_true",
@@ -412,6 +426,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is from 0 to 65535, not {value}")
+    return value
+
+
 def _run_worker(args: argparse.Namespace) -> int:
     from .worker import run_worker
 
@@ -426,4 +447,5 @@ def _run_worker(args: argparse.Namespace) -> int:
         threads=args.threads,
         keep_finished=args.keep_finished,
         table_prefix=args.table_prefix,
+        metrics=None if args.metrics_port is None else (args.metrics_host, args.metrics_port),
     )

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -18,6 +19,9 @@ from asyncjob._core.log import logger
 from asyncjob._runner.runner import Runner
 from asyncjob.stores import resolve_store
 from asyncjob.stores._base import SHARED_STORES
+
+if TYPE_CHECKING:
+    from asyncjob.metrics import JobMetrics
 
 __all__ = ("run_worker",)
 
@@ -34,11 +38,14 @@ def run_worker(
     threads: int | None = None,
     keep_finished: float = defaults.KEEP_FINISHED,
     table_prefix: str = defaults.TABLE_PREFIX,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
     """Import ``modules`` (which register jobs), then run the store's jobs
-    until SIGINT or SIGTERM, and stop gracefully. Returns the exit code:
-    0 after a graceful stop, 2 when a module cannot be imported or the
-    store cannot be used."""
+    until SIGINT or SIGTERM, and stop gracefully; with ``metrics=(host,
+    port)``, serve the worker's :class:`~asyncjob.metrics.JobMetrics` there
+    meanwhile. Returns the exit code: 0 after a graceful stop, 2 when a
+    module cannot be imported or the store or the metrics port cannot be
+    used."""
     # As uvicorn, celery and python -m do: the application's modules are
     # found from the directory the worker is started in.
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -61,6 +68,13 @@ def run_worker(
             file=sys.stderr,
         )
         return 2
+    counted = None
+    if metrics is not None:
+        try:
+            counted = _job_metrics()
+        except ImportError as exc:
+            print(f"asyncjob worker: {exc}", file=sys.stderr)
+            return 2
     try:
         shared = resolve_store(
             store,
@@ -75,16 +89,49 @@ def run_worker(
             threads=threads,
             grace_period=grace_period,
             queues=queues,
+            hooks=() if counted is None else (counted,),
         )
     except (TypeError, ValueError) as exc:
         print(f"asyncjob worker: {exc}", file=sys.stderr)
         return 2
+    serving = None
+    if counted is not None and metrics is not None:
+        try:
+            serving = _serve_metrics(counted, *metrics)
+        except OSError as exc:
+            print(f"asyncjob worker: {exc}", file=sys.stderr)
+            return 2
     try:
         asyncio.run(_serve(runner))
     except _CannotOpen as exc:
         print(f"asyncjob worker: cannot open the store: {exc.__cause__}", file=sys.stderr)
         return 2
+    finally:
+        if serving is not None:
+            serving.shutdown()
     return 0
+
+
+def _job_metrics() -> JobMetrics:
+    try:
+        from asyncjob.metrics import JobMetrics
+    except ImportError as exc:
+        raise ImportError(
+            f"--metrics-port needs prometheus-client ({exc}): pip install "
+            "'asyncjob-runner[metrics]'"
+        ) from None
+    return JobMetrics()
+
+
+def _serve_metrics(counted: JobMetrics, host: str, port: int) -> Any:
+    """Serve ``counted`` on ``host:port`` from a thread; returns the server."""
+    from prometheus_client import start_http_server
+
+    try:
+        server, _ = start_http_server(port, host, registry=counted.registry)
+    except OSError as exc:
+        raise OSError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+    return server
 
 
 class _CannotOpen(Exception):

@@ -204,8 +204,9 @@ class Overview:
             backoff), by queue.
         running: the jobs running, by queue.
         capped: a count stopped at 10,000: there are at least that many.
-        oldest_due: since when the job that has waited longest for a
-            worker is due (an aware UTC datetime); ``None`` if none waits.
+        due_since: by queue, since when the job that has waited longest
+            for a worker there is due (an aware UTC datetime); queues where
+            none waits are left out.
         ended: the last hour, a minute at a time, oldest first: ``(minute,
             succeeded, failed, cancelled)``, the minute as an aware UTC
             datetime.
@@ -215,8 +216,14 @@ class Overview:
     scheduled: dict[str, int]
     running: dict[str, int]
     capped: bool
-    oldest_due: datetime | None
+    due_since: dict[str, datetime]
     ended: tuple[tuple[datetime, int, int, int], ...]
+
+    @property
+    def oldest_due(self) -> datetime | None:
+        """Since when the job that has waited longest for a worker, in any
+        queue, is due; ``None`` if none waits."""
+        return min(self.due_since.values(), default=None)
 
 
 def minutes_of_the_last_hour(

@@ -64,6 +64,7 @@ def overview_json(overview: Overview) -> dict[str, Any]:
         "running": overview.running,
         "capped": overview.capped,
         "oldest_due": _iso(overview.oldest_due),
+        "due_since": {queue: _iso(since) for queue, since in overview.due_since.items()},
         "ended": [
             {"minute": _iso(minute), "succeeded": ok, "failed": failed, "cancelled": cancelled}
             for minute, ok, failed, cancelled in overview.ended

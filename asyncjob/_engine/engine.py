@@ -7,6 +7,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import time
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -19,7 +20,7 @@ from asyncjob._core.registry import JobDefinition, lookup
 from asyncjob.stores import DurableStore, Store
 
 from .context import JobContext, current
-from .hooks import JobHooks
+from .hooks import JobHooks, JobInfo, info, observe
 from .sessions import JobScope
 from .threads import ThreadPool
 
@@ -124,6 +125,8 @@ class Engine:
         # in the queue never starts then (any other is stopped by the store,
         # whose start() refuses it). Emptied whenever the queue is.
         self._interrupted_early: set[str] = set()
+        # With hooks: when each running job's attempt started (perf_counter).
+        self._began: dict[str, float] = {}
         #: How many jobs have been done, in all.
         self.done = 0
 
@@ -234,12 +237,15 @@ class Engine:
         """Wait until every submitted job is done."""
         await self._all_done.wait()
 
-    async def end(self, job_id: str, state: JobState, *, error: str | None = None) -> bool:
+    async def end(self, job: JobInfo, state: JobState, *, error: str | None = None) -> bool:
         """Record that a job that never ran here ended (a claimed job that
         cannot run, one cancelled before it started): hooks, then store."""
         for hook in self._hooks:
-            await hook.ending(job_id)
-        return await self._store.finish(job_id, state, error=error)
+            await hook.ending(job.id)
+        ended = await self._store.finish(job.id, state, error=error)
+        if ended and self._hooks:
+            observe(self._hooks, "finished", job, state, None, error)
+        return ended
 
     # -- stopping ------------------------------------------------------------
 
@@ -401,6 +407,9 @@ class Engine:
             return  # cancelled while it was queued
         ctx = JobContext(job.id, True, self._report, job.claimed)
         self._active[job.id] = (ctx, task)
+        if self._hooks:
+            self._began[job.id] = time.perf_counter()
+            observe(self._hooks, "started", info(job))
         token = current.set(ctx)
         result: Any = None
         error: BaseException | None = None
@@ -477,6 +486,9 @@ class Engine:
         thread_context = contextvars.copy_context()
         thread_context.run(current.set, ctx)
         self._active[job.id] = (ctx, task)
+        if self._hooks:
+            self._began[job.id] = time.perf_counter()
+            observe(self._hooks, "started", info(job))
         timeout = None if definition is None else definition.timeout
         deadline = None
         if timeout is not None:
@@ -568,8 +580,10 @@ class Engine:
             await self._fail(job, definition, error)
         elif ctx.finished:  # recorded in the job's own transaction
             self._ended(job.id)
-            for hook in self._hooks:
-                await hook.ending(job.id)
+            if self._hooks:
+                for hook in self._hooks:
+                    await hook.ending(job.id)
+                self._tell_finished(job, JobState.succeeded, None)
         else:
             await self._record(job, JobState.succeeded, result=result)
             if logger.isEnabledFor(logging.DEBUG):
@@ -581,6 +595,9 @@ class Engine:
         if delay is not None and not self._closed:
             self._ended(job.id)
             if await self._store.retry(job.id, error=error, delay=delay):
+                if self._hooks:
+                    self._began.pop(job.id, None)
+                    observe(self._hooks, "retrying", info(job), error, delay)
                 logger.warning(
                     "job %s (%s) failed on attempt %d, trying again in %.1f s: %s",
                     job.id, job.name, job.attempt, delay, error, extra=about(job),
@@ -607,9 +624,18 @@ class Engine:
         self._ended(job.id)
         if self._closed:
             return  # the runner has stopped: nobody is left to record it
+        if not self._hooks:
+            await self._store.finish(job.id, state, result=result, error=error, traceback=traceback)
+            return
         for hook in self._hooks:
             await hook.ending(job.id)
         await self._store.finish(job.id, state, result=result, error=error, traceback=traceback)
+        self._tell_finished(job, state, error)
+
+    def _tell_finished(self, job: Job, state: JobState, error: str | None) -> None:
+        began = self._began.pop(job.id, None)
+        duration = None if began is None else time.perf_counter() - began
+        observe(self._hooks, "finished", info(job), state, duration, error)
 
 
 def _time_out(ctx: JobContext) -> None:

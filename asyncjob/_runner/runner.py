@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import enum
 import functools
+import itertools
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -38,7 +39,7 @@ from asyncjob._core.registry import JobDefinition, Schedule, definition_of, look
 from asyncjob._core.registry import schedules as registered_schedules
 from asyncjob._core.spec import DEFAULT_QUEUE, JobSpec, check_queue
 from asyncjob._engine.engine import Engine, FinishIn, FinishInSync
-from asyncjob._engine.hooks import JobHooks
+from asyncjob._engine.hooks import JobHooks, JobInfo, info, observe
 from asyncjob._engine.sessions import JobScope, Sessions
 from asyncjob._worker.maintenance import Maintenance
 from asyncjob._worker.producer import STOP_TIMEOUT, Producer
@@ -190,6 +191,11 @@ class Runner:
     def store(self) -> Store:
         """The store this runner keeps its jobs in."""
         return self._store
+
+    @property
+    def hooks(self) -> tuple[JobHooks, ...]:
+        """The hooks given to the runner, in their order."""
+        return self._hooks
 
     @property
     def running(self) -> bool:
@@ -450,7 +456,7 @@ class Runner:
                 "using(..., transaction=) needs an SQL store on the session's database"
             )
         ids = [await self._store.enqueue_in(session, job) for job in jobs]
-        new = [job.id for job, recorded in zip(jobs, ids, strict=True) if recorded == job.id]
+        new = [info(job) for job, recorded in zip(jobs, ids, strict=True) if recorded == job.id]
         if new:
             for hook in self._hooks:
                 await hook.enqueued(new)
@@ -508,28 +514,56 @@ class Runner:
 
     async def _enqueue(self, job: Job) -> str:
         self._check_running()  # again: a call from another loop may cross stop()
-        recorded = await self._store.enqueue(job)
+        if self._hooks:
+            recorded = (await self._told_and_written([job], self._store.enqueue(job)))[0]
+        else:
+            recorded = await self._store.enqueue(job)
         if recorded != job.id:
             return recorded  # the job queued or running with its unique key
-        if self._hooks:
-            for hook in self._hooks:
-                await hook.enqueued((job.id,))
         if not self._hand_over((job,)):
             await self._refuse((job,))
         return job.id
 
     async def _enqueue_many(self, jobs: list[Job]) -> list[str]:
         self._check_running()
-        ids = await self._store.enqueue_many(jobs)
+        if self._hooks:
+            ids = await self._told_and_written(jobs, self._store.enqueue_many(jobs))
+        else:
+            ids = await self._store.enqueue_many(jobs)
         new = [job for job, recorded in zip(jobs, ids, strict=True) if recorded == job.id]
-        if new:
-            await self._announce(new)
+        if new and not self._hand_over(new):
+            await self._refuse(new)
+        return ids
+
+    async def _told_and_written(
+        self, jobs: list[Job], write: Awaitable[str | list[str]]
+    ) -> list[str]:
+        """Tell the hooks of ``jobs``, then write them: a hook that keeps a
+        record of its own (a progress tracker) must know a job before any
+        worker can end it. Those that were not written after all (their
+        unique key held by another job, or the write failed) the hooks are
+        told of as ending."""
+        about = [info(job) for job in jobs]
+        for hook in self._hooks:
+            await hook.enqueued(about)
+        ids: list[str] = []
+        try:
+            written = await write
+            ids = [written] if isinstance(written, str) else written
+        finally:
+            for job, recorded in itertools.zip_longest(jobs, ids):
+                if recorded != job.id:
+                    for hook in self._hooks:
+                        await hook.ending(job.id)
         return ids
 
     async def _announce(self, jobs: list[Job]) -> None:
-        """Tell the hooks of jobs just recorded, then hand them over."""
-        for hook in self._hooks:
-            await hook.enqueued([job.id for job in jobs])
+        """Tell the hooks of jobs just recorded (by a periodic tick), then
+        hand them over."""
+        if self._hooks:
+            about = [info(job) for job in jobs]
+            for hook in self._hooks:
+                await hook.enqueued(about)
         if not self._hand_over(jobs):
             await self._refuse(jobs)
 
@@ -728,12 +762,16 @@ class Runner:
         return await self._on_loop(self._cancel_here(job_id))
 
     async def _cancel_here(self, job_id: str) -> bool:
+        status = None
         if self._hooks:  # hooks hear of an end before it is recorded
             status = await self._store.get(job_id)
             if status is not None and status.state is JobState.queued:
                 for hook in self._hooks:
                     await hook.ending(job_id)
         before = await self._store.cancel(job_id)
+        if before is JobState.queued and status is not None:
+            about = JobInfo(status.id, status.name, status.queue, status.attempts + 1)
+            observe(self._hooks, "finished", about, JobState.cancelled, None, None)
         if before is JobState.queued:
             self._engine.forget(job_id)  # if it waits for its time here
         elif before is JobState.running:

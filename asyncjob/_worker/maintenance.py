@@ -18,6 +18,7 @@ from collections.abc import Callable
 from asyncjob._core.log import logger
 from asyncjob._core.models import JobState
 from asyncjob._engine.engine import Engine
+from asyncjob._engine.hooks import info
 from asyncjob.stores import DurableStore
 
 from .producer import Producer, unless_cancelled
@@ -133,8 +134,9 @@ class Maintenance:
         """Stop a job held here: ``"dropping"`` it if it was claimed ahead and
         has not started (it then ends cancelled at once), ``"stopping"`` it
         if it runs; ``None`` if it is in neither place."""
-        if self._producer is not None and self._producer.drop(job_id):
-            await self._engine.end(job_id, JobState.cancelled)
+        dropped = None if self._producer is None else self._producer.drop(job_id)
+        if dropped is not None:
+            await self._engine.end(info(dropped), JobState.cancelled)
             return "dropping"
         if self._engine.interrupt(job_id):
             return "stopping"

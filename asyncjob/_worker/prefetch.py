@@ -97,13 +97,13 @@ class Prefetched:
     def __contains__(self, job_id: object) -> bool:
         return any(job.id == job_id for _, job in self._jobs)
 
-    def discard(self, job_id: str) -> bool:
-        """Drop the job (cancelled, say) if it waits here; True if it did."""
+    def discard(self, job_id: str) -> Job | None:
+        """Drop the job (cancelled, say) if it waits here, and return it."""
         for entry in self._jobs:
             if entry[1].id == job_id:
                 self._jobs.remove(entry)
-                return True
-        return False
+                return entry[1]
+        return None
 
     def take_all(self) -> list[Job]:
         jobs = [job for _, job in self._jobs]

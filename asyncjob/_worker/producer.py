@@ -12,6 +12,7 @@ from asyncjob._core.models import Claimed, Job, JobState
 from asyncjob._core.registry import limits, lookup
 from asyncjob._core.spec import JobOptions
 from asyncjob._engine.engine import Engine
+from asyncjob._engine.hooks import JobInfo
 from asyncjob.stores import DurableStore
 
 from .prefetch import Prefetch, Prefetched
@@ -118,9 +119,9 @@ class Producer:
         yet: the runner hands them back when it stops."""
         return [job.id for job in self._prefetched.take_all()]
 
-    def drop(self, job_id: str) -> bool:
+    def drop(self, job_id: str) -> Job | None:
         """Drop a job claimed ahead (its cancel was requested, say) before it
-        starts; True if it was waiting here."""
+        starts, and return it, if it was waiting here."""
         return self._prefetched.discard(job_id)
 
     async def _claim_once(self) -> bool:
@@ -149,7 +150,11 @@ class Producer:
                 continue
             logger.error("job %s (%s) cannot run: %s", found.id, found.name, job)
             try:
-                await self._engine.end(found.id, JobState.failed, error=job)
+                await self._engine.end(
+                    JobInfo(found.id, found.name, found.queue, found.attempts),
+                    JobState.failed,
+                    error=job,
+                )
             except Exception:  # noqa: BLE001 - one job's trouble must not strand the others
                 logger.exception(
                     "could not record that job %s cannot run; it runs again once its "

@@ -7,7 +7,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from asyncjob._core import defaults
@@ -289,7 +289,7 @@ class MemoryStore(Store):
         self._forget_expired()
         now = time.time()
         active: dict[str, dict[str, int]] = {"waiting": {}, "scheduled": {}, "running": {}}
-        oldest: float | None = None
+        oldest: dict[str, float] = {}
         ended: dict[tuple[int, str], int] = {}
         for rec in self._records.values():
             if rec.state is JobState.running:
@@ -297,8 +297,8 @@ class MemoryStore(Store):
             elif rec.state is JobState.queued:
                 due = rec.run_after if rec.run_after is not None else rec.enqueued_at
                 kind = "scheduled" if due > now else "waiting"
-                if kind == "waiting" and (oldest is None or due < oldest):
-                    oldest = due
+                if kind == "waiting" and due < oldest.get(rec.queue, due + 1):
+                    oldest[rec.queue] = due
             else:
                 if rec.finished_at is not None and rec.finished_at >= now - 3600:
                     key = (int(rec.finished_at // 60), rec.state.value)
@@ -311,7 +311,7 @@ class MemoryStore(Store):
             scheduled=active["scheduled"],
             running=active["running"],
             capped=False,
-            oldest_due=timestamp_to_datetime(oldest),
+            due_since={queue: datetime.fromtimestamp(at, UTC) for queue, at in oldest.items()},
             ended=minutes_of_the_last_hour(now, ((m, s, n) for (m, s), n in ended.items())),
         )
 

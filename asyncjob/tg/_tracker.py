@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import anyio.to_thread
 
-from asyncjob._engine.hooks import JobHooks
+from asyncjob._engine.hooks import JobHooks, JobInfo
 
 __all__ = ("ProgressTracker", "TrackerHooks")
 
@@ -42,10 +42,10 @@ class TrackerHooks(JobHooks):
     def __init__(self, tracker: ProgressTracker) -> None:
         self.tracker = tracker
 
-    async def enqueued(self, job_ids: Sequence[str]) -> None:
+    async def enqueued(self, jobs: Sequence[JobInfo]) -> None:
         def track_all() -> None:
-            for job_id in job_ids:
-                self.tracker.track(job_id)
+            for job in jobs:
+                self.tracker.track(job.id)
 
         await anyio.to_thread.run_sync(track_all)
 

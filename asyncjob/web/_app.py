@@ -23,6 +23,9 @@ Routes, under wherever it is mounted:
   read again when the store says jobs changed (at most once a second, at
   least every 15), by one reader however many browsers follow.
 - ``GET /api/workers``: the workers, as their heartbeats tell.
+- ``GET /metrics``: the store's figures and the runner's
+  :class:`~asyncjob.metrics.JobMetrics`, in Prometheus' text format
+  (see :mod:`asyncjob.metrics`).
 - ``POST /api/jobs/{id}/{action}`` (``cancel``, ``retry``, ``delete``) and
   ``POST /api/actions`` (``{"action": ..., "ids": [...]}``, up to
   :data:`MAX_BULK` jobs): only when actions are allowed.
@@ -144,6 +147,7 @@ def dashboard(
         Route("/api/overview", board.overview),
         Route("/api/overview/events", board.overview_events),
         Route("/api/workers", board.workers),
+        Route("/metrics", board.metrics),
     ]
     if actions:
         routes += [
@@ -257,6 +261,16 @@ class _Dashboard:
 
     async def workers(self, request: Request) -> Response:
         return _JSON([worker_json(w) for w in await self.runner.workers()])
+
+    async def metrics(self, request: Request) -> Response:
+        try:
+            from asyncjob import metrics
+        except ImportError as exc:  # prometheus-client is missing
+            raise HTTPException(
+                501, f"/metrics needs prometheus-client ({exc}): pip install "
+                "'asyncjob-runner[metrics]'",
+            ) from None  # fmt: skip
+        return Response(await metrics.exposition(self.runner), media_type=metrics.CONTENT_TYPE)
 
     async def act(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]

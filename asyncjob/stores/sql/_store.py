@@ -1162,29 +1162,40 @@ class SQLStore(DurableStore, TransactionalStore):
             scheduled=active[1],
             running=active[2],
             capped=capped,
-            oldest_due=timestamp_to_datetime(await self._oldest_due(waiting_here)),
+            due_since={
+                queue: datetime.fromtimestamp(at, UTC)
+                for queue, at in (await self._due_since(active[0], waiting_here)).items()
+            },
             ended=minutes_of_the_last_hour(float(now), counted),
         )
 
-    async def _oldest_due(self, waiting_here: list[Any]) -> float | None:
-        """When the longest-waiting due job came due: of the registered
-        ones, the head of each priority in the claim index (which orders
-        by priority, then by due time), one short read per priority in use;
-        of the others, the first due of those queued in their process."""
+    async def _due_since(
+        self, waiting: dict[str, int], waiting_here: list[Any]
+    ) -> dict[str, float]:
+        """By queue, when the longest-waiting due job came due: of the
+        registered ones, the head of each priority in the queue's claim
+        index (which orders by priority, then by due time), one short read
+        per queue and priority in use; of the others, the first due of those
+        queued in their process."""
         jobs = self.tables.jobs
-        here = select(func.min(jobs.c.run_after)).where(*waiting_here)
-        oldest: float | None = (await self.db.fetch(here)).scalar()
-        below: int | None = None
-        while True:
-            head = select(jobs.c.priority, jobs.c.run_after).where(text(DUE))
-            if below is not None:
-                head = head.where(jobs.c.priority < below)
-            head = head.order_by(jobs.c.priority.desc(), jobs.c.run_after).limit(1)
-            found = (await self.db.fetch(head)).first()
-            if found is None:
-                return oldest
-            below = found.priority
-            oldest = found.run_after if oldest is None else min(oldest, found.run_after)
+        here = select(jobs.c.queue, func.min(jobs.c.run_after)).where(*waiting_here)
+        rows: Sequence[Any] = (await self.db.fetch(here.group_by(jobs.c.queue))).all()
+        oldest = {queue: float(at) for queue, at in rows}
+        for queue in waiting:
+            below: int | None = None
+            while True:
+                head = select(jobs.c.priority, jobs.c.run_after).where(
+                    text(DUE), jobs.c.queue == queue
+                )
+                if below is not None:
+                    head = head.where(jobs.c.priority < below)
+                head = head.order_by(jobs.c.priority.desc(), jobs.c.run_after).limit(1)
+                found = (await self.db.fetch(head)).first()
+                if found is None:
+                    break
+                below = found.priority
+                oldest[queue] = min(oldest.get(queue, found.run_after), found.run_after)
+        return oldest
 
     async def tick(self, schedule: ScheduleStatus, job: Job) -> bool:
         table = self.tables.schedules

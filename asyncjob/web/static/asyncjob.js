@@ -328,7 +328,7 @@
       ? el("p", {}, button("cancel", "Cancel"), " ", button("retry", "Retry"), " ",
         button("delete", "Delete"))
       : null;
-    body.replaceChildren(el("h2", {}, status.name), bar, buttons, fields);
+    body.replaceChildren(...[el("h2", {}, status.name), bar, buttons, fields].filter(Boolean));
     render(status);
   }
 
