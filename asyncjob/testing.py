@@ -468,6 +468,13 @@ class StoreContract:
         assert sum(minute[2] for minute in seen.ended) == 1
         assert seen.ended[-1][0] <= datetime.now(UTC) < seen.ended[-1][0] + timedelta(minutes=1)
 
+    async def test_a_status_gives_the_arguments(self, store: Store) -> None:
+        """The arguments a job was performed with, for a job's page."""
+        await store.enqueue(make_job("args"))
+        status = await store.get("args")
+        assert status is not None
+        assert (status.args, dict(status.kwargs)) == ((1,), {"k": 2})
+
     async def test_overview_says_since_when_each_queue_waits(self, store: Store) -> None:
         """``due_since`` is by queue, and finds the longest-waiting job
         behind jobs of a higher priority that came due after it."""

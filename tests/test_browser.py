@@ -725,6 +725,9 @@ async def test_the_job_page_follows_a_registered_job_on_an_sql_store(
                 "tests.web_jobs.advance", timeout=WAIT
             )
             await expect(element).to_have_attribute("state", "running", timeout=WAIT)
+            await expect(page.locator('#job-fields dd[data-field="arguments"]')).to_have_text(
+                f'"{steps_key}", 4', timeout=WAIT
+            )
             for done in range(1, 4):
                 steps.put_nowait(None)
                 await expect(bar).to_have_js_property("value", done * 25, timeout=WAIT)

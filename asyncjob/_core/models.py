@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -98,6 +98,8 @@ class JobStatus:
         enqueued_at: when it was performed (an aware UTC datetime).
         started_at: when it started running, if it has.
         finished_at: when it ended, if it has.
+        args: the positional arguments it was performed with.
+        kwargs: the keyword arguments it was performed with.
     """
 
     id: str
@@ -118,6 +120,8 @@ class JobStatus:
     enqueued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def is_final(self) -> bool:

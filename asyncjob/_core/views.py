@@ -33,6 +33,8 @@ def status_json(status: JobStatus) -> dict[str, Any]:
         found[name] = _iso(found[name])
     for name in ("result", "data"):
         found[name] = _jsonable(found[name])
+    found["args"] = [_jsonable(value) for value in status.args]
+    found["kwargs"] = {str(key): _jsonable(value) for key, value in status.kwargs.items()}
     return found
 
 

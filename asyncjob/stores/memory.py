@@ -40,6 +40,7 @@ class _Record:
     job's error and traceback share one."""
 
     __slots__ = (
+        "args",
         "attempts",
         "cancel_requested",
         "data",
@@ -48,6 +49,7 @@ class _Record:
         "failure",
         "finished_at",
         "id",
+        "kwargs",
         "name",
         "priority",
         "progress",
@@ -62,6 +64,8 @@ class _Record:
     def __init__(self, job: Job) -> None:
         self.id = job.id
         self.name = job.name
+        self.args = job.args
+        self.kwargs = job.kwargs
         self.state = JobState.queued
         self.progress: float | None = None
         self.data: Any = None
@@ -112,6 +116,8 @@ class _Record:
             enqueued_at=timestamp_to_datetime(self.enqueued_at),
             started_at=timestamp_to_datetime(self.started_at),
             finished_at=timestamp_to_datetime(self.finished_at),
+            args=self.args,
+            kwargs=self.kwargs,
         )
 
 

@@ -67,6 +67,8 @@ def status_of(row: Row[Any]) -> JobStatus:
         enqueued_at=timestamp_to_datetime(row.enqueued_at),
         started_at=timestamp_to_datetime(row.started_at),
         finished_at=timestamp_to_datetime(row.finished_at),
+        args=tuple(json_column(row.id, "args", row.args) or ()),
+        kwargs=json_column(row.id, "kwargs", row.kwargs) or {},
     )
 
 

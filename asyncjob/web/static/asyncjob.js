@@ -299,6 +299,8 @@
       add("priority", String(s.priority));
       add("attempts", String(s.attempts));
       add("unique", s.unique);
+      add("arguments", [...s.args.map((v) => JSON.stringify(v)),
+        ...Object.entries(s.kwargs).map(([k, v]) => `${k}=${JSON.stringify(v)}`)].join(", "));
       add("performed", when(s.enqueued_at));
       add("due", when(s.run_after));
       add("started", when(s.started_at));
