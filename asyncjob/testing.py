@@ -523,6 +523,20 @@ class DurableStoreContract(StoreContract):
         assert (status.state, status.attempts) == (JobState.running, 1)
         assert (await _status(store, "mine")).state is JobState.queued
 
+    async def test_a_status_names_the_worker_of_the_last_attempt(
+        self, store: DurableStore
+    ) -> None:
+        """``worker`` is the store's worker id (as its heartbeat says it) from
+        the job's start, and stays once it has ended."""
+        await store.enqueue(make_job("w", registered=True))
+        assert (await _status(store, "w")).worker is None
+        assert [c.id for c in await store.claim(1)] == ["w"]
+        await store.heartbeat(queues=None, concurrency=1, running=1)
+        me = [worker.id for worker in await store.workers()]
+        assert [(await _status(store, "w")).worker] == me
+        await store.finish("w", JobState.succeeded, result=1)
+        assert [(await _status(store, "w")).worker] == me
+
     async def test_claim_takes_no_more_than_asked(self, store: DurableStore) -> None:
         """``limit`` bounds a claim; the rest wait for the next one."""
         now = time.time()

@@ -100,6 +100,9 @@ class JobStatus:
         finished_at: when it ended, if it has.
         args: the positional arguments it was performed with.
         kwargs: the keyword arguments it was performed with.
+        worker: the id of the worker that runs it, or ran its last attempt
+            (as :attr:`WorkerStatus.id`), on a shared store; ``None`` before
+            it starts, and on the memory store.
     """
 
     id: str
@@ -122,6 +125,7 @@ class JobStatus:
     finished_at: datetime | None = None
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    worker: str | None = None
 
     @property
     def is_final(self) -> bool:

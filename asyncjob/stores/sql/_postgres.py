@@ -119,7 +119,7 @@ class PostgresDialect(Dialect):
         self._finish = f"""
             UPDATE {jobs} AS j
             SET {ending},
-                finished_at = v.finished_at, locked_by = NULL, lease_expires_at = NULL,
+                finished_at = v.finished_at, lease_expires_at = NULL,
                 progress = CASE WHEN v.reported THEN v.progress ELSE j.progress END,
                 data = CASE WHEN v.reported THEN v.data ELSE j.data END
             FROM unnest($1::varchar[], $2::varchar[], $3::text[], $4::text[], $5::text[],

@@ -47,6 +47,17 @@ def json_column(job_id: str, column: str, text: str | None) -> Any:
         raise BadRecord(f"job {job_id} holds invalid JSON in its {column}: {exc}") from None
 
 
+def _arguments(text: str | None, kind: type[Any]) -> Any:
+    """A job's arguments for its status. Arguments that cannot be read
+    (damaged by hand) leave its status readable, empty: the job itself
+    fails saying why when a worker claims it."""
+    try:
+        found = loads(text) if text else kind()
+    except ValueError:
+        return kind()
+    return found if isinstance(found, kind) else kind()
+
+
 def status_of(row: Row[Any]) -> JobStatus:
     return JobStatus(
         id=row.id,
@@ -67,8 +78,9 @@ def status_of(row: Row[Any]) -> JobStatus:
         enqueued_at=timestamp_to_datetime(row.enqueued_at),
         started_at=timestamp_to_datetime(row.started_at),
         finished_at=timestamp_to_datetime(row.finished_at),
-        args=tuple(json_column(row.id, "args", row.args) or ()),
-        kwargs=json_column(row.id, "kwargs", row.kwargs) or {},
+        args=tuple(_arguments(row.args, list)),
+        kwargs=_arguments(row.kwargs, dict),
+        worker=row.locked_by if row.started_at is not None else None,
     )
 
 

@@ -110,7 +110,7 @@ class SQLiteDialect(Dialect):
         self._finish = f"""
             UPDATE {jobs}
             SET {ending},
-                finished_at = :finished_at, locked_by = NULL, lease_expires_at = NULL,
+                finished_at = :finished_at, lease_expires_at = NULL,
                 progress = CASE WHEN :reported THEN :progress ELSE progress END,
                 data = CASE WHEN :reported THEN :data ELSE data END
             WHERE id = :id

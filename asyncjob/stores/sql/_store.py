@@ -783,6 +783,7 @@ class SQLStore(DurableStore, TransactionalStore):
                         started_at=None,
                         finished_at=None,
                         cancel_requested=False,
+                        locked_by=None,
                     )
                 )
             except IntegrityError:
@@ -972,11 +973,10 @@ class SQLStore(DurableStore, TransactionalStore):
                     "state": SCHEDULED if delay > 0 else _QUEUED,
                     "errors": dumps([*earlier, error], "the errors"),
                     "run_after": self.db.now() + delay,
+                    "locked_by": None,
                 }
             await conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(**values, locked_by=None, lease_expires_at=None)
+                update(jobs).where(jobs.c.id == job_id).values(**values, lease_expires_at=None)
             )
         self._changed(job_id)
         return not row.cancel_requested
@@ -1044,7 +1044,6 @@ class SQLStore(DurableStore, TransactionalStore):
             "state": JobState.succeeded.value,
             "result": encoded,
             "finished_at": time.time(),
-            "locked_by": None,
             "lease_expires_at": None,
         }
         last = self._progress.take(job_id)
