@@ -523,9 +523,7 @@ class DurableStoreContract(StoreContract):
         assert (status.state, status.attempts) == (JobState.running, 1)
         assert (await _status(store, "mine")).state is JobState.queued
 
-    async def test_a_status_names_the_worker_of_the_last_attempt(
-        self, store: DurableStore
-    ) -> None:
+    async def test_a_status_names_the_worker_of_the_last_attempt(self, store: DurableStore) -> None:
         """``worker`` is the store's worker id (as its heartbeat says it) from
         the job's start, and stays once it has ended."""
         await store.enqueue(make_job("w", registered=True))

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asyncjob._core.errors import JobCancelled, NotInJob
+
+if TYPE_CHECKING:
+    from asyncjob._core.models import Job
 
 __all__ = ("JobContext", "current_job_id", "set_progress")
 
@@ -25,6 +28,7 @@ class JobContext:
         "claimed",
         "finished",
         "is_async",
+        "job",
         "job_id",
         "report",
         "session",
@@ -55,6 +59,9 @@ class JobContext:
         self.timed_out = False
         #: The job's database session, when the runner gives jobs one.
         self.session: Any = None
+        #: The job itself (its name, arguments, attempt), for integrations
+        #: that tell the job's code about it (Django's task context).
+        self.job: Job | None = None
         #: Its success was recorded in that session, with the job's writes.
         self.finished = False
 

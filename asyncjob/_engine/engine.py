@@ -406,6 +406,7 @@ class Engine:
         elif not await self._store.start(job.id):
             return  # cancelled while it was queued
         ctx = JobContext(job.id, True, self._report, job.claimed)
+        ctx.job = job
         self._active[job.id] = (ctx, task)
         if self._hooks:
             self._began[job.id] = time.perf_counter()
@@ -483,6 +484,7 @@ class Engine:
         elif not await self._store.start(job.id):
             return  # cancelled while it was queued
         ctx = JobContext(job.id, False, self._report, job.claimed)
+        ctx.job = job
         thread_context = contextvars.copy_context()
         thread_context.run(current.set, ctx)
         self._active[job.id] = (ctx, task)

@@ -40,6 +40,14 @@ def _at_interpreter_exit(stop: Callable[[], None]) -> None:
 T = TypeVar("T")
 
 
+def _at_interpreter_shutdown(exc: BaseException) -> bool:
+    """True for what Python 3.12 raises when the runner, stopped at exit,
+    needs a thread it can no longer start (the SQLite store's closing)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_at_interpreter_shutdown(inner) for inner in exc.exceptions)
+    return isinstance(exc, RuntimeError) and "interpreter shutdown" in str(exc)
+
+
 class LoopThread:
     """Runs ``runner`` on a new event loop in a background thread, and lets
     sync code call into it through an anyio :class:`BlockingPortal`.
@@ -94,6 +102,12 @@ class LoopThread:
         try:
             asyncio.run(self._serve())
         except BaseException as exc:  # noqa: BLE001 - handed to start()
+            if _at_interpreter_shutdown(exc):
+                # Stopped at interpreter exit, on Python 3.12 or newer, which
+                # starts no thread then: what needed one (an SQLite store's
+                # closing) is left to the process's exit, which the file's
+                # write-ahead log survives.
+                return
             if not self._ready.done():
                 self._ready.set_exception(exc)
             else:

@@ -1027,6 +1027,49 @@ class SQLStore(DurableStore, TransactionalStore):
 
     # -- in the application's transaction ------------------------------------------
 
+    def enqueue_sql(self, job: Job) -> tuple[str, list[Any], str | None, list[Any]]:
+        """The statements that write ``job`` through a DB-API connection of
+        the application's own on the store's database (Django's, say), so
+        that it is written in that connection's transaction, committed or
+        rolled back with it: ``(insert, its parameters, holder, its
+        parameters)``, with ``%s`` placeholders.
+
+        The insert returns the job's id when it wrote it, and no row when
+        its unique key is held by another job; ``holder`` (``None`` for a job
+        without a key) then returns that job's id. Workers hear of the job
+        at commit (PostgreSQL: the table's trigger; SQLite: the file).
+
+        Raises:
+            TypeError: the job is not registered, or its arguments are not JSON.
+            ValueError: its name cannot be stored.
+        """
+        if not job.registered:
+            raise TypeError(
+                f"{job.name} is not registered with @asyncjob.job: only registered "
+                "jobs can be performed in your transaction, as any worker may run them"
+            )
+        jobs = self.tables.jobs
+        insert, key = self._insert_of(job)
+        holder = None
+        if key is not None:
+            holds_key = text(HOLDS_KEY)
+            insert = insert.on_conflict_do_nothing(
+                index_elements=[jobs.c.unique_key], index_where=holds_key
+            )
+            holder = select(jobs.c.id).where(jobs.c.unique_key == key, holds_key)
+        sql, params = self._for_dbapi(insert.returning(jobs.c.id))
+        if holder is None:
+            return sql, params, None, []
+        return (sql, params, *self._for_dbapi(holder))
+
+    def _for_dbapi(self, statement: Any) -> tuple[str, list[Any]]:
+        """``statement`` as SQL with ``%s`` placeholders, and its parameters
+        in order, in the store's dialect."""
+        dialect: Any = type(self.db.engine.dialect)
+        dialect = dialect(paramstyle="format")
+        compiled = statement.compile(dialect=dialect)
+        return str(compiled), [compiled.params[name] for name in compiled.positiontup or ()]
+
     def shares_database_with(self, engine: Any) -> bool:
         return same_database(str(engine.url.render_as_string(hide_password=False)), self.url)
 
