@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import String, create_engine, select, update
@@ -15,6 +17,7 @@ import asyncjob
 from asyncjob import JobState
 from asyncjob.stores import Store
 from asyncjob.stores.sql import SQLStore
+from asyncjob.testing import make_job
 
 from . import worker_jobs
 from .conftest import TIMEOUT, Database, RunnerFactory
@@ -230,3 +233,45 @@ async def test_a_sync_job_past_its_timeout_rolls_its_writes_back(
     with pytest.raises(asyncjob.JobFailed, match="TimeoutError"):
         await runner.wait(job_id, timeout=TIMEOUT)
     assert notes(sync_sessions) == []
+
+
+async def test_enqueue_sql_writes_in_a_dbapi_transaction(
+    make_runner: RunnerFactory, database: Database
+) -> None:
+    """``SQLStore.enqueue_sql``: the statements an application's own DB-API
+    connection (Django's) runs to write a job in its transaction: rolled
+    back, no job; committed, the job runs; a held unique key, no row, and
+    the holder's id."""
+    runner = await make_runner(database.async_url)
+    store = runner.store
+    assert isinstance(store, SQLStore)
+    engine = create_engine(database.sync_url)
+
+    def write(job_id: str, unique: str | None = None, *, commit: bool = True) -> list[Any]:
+        job = make_job(job_id, registered=True, name="tests.worker_jobs.whoami", unique=unique)
+        insert, params, holder, holder_params = store.enqueue_sql(
+            job._replace(args=(7,), kwargs={})
+        )
+        if database.kind == "sqlite":  # Django's cursor says %s to sqlite3 too
+            insert, holder = insert.replace("%s", "?"), (holder or "").replace("%s", "?")
+        with engine.connect() as conn:
+            written = conn.exec_driver_sql(insert, tuple(params)).all()
+            if not written and holder:
+                written = conn.exec_driver_sql(holder, tuple(holder_params)).all()
+            if commit:
+                conn.commit()
+            else:
+                conn.rollback()
+        return [row[0] for row in written]
+
+    lost, kept = uuid.uuid4().hex, uuid.uuid4().hex
+    assert await asyncio.to_thread(write, lost, commit=False) == [lost]
+    assert await asyncio.to_thread(write, kept) == [kept]
+    assert (await runner.wait(kept, timeout=TIMEOUT))["n"] == 7
+    with pytest.raises(asyncjob.JobNotFound):
+        await runner.status(lost)
+    holder = await runner.perform(
+        asyncjob.using(worker_jobs.whoami, unique=f"held-{kept}", delay=3600), 1
+    )
+    assert await asyncio.to_thread(write, uuid.uuid4().hex, f"held-{kept}") == [holder]
+    engine.dispose()
