@@ -260,6 +260,22 @@ def test_a_task_enqueued_in_a_rolled_back_transaction_never_exists(backend: str)
     assert task_backends[backend].get_result(kept.id).status == TaskResultStatus.READY
 
 
+def test_a_view_that_fails_in_its_transaction_leaves_no_task(worker: Worker) -> None:
+    """The guide's view, through the test client: its task is written
+    with the request's transaction, or not at all."""
+    from shop.views import PaymentDeclined
+
+    backend = task_backends["default"]
+    before = backend._loop_thread().call(backend._runner().jobs)
+    with pytest.raises(PaymentDeclined):
+        Client().get("/orders/9/place?card=declined")
+    assert backend._loop_thread().call(backend._runner().jobs) == before
+    placed = Client().get("/orders/9/place")
+    assert placed.status_code == 201
+    worker.start("default")
+    assert ended("default", placed.json()["id"]).return_value["order"] == 9
+
+
 def test_on_commit_enqueues_after_the_commit(backend: str) -> None:
     using = "default" if backend == "default" else "pg"
     record = tasks.record.using(backend=backend)

@@ -16,7 +16,9 @@ DEBUG = False
 ALLOWED_HOSTS = ["*"]
 USE_TZ = True
 ROOT_URLCONF = "djproject.urls"
+# --8<-- [start:apps]
 INSTALLED_APPS = ["asyncjob.django", "shop"]
+# --8<-- [end:apps]
 
 DATABASES = {
     "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": f"{HERE}/app.db"},
@@ -29,6 +31,7 @@ DATABASES = {
     },
 }
 
+# --8<-- [start:tasks]
 QUEUES = ["default", "emails"]
 WORKER = {"poll_interval": 0.05, "grace_period": 5}
 TASKS = {
@@ -52,6 +55,7 @@ TASKS = {
         },
     },
 }
+# --8<-- [end:tasks]
 
 LOGGING = {
     "version": 1,

@@ -14,6 +14,7 @@ from django.tasks.base import TaskContext
 import asyncjob
 
 
+# --8<-- [start:tasks]
 @task(queue_name="emails")
 def send_receipt(order: int, to: str) -> dict[str, object]:
     """A sync task: reports progress, uses the database, returns JSON."""
@@ -49,6 +50,9 @@ def flaky(context: TaskContext, marker: str) -> int:
         path.write_text("tried")
         raise ConnectionError("the mail server did not answer")
     return int(context.attempt)
+
+
+# --8<-- [end:tasks]
 
 
 @task
