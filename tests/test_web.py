@@ -730,7 +730,7 @@ async def test_a_change_made_while_an_event_is_sent_is_not_lost() -> None:
     """The stream's generator is paused in a yield while an event goes out:
     a change recorded meanwhile (here, the job's end) must still come out,
     or the browser would show the job running for ever."""
-    from asyncjob.web._stream import job_events
+    from asyncjob.web._stream import Feeds, job_events
 
     gate = asyncio.Event()
 
@@ -741,7 +741,7 @@ async def test_a_change_made_while_an_event_is_sent_is_not_lost() -> None:
 
     async with asyncjob.Runner() as runner:
         job_id = await runner.perform(gated)
-        events = job_events(runner, [job_id])
+        events = job_events(Feeds(runner), [job_id])
         async with asyncio.timeout(TIMEOUT):
             first = await anext(events)  # paused here, in the yield
             gate.set()
@@ -750,6 +750,46 @@ async def test_a_change_made_while_an_event_is_sent_is_not_lost() -> None:
             assert await anext(events, None) is None  # and the stream ends
         assert json.loads(str(first.data))["state"] != "succeeded"
         assert json.loads(str(last.data))["state"] == "succeeded"
+
+
+async def test_streams_of_one_job_share_one_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """However many streams follow a job, the dashboard watches it once and
+    encodes each status once; each stream still gets the status now first,
+    then the end, and a stream that joins late gets the latest status."""
+    from asyncjob.web._stream import Feeds, job_events
+
+    gate = asyncio.Event()
+
+    async def gated() -> str:
+        asyncjob.set_progress(50)
+        async with asyncio.timeout(TIMEOUT):
+            await gate.wait()
+        return "ended"
+
+    async with asyncjob.Runner() as runner:
+        watches = []
+        watch = runner.watch
+
+        def counted(job_id: str) -> Any:
+            watches.append(job_id)
+            return watch(job_id)
+
+        monkeypatch.setattr(runner, "watch", counted)
+        job_id = await runner.perform(gated)
+        feeds = Feeds(runner)
+        streams = [job_events(feeds, [job_id]) for _ in range(3)]
+        async with asyncio.timeout(TIMEOUT):
+            firsts = [await anext(stream) for stream in streams]
+            late = job_events(feeds, [job_id])
+            late_first = await anext(late)
+            gate.set()
+            ends = [
+                [json.loads(str(e.data))["state"] async for e in stream]
+                for stream in [*streams, late]
+            ]
+        assert watches == [job_id]
+        assert all(json.loads(str(e.data))["id"] == job_id for e in [*firsts, late_first])
+        assert all(states[-1] == "succeeded" for states in ends)
 
 
 # -- asyncjob dashboard ------------------------------------------------------------------------

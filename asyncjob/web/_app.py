@@ -56,7 +56,7 @@ from asyncjob._runner.runner import Runner
 from asyncjob._worker.scheduler import tick_job_id
 
 from ._overview import Overviews
-from ._stream import job_events
+from ._stream import Feeds, job_events
 
 __all__ = ("Authorize", "dashboard")
 
@@ -171,6 +171,7 @@ class _Dashboard:
         self.authorize = authorize
         self.actions = actions
         self.overviews = Overviews(runner)
+        self.feeds = Feeds(runner)
 
     async def page(self, request: Request) -> Response:
         html = _asset("index.html").replace(
@@ -353,7 +354,7 @@ class _Dashboard:
         if last and not (last.isascii() and last.isdigit() and len(last) <= 18):
             # Ours are numbers: anything else was not sent by this stream.
             raise HTTPException(400, f"Last-Event-ID must be an event number, not {last[:40]!r}")
-        events = job_events(self.runner, job_ids, last_event_id=int(last or 0))
+        events = job_events(self.feeds, job_ids, last_event_id=int(last or 0))
         return _event_stream(events)
 
     async def _allow(self, request: Request, action: str, job_id: str) -> None:

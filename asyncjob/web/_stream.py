@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 from sse_starlette import ServerSentEvent
 
@@ -25,7 +24,7 @@ from asyncjob._core.models import JobStatus
 from asyncjob._core.views import dumps, status_json
 from asyncjob._runner.runner import Runner
 
-__all__ = ("COALESCE", "job_events")
+__all__ = ("COALESCE", "Feeds", "job_events")
 
 #: Of a job whose progress changes faster, one event per this many seconds
 #: at most, with the latest status: the bar moves a few times a second, and
@@ -34,8 +33,70 @@ __all__ = ("COALESCE", "job_events")
 COALESCE = 0.2
 
 
+#: What a feed tells a stream: ``(job_id, status, its JSON)``, or
+#: ``(job_id, None, None)`` once it has nothing more to say of the job.
+Tell = Callable[[str, JobStatus | None, str | None], None]
+
+
+class _Feed:
+    __slots__ = ("followers", "latest", "task")
+
+    def __init__(self) -> None:
+        self.followers: set[Tell] = set()
+        self.latest: tuple[JobStatus, str] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+
+class Feeds:
+    """One watch of each job per dashboard, however many streams follow it:
+    each status is read once, encoded once, and handed to every stream that
+    follows the job. (A watch per stream cost 1,000 watches, 2,000 task
+    wake-ups and 3,000 JSON encodings per change for a job a thousand
+    browsers follow: bench/sse.py.)"""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+        self._feeds: dict[str, _Feed] = {}
+
+    @contextlib.contextmanager
+    def follow(self, job_id: str, tell: Tell) -> Iterator[None]:
+        """Tell ``tell`` of the job's status now (or as soon as it is read),
+        then of each change, then that it ended, while the block runs."""
+        feed = self._feeds.get(job_id)
+        if feed is None:
+            feed = self._feeds[job_id] = _Feed()
+            feed.task = asyncio.get_running_loop().create_task(self._watch(job_id, feed))
+        feed.followers.add(tell)
+        if feed.latest is not None:
+            tell(job_id, *feed.latest)
+        try:
+            yield
+        finally:
+            feed.followers.discard(tell)
+            if not feed.followers and self._feeds.get(job_id) is feed:
+                del self._feeds[job_id]
+                if feed.task is not None:
+                    feed.task.cancel()
+
+    async def _watch(self, job_id: str, feed: _Feed) -> None:
+        try:
+            async for status in self._runner.watch(job_id):
+                feed.latest = (status, dumps(status_json(status)))
+                for tell in list(feed.followers):
+                    tell(job_id, *feed.latest)
+        except JobNotFound:
+            pass  # forgotten (purged) while watched: nothing more to say
+        except Exception:  # noqa: BLE001 - the client reconnects, and reads it anew
+            logger.exception("could not watch job %s; its streams end", job_id)
+        finally:
+            if self._feeds.get(job_id) is feed:
+                del self._feeds[job_id]
+            for tell in list(feed.followers):
+                tell(job_id, None, None)
+
+
 async def job_events(
-    runner: Runner,
+    feeds: Feeds,
     job_ids: Sequence[str],
     *,
     last_event_id: int = 0,
@@ -44,37 +105,33 @@ async def job_events(
     """The events of ``job_ids``, until every one of them has ended (or been
     forgotten by the store meanwhile).
 
-    One watch per job, each feeding the latest status it saw into a table
-    that this generator drains: a slow client skips intermediate statuses,
-    never a final one, and holds no growing buffer.
+    Each job's feed puts the latest status it saw into a table that this
+    generator drains: a slow client skips intermediate statuses, never a
+    final one, and holds no growing buffer.
     """
-    latest: dict[str, JobStatus] = {}
+    latest: dict[str, tuple[JobStatus, str]] = {}
     changed = asyncio.Event()
     watching = set(job_ids)
 
-    async def watch(job_id: str) -> None:
-        try:
-            async for status in runner.watch(job_id):
-                latest[job_id] = status
-                changed.set()
-        except JobNotFound:
-            pass  # forgotten (purged) while watched: nothing more to say
-        except Exception:  # noqa: BLE001 - the client reconnects, and reads it anew
-            logger.exception("could not watch job %s; its stream ends", job_id)
-        finally:
+    def tell(job_id: str, status: JobStatus | None, encoded: str | None) -> None:
+        if status is None or encoded is None:
             watching.discard(job_id)
-            changed.set()
+        else:
+            latest[job_id] = (status, encoded)
+        changed.set()
 
     sent_at: dict[str, float] = {}
     number = last_event_id
-    async with _tasks([watch(job_id) for job_id in dict.fromkeys(job_ids)]):
+    with contextlib.ExitStack() as following:
+        for job_id in dict.fromkeys(job_ids):
+            following.enter_context(feeds.follow(job_id, tell))
         while latest or watching:
             # Cleared before the table is read, not after: a status recorded
             # while an event was being sent would otherwise never wake us.
             changed.clear()
             wake_in: float | None = None
             now = time.monotonic()
-            for job_id, status in list(latest.items()):
+            for job_id, (status, encoded) in list(latest.items()):
                 due = sent_at.get(job_id, -coalesce) + coalesce
                 if not status.is_final and due > now:
                     wake_in = due - now if wake_in is None else min(wake_in, due - now)
@@ -82,22 +139,9 @@ async def job_events(
                 del latest[job_id]
                 sent_at[job_id] = now
                 number += 1
-                yield ServerSentEvent(data=dumps(status_json(status)), id=str(number))
+                yield ServerSentEvent(data=encoded, id=str(number))
             if not latest and not watching:
                 return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wake_in):
                     await changed.wait()
-
-
-@contextlib.asynccontextmanager
-async def _tasks(coroutines: list[Coroutine[Any, Any, None]]) -> AsyncIterator[None]:
-    """Run the watches while the stream lasts; cancel what is left when it
-    ends (the client went away, the server stops)."""
-    tasks = [asyncio.create_task(coroutine) for coroutine in coroutines]
-    try:
-        yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
