@@ -268,6 +268,39 @@
     }
   }
 
+  let adding = false;
+
+  /** Jobs performed since the list was read, put on top: read when the
+   * overview's stream says jobs changed (at most once a second). */
+  async function addNewer() {
+    const first = table.querySelector("tr");
+    if (adding) return;
+    if (!first) {
+      if (!cursor) load(false);  // the list was empty: read it
+      return;
+    }
+    adding = true;
+    const mine = listing;
+    try {
+      const page = await getJSON(`${base}/api/jobs?${query()}`);
+      if (mine !== listing) return;  // the list was read again meanwhile
+      const known = new Set([...table.querySelectorAll("tr")].map((tr) => tr.dataset.id));
+      const newer = [];
+      for (const job of page.jobs) {
+        if (job.id === first.dataset.id) break;
+        if (!known.has(job.id)) newer.push(row(job));
+      }
+      if (newer.length) {
+        first.before(...newer);
+        followRows();
+      }
+    } catch (error) {
+      // The next reading tries again; the list as it is stays.
+    } finally {
+      adding = false;
+    }
+  }
+
   async function show(jobId) {
     if (!jobId) {
       detail.hidden = true;
@@ -499,6 +532,7 @@
       const reading = JSON.parse(event.data);
       showOverview(reading.overview);
       showWorkers(reading.workers);
+      addNewer();
     };
   } else {
     loadOverview();
