@@ -561,25 +561,22 @@ async def test_jobs_performed_later_appear_on_top_without_a_reload(browser: Brow
     jobs then, and puts those it lacks on top (an empty list included),
     following the live ones."""
     runner = asyncjob.Runner()
-    async with serving(app_with_dashboard(runner)) as (url, _):
-        async with tab(browser) as opened:
-            page = opened.page
-            await page.goto(f"{url}/jobs/")
-            rows = page.locator("tbody#jobs tr")
-            await expect(page.locator("#oldest")).not_to_be_empty(timeout=WAIT)
-            first = await runner.perform(quick, 1)
-            await expect(rows).to_have_count(1, timeout=WAIT)
-            await expect(rows.nth(0)).to_have_attribute("data-id", first, timeout=WAIT)
-            second, control = await perform_puppet(runner)
-            await expect(rows).to_have_count(2, timeout=WAIT)
-            await expect(rows.nth(0)).to_have_attribute("data-id", second, timeout=WAIT)
-            control.report(40)
-            await expect(rows.nth(0).locator("progress")).to_have_js_property(
-                "value", 40, timeout=WAIT
-            )
-            control.finish("done")
-            await expect(rows.nth(0)).to_have_attribute("data-state", "succeeded", timeout=WAIT)
-            assert opened.asked(r"/jobs/", "document") == ["/jobs/"]  # never reloaded
+    async with serving(app_with_dashboard(runner)) as (url, _), tab(browser) as opened:
+        page = opened.page
+        await page.goto(f"{url}/jobs/")
+        rows = page.locator("tbody#jobs tr")
+        await expect(page.locator("#oldest")).not_to_be_empty(timeout=WAIT)
+        first = await runner.perform(quick, 1)
+        await expect(rows).to_have_count(1, timeout=WAIT)
+        await expect(rows.nth(0)).to_have_attribute("data-id", first, timeout=WAIT)
+        second, control = await perform_puppet(runner)
+        await expect(rows).to_have_count(2, timeout=WAIT)
+        await expect(rows.nth(0)).to_have_attribute("data-id", second, timeout=WAIT)
+        control.report(40)
+        await expect(rows.nth(0).locator("progress")).to_have_js_property("value", 40, timeout=WAIT)
+        control.finish("done")
+        await expect(rows.nth(0)).to_have_attribute("data-state", "succeeded", timeout=WAIT)
+        assert opened.asked(r"/jobs/", "document") == ["/jobs/"]  # never reloaded
 
 
 async def test_filters_and_older_jobs(browser: Browser) -> None:

@@ -239,12 +239,19 @@ WAITING_BEFORE = QUEUED_BEFORE.replace(", 0, 0)", ", 0, 9999999999)")
 
 
 def store_of_version(database: Database, version: int, job_id: str, waiting: str) -> None:
-    """Turn a store just made into what ``version`` (1 to 4) made, with a
+    """Turn a store just made into what ``version`` (1 to 5) made, with a
     registered job queued, and another waiting for its retry."""
     postgres = database.kind == "postgresql"
     engine = create_engine(database.sync_url)
     try:
         with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE asyncjob_jobs DROP COLUMN trace"))
+            if version == 5:
+                conn.execute(text(QUEUED_BEFORE.format(id=job_id)))
+                scheduled = WAITING_BEFORE.format(id=waiting).replace("'queued'", "'scheduled'")
+                conn.execute(text(scheduled))
+                conn.execute(text("UPDATE asyncjob_meta SET value = '5'"))
+                return
             conn.execute(text("DROP TABLE asyncjob_workers"))
             if version == 4:
                 conn.execute(text(QUEUED_BEFORE.format(id=job_id)))
@@ -314,17 +321,18 @@ def schema_of(database: Database) -> tuple[str, set[str], set[str], set[str]]:
     return str(version), index_names, trigger_names, columns
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 async def test_an_older_store_is_migrated(
     database: Database, make_runner: RunnerFactory, version: int
 ) -> None:
-    """Opened by this release, a store that version 1 to 4 wrote is
-    migrated to version 5 (partial indexes and, on PostgreSQL, one
+    """Opened by this release, a store that version 1 to 5 wrote is
+    migrated to version 6 (partial indexes and, on PostgreSQL, one
     notification per statement since 2; a cancel requested, and listings
     indexed, since 3; queues, priorities, unique keys, and jobs waiting
     for their time out of the claim index since 4; workers' heartbeats
-    since 5), and the job queued in it before the upgrade runs, as do new
-    ones; the one waiting for its retry still waits."""
+    since 5; the trace context a job was performed in since 6), and the
+    job queued in it before the upgrade runs, as do new ones; the one
+    waiting for its retry still waits."""
     made = SQLStore(database.async_url)
     await made.open()
     await made.close()
@@ -334,14 +342,14 @@ async def test_an_older_store_is_migrated(
     producer = await make_runner(SQLStore(database.async_url), producer_only=True)
     job_id = await producer.perform(asyncjob.using(worker_jobs.whoami, priority=5), 2)
     version_now, indexes, triggers, columns = schema_of(database)
-    assert version_now == str(SCHEMA_VERSION) == "5"
+    assert version_now == str(SCHEMA_VERSION) == "6"
     assert indexes == {
         f"asyncjob_jobs_{name}"
         for name in (
             "due", "leased", "ended", "listed", "due_by_queue", "scheduled", "unique"
         )
     }  # fmt: skip
-    assert {"cancel_requested", "queue", "priority", "unique_key"} <= columns
+    assert {"cancel_requested", "queue", "priority", "unique_key", "trace"} <= columns
     before = await producer.status(queued)
     assert (before.queue, before.priority, before.run_after) == ("default", 0, None)
     later = await producer.status(waiting)

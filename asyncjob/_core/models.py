@@ -310,6 +310,9 @@ class Job(NamedTuple):
     #: Its queue, priority, when it may start, its unique key; ``None``:
     #: the defaults (the queue ``default``, priority 0, at once, no key).
     options: JobOptions | None = None
+    #: The trace context of the code that performed it (W3C ``traceparent``
+    #: and ``tracestate``), when tracing is on (:mod:`asyncjob.otel`).
+    trace: Mapping[str, str] | None = None
 
 
 class Outcome(NamedTuple):
@@ -337,6 +340,7 @@ class Claimed(NamedTuple):
     problem: str | None = None
     queue: str = DEFAULT_QUEUE
     priority: int = 0
+    trace: Mapping[str, str] | None = None
 
 
 def new_job_id() -> str:

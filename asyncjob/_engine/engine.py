@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from asyncjob._core import tracing
 from asyncjob._core.errors import JobLost
 from asyncjob._core.log import about, logger
 from asyncjob._core.models import Job, JobState
@@ -412,6 +413,7 @@ class Engine:
             self._began[job.id] = time.perf_counter()
             observe(self._hooks, "started", info(job))
         token = current.set(ctx)
+        traced = None if tracing.active is None else tracing.active.run(job)
         result: Any = None
         error: BaseException | None = None
         try:
@@ -430,6 +432,8 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - any error of the job is its failure
             error = exc
         finally:
+            if traced is not None:
+                traced.end(error)
             current.reset(token)
             del self._active[job.id]
             if ctx.cancelled:
@@ -485,6 +489,8 @@ class Engine:
             return  # cancelled while it was queued
         ctx = JobContext(job.id, False, self._report, job.claimed)
         ctx.job = job
+        # Current in the thread's copy of this context, until it returns.
+        traced = None if tracing.active is None else tracing.active.run(job)
         thread_context = contextvars.copy_context()
         thread_context.run(current.set, ctx)
         self._active[job.id] = (ctx, task)
@@ -517,6 +523,8 @@ class Engine:
             late = ctx.timed_out and timeout is not None
             error = _timed_out(job, timeout or 0) if late else exc
         finally:
+            if traced is not None:
+                traced.end(error)
             del self._active[job.id]
             if deadline is not None:
                 deadline.cancel()

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from types import MappingProxyType, TracebackType
 from typing import Any, Self, TypeVar
 
-from asyncjob._core import defaults
+from asyncjob._core import defaults, tracing
 from asyncjob._core.callables import describe
 from asyncjob._core.errors import JobCancelled, JobFailed, JobNotFound, RunnerNotRunning
 from asyncjob._core.log import logger
@@ -501,8 +501,18 @@ class Runner:
                     f"runner could take this job from the queue {queue!r}: perform it to "
                     "one of them, or give the runner that queue too"
                 )
-        return Job(
-            job_id, name, target, args, kwargs, is_async, time.time(), registered, options=options
+        return tracing.with_context(
+            Job(
+                job_id,
+                name,
+                target,
+                args,
+                kwargs,
+                is_async,
+                time.time(),
+                registered,
+                options=options,
+            )
         )
 
     def _check_running(self) -> None:

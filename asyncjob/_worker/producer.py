@@ -202,4 +202,5 @@ def _job_of(claimed: Claimed) -> Job | str:
         claimed=True,
         attempt=claimed.attempts,
         options=JobOptions(claimed.queue, claimed.priority),
+        trace=claimed.trace,
     )

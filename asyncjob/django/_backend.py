@@ -42,7 +42,7 @@ from django.utils import timezone
 from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
-from asyncjob._core import defaults
+from asyncjob._core import defaults, tracing
 from asyncjob._core.errors import JobCancelled, JobNotFound
 from asyncjob._core.models import Job, JobState, JobStatus, new_job_id
 from asyncjob._core.registry import definition_of, job, lookup
@@ -233,16 +233,18 @@ class AsyncJobBackend(BaseTaskBackend):  # type: ignore[misc]  # Django is untyp
         assert isinstance(store, SQLStore)
         definition = definition_of(spec.func)
         assert definition is not None
-        new = Job(
-            new_job_id(),
-            definition.name,
-            spec.func,
-            tuple(args),
-            dict(kwargs),
-            inspect.iscoroutinefunction(spec.func),
-            timezone.now().timestamp(),
-            True,
-            options=spec.options(definition.queue, definition.priority),
+        new = tracing.with_context(
+            Job(
+                new_job_id(),
+                definition.name,
+                spec.func,
+                tuple(args),
+                dict(kwargs),
+                inspect.iscoroutinefunction(spec.func),
+                timezone.now().timestamp(),
+                True,
+                options=spec.options(definition.queue, definition.priority),
+            )
         )
         insert, params, _, _ = store.enqueue_sql(new)
         with connections[database].cursor() as cursor:

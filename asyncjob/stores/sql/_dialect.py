@@ -44,7 +44,7 @@ _RUNNING = JobState.running.value
 #: The columns an insert fills, in this order.
 NEW_COLUMNS = (
     "id, name, registered, owner, locked_by, lease_expires_at, state, args, kwargs, "
-    "attempts, enqueued_at, run_after, queue, priority, unique_key"
+    "attempts, enqueued_at, run_after, queue, priority, unique_key, trace"
 )
 
 #: Jobs come due in batches of at most this many per claim (see promote_sql).
@@ -361,7 +361,8 @@ class Dialect(abc.ABC):
                 -- the whole claim: the job fails alone (see claimed()).
                 attempts = CASE WHEN attempts < {MAX_ATTEMPTS} THEN attempts + 1 ELSE attempts END
             WHERE {chosen} AND state = '{_QUEUED}'
-            RETURNING id, name, args, kwargs, enqueued_at, attempts, queue, priority, run_after
+            RETURNING id, name, args, kwargs, enqueued_at, attempts, queue, priority, trace,
+                      run_after
             """
         if not self.promote_in_claim:
             return f"WITH {', '.join(ctes)} {update}" if ctes else update
@@ -469,8 +470,8 @@ def claimed(row: Sequence[Any]) -> Claimed:
     """A claimed job's row (as :meth:`Dialect.claim_sql` returns it),
     decoded; a row it cannot decode says why, naming the column, so that
     the job fails alone and the others claimed with it run."""
-    job_id, name, args_text, kwargs_text, enqueued_at, attempts, queue, priority, _ = row
-    where = {"queue": queue, "priority": priority}
+    job_id, name, args_text, kwargs_text, enqueued_at, attempts, queue, priority, trace, _ = row
+    where = {"queue": queue, "priority": priority, "trace": _trace_of(trace)}
     if not isinstance(attempts, int) or not 0 < attempts < MAX_ATTEMPTS:
         problem = (
             f"job {job_id} has {attempts!r} in its attempts column, which asyncjob never writes"
@@ -489,7 +490,19 @@ def claimed(row: Sequence[Any]) -> Claimed:
     return Claimed(job_id, name, tuple(args), kwargs, enqueued_at, attempts, **where)
 
 
+def _trace_of(text: str | None) -> dict[str, str] | None:
+    """A stored trace context; one that cannot be read is dropped (a job
+    is not failed for its trace)."""
+    if not text:
+        return None
+    try:
+        found = loads(text)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
 def by_claim_order(rows: Sequence[Sequence[Any]]) -> list[Claimed]:
     """Claimed rows, decoded, in claim order (``RETURNING`` keeps none):
     higher priority first, then in the order they came due."""
-    return [claimed(row) for row in sorted(rows, key=lambda row: (-row[7], row[8]))]
+    return [claimed(row) for row in sorted(rows, key=lambda row: (-row[7], row[9]))]

@@ -94,12 +94,13 @@ class PostgresDialect(Dialect):
         self._insert = f"""
             INSERT INTO {jobs} ({NEW_COLUMNS})
             SELECT v.id, v.name, v.registered, v.owner, v.owner, {leased}, {state},
-                   v.args, v.kwargs, 0, v.enqueued_at, {due}, v.queue, v.priority, v.unique_key
+                   v.args, v.kwargs, 0, v.enqueued_at, {due}, v.queue, v.priority, v.unique_key,
+                   v.trace
             FROM unnest($1::varchar[], $2::varchar[], $3::boolean[], $4::varchar[],
                         $5::text[], $6::text[], $7::float8[], $9::varchar[], $10::int[],
-                        $11::varchar[], $12::float8[], $13::float8[])
+                        $11::varchar[], $12::float8[], $13::float8[], $14::text[])
                  AS v(id, name, registered, owner, args, kwargs, enqueued_at, queue, priority,
-                      unique_key, at, delay)
+                      unique_key, at, delay, trace)
             """
         self._insert_again = f"{self._insert} ON CONFLICT (id) DO NOTHING"
         # With unique keys: a key held, nothing; sent again, an id taken
@@ -333,6 +334,7 @@ class PostgresDialect(Dialect):
             [r["unique_key"] for r in rows],
             [r["at"] for r in rows],
             [r["delay"] for r in rows],
+            [r["trace"] for r in rows],
         ]
         if all(r["unique_key"] is None for r in rows):
             await durable.fetch(self._insert, *columns, retry=self._insert_again)

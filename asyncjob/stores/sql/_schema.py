@@ -43,7 +43,7 @@ __all__ = (
 )
 
 #: The version this release writes and reads.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: The state, in the table, of a job that is queued and not due yet (delayed,
 #: or waiting for a retry). It reads as ``queued``: the difference is the
@@ -119,6 +119,8 @@ class Tables:
             Column("finished_at", Float, nullable=True),
             Column("locked_by", String(64), nullable=True),
             Column("lease_expires_at", Float, nullable=True),
+            # JSON: the trace context of the code that performed it.
+            Column("trace", Text, nullable=True),
         )
         # Periodic jobs: the last tick performed of each, a row per schedule
         # (the row is what decides, tick by tick, which runner performs it).
@@ -295,8 +297,19 @@ def _migrate_4_to_5(conn: Connection, tables: Tables, dialect: SchemaHooks) -> N
     conn.execute(text(f"DROP INDEX IF EXISTS {tables.prefix}jobs_running"))
 
 
+def _migrate_5_to_6(conn: Connection, tables: Tables, dialect: SchemaHooks) -> None:
+    """Version 6 keeps the trace context a job was performed in."""
+    conn.execute(text(f"ALTER TABLE {tables.jobs.name} ADD COLUMN trace TEXT"))
+
+
 #: ``_MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1``.
-_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5}
+_MIGRATIONS = {
+    1: _migrate_1_to_2,
+    2: _migrate_2_to_3,
+    3: _migrate_3_to_4,
+    4: _migrate_4_to_5,
+    5: _migrate_5_to_6,
+}
 
 
 SchemaError.__module__ = "asyncjob.stores.sql"  # where users import it from

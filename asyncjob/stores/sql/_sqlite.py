@@ -102,7 +102,8 @@ class SQLiteDialect(Dialect):
         self._insert = f"""
             INSERT INTO {jobs} ({NEW_COLUMNS})
             VALUES (:id, :name, :registered, :owner, :owner, {leased}, {state},
-                    :args, :kwargs, 0, :enqueued_at, {due}, :queue, :priority, :unique_key)
+                    :args, :kwargs, 0, :enqueued_at, {due}, :queue, :priority, :unique_key,
+                    :trace)
             """
         self._insert_unique = unique_insert_sql(self._insert)
         self._holder = f"SELECT id FROM {jobs} WHERE unique_key = ? AND {HOLDS_KEY}"

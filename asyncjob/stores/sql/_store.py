@@ -536,6 +536,7 @@ class SQLStore(DurableStore, TransactionalStore):
             # When it comes due is the database's to say (see Dialect.insert).
             "at": options.at,
             "delay": options.delay,
+            "trace": None if job.trace is None else dumps(dict(job.trace), "the trace context"),
         }
 
     async def _insert(self, rows: list[dict[str, Any]]) -> list[str | Exception]:
