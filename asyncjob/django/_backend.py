@@ -48,10 +48,10 @@ from asyncjob._core.models import Job, JobState, JobStatus, new_job_id
 from asyncjob._core.registry import definition_of, job, lookup
 from asyncjob._core.spec import using
 from asyncjob._engine.context import current
+from asyncjob._runner.loop_thread import LoopThread
 from asyncjob._runner.runner import Runner
 from asyncjob._runner.runner import current as current_runner
 from asyncjob.stores.sql import SQLStore
-from asyncjob.tg._loop import LoopThread
 
 __all__ = ("AsyncJobBackend", "AsyncJobTask")
 

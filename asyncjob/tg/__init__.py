@@ -24,9 +24,9 @@ from asyncjob._core.models import JobStatus, Progress, new_job_id
 from asyncjob._core.spec import JobSpec
 from asyncjob._engine.context import current_job_id, set_progress
 from asyncjob._engine.sessions import Sessions
+from asyncjob._runner.loop_thread import LoopThread
 from asyncjob._runner.runner import Runner
 
-from ._loop import LoopThread
 from ._tracker import ProgressTracker, TrackerHooks
 from ._transactions import TransactionScope, active_transaction
 from ._transactions import timed_query as asyncjob_timed_query

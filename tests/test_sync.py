@@ -1,0 +1,95 @@
+"""asyncjob.sync: the framework-free sync facade, from plain threads and a
+forked child, as a WSGI server's workers call it."""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import asyncjob
+import asyncjob.sync
+
+from .conftest import TIMEOUT
+
+
+@pytest.fixture(autouse=True)
+def stopped() -> Iterator[None]:
+    """Each test starts the facade itself, and leaves it stopped."""
+    yield
+    asyncjob.sync.stop(TIMEOUT)
+    asyncjob.sync._made = None
+
+
+def pid_of() -> int:
+    """Not registered: it runs in the process that performed it."""
+    return os.getpid()
+
+
+def crunch(n: int) -> int:
+    asyncjob.set_progress(50, "half")
+    return n * 2
+
+
+def test_calls_before_start_say_how_to_start() -> None:
+    with pytest.raises(RuntimeError, match=r"asyncjob.sync.start\(\) was not called"):
+        asyncjob.sync.perform(crunch, 1)
+
+
+def test_perform_and_read_from_many_threads(tmp_path: Path) -> None:
+    runner = asyncjob.sync.start(f"sqlite+aiosqlite:///{tmp_path}/jobs.db", concurrency=4)
+    assert asyncjob.sync.start() is runner is asyncjob.sync.runner()  # once per process
+    results: dict[int, int] = {}
+
+    def request(n: int) -> None:
+        job_id = asyncjob.sync.perform(crunch, n)
+        results[n] = asyncjob.sync.wait(job_id, TIMEOUT)
+
+    threads = [threading.Thread(target=request, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert results == {n: n * 2 for n in range(8)}
+    many = asyncjob.sync.perform_many(crunch, [(1,), {"n": 2}])
+    assert [asyncjob.sync.wait(job_id, TIMEOUT) for job_id in many] == [2, 4]
+    status = asyncjob.sync.status(many[0])
+    assert (status.state, status.progress, status.data) == ("succeeded", 50, "half")
+    assert asyncjob.sync.get_progress(many[0]) is None  # ended
+    later = asyncjob.sync.perform(asyncjob.using(crunch, delay=3600), 3)
+    assert asyncjob.sync.get_progress(later) == (-1, None)
+    assert asyncjob.sync.cancel(later) is True
+    with pytest.raises(asyncjob.JobCancelled):
+        asyncjob.sync.wait(later, TIMEOUT)
+    with pytest.raises(asyncjob.JobNotFound):
+        asyncjob.sync.status("nope")
+
+
+def test_a_forked_child_starts_its_own_runner(tmp_path: Path) -> None:
+    """As gunicorn's workers, forked after start() in the master: the
+    child's first call starts a runner of its own on the same store."""
+    store = f"sqlite+aiosqlite:///{tmp_path}/jobs.db"
+    parent = asyncjob.sync.start(store)
+    read, write = os.pipe()
+    with warnings.catch_warnings():  # forking a process with threads, on purpose
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            job_id = asyncjob.sync.perform(pid_of)
+            done = asyncjob.sync.wait(job_id, TIMEOUT)
+            same = asyncjob.sync.runner() is parent
+            os.write(write, f"{job_id} {done} {same}".encode())
+            asyncjob.sync.stop(TIMEOUT)
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        job_id, ran_in, same = pipe.read().decode().split()
+    os.waitpid(pid, 0)
+    assert (int(ran_in), same) == (pid, "False")
+    assert asyncjob.sync.status(job_id).state is asyncjob.JobState.succeeded
