@@ -82,8 +82,8 @@ def test_a_forked_child_starts_its_own_runner(tmp_path: Path) -> None:
         try:
             job_id = asyncjob.sync.perform(pid_of)
             done = asyncjob.sync.wait(job_id, TIMEOUT)
-            same = asyncjob.sync.runner() is parent
-            os.write(write, f"{job_id} {done} {same}".encode())
+            shared = asyncjob.sync.runner() is parent
+            os.write(write, f"{job_id} {done} {shared}".encode())
             asyncjob.sync.stop(TIMEOUT)
         finally:
             os._exit(0)
