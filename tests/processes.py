@@ -38,20 +38,20 @@ class Workers:
         options."""
         store = url or self.url
         assert store is not None, "which store?"
-        log = (self.logs / f"worker-{len(self.processes)}.log").open("w")
         command = [sys.executable, "-m", "asyncjob", "worker", "--store", store]
         command += ["--import", self.module, "--concurrency", str(concurrency)]
         command += ["--lease", str(lease), "--poll-interval", "0.05"]
         command += ["--grace-period", str(grace_period)]
         for queue in queues:
             command += ["--queue", queue]
-        command += extra
+        return self.spawn([*command, *extra])
+
+    def spawn(self, command: Sequence[str], *, cwd: Path = ROOT) -> subprocess.Popen[str]:
+        """Start ``command`` (a worker of another kind: Django's), its
+        output logged and the process stopped as the others are."""
+        log = (self.logs / f"worker-{len(self.processes)}.log").open("w")
         process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
+            command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True
         )
         log.close()  # the child has its own copy
         self.processes.append(process)

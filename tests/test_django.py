@@ -48,6 +48,7 @@ import asyncjob  # noqa: E402
 from asyncjob.django import AsyncJobBackend  # noqa: E402
 
 from .conftest import TIMEOUT  # noqa: E402
+from .processes import Workers  # noqa: E402
 
 BACKENDS = ["default", "pg"]
 
@@ -66,46 +67,17 @@ def tables() -> Iterator[None]:
             conn.execute(f"DROP TABLE IF EXISTS {PREFIX}{table} CASCADE")
 
 
-class Worker:
-    """``python manage.py asyncjob_worker`` processes, all stopped after the test."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.processes: list[subprocess.Popen[str]] = []
-
-    def start(self, backend: str, *options: str) -> subprocess.Popen[str]:
-        log = (self.logs / f"worker-{len(self.processes)}.log").open("w")
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "asyncjob_worker", "--backend", backend, *options],
-            cwd=HERE,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        log.close()
-        self.processes.append(process)
-        return process
-
-    def output(self) -> str:
-        return "\n".join(path.read_text() for path in sorted(self.logs.glob("worker-*.log")))
-
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(TIMEOUT)
+def start(workers: Workers, backend: str, *options: str) -> subprocess.Popen[str]:
+    """One more ``python manage.py asyncjob_worker`` process."""
+    command = [sys.executable, "manage.py", "asyncjob_worker", "--backend", backend]
+    return workers.spawn([*command, *options], cwd=HERE)
 
 
 @pytest.fixture
-def worker(tmp_path: Path) -> Iterator[Worker]:
-    made = Worker(tmp_path)
+def worker(tmp_path: Path) -> Iterator[Workers]:
+    made = Workers(tmp_path)
     yield made
-    made.stop()
+    made.stop_all()
     print(made.output())
 
 
@@ -126,11 +98,11 @@ def ended(alias: str, result_id: str) -> Any:
 # -- enqueue, run, get_result --------------------------------------------------------
 
 
-def test_a_view_enqueues_and_a_worker_runs_it(backend: str, worker: Worker) -> None:
+def test_a_view_enqueues_and_a_worker_runs_it(backend: str, worker: Workers) -> None:
     """Through Django's test client: a view enqueues, ``asyncjob_worker`` in
     another process runs the task (its progress, the database), and the
     result is read back from here."""
-    process = worker.start(backend, "--queue", "emails", "--queue", "default")
+    process = start(worker, backend, "--queue", "emails", "--queue", "default")
     answer = Client().get(f"/orders/7/receipt?backend={backend}")
     assert answer.status_code == 202
     result_id = answer.json()["id"]
@@ -150,11 +122,11 @@ def test_a_view_enqueues_and_a_worker_runs_it(backend: str, worker: Worker) -> N
     assert (status.progress, status.data, status.queue) == (100, "sent", "emails")
 
 
-async def test_aenqueue_and_aget_result_from_async_code(backend: str, worker: Worker) -> None:
+async def test_aenqueue_and_aget_result_from_async_code(backend: str, worker: Workers) -> None:
     """The async API, from an async view and from async code, with no thread:
     a coroutine task runs on the worker's loop; its progress is readable
     with asyncjob.get_progress in this process."""
-    worker.start(backend)
+    start(worker, backend)
     answer = await asyncio.to_thread(Client().get, f"/orders/8/receipt-async?backend={backend}")
     assert answer.status_code == 202
     resize = tasks.resize.using(backend=backend)
@@ -169,8 +141,8 @@ async def test_aenqueue_and_aget_result_from_async_code(backend: str, worker: Wo
     assert (await runner.status(answer.json()["id"])).progress == 100
 
 
-def test_a_failure_gives_djangos_errors(backend: str, worker: Worker) -> None:
-    worker.start(backend)
+def test_a_failure_gives_djangos_errors(backend: str, worker: Workers) -> None:
+    start(worker, backend)
     result = ended(backend, tasks.charge.using(backend=backend).enqueue(42).id)
     assert result.status == TaskResultStatus.FAILED
     [error] = result.errors
@@ -182,10 +154,10 @@ def test_a_failure_gives_djangos_errors(backend: str, worker: Worker) -> None:
         result.return_value  # noqa: B018 - Django's property raises
 
 
-def test_a_retried_task_knows_its_attempt(backend: str, worker: Worker, tmp_path: Path) -> None:
+def test_a_retried_task_knows_its_attempt(backend: str, worker: Workers, tmp_path: Path) -> None:
     """``@task(retries=1)``: the first attempt fails, the second succeeds and
     reads its attempt from the task's context."""
-    worker.start(backend)
+    start(worker, backend)
     marker = str(tmp_path / "marker")
     result = ended(backend, tasks.flaky.using(backend=backend).enqueue(marker).id)
     assert result.status == TaskResultStatus.SUCCESSFUL, result.errors
@@ -193,7 +165,7 @@ def test_a_retried_task_knows_its_attempt(backend: str, worker: Worker, tmp_path
     assert [e.exception_class_path for e in result.errors] == ["builtins.ConnectionError"]
 
 
-def test_priorities_and_delays(backend: str, worker: Worker, tmp_path: Path) -> None:
+def test_priorities_and_delays(backend: str, worker: Workers, tmp_path: Path) -> None:
     """Queued while no worker runs: the higher priority runs first; a task
     deferred to tomorrow waits, READY."""
     into = str(tmp_path / "order")
@@ -201,7 +173,7 @@ def test_priorities_and_delays(backend: str, worker: Worker, tmp_path: Path) -> 
     later = record.using(run_after=datetime.now(UTC) + timedelta(days=1)).enqueue("later", into)
     low = record.enqueue("low", into)
     high = record.using(priority=50).enqueue("high", into)
-    worker.start(backend, "--concurrency", "1")
+    start(worker, backend, "--concurrency", "1")
     for result in (low, high):
         assert ended(backend, result.id).status == TaskResultStatus.SUCCESSFUL
     assert Path(into).read_text().split() == ["high", "low"]
@@ -213,12 +185,12 @@ def test_priorities_and_delays(backend: str, worker: Worker, tmp_path: Path) -> 
 
 
 def test_sigterm_lets_the_running_task_finish_and_hands_back_the_rest(
-    backend: str, worker: Worker, tmp_path: Path
+    backend: str, worker: Workers, tmp_path: Path
 ) -> None:
     gate = str(tmp_path / "gate")
     waits = tasks.wait_for.using(backend=backend)
     first = waits.enqueue(gate, TIMEOUT)
-    process = worker.start(backend, "--concurrency", "1", "--grace-period", str(TIMEOUT))
+    process = start(worker, backend, "--concurrency", "1", "--grace-period", str(TIMEOUT))
     runner = task_backends[backend]._runner()
     task_backends[backend]._loop_thread().call(_until_running, runner, first.id)
     second = waits.enqueue(gate, TIMEOUT)
@@ -260,7 +232,7 @@ def test_a_task_enqueued_in_a_rolled_back_transaction_never_exists(backend: str)
     assert task_backends[backend].get_result(kept.id).status == TaskResultStatus.READY
 
 
-def test_a_view_that_fails_in_its_transaction_leaves_no_task(worker: Worker) -> None:
+def test_a_view_that_fails_in_its_transaction_leaves_no_task(worker: Workers) -> None:
     """The guide's view, through the test client: its task is written
     with the request's transaction, or not at all."""
     from shop.views import PaymentDeclined
@@ -272,7 +244,7 @@ def test_a_view_that_fails_in_its_transaction_leaves_no_task(worker: Worker) -> 
     assert backend._loop_thread().call(backend._runner().jobs) == before
     placed = Client().get("/orders/9/place")
     assert placed.status_code == 201
-    worker.start("default")
+    start(worker, "default")
     assert ended("default", placed.json()["id"]).return_value["order"] == 9
 
 
