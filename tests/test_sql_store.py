@@ -18,6 +18,7 @@ import asyncjob
 from asyncjob import JobState
 from asyncjob.stores import Job
 from asyncjob.stores.sql import SCHEMA_VERSION, BadRecord, SchemaError, SQLStore
+from asyncjob.testing import make_job
 
 from . import worker_jobs
 from .conftest import TIMEOUT, Database, RunnerFactory, edit_by_hand
@@ -634,3 +635,23 @@ async def test_sqlite_waits_for_a_writer_in_the_default_journal_mode(tmp_path: P
     finally:
         app.close()
         await store.close()
+
+
+async def test_a_crowded_queue_hides_no_other_in_the_overview(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counts stop at their cap queue by queue: a queue past it does not
+    hide the others' jobs (it did, when the first rows of the whole index
+    were counted), and ``capped`` says a count stopped."""
+    monkeypatch.setattr("asyncjob.stores.sql._store.COUNT_CAP", 3)
+    store = SQLStore(database.async_url)
+    await store.open()
+    try:
+        for n in range(5):
+            await store.enqueue(make_job(f"a{n}", registered=True, queue="a-crowded"))
+        await store.enqueue(make_job("b0", registered=True, queue="b-quiet"))
+        seen = await store.overview()
+    finally:
+        await store.close()
+    assert (seen.waiting, seen.capped) == ({"a-crowded": 3, "b-quiet": 1}, True)
+    assert sorted(seen.due_since) == ["a-crowded", "b-quiet"]

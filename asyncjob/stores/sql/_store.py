@@ -1164,19 +1164,21 @@ class SQLStore(DurableStore, TransactionalStore):
 
     async def overview(self) -> Overview:
         jobs = self.tables.jobs
-        capped = False
         active: list[dict[str, int]] = []
         # Each through its own partial index, at most COUNT_CAP rows read:
-        # the registered jobs due, those not registered (leased to the
-        # process that performed them) queued, the delayed, the running.
+        # the registered jobs due (queue by queue, so that a crowded queue
+        # hides no other), those not registered (leased to the process that
+        # performed them) queued, the delayed, the running.
         waiting_here = [jobs.c.lease_expires_at.is_not(None), jobs.c.state == _QUEUED]
         kinds: list[list[list[Any]]] = [
-            [[text(DUE)], waiting_here],
+            [waiting_here],
             [[jobs.c.state == SCHEDULED]],
             [[text(RUNNING)]],
         ]
+        due = await self._due_by_queue()
+        capped = any(n >= COUNT_CAP for n in due.values())
         for kind in kinds:
-            counts: dict[str, int] = {}
+            counts: dict[str, int] = {} if active else dict(due)
             for where in kind:
                 some = select(jobs.c.queue).where(*where).limit(COUNT_CAP).subquery()
                 by_queue = select(some.c.queue, func.count()).group_by(some.c.queue)
@@ -1211,6 +1213,27 @@ class SQLStore(DurableStore, TransactionalStore):
             },
             ended=minutes_of_the_last_hour(float(now), counted),
         )
+
+    async def _due_by_queue(self) -> dict[str, int]:
+        """The registered jobs due in each queue, up to COUNT_CAP a queue:
+        the queues found by skipping through the claim index by queue (one
+        short read per queue in use), each counted through it."""
+        jobs = self.tables.jobs.name
+        queues_sql = f"""
+            WITH RECURSIVE queues(queue) AS (
+                SELECT min(queue) FROM {jobs} WHERE {DUE}
+                UNION ALL
+                SELECT (SELECT min(queue) FROM {jobs} WHERE {DUE} AND queue > queues.queue)
+                FROM queues WHERE queues.queue IS NOT NULL
+            )
+            SELECT queue FROM queues WHERE queue IS NOT NULL"""
+        queues = (await self.db.fetch(text(queues_sql))).scalars().all()
+        counts = {}
+        for queue in queues:
+            some = select(literal(1)).where(text(DUE), self.tables.jobs.c.queue == queue)
+            counted = select(func.count()).select_from(some.limit(COUNT_CAP).subquery())
+            counts[str(queue)] = int((await self.db.fetch(counted)).scalar_one())
+        return counts
 
     async def _due_since(
         self, waiting: dict[str, int], waiting_here: list[Any]
