@@ -164,8 +164,9 @@ class Tables:
             Index(f"{prefix}jobs_listed", self.jobs.c.enqueued_at, self.jobs.c.id),
             # Claims from some queues: the same order, queue by queue.
             _partial(f"{prefix}jobs_due_by_queue", (c.queue, c.priority.desc(), c.run_after), DUE),
-            # The jobs waiting for their time, the first due first.
-            _partial(f"{prefix}jobs_scheduled", (c.run_after,), f"state = '{SCHEDULED}'"),
+            # The jobs waiting for their time, the first due first; with
+            # their queue, so that the overview counts them from it alone.
+            _partial(f"{prefix}jobs_scheduled", (c.run_after, c.queue), f"state = '{SCHEDULED}'"),
             # Unique jobs: one key, one job queued or running.
             _partial(f"{prefix}jobs_unique", (c.unique_key,), HOLDS_KEY, unique=True),
         )
@@ -298,8 +299,11 @@ def _migrate_4_to_5(conn: Connection, tables: Tables, dialect: SchemaHooks) -> N
 
 
 def _migrate_5_to_6(conn: Connection, tables: Tables, dialect: SchemaHooks) -> None:
-    """Version 6 keeps the trace context a job was performed in."""
+    """Version 6 keeps the trace context a job was performed in, and the
+    index of delayed jobs holds their queue."""
     conn.execute(text(f"ALTER TABLE {tables.jobs.name} ADD COLUMN trace TEXT"))
+    conn.execute(text(f"DROP INDEX IF EXISTS {tables.prefix}jobs_scheduled"))
+    next(i for i in tables.indexes if i.name == f"{tables.prefix}jobs_scheduled").create(conn)
 
 
 #: ``_MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1``.
