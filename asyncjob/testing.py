@@ -35,6 +35,7 @@ to run out): give it one well under a second.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import threading
 import time
@@ -442,6 +443,27 @@ class StoreContract:
         assert [s.id for s in found] == ["t3"]
         after = await store.list_jobs(JobQuery(since=1_000_120, before="t3"))
         assert [s.id for s in after] == ["t2"]
+
+    async def test_pages_of_a_listing_find_every_job_once(self, store: Store) -> None:
+        """Following ``list_page``'s ``next`` from page to page finds the jobs
+        ``list_jobs`` finds, in its order, each once, whatever the pages'
+        sizes (a store may return short pages while it looks on)."""
+        now = time.time()
+        for n in range(12):
+            name = "tests.rare" if n in (1, 6, 10) else "tests.common"
+            await store.enqueue(make_job(f"p{n:02}", at=now + n, name=name))
+        for query in (JobQuery(name="tests.rare", limit=2), JobQuery(limit=5)):
+            expected = [s.id for s in await store.list_jobs(dataclasses.replace(query, limit=100))]
+            found: list[str] = []
+            page = await store.list_page(query)
+            for _ in range(20):
+                assert len(page.jobs) <= query.limit
+                found += [s.id for s in page.jobs]
+                if page.next is None:
+                    break
+                page = await store.list_page(dataclasses.replace(query, before=page.next))
+            assert found == expected
+            assert len(expected) == (3 if query.name else 12)
 
     async def test_overview_counts_by_queue_and_minute(self, store: Store) -> None:
         """Waiting, delayed and running jobs by queue; since when the oldest

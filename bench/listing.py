@@ -8,7 +8,7 @@ Usage::
 
 Issue 11 asks how long the jobs page takes to read at 1,000,000 jobs, with
 a target of 50 ms at the 99th percentile for any filter the page offers.
-The page reads ``Store.list_jobs(JobQuery)`` (through ``Runner.jobs``)
+The page reads ``Store.list_page(JobQuery)`` (through ``Runner.jobs_page``)
 for its list, ``Store.overview()`` on load and on every change, and
 ``Store.get(id)`` for a job's own page: those are what is timed here,
 from the Python API, so that SQLAlchemy's and the driver's costs count.
@@ -627,7 +627,7 @@ async def call(store: SQLStore, arg: Hashable) -> int:
     if isinstance(arg, str):
         return 0 if await store.get(arg) is None else 1
     assert isinstance(arg, JobQuery)
-    return len(await store.list_jobs(arg))
+    return len((await store.list_page(arg)).jobs)
 
 
 # -- measuring --------------------------------------------------------------------------
@@ -667,12 +667,11 @@ async def caught(store: SQLStore, arg: Hashable) -> tuple[list[Statement], float
     return catcher.caught, took, found
 
 
-async def replay(raw: Raw, statements: list[Statement]) -> int:
-    """The statements again, straight through the driver: the last one's rows."""
-    rows: list[Any] = []
-    for sql, params in statements:
-        rows = await raw.rows(sql, params)
-    return len(rows)
+async def replay(raw: Raw, statements: list[Statement]) -> list[int]:
+    """The statements again, straight through the driver: each one's rows
+    (a short page of a filtered listing sends one more, for where it
+    stopped looking)."""
+    return [len(await raw.rows(sql, params)) for sql, params in statements]
 
 
 @dataclasses.dataclass
@@ -724,7 +723,7 @@ async def measure_line(
             ended = clock()
             timed.store.append(middle - began)
             timed.raw.append(ended - middle)
-        if arg is not None and raw_rows != rows:
+        if arg is not None and rows not in raw_rows:
             raise AssertionError(f"{line.key}: the store returned {rows} jobs, raw {raw_rows}")
         timed.rows.append(rows)
     return timed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import threading
 import time
@@ -655,3 +656,28 @@ async def test_a_crowded_queue_hides_no_other_in_the_overview(
         await store.close()
     assert (seen.waiting, seen.capped) == ({"a-crowded": 3, "b-quiet": 1}, True)
     assert sorted(seen.due_since) == ["a-crowded", "b-quiet"]
+
+
+async def test_a_rare_filter_pages_through_a_bounded_window(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filtered page looks at LIST_WINDOW jobs at most: short pages, with
+    ``next`` where it stopped, until the jobs run out; the matches all
+    found, in order."""
+    monkeypatch.setattr("asyncjob.stores.sql._store.LIST_WINDOW", 4)
+    store = SQLStore(database.async_url)
+    await store.open()
+    try:
+        now = time.time()
+        for n in range(10):
+            name = "tests.rare" if n in (0, 1) else "tests.common"
+            await store.enqueue(make_job(f"w{n}", at=now + n, name=name))
+        query = asyncjob.stores.JobQuery(name="tests.rare", limit=5)
+        pages = [await store.list_page(query)]
+        while pages[-1].next is not None and len(pages) < 10:
+            pages.append(await store.list_page(dataclasses.replace(query, before=pages[-1].next)))
+    finally:
+        await store.close()
+    assert [[s.id for s in page.jobs] for page in pages] == [[], [], ["w1", "w0"]]
+    assert [page.next for page in pages[:2]] == ["w6", "w2"]  # each window's last
+    assert pages[-1].next is None

@@ -24,6 +24,7 @@ __all__ = (
     "MAX_NAME_LENGTH",
     "Claimed",
     "Job",
+    "JobPage",
     "JobQuery",
     "JobState",
     "JobStatus",
@@ -279,6 +280,17 @@ class JobQuery:
     before: str | None = None
     since: float | None = None
     until: float | None = None
+
+
+class JobPage(NamedTuple):
+    """A page of a listing (see :meth:`Store.list_page`)."""
+
+    #: The jobs of the page, newest first.
+    jobs: list[JobStatus]
+    #: The ``before`` of the next page: the page's last job, or the last
+    #: job the store looked at when it stopped looking before the page was
+    #: full; ``None`` when no job is left.
+    next: str | None
 
 
 class Job(NamedTuple):

@@ -5,7 +5,6 @@ for them."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import enum
 import functools
 import itertools
@@ -24,6 +23,7 @@ from asyncjob._core.models import (
     MAX_JOB_ID_LENGTH,
     MAX_LISTED,
     Job,
+    JobPage,
     JobQuery,
     JobState,
     JobStatus,
@@ -734,12 +734,29 @@ class Runner:
             TypeError: an argument has the wrong type.
             JobNotFound: ``before`` names no job the store knows.
         """
-        query = _job_query(state, name, queue, limit, before)
-        if since is not None or until is not None:
-            query = dataclasses.replace(
-                query, since=_moment(since, "since"), until=_moment(until, "until")
-            )
+        query = _job_query(state, name, queue, limit, before, since, until)
         return await self._read(self._store.list_jobs, query)
+
+    async def jobs_page(
+        self,
+        state: JobState | str | Iterable[JobState | str] | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        *,
+        before: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> JobPage:
+        """A page of :meth:`jobs`, and where the next one starts, at a cost
+        that does not grow with the jobs the store holds, however rare the
+        jobs its filters select: what a dashboard pages through. A page may
+        hold fewer jobs than ``limit`` (none, even) while ``next`` says
+        older ones are left to look at (see :meth:`Store.list_page`). It
+        takes the arguments of :meth:`jobs`, and raises its errors.
+        """
+        query = _job_query(state, name, queue, limit, before, since, until)
+        return await self._read(self._store.list_page, query)
 
     async def schedules(self) -> list[ScheduleStatus]:
         """The periodic jobs, by name: those registered here, and those the
@@ -962,7 +979,13 @@ def _call_of(item: object, index: int) -> tuple[tuple[Any, ...], Mapping[str, An
 
 
 def _job_query(
-    state: object, name: object, queue: object, limit: object, before: object
+    state: object,
+    name: object,
+    queue: object,
+    limit: object,
+    before: object,
+    since: object = None,
+    until: object = None,
 ) -> JobQuery:
     """The query of :meth:`Runner.jobs`, each argument checked."""
     states = None
@@ -987,7 +1010,9 @@ def _job_query(
         raise TypeError(f"before must be a job id, not {type(before).__name__}")
     if queue is not None:
         queue = check_queue(queue, "queue")
-    return JobQuery(states, name, queue, limit, before)
+    return JobQuery(
+        states, name, queue, limit, before, _moment(since, "since"), _moment(until, "until")
+    )
 
 
 def _moment(moment: object, what: str) -> float | None:

@@ -13,6 +13,7 @@ from asyncjob._core.errors import JobLost, JobNotFound
 from asyncjob._core.models import (
     Claimed,
     Job,
+    JobPage,
     JobQuery,
     JobState,
     JobStatus,
@@ -32,6 +33,7 @@ __all__ = (
     "JobLost",
     "JobNotFound",
     "JobOptions",
+    "JobPage",
     "JobQuery",
     "JobState",
     "JobStatus",

@@ -25,6 +25,7 @@ from typing import Any
 from asyncjob._core.models import (
     Claimed,
     Job,
+    JobPage,
     JobQuery,
     JobState,
     JobStatus,
@@ -209,6 +210,20 @@ class Store(abc.ABC):
         Raises:
             JobNotFound: ``query.before`` names a job the store does not know.
         """
+
+    async def list_page(self, query: JobQuery) -> JobPage:
+        """A page of :meth:`list_jobs`, for a dashboard: its jobs, and where
+        the next page starts.
+
+        A store may look at a bounded number of jobs to fill the page, and
+        return fewer than ``query.limit`` (none, even) with ``next`` set when
+        older jobs are left to look at: a page then costs the same however
+        rare the jobs its filters select (the SQL store looks at 20,000 at
+        most). This default is :meth:`list_jobs`, whose pages are full
+        until the last.
+        """
+        jobs = await self.list_jobs(query)
+        return JobPage(jobs, jobs[-1].id if len(jobs) == query.limit else None)
 
     @abc.abstractmethod
     async def overview(self) -> Overview:

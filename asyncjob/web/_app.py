@@ -196,7 +196,7 @@ class _Dashboard:
         if not 1 <= limit <= MAX_PAGE:
             raise HTTPException(400, f"limit must be from 1 to {MAX_PAGE}, not {limit}")
         try:
-            found = await self.runner.jobs(
+            found = await self.runner.jobs_page(
                 params.getlist("state") or None,
                 params.get("name") or None,
                 params.get("queue") or None,
@@ -209,11 +209,11 @@ class _Dashboard:
             raise HTTPException(400, "before names no job the store knows") from None
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
-        page = found[:limit]
-        more = len(found) > limit
-        return _JSON(
-            {"jobs": [status_json(s) for s in page], "next": page[-1].id if more else None}
-        )
+        page = found.jobs[:limit]
+        # A job past the page: a next page. Short of it: the store says
+        # whether older jobs are left to look at (it looks at so many a page).
+        after = page[-1].id if len(found.jobs) > limit else found.next
+        return _JSON({"jobs": [status_json(s) for s in page], "next": after})
 
     async def job(self, request: Request) -> Response:
         return _JSON(status_json(await self._status(request.path_params["job_id"])))

@@ -249,7 +249,7 @@
 
   let listing = 0;
 
-  async function load(append) {
+  async function load(append, looked = 0) {
     const mine = ++listing;  // an older answer arriving last must not win
     const params = query();
     if (append && cursor) params.set("before", cursor);
@@ -262,6 +262,12 @@
       for (const job of page.jobs) table.append(row(job));
       cursor = page.next;
       more.hidden = !cursor;
+      // A short page with more to look at: the store looks at so many jobs
+      // a page (rare filters). Look on a few times, then leave it to "More".
+      if (cursor && page.jobs.length < 50 && looked < 4) {
+        load(true, looked + 1);
+        return;
+      }
       followRows();
     } catch (error) {
       status.textContent = error.message;
