@@ -1278,7 +1278,7 @@ class SQLStore(DurableStore, TransactionalStore):
             capped=capped,
             due_since={
                 queue: datetime.fromtimestamp(at, UTC)
-                for queue, at in (await self._due_since(active[0], waiting_here)).items()
+                for queue, at in (await self._due_since(waiting_here)).items()
             },
             ended=minutes_of_the_last_hour(float(now), counted),
         )
@@ -1304,32 +1304,40 @@ class SQLStore(DurableStore, TransactionalStore):
             counts[str(queue)] = int((await self.db.fetch(counted)).scalar_one())
         return counts
 
-    async def _due_since(
-        self, waiting: dict[str, int], waiting_here: list[Any]
-    ) -> dict[str, float]:
+    async def _due_since(self, waiting_here: list[Any]) -> dict[str, float]:
         """By queue, when the longest-waiting due job came due: of the
         registered ones, the head of each priority in the queue's claim
-        index (which orders by priority, then by due time), one short read
-        per queue and priority in use; of the others, the first due of those
-        queued in their process."""
+        index (which orders by priority, then by due time); of the others,
+        the first due of those queued in their process."""
         jobs = self.tables.jobs
         here = select(jobs.c.queue, func.min(jobs.c.run_after)).where(*waiting_here)
         rows: Sequence[Any] = (await self.db.fetch(here.group_by(jobs.c.queue))).all()
         oldest = {queue: float(at) for queue, at in rows}
-        for queue in waiting:
-            below: int | None = None
-            while True:
-                head = select(jobs.c.priority, jobs.c.run_after).where(
-                    text(DUE), jobs.c.queue == queue
-                )
-                if below is not None:
-                    head = head.where(jobs.c.priority < below)
-                head = head.order_by(jobs.c.priority.desc(), jobs.c.run_after).limit(1)
-                found = (await self.db.fetch(head)).first()
-                if found is None:
-                    break
-                below = found.priority
-                oldest[queue] = min(oldest.get(queue, found.run_after), found.run_after)
+        # One statement walks the claim index, queue by queue and priority by
+        # priority (a short probe each), to the head of every priority in use.
+        jobs_name = self.tables.jobs.name
+        probe = f"FROM {jobs_name} WHERE {DUE} AND queue = walk.queue"
+        walk = f"""
+            WITH RECURSIVE queues(queue) AS (
+                SELECT min(queue) FROM {jobs_name} WHERE {DUE}
+                UNION ALL
+                SELECT (SELECT min(queue) FROM {jobs_name} WHERE {DUE} AND queue > queues.queue)
+                FROM queues WHERE queues.queue IS NOT NULL
+            ),
+            walk(queue, priority) AS (
+                SELECT queue, (SELECT max(priority) FROM {jobs_name}
+                               WHERE {DUE} AND queue = queues.queue)
+                FROM queues WHERE queue IS NOT NULL
+                UNION ALL
+                SELECT queue, (SELECT max(priority) {probe} AND priority < walk.priority)
+                FROM walk WHERE priority IS NOT NULL
+            )
+            SELECT queue, min((SELECT min(run_after) {probe} AND priority = walk.priority))
+            FROM walk WHERE priority IS NOT NULL GROUP BY queue"""
+        heads: Sequence[Any] = (await self.db.fetch(text(walk))).all()
+        for queue, at in heads:
+            if at is not None:
+                oldest[queue] = min(oldest.get(queue, float(at)), float(at))
         return oldest
 
     async def tick(self, schedule: ScheduleStatus, job: Job) -> bool:
