@@ -298,6 +298,16 @@ async def test_djangos_signals_and_context(tmp_path: Path) -> None:
 # -- bad input -------------------------------------------------------------------------
 
 
+def test_a_closed_backend_starts_again_when_used() -> None:
+    backend = task_backends["default"]
+    before = backend._runner()
+    backend.close()
+    assert not before.running
+    result = tasks.record.enqueue("again", "/dev/null")
+    assert backend.get_result(result.id).status == TaskResultStatus.READY
+    assert backend._runner() is not before
+
+
 def test_bad_tasks_and_arguments_get_djangos_errors() -> None:
     def nested() -> None: ...
 

@@ -297,6 +297,14 @@ class AsyncJobBackend(BaseTaskBackend):  # type: ignore[misc]  # Django is untyp
 
     # -- the producer -----------------------------------------------------------
 
+    def close(self) -> None:
+        """Stop this process's producer runner, gracefully (it is stopped at
+        interpreter exit otherwise); the next call starts it again."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None and self._pid == os.getpid():
+            thread.stop()
+
     def _runner(self) -> Runner:
         return self._loop_thread().runner
 
