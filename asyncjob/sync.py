@@ -10,10 +10,14 @@ script, with no framework of ours.
     asyncjob.sync.status(job_id).state
 
 The process's runner runs on an event loop of its own, in a thread of its
-own, started once per process by :func:`start` (a forked child, such as a
-gunicorn worker forked after ``start()`` in the master, starts its own at
-its first call); these functions may be called from any number of request
-threads at once. :mod:`asyncjob.tg` (``tgext.asyncjob``'s names, progress
+own, started once per process by :func:`start`; these functions may be
+called from any number of request threads at once. A forked child starts
+a runner of its own at its first call, with the arguments of ``start()``.
+Fork only while no runner runs, though (gunicorn: without ``--preload``,
+or ``start()`` in its ``post_fork`` hook; or :func:`stop` before forking):
+a child forked from a process whose runner's threads hold locks (SQLite's,
+say) may hang. asyncjob logs a warning when a process forks with its
+runner running. :mod:`asyncjob.tg` (``tgext.asyncjob``'s names, progress
 trackers, TurboGears2's transactions) and the Django backend build on the
 same loop thread.
 """
@@ -26,6 +30,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from asyncjob._core.log import logger
 from asyncjob._core.models import JobStatus, Progress
 from asyncjob._core.spec import JobSpec
 from asyncjob._runner.loop_thread import LoopThread
@@ -44,6 +49,18 @@ __all__ = (
 )
 
 _lock = threading.Lock()
+
+
+def _forking() -> None:
+    if _thread is not None and _pid == os.getpid() and _thread.alive:
+        logger.warning(
+            "this process forks while asyncjob's runner runs: the child may hang on a "
+            "lock one of its threads held; start the runner after the fork (in each "
+            "worker), or asyncjob.sync.stop() before it"
+        )
+
+
+os.register_at_fork(before=_forking)
 _thread: LoopThread | None = None
 _pid = 0
 _made: Callable[[], Runner] | None = None

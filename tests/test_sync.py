@@ -64,11 +64,11 @@ def test_perform_and_read_from_many_threads(tmp_path: Path) -> None:
         asyncjob.sync.status("nope")
 
 
-#: A process that starts the facade, then forks, as gunicorn's master does
-#: with --preload: the child performs a job (not registered, so it runs
-#: where performed) and says which process ran it and whether its runner
-#: is the parent's. In a process of its own: forking the test process,
-#: whose other threads may hold locks, could deadlock the child.
+#: A process that started the facade, then forks (its runner stopped: a
+#: child forked while threads hold locks may hang): the child performs a
+#: job (not registered, so it runs where performed) and says which process
+#: ran it and whether its runner is the parent's. In a process of its own:
+#: the test process has threads of its own.
 FORKING = """
 import os, sys, warnings
 import asyncjob.sync
@@ -77,6 +77,7 @@ def pid_of():
     return os.getpid()
 
 parent = asyncjob.sync.start(sys.argv[1])
+asyncjob.sync.stop(10)  # fork only while no runner runs (as gunicorn's master)
 read, write = os.pipe()
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -95,9 +96,21 @@ with os.fdopen(read, "rb") as pipe:
     said = pipe.read().decode()
 os.waitpid(pid, 0)
 job_id = said.split()[0]
-print(said, asyncjob.sync.status(job_id).state)
+print(said, asyncjob.sync.status(job_id).state)  # the parent's runner, started again
 asyncjob.sync.stop(10)
 """
+
+
+def test_forking_with_the_runner_running_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    asyncjob.sync.start(f"sqlite+aiosqlite:///{tmp_path}/jobs.db")
+    asyncjob.sync._forking()
+    assert "forks while asyncjob's runner runs" in caplog.text
+    asyncjob.sync.stop(TIMEOUT)
+    caplog.clear()
+    asyncjob.sync._forking()
+    assert caplog.text == ""
 
 
 def test_a_forked_child_starts_its_own_runner(tmp_path: Path) -> None:

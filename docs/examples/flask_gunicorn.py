@@ -40,9 +40,8 @@ def make_report(year: int) -> dict[str, int]:
 
 
 def create_app() -> Flask:
-    """gunicorn 'flask_gunicorn:create_app()': called in each worker process
-    (or once in the master with --preload; each forked worker then starts its
-    own runner at its first call)."""
+    """gunicorn 'flask_gunicorn:create_app()': called in each worker process,
+    after the fork (see the recipe for --preload)."""
     app = Flask(__name__)
     # A producer: it records jobs, and leaves running them to asyncjob worker.
     asyncjob.sync.start(os.environ["ASYNCJOB_STORE"], producer_only=True)
