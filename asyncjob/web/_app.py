@@ -9,8 +9,10 @@ Routes, under wherever it is mounted:
   ``<asyncjob-progress>`` element that other pages can use.
 - ``GET /api/jobs``: a page of jobs, newest first, filtered (``state``,
   repeated for several; ``name``; ``queue``; ``since`` and ``until``, ISO
-  8601 times; ``limit``; ``before``, the id of the previous page's last
-  job); ``{"jobs": [...], "next": id | null}``.
+  8601 times; ``limit``; ``before``, the previous page's ``next``);
+  ``{"jobs": [...], "next": id | null}``. A filtered page may be short (or
+  empty) with ``next`` set: the store looks at so many jobs a page
+  (:meth:`Runner.jobs_page`).
 - ``GET /api/jobs/{id}``: the job's status; 404 for an unknown id.
 - ``GET /api/jobs/{id}/events``: its live stream (``text/event-stream``).
 - ``GET /api/events?id=A&id=B``: one stream for many jobs (a browser keeps
