@@ -410,8 +410,7 @@ class Engine:
         ctx.job = job
         self._active[job.id] = (ctx, task)
         if self._hooks:
-            self._began[job.id] = time.perf_counter()
-            observe(self._hooks, "started", info(job))
+            self._starting(job)
         token = current.set(ctx)
         traced = None if tracing.active is None else tracing.active.run(job)
         result: Any = None
@@ -495,8 +494,7 @@ class Engine:
         thread_context.run(current.set, ctx)
         self._active[job.id] = (ctx, task)
         if self._hooks:
-            self._began[job.id] = time.perf_counter()
-            observe(self._hooks, "started", info(job))
+            self._starting(job)
         timeout = None if definition is None else definition.timeout
         deadline = None
         if timeout is not None:
@@ -641,6 +639,11 @@ class Engine:
             await hook.ending(job.id)
         await self._store.finish(job.id, state, result=result, error=error, traceback=traceback)
         self._tell_finished(job, state, error)
+
+    def _starting(self, job: Job) -> None:
+        """Hooks: the attempt starts (and is timed from now)."""
+        self._began[job.id] = time.perf_counter()
+        observe(self._hooks, "started", info(job))
 
     def _tell_finished(self, job: Job, state: JobState, error: str | None) -> None:
         began = self._began.pop(job.id, None)
