@@ -32,7 +32,6 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode, TracerProvid
 
 from asyncjob._core import tracing
 from asyncjob._core.models import Job
-from asyncjob._core.spec import DEFAULT_QUEUE
 from asyncjob._version import __version__
 
 __all__ = ("instrument", "uninstrument")
@@ -56,7 +55,7 @@ def _attributes(job: Job, operation: str, kind: str) -> dict[str, Any]:
         "messaging.system": "asyncjob",
         "messaging.operation.name": operation,
         "messaging.operation.type": kind,
-        "messaging.destination.name": job.options.queue if job.options else DEFAULT_QUEUE,
+        "messaging.destination.name": job.queue,
         "messaging.message.id": job.id,
         "asyncjob.job.name": job.name,
     }

@@ -9,25 +9,33 @@ logging: a JSON formatter, or a filter that sends one job's lines apart.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
-
-from .spec import DEFAULT_QUEUE
-
-if TYPE_CHECKING:
-    from .models import Job
+from typing import Protocol
 
 __all__ = ("about", "logger")
 
 logger = logging.getLogger("asyncjob")
 
 
-def about(job: Job) -> dict[str, object]:
+class AboutJob(Protocol):
+    """What a record about a job says of it: a ``Job``, or a hook's ``JobInfo``."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+
+
+def about(job: AboutJob) -> dict[str, object]:
     """The ``extra=`` of a log record about ``job``: ``record.job_id``,
     ``job_name``, ``job_queue`` and ``job_attempt`` (prefixed, since a
     record's own ``name`` is the logger's)."""
     return {
         "job_id": job.id,
         "job_name": job.name,
-        "job_queue": job.options.queue if job.options is not None else DEFAULT_QUEUE,
+        "job_queue": job.queue,
         "job_attempt": job.attempt,
     }

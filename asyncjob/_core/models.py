@@ -326,6 +326,11 @@ class Job(NamedTuple):
     #: and ``tracestate``), when tracing is on (:mod:`asyncjob.otel`).
     trace: Mapping[str, str] | None = None
 
+    @property
+    def queue(self) -> str:
+        """The queue it waits in."""
+        return DEFAULT_QUEUE if self.options is None else self.options.queue
+
 
 class Outcome(NamedTuple):
     """How a job ended, or that it has not: what waiting for it needs."""

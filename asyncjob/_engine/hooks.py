@@ -25,8 +25,7 @@ class JobInfo(NamedTuple):
 
 
 def info(job: Job) -> JobInfo:
-    fields = about(job)
-    return JobInfo(job.id, job.name, str(fields["job_queue"]), job.attempt)
+    return JobInfo(job.id, job.name, job.queue, job.attempt)
 
 
 class JobHooks:
@@ -94,6 +93,5 @@ def observe(hooks: Sequence[JobHooks], method: str, job: JobInfo, *args: Any) ->
             logger.exception(
                 "hook %s.%s raised on job %s (%s); the job goes on",
                 type(hook).__name__, method, job.id, job.name,
-                extra={"job_id": job.id, "job_name": job.name,
-                       "job_queue": job.queue, "job_attempt": job.attempt},
+                extra=about(job),
             )  # fmt: skip
