@@ -177,3 +177,19 @@ async def test_abandoned_watch_from_another_loop(runner_in_thread: asyncjob.Runn
     assert not first.is_final
     await watch.aclose()  # type: ignore[attr-defined]
     assert await runner.cancel(job_id)
+
+
+def test_asyncjob_django_imports_without_django() -> None:
+    """``import asyncjob.django`` works anywhere; its backend needs Django 6,
+    and says so where Django is missing (Python 3.11 has none)."""
+    import importlib.util
+
+    import asyncjob.django
+
+    if importlib.util.find_spec("django") is None:
+        with pytest.raises(ImportError, match=r"needs Django 6 .*asyncjob-runner\[django\]"):
+            asyncjob.django.AsyncJobBackend  # noqa: B018 - the import under test
+    else:
+        assert asyncjob.django.AsyncJobBackend.__name__ == "AsyncJobBackend"
+    with pytest.raises(AttributeError, match="no attribute 'Backend'"):
+        asyncjob.django.Backend  # noqa: B018
