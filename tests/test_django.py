@@ -308,6 +308,37 @@ def test_a_closed_backend_starts_again_when_used() -> None:
     assert backend._runner() is not before
 
 
+def test_enqueue_through_djangos_database_starts_no_runner(backend: str) -> None:
+    """A web process that only enqueues keeps no loop, thread or pool of
+    asyncjob's. The first enqueue on a database without the store's tables
+    makes them (a runner starts for it); another process's first enqueue
+    reads the schema version once and writes through Django alone."""
+    from django.conf import settings
+
+    given = settings.TASKS[backend]
+    prefix = f"fresh{os.getpid()}_"
+    params = {**given, "OPTIONS": {**given["OPTIONS"], "table_prefix": prefix}}
+    first, second = AsyncJobBackend(backend, params), AsyncJobBackend(backend, params)
+    try:
+        made = first.enqueue(tasks.record, ["made", "/dev/null"], {})
+        assert first._thread is not None  # it made the tables
+        with transaction.atomic(using=first.database):
+            written = second.enqueue(tasks.record, ["written", "/dev/null"], {})
+            assert second._thread is None
+        assert second._thread is None
+        for result in (made, written):  # get_result starts the runner
+            assert second.get_result(result.id).status == TaskResultStatus.READY
+    finally:
+        first.close()
+        second.close()
+        if backend == "pg":
+            from django.db import connections
+
+            with connections["pg"].cursor() as cursor:
+                for table in ("jobs", "meta", "schedules", "workers"):
+                    cursor.execute(f"DROP TABLE IF EXISTS {prefix}{table} CASCADE")
+
+
 def test_bad_tasks_and_arguments_get_djangos_errors() -> None:
     def nested() -> None: ...
 

@@ -13,7 +13,8 @@ A task is enqueued through one of two paths:
   or ``"default"`` when the store's URL names the same database), through
   that database's connection, so that a task enqueued in
   ``transaction.atomic()`` is written, or not, with the rest of the
-  transaction;
+  transaction (by statements the store compiles once, without opening a
+  connection of its own);
 * otherwise, and always from async code, through a producer-only runner
   that this process keeps on an event loop of its own (the TurboGears2
   layer's loop thread): ``aenqueue`` and ``aget_result`` await it from the
@@ -51,7 +52,7 @@ from asyncjob._engine.context import current
 from asyncjob._runner.loop_thread import LoopThread
 from asyncjob._runner.runner import Runner
 from asyncjob._runner.runner import current as current_runner
-from asyncjob.stores.sql import SQLStore
+from asyncjob.stores.sql import SCHEMA_VERSION, SQLStore
 
 __all__ = ("AsyncJobBackend", "AsyncJobTask")
 
@@ -152,6 +153,7 @@ class AsyncJobBackend(BaseTaskBackend):  # type: ignore[misc]  # Django is untyp
         self._lock = threading.Lock()
         self._thread: LoopThread | None = None
         self._pid = os.getpid()
+        self._writing: tuple[SQLStore, int] | None = None
 
     def _database(self, given: object) -> str | None:
         """The Django database whose transactions enqueues join, if any."""
@@ -195,13 +197,12 @@ class AsyncJobBackend(BaseTaskBackend):  # type: ignore[misc]  # Django is untyp
 
     def enqueue(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskResult:
         self.validate_task(task)
-        runner = self._runner()
         spec = self._spec(task)
         if self.database is not None:
-            job_id = self._write_in(self.database, runner, spec, args, kwargs)
+            job_id = self._write_in(self.database, spec, args, kwargs)
         else:
             thread = self._loop_thread()
-            job_id = thread.call(_perform, runner, spec, tuple(args), dict(kwargs))
+            job_id = thread.call(_perform, thread.runner, spec, tuple(args), dict(kwargs))
         return self._enqueued(task, job_id, args, kwargs)
 
     async def aenqueue(
@@ -220,17 +221,11 @@ class AsyncJobBackend(BaseTaskBackend):  # type: ignore[misc]  # Django is untyp
         )
 
     def _write_in(
-        self,
-        database: str,
-        runner: Runner,
-        spec: Any,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
+        self, database: str, spec: Any, args: Sequence[Any], kwargs: Mapping[str, Any]
     ) -> str:
         """Write the job through Django's connection, in its transaction
         (or committed at once, in autocommit)."""
-        store = runner.store
-        assert isinstance(store, SQLStore)
+        store = self._writer(database)
         definition = definition_of(spec.func)
         assert definition is not None
         new = tracing.with_context(
@@ -305,6 +300,25 @@ class AsyncJobBackend(BaseTaskBackend):  # type: ignore[misc]  # Django is untyp
         if thread is not None and self._pid == os.getpid():
             thread.stop()
 
+    def _writer(self, database: str) -> SQLStore:
+        """The store whose statements ``enqueue`` runs through Django's
+        connection, never opened: a web process that only enqueues holds no
+        loop, thread or pool of asyncjob's (the producer's runner starts at
+        the first ``get_result`` or ``aenqueue``).
+
+        Once per process, one read of the store's schema version makes sure
+        the statements fit the tables; where they are missing or of another
+        version, the producer's runner starts and makes or migrates them (or
+        says why it cannot) as any runner does.
+        """
+        with self._lock:
+            if self._writing is None or self._writing[1] != os.getpid():
+                store = SQLStore(self.store_url, table_prefix=self.table_prefix)
+                if _schema_version(connections[database], store) != SCHEMA_VERSION:
+                    self._loop_thread_locked()
+                self._writing = (store, os.getpid())
+            return self._writing[0]
+
     def _runner(self) -> Runner:
         return self._loop_thread().runner
 
@@ -317,13 +331,32 @@ class AsyncJobBackend(BaseTaskBackend):  # type: ignore[misc]  # Django is untyp
         """This process's producer-only runner, started at first use (it
         also makes the store's tables, once); again in a forked child."""
         with self._lock:
-            thread = self._thread
-            if thread is None or not thread.alive or self._pid != os.getpid():
-                store = SQLStore(self.store_url, table_prefix=self.table_prefix)
-                thread = LoopThread(Runner(store, producer_only=True))
-                thread.start()
-                self._thread, self._pid = thread, os.getpid()
-            return thread
+            return self._loop_thread_locked()
+
+    def _loop_thread_locked(self) -> LoopThread:
+        thread = self._thread
+        if thread is None or not thread.alive or self._pid != os.getpid():
+            store = SQLStore(self.store_url, table_prefix=self.table_prefix)
+            thread = LoopThread(Runner(store, producer_only=True))
+            thread.start()
+            self._thread, self._pid = thread, os.getpid()
+        return thread
+
+
+def _schema_version(connection: Any, store: SQLStore) -> int | None:
+    """The schema version of the store's tables, read through a Django
+    connection; ``None`` where they do not exist (looked up first: a failed
+    statement would spoil the caller's transaction on PostgreSQL)."""
+    meta = store.tables.meta
+    if meta.name not in connection.introspection.table_names():
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT value FROM {meta.name} WHERE key = %s", ["schema_version"])
+        row = cursor.fetchone()
+    try:
+        return int(row[0]) if row else None
+    except ValueError:
+        return None
 
 
 async def _perform(runner: Runner, spec: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

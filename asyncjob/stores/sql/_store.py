@@ -1050,7 +1050,9 @@ class SQLStore(DurableStore, TransactionalStore):
         The insert returns the job's id when it wrote it, and no row when
         its unique key is held by another job; ``holder`` (``None`` for a job
         without a key) then returns that job's id. Workers hear of the job
-        at commit (PostgreSQL: the table's trigger; SQLite: the file).
+        at commit (PostgreSQL: the table's trigger; SQLite: the file). The
+        store need not be open, but its tables must exist (a runner on the
+        store makes them).
 
         Raises:
             TypeError: the job is not registered, or its arguments are not JSON.
@@ -1081,7 +1083,7 @@ class SQLStore(DurableStore, TransactionalStore):
         a unique key or not, due at a time or after a delay), with the
         names of their parameters in order."""
         jobs = self.tables.jobs
-        now = self.db.now()
+        now = literal_column(self._dialect.now_sql, Float)  # Database.now(), unopened
         due = bindparam("due_at", type_=Float) if at else now + bindparam("delay", type_=Float)
         # The columns a job's row fills, as _row names them (less at/delay).
         columns = self._row(Job("", "", print, (), {}, False, 0.0, True))
@@ -1111,7 +1113,10 @@ class SQLStore(DurableStore, TransactionalStore):
     def _for_dbapi(self, statement: Any) -> tuple[str, list[str]]:
         """``statement`` as SQL with ``%s`` placeholders, in the store's
         dialect, and the names of its parameters in order."""
-        dialect: Any = type(self.db.engine.dialect)
+        # The dialect of the store's URL, not of its engine: the statements
+        # are made without opening the store (a web process that only
+        # enqueues need not).
+        dialect: Any = make_url(self._dialect.url).get_dialect()
         dialect = dialect(paramstyle="format")
         compiled = statement.compile(dialect=dialect)
         return str(compiled), list(compiled.positiontup or ())
