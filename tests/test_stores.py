@@ -125,3 +125,48 @@ def test_hooks_must_be_hooks() -> None:
     """Anything but JobHooks given as hooks is refused at construction."""
     with pytest.raises(TypeError, match=r"hooks must be asyncjob\.JobHooks"):
         asyncjob.Runner(hooks=[DictTracker()])  # type: ignore[list-item]
+
+
+def test_an_immediate_store_refuses_an_override_the_runner_would_skip() -> None:
+    """A subclass of an ImmediateStore (the memory store) that overrides a
+    coroutine method of the hot path is refused when its class is made: the
+    runner calls the *_nowait one, and the override would silently not run."""
+    with pytest.raises(TypeError, match=r"overrides finish\(\).*finish_nowait\(\)"):
+
+        class Audited(MemoryStore):
+            async def finish(self, job_id: str, state: asyncjob.JobState, **kw: Any) -> bool:
+                return await super().finish(job_id, state, **kw)
+
+
+async def test_the_runner_calls_an_immediate_stores_nowait_methods(
+    make_runner: RunnerFactory,
+) -> None:
+    """What an ImmediateStore's *_nowait methods do is what a runner
+    records: a subclass that counts in them sees every step of a job."""
+    steps: list[str] = []
+
+    class Counting(MemoryStore):
+        def enqueue_nowait(self, job: asyncjob.stores.Job) -> str:
+            steps.append("enqueue")
+            return super().enqueue_nowait(job)
+
+        def start_nowait(self, job_id: str) -> bool:
+            steps.append("start")
+            return super().start_nowait(job_id)
+
+        def finish_nowait(self, job_id: str, state: asyncjob.JobState, **kw: Any) -> bool:
+            steps.append(f"finish {state.value}")
+            return super().finish_nowait(job_id, state, **kw)
+
+        def outcome_nowait(self, job_id: str) -> asyncjob.stores.Outcome | None:
+            steps.append("outcome")
+            return super().outcome_nowait(job_id)
+
+    async def twice(n: int) -> int:
+        return 2 * n
+
+    runner = await make_runner(Counting())
+    job_id = await runner.perform(twice, 21)
+    assert await runner.wait(job_id, timeout=TIMEOUT) == 42
+    assert steps[0] == "enqueue"
+    assert sorted(steps[1:]) == ["finish succeeded", "outcome", "start"]

@@ -18,10 +18,11 @@ from asyncjob._core.errors import JobLost
 from asyncjob._core.log import about, logger
 from asyncjob._core.models import Job, JobState
 from asyncjob._core.registry import JobDefinition, lookup
-from asyncjob.stores import DurableStore, Store
+from asyncjob.stores import DurableStore, ImmediateStore, Store
 
 from .context import JobContext, current
 from .hooks import JobHooks, JobInfo, info, observe
+from .queue import JobQueue
 from .sessions import JobScope
 from .threads import ThreadPool
 
@@ -35,12 +36,6 @@ FinishInSync = Callable[[Any, str, Any], None]
 #: A worker that takes jobs from a full queue lets the loop run other tasks
 #: at least this often (a few hundred microseconds of no-op jobs).
 _YIELD_EVERY = 32
-
-#: What the queue holds: ``(-priority, order of submission, job)``; no job
-#: tells a worker to end.
-_Entry = tuple[int, int, Job | None]
-#: The place of those ends: after every job.
-_LAST = 1 << 30
 
 
 class Engine:
@@ -91,8 +86,11 @@ class Engine:
         self._store = store
         # Retries are the store's to hand out again when workers share it.
         self._durable = isinstance(store, DurableStore)
-        self._scope = scope
         self._hooks = tuple(hooks)
+        # A store that never waits is called without a coroutine each, where
+        # no hook must be told first.
+        self._immediate = store if isinstance(store, ImmediateStore) and not self._hooks else None
+        self._scope = scope
         self._report = self._report_to_all if self._hooks else store.report_progress
         self._finish_in = finish_in
         self._finish_in_sync = finish_in_sync
@@ -102,13 +100,12 @@ class Engine:
         # Only needed when fewer threads than workers could want them.
         self._limit_threads = threads < concurrency
         self._thread_slots = asyncio.Semaphore(threads)
-        # Higher priority first, then first in, first out: (-priority, seq, job).
-        self._queue: asyncio.PriorityQueue[_Entry] = asyncio.PriorityQueue()
-        self._seq = 0
+        self._queue = JobQueue()
         # Jobs of a registered name with a concurrency limit: how many run
         # here, and those waiting for one of them to end (they hold no worker).
         self._running_of: dict[str, int] = {}
-        self._parked: dict[str, deque[_Entry]] = {}
+        # (when it was taken, job), for JobQueue.put_back.
+        self._parked: dict[str, deque[tuple[int, Job]]] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._idle = 0  # workers waiting for a job that no submit has claimed
         self._outstanding = 0  # jobs submitted and not yet done
@@ -170,8 +167,8 @@ class Engine:
         if self._outstanding == 0:
             self._all_done.clear()
         self._outstanding += 1
-        self._seq += 1
-        self._put((-job.options.priority if job.options else 0, self._seq, job))
+        self._queue.put(job)
+        self._take_in()
 
     def submit_later(self, job: Job, delay: float) -> None:
         """Queue ``job`` after ``delay`` seconds (a delayed job, a retry);
@@ -195,9 +192,8 @@ class Engine:
         self._outstanding -= 1  # submit() counts it again
         self.submit(job)
 
-    def _put(self, entry: _Entry) -> None:
-        """Queue an entry, and see that a worker takes it."""
-        self._queue.put_nowait(entry)
+    def _take_in(self) -> None:
+        """A job was queued: see that a worker takes it."""
         if self._idle:
             self._idle -= 1  # as good as taken by this job
         elif len(self._workers) < self._concurrency:
@@ -258,14 +254,13 @@ class Engine:
             jobs.append(delayed)
             self._done(delayed.id)
         self._delayed.clear()
-        parked = [entry for waiting in self._parked.values() for entry in waiting]
+        for waiting in self._parked.values():
+            for taken, job in waiting:
+                self._queue.put_back(job, taken)  # in its place, for the order
         self._parked.clear()
-        while not self._queue.empty():
-            parked.append(self._queue.get_nowait())
-        for _, _, job in sorted(parked, key=lambda entry: entry[:2]):
-            if job is not None:
-                jobs.append(job)
-                self._done(job.id)
+        for job in self._queue.take_all():
+            jobs.append(job)
+            self._done(job.id)
         return jobs
 
     async def drain(self, timeout: float) -> list[str]:
@@ -277,8 +272,7 @@ class Engine:
         self._draining = True
         workers = set(self._workers)
         for _ in workers:
-            self._seq += 1
-            self._queue.put_nowait((_LAST, self._seq, None))
+            self._queue.stop_one()
         if workers:
             await asyncio.wait(workers, timeout=timeout)
         return list(self._active)
@@ -330,11 +324,10 @@ class Engine:
             if queue.empty():
                 self._interrupted_early.clear()  # none of them can be waiting
                 self._idle += 1
-                entry = await queue.get()
+                job = await queue.get()
                 in_a_row = 0
             else:
-                entry = queue.get_nowait()
-            job = entry[2]
+                job = queue.get_nowait()
             if job is None:
                 return
             definition = lookup(job.name) if job.registered else None
@@ -342,7 +335,7 @@ class Engine:
             limit = None if definition is None or self._durable else definition.concurrency
             if limit is not None and self._running_of.get(job.name, 0) >= limit:
                 # It waits for one of its kind to end, holding no worker.
-                self._parked.setdefault(job.name, deque()).append(entry)
+                self._parked.setdefault(job.name, deque()).append((queue.taken(), job))
                 continue
             if limit is not None:
                 self._running_of[job.name] = self._running_of.get(job.name, 0) + 1
@@ -385,7 +378,9 @@ class Engine:
         self._running_of[name] -= 1
         waiting = self._parked.get(name)
         if waiting:
-            self._put(waiting.popleft())
+            taken, job = waiting.popleft()
+            self._queue.put_back(job, taken)
+            self._take_in()
             if not waiting:
                 del self._parked[name]
 
@@ -404,7 +399,11 @@ class Engine:
         if job.claimed:
             if self._interrupted_early and await self._interrupted_before_start(job):
                 return
-        elif not await self._store.start(job.id):
+        elif not (
+            self._immediate.start_nowait(job.id)
+            if self._immediate is not None
+            else await self._store.start(job.id)
+        ):
             return  # cancelled while it was queued
         ctx = JobContext(job.id, True, self._report, job.claimed)
         ctx.job = job
@@ -439,7 +438,10 @@ class Engine:
                 # interrupt() cancelled this worker task for the job; the job
                 # has ended, so the worker must not stay marked as cancelling.
                 task.uncancel()
-        await self._conclude(job, ctx, definition, result, error)
+        if self._immediate is not None and error is None and not ctx.cancelled:
+            self._succeeded_nowait(job, result)  # the common end, without a coroutine
+        else:
+            await self._conclude(job, ctx, definition, result, error)
 
     async def _interrupted_before_start(self, job: Job) -> bool:
         """For a claimed job (running already): True when it was interrupted
@@ -484,7 +486,11 @@ class Engine:
         if job.claimed:
             if self._interrupted_early and await self._interrupted_before_start(job):
                 return
-        elif not await self._store.start(job.id):
+        elif not (
+            self._immediate.start_nowait(job.id)
+            if self._immediate is not None
+            else await self._store.start(job.id)
+        ):
             return  # cancelled while it was queued
         ctx = JobContext(job.id, False, self._report, job.claimed)
         ctx.job = job
@@ -592,10 +598,21 @@ class Engine:
                 for hook in self._hooks:
                     await hook.ending(job.id)
                 self._tell_finished(job, JobState.succeeded, None)
+        elif self._immediate is not None:
+            self._succeeded_nowait(job, result)
         else:
             await self._record(job, JobState.succeeded, result=result)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("job %s (%s) succeeded", job.id, job.name, extra=about(job))
+
+    def _succeeded_nowait(self, job: Job, result: Any) -> None:
+        """Record a success in a store that never waits (no hooks to tell)."""
+        assert self._immediate is not None
+        self._ended(job.id)
+        if not self._closed:
+            self._immediate.finish_nowait(job.id, JobState.succeeded, result=result)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("job %s (%s) succeeded", job.id, job.name, extra=about(job))
 
     async def _fail(self, job: Job, definition: JobDefinition | None, exc: BaseException) -> None:
         error = "".join(traceback.format_exception_only(exc)).strip()

@@ -44,7 +44,7 @@ from asyncjob._engine.sessions import JobScope, Sessions
 from asyncjob._worker.maintenance import Maintenance
 from asyncjob._worker.producer import STOP_TIMEOUT, Producer
 from asyncjob._worker.scheduler import Scheduler
-from asyncjob.stores import DurableStore, Store, TransactionalStore, resolve_store
+from asyncjob.stores import DurableStore, ImmediateStore, Store, TransactionalStore, resolve_store
 
 from . import crossloop
 from .options import RunnerOptions
@@ -147,6 +147,11 @@ class Runner:
                 raise TypeError(f"hooks must be asyncjob.JobHooks, not {type(hook).__name__}")
         self._store = resolve_store(store)
         self._durable = self._store if isinstance(self._store, DurableStore) else None
+        # A store that never waits answers the hot path without a coroutine
+        # each (unless hooks must be told first).
+        self._immediate = (
+            self._store if isinstance(self._store, ImmediateStore) and not self._hooks else None
+        )
         if producer_only and self._durable is None:
             raise ValueError(
                 "producer_only=True needs a store that workers share (an SQL store): "
@@ -524,7 +529,9 @@ class Runner:
 
     async def _enqueue(self, job: Job) -> str:
         self._check_running()  # again: a call from another loop may cross stop()
-        if self._hooks:
+        if self._immediate is not None:
+            recorded = self._immediate.enqueue_nowait(job)
+        elif self._hooks:
             recorded = (await self._told_and_written([job], self._store.enqueue(job)))[0]
         else:
             recorded = await self._store.enqueue(job)
@@ -644,7 +651,10 @@ class Runner:
             JobNotFound: no job has this id.
             TimeoutError: ``timeout`` seconds passed first (the job goes on).
         """
-        outcome = await self._read(self._store.outcome, job_id)
+        if self._immediate is not None and asyncio.get_running_loop() is self._loop:
+            outcome = self._immediate.outcome_nowait(job_id)
+        else:
+            outcome = await self._read(self._store.outcome, job_id)
         if outcome is None:
             raise JobNotFound(job_id)
         if not outcome.state.is_final:

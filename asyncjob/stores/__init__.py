@@ -22,13 +22,14 @@ from asyncjob._core.models import (
 )
 from asyncjob._core.spec import JobOptions
 
-from ._base import DurableStore, Store, TransactionalStore
+from ._base import DurableStore, ImmediateStore, Store, TransactionalStore
 from ._resolve import resolve_store
 from .memory import MemoryStore
 
 __all__ = (
     "Claimed",
     "DurableStore",
+    "ImmediateStore",
     "Job",
     "JobLost",
     "JobNotFound",

@@ -1,9 +1,11 @@
 """The one seam between the runner and where jobs are kept.
 
-Three interfaces, each the whole contract of what it adds:
+Four interfaces, each the whole contract of what it adds:
 
 - :class:`Store`: every store. A runner records each job's life in it, and
   reads it back for whoever asks.
+- :class:`ImmediateStore`: a store that never waits (the memory store). It
+  answers a job's hot path synchronously too, and the runner calls that.
 - :class:`DurableStore`: a store that several processes share. Registered
   jobs wait in it until a worker claims them, and a worker holds what it
   claimed under a lease.
@@ -11,7 +13,8 @@ Three interfaces, each the whole contract of what it adds:
   own database transaction, so that a job and the rows it is about (or the
   rows a job wrote and its success) are committed together or not at all.
 
-A store implements :class:`Store` or :class:`DurableStore`, and may add
+A store implements :class:`Store`, :class:`ImmediateStore` or
+:class:`DurableStore`, and may add
 :class:`TransactionalStore`. ``asyncjob.testing`` holds the test suite that
 checks each contract, for a store of your own.
 """
@@ -35,7 +38,14 @@ from asyncjob._core.models import (
     WorkerStatus,
 )
 
-__all__ = ("SHARED_STORES", "DurableStore", "Store", "TransactionalStore", "unknown_store")
+__all__ = (
+    "SHARED_STORES",
+    "DurableStore",
+    "ImmediateStore",
+    "Store",
+    "TransactionalStore",
+    "unknown_store",
+)
 
 #: What to give for a store that worker processes share.
 SHARED_STORES = (
@@ -271,6 +281,79 @@ class Store(abc.ABC):
         Raises:
             JobNotFound: the store does not know the job.
         """
+
+
+class ImmediateStore(Store):
+    """A store whose answers never wait: no I/O, nothing to await (the
+    memory store).
+
+    It gives the calls of a job's hot path synchronously as well, and the
+    runner calls those (``*_nowait``, after ``asyncio.Queue.put_nowait``):
+    each would otherwise cost a coroutine that never suspends, and a job
+    makes four of them (recorded, started, ended, its outcome read). Its
+    coroutine methods of the same name are these, for every other caller;
+    a subclass overrides the ``*_nowait`` ones (overriding a coroutine one
+    is refused when the class is made: the runner would not call it). A
+    store that must await something in those calls derives from
+    :class:`Store` instead.
+    """
+
+    #: The coroutine methods whose work the ``*_nowait`` ones do.
+    _NOWAIT = ("enqueue", "start", "finish", "outcome")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ImmediateStore._NOWAIT:
+            if getattr(cls, name) is not getattr(ImmediateStore, name):
+                raise TypeError(
+                    f"{cls.__name__} overrides {name}() of an ImmediateStore, which the "
+                    f"runner does not call: override {name}_nowait() (it must not "
+                    "wait for anything), or derive from Store"
+                )
+
+    @abc.abstractmethod
+    def enqueue_nowait(self, job: Job) -> str:
+        """:meth:`Store.enqueue`, synchronously."""
+
+    @abc.abstractmethod
+    def start_nowait(self, job_id: str) -> bool:
+        """:meth:`Store.start`, synchronously."""
+
+    @abc.abstractmethod
+    def finish_nowait(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> bool:
+        """:meth:`Store.finish`, synchronously."""
+
+    @abc.abstractmethod
+    def outcome_nowait(self, job_id: str) -> Outcome | None:
+        """:meth:`Store.outcome`, synchronously."""
+
+    async def enqueue(self, job: Job) -> str:
+        return self.enqueue_nowait(job)
+
+    async def start(self, job_id: str) -> bool:
+        return self.start_nowait(job_id)
+
+    async def finish(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> bool:
+        return self.finish_nowait(job_id, state, result=result, error=error, traceback=traceback)
+
+    async def outcome(self, job_id: str) -> Outcome | None:
+        return self.outcome_nowait(job_id)
 
 
 class DurableStore(Store):

@@ -25,7 +25,7 @@ from asyncjob._core.models import (
 )
 from asyncjob._core.spec import JobOptions
 
-from ._base import Store
+from ._base import ImmediateStore
 from .kit import Watchers
 
 __all__ = ("MemoryStore",)
@@ -121,7 +121,7 @@ class _Record:
         )
 
 
-class MemoryStore(Store):
+class MemoryStore(ImmediateStore):
     """Keeps jobs in a dict; watchers are woken directly, nothing is polled.
 
     Finished jobs are remembered for ``keep_finished`` seconds, and at most
@@ -163,7 +163,7 @@ class MemoryStore(Store):
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
 
-    async def enqueue(self, job: Job) -> str:
+    def enqueue_nowait(self, job: Job) -> str:
         if job.id in self._records:
             raise ValueError(f"a job with id {job.id!r} exists already")
         return self._record(job)
@@ -186,7 +186,7 @@ class MemoryStore(Store):
         self._watchers.announce()
         return job.id
 
-    async def start(self, job_id: str) -> bool:
+    def start_nowait(self, job_id: str) -> bool:
         rec = self._records.get(job_id)
         if rec is None or rec.state is not JobState.queued:
             return False
@@ -215,7 +215,7 @@ class MemoryStore(Store):
             rec.data = data
             self._changed(rec)
 
-    async def finish(
+    def finish_nowait(
         self,
         job_id: str,
         state: JobState,
@@ -265,7 +265,7 @@ class MemoryStore(Store):
         rec = self._records.get(job_id)
         return None if rec is None else rec.snapshot()
 
-    async def outcome(self, job_id: str) -> Outcome | None:
+    def outcome_nowait(self, job_id: str) -> Outcome | None:
         self._forget_expired()
         rec = self._records.get(job_id)
         return None if rec is None else rec.outcome()
@@ -328,7 +328,7 @@ class MemoryStore(Store):
         self._schedules[schedule.name] = schedule
         if known is None:
             return False  # its first run is its next tick
-        await self.enqueue(job)
+        self.enqueue_nowait(job)
         return True
 
     async def schedules(self) -> list[ScheduleStatus]:

@@ -1,0 +1,79 @@
+"""The engine's JobQueue: the order jobs start in, and its takers' waits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from asyncjob._core.models import Job
+from asyncjob._core.spec import JobOptions
+from asyncjob._engine.queue import JobQueue
+
+from .conftest import TIMEOUT
+
+
+def job(label: str, priority: int = 0) -> Job:
+    options = None if priority == 0 else JobOptions(priority=priority)
+    return Job(label, label, print, (), {}, False, 0.0, options=options)
+
+
+def drain(queue: JobQueue) -> list[str | None]:
+    taken: list[str | None] = []
+    while not queue.empty():
+        found = queue.get_nowait()
+        taken.append(None if found is None else found.id)
+    return taken
+
+
+def test_higher_priorities_first_then_first_in_first_out() -> None:
+    queue = JobQueue()
+    for label, priority in [("a", 0), ("b", 5), ("c", -3), ("d", 0), ("e", 5), ("f", 100)]:
+        queue.put(job(label, priority))
+    assert len(queue) == 6
+    assert drain(queue) == ["f", "b", "e", "a", "d", "c"]
+    with pytest.raises(asyncio.QueueEmpty):
+        queue.get_nowait()
+
+
+def test_jobs_given_back_go_first_in_the_order_they_were_taken() -> None:
+    """Two jobs taken, then given back in the reverse order (their limits
+    freed the other way round), start before the jobs of their priority
+    still queued, in the order they were first taken; a higher priority
+    queued meanwhile still goes first."""
+    queue = JobQueue()
+    for label in ("p1", "p2", "q1", "q2"):
+        queue.put(job(label))
+    first, second = queue.get_nowait(), queue.get_nowait()
+    assert first is not None
+    assert second is not None
+    taken = [queue.taken(), queue.taken()]
+    queue.put(job("urgent", 1))
+    queue.put_back(second, taken[1])
+    queue.put_back(first, taken[0])
+    assert drain(queue) == ["urgent", "p1", "p2", "q1", "q2"]
+
+
+def test_workers_end_after_every_job() -> None:
+    queue = JobQueue()
+    queue.put(job("a"))
+    queue.stop_one()
+    queue.put(job("b"))
+    assert queue.take_all() == [job("a"), job("b")]
+    assert not queue.empty()  # the end stays for its worker
+    assert drain(queue) == [None]
+
+
+async def test_a_taker_waits_and_a_cancelled_one_passes_its_job_on() -> None:
+    queue = JobQueue()
+    first = asyncio.create_task(queue.get())
+    second = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)  # one turn of the loop (not a timed wait): both wait now
+    queue.put(job("a"))
+    first.cancel()  # woken for "a", then cancelled before it ran
+    async with asyncio.timeout(TIMEOUT):
+        found = await second
+    assert found is not None
+    assert found.id == "a"
+    with pytest.raises(asyncio.CancelledError):
+        await first
