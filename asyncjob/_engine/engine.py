@@ -606,9 +606,10 @@ class Engine:
                 logger.debug("job %s (%s) succeeded", job.id, job.name, extra=about(job))
 
     def _succeeded_nowait(self, job: Job, result: Any) -> None:
-        """Record a success in a store that never waits (no hooks to tell)."""
+        """Record a success in a store that never waits (no hooks to tell):
+        the job's slot frees when it is done, a moment later, as no await
+        comes between (no _ended)."""
         assert self._immediate is not None
-        self._ended(job.id)
         if not self._closed:
             self._immediate.finish_nowait(job.id, JobState.succeeded, result=result)
         if logger.isEnabledFor(logging.DEBUG):

@@ -383,6 +383,8 @@ class Runner:
         if isinstance(func, JobSpec) and func.transaction is not None:
             return (await self._enqueue_in(func.transaction, [job]))[0]
         if asyncio.get_running_loop() is self._loop:
+            if self._immediate is not None:
+                return self._enqueue_nowait(job, self._immediate)
             return await self._enqueue(job)
         return await self._on_loop(self._enqueue(job))
 
@@ -527,6 +529,17 @@ class Runner:
                 "works between start() and stop() (inside 'async with runner:')"
             )
 
+    def _enqueue_nowait(self, job: Job, store: ImmediateStore) -> str:
+        """:meth:`_enqueue` on the runner's loop, into a store that never
+        waits: nothing comes between the check that the runner runs (in
+        :meth:`_new_job`) and the hand-over, which therefore succeeds."""
+        recorded = store.enqueue_nowait(job)
+        if recorded != job.id:
+            return recorded  # the job queued or running with its unique key
+        handed = self._hand_over((job,))
+        assert handed
+        return job.id
+
     async def _enqueue(self, job: Job) -> str:
         self._check_running()  # again: a call from another loop may cross stop()
         if self._immediate is not None:
@@ -657,6 +670,8 @@ class Runner:
             outcome = await self._read(self._store.outcome, job_id)
         if outcome is None:
             raise JobNotFound(job_id)
+        if outcome.state is JobState.succeeded:
+            return outcome.result
         if not outcome.state.is_final:
             last: JobStatus | None = None
             try:

@@ -23,14 +23,12 @@ from asyncjob._core.models import (
     minutes_of_the_last_hour,
     timestamp_to_datetime,
 )
-from asyncjob._core.spec import JobOptions
+from asyncjob._core.spec import DEFAULT_QUEUE
 
 from ._base import ImmediateStore
 from .kit import Watchers
 
 __all__ = ("MemoryStore",)
-
-_DEFAULTS = JobOptions()
 
 
 class _Record:
@@ -76,12 +74,18 @@ class _Record:
         self.errors: tuple[str, ...] = ()
         self.cancel_requested = False
         self.enqueued_at = job.enqueued_at
-        options = job.options or _DEFAULTS
-        self.queue = options.queue
-        self.priority = options.priority
-        self.unique = options.unique
-        #: Not before this (seconds since the epoch), if it was delayed.
-        self.run_after = options.due(job.enqueued_at)
+        options = job.options
+        if options is None:  # most jobs: the defaults
+            self.queue = DEFAULT_QUEUE
+            self.priority = 0
+            self.unique: str | None = None
+            #: Not before this (seconds since the epoch), if it was delayed.
+            self.run_after: float | None = None
+        else:
+            self.queue = options.queue
+            self.priority = options.priority
+            self.unique = options.unique
+            self.run_after = options.due(job.enqueued_at)
         self.started_at: float | None = None
         self.finished_at: float | None = None
 
@@ -359,21 +363,22 @@ class MemoryStore(ImmediateStore):
             del self._unique[rec.unique]  # free for the next perform
         rec.state = state
         rec.cancel_requested = False
-        rec.finished_at = time.time()
+        rec.finished_at = now = time.time()
         self._finished.append(rec)
         self._changed(rec)
-        self._forget_expired()
+        self._forget_expired(now)
 
     def _changed(self, rec: _Record) -> None:
-        self._watchers.announce()
-        if self._watchers.watched(rec.id):
-            self._watchers.publish(rec.id, rec.snapshot())
+        watchers = self._watchers
+        watchers.announce()
+        if watchers.watched(rec.id):
+            watchers.publish(rec.id, rec.snapshot())
 
-    def _forget_expired(self) -> None:
+    def _forget_expired(self, now: float | None = None) -> None:
         finished = self._finished
         if not finished:
             return
-        cutoff = time.time() - self.keep_finished
+        cutoff = (time.time() if now is None else now) - self.keep_finished
         while finished and (
             len(finished) > self.max_finished or finished[0].finished_at <= cutoff  # type: ignore[operator]
         ):

@@ -1,4 +1,5 @@
-"""The engine's JobQueue: the order jobs start in, and its takers' waits."""
+"""The engine's JobQueue (the order jobs start in, its takers' waits), and the
+followers of a store's changes (stores.kit.Watchers): the hot path's own parts."""
 
 from __future__ import annotations
 
@@ -77,3 +78,22 @@ async def test_a_taker_waits_and_a_cancelled_one_passes_its_job_on() -> None:
     assert found.id == "a"
     with pytest.raises(asyncio.CancelledError):
         await first
+
+
+async def test_a_follower_of_changes_dropped_without_closing_is_forgotten() -> None:
+    """Watchers keep no follower of changes() alive: one dropped without
+    aclose() is taken out when it is collected, one closed at once; the
+    others are still woken."""
+    import gc
+
+    from asyncjob.stores.kit import Watchers
+
+    watchers: Watchers[None] = Watchers(1)
+    kept, dropped, closed = watchers.changes(), watchers.changes(), watchers.changes()
+    await closed.aclose()
+    del dropped
+    gc.collect()
+    assert len(watchers._anyone) == 1
+    watchers.announce()
+    async with asyncio.timeout(TIMEOUT):
+        await anext(kept)
