@@ -258,3 +258,37 @@ async def test_cancel_while_many_jobs_run(make_runner: RunnerFactory, kind: str)
         expected = JobState.cancelled if i % 2 == 0 else JobState.succeeded
         assert status.state is expected
         assert status.result == (None if i % 2 == 0 else i)
+
+
+def test_a_sync_job_past_its_grace_period_does_not_hold_the_process() -> None:
+    """A process whose runner stopped while a sync job that never reports
+    progress still runs exits: the job's thread does not keep it alive."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import asyncio, threading
+        import asyncjob
+
+        started = threading.Event()
+
+        def stuck():
+            started.set()
+            threading.Event().wait()  # never reports progress, never returns
+
+        async def main():
+            async with asyncjob.Runner(grace_period=0.01) as runner:
+                await runner.perform(stuck)
+                assert await asyncio.to_thread(started.wait, 30)
+            print("stopped", flush=True)
+
+        asyncio.run(main())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "stopped\n"
