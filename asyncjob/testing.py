@@ -1,9 +1,10 @@
 """The store contract suite: the tests every store passes, for yours too.
 
 asyncjob runs these against its own stores; a store of yours runs them the
-same way. Subclass :class:`StoreContract` (or :class:`DurableStoreContract`,
-for a store that worker processes share) in a test module, and give it the
-fixtures it asks for::
+same way. Subclass :class:`StoreContract` (or :class:`ImmediateStoreContract`
+for a store that never waits, :class:`DurableStoreContract` for a store that
+worker processes share) in a test module, and give it the fixtures it asks
+for::
 
     import pytest_asyncio
     from asyncjob.testing import DurableStoreContract
@@ -48,9 +49,16 @@ import pytest
 from asyncjob._core.errors import JobNotFound
 from asyncjob._core.models import Job, JobQuery, JobState, JobStatus, ScheduleStatus
 from asyncjob._core.spec import JobOptions
-from asyncjob.stores import DurableStore, Store
+from asyncjob.stores import DurableStore, ImmediateStore, Store
 
-__all__ = ("TIMEOUT", "DurableStoreContract", "StoreContract", "make_job", "make_tick")
+__all__ = (
+    "TIMEOUT",
+    "DurableStoreContract",
+    "ImmediateStoreContract",
+    "StoreContract",
+    "make_job",
+    "make_tick",
+)
 
 #: Every wait of the suite gives up after this many seconds, so that a
 #: store that never answers fails fast instead of hanging the run.
@@ -510,6 +518,48 @@ class StoreContract:
         seen = await store.overview()
         assert seen.due_since == before.due_since
         assert seen.oldest_due == seen.due_since["default"]
+
+
+class ImmediateStoreContract(StoreContract):
+    """The contract of :class:`~asyncjob.stores.ImmediateStore`, with the
+    :class:`StoreContract` too: its synchronous calls are the store's.
+
+    Needs the ``store`` fixture, as :class:`StoreContract` does.
+    """
+
+    async def test_the_nowait_calls_are_the_store(self, store: ImmediateStore) -> None:
+        """A job recorded, started and ended through the *_nowait calls
+        reads as the coroutine calls would have left it."""
+        assert store.enqueue_nowait(make_job()) == "j1"
+        assert store.outcome_nowait("j1") == (JobState.queued, None, None, None)
+        assert store.start_nowait("j1")
+        assert not store.start_nowait("j1")
+        assert store.finish_nowait("j1", JobState.succeeded, result=[1])
+        assert not store.finish_nowait("j1", JobState.failed)
+        assert store.outcome_nowait("j1") == (JobState.succeeded, [1], None, None)
+        status = await _status(store, "j1")
+        assert (status.state, status.result, status.attempts) == (JobState.succeeded, [1], 1)
+        assert store.outcome_nowait("nope") is None
+
+    async def test_ending_gives_a_jobs_outcome_when_it_ends(self, store: ImmediateStore) -> None:
+        """ending(): a future set with the outcome when the job ends, set
+        already for a job that has ended, ``None`` for an unknown id; a
+        future its caller cancelled is dropped, and the others still set."""
+        assert store.ending("nope") is None
+        store.enqueue_nowait(make_job())
+        store.start_nowait("j1")
+        ending, given_up = store.ending("j1"), store.ending("j1")
+        assert ending is not None
+        assert given_up is not None
+        assert not ending.done()
+        given_up.cancel()
+        assert store.finish_nowait("j1", JobState.failed, error="E", traceback="T")
+        async with asyncio.timeout(TIMEOUT):
+            assert await ending == (JobState.failed, None, "E", "T")
+        again = store.ending("j1")
+        assert again is not None
+        assert again.done()
+        assert again.result() == (JobState.failed, None, "E", "T")
 
 
 class DurableStoreContract(StoreContract):

@@ -16,13 +16,13 @@ import pytest
 import asyncjob
 from asyncjob.stores import DurableStore, MemoryStore, Store, resolve_store
 from asyncjob.stores.sql import SQLStore
-from asyncjob.testing import DurableStoreContract, StoreContract
+from asyncjob.testing import DurableStoreContract, ImmediateStoreContract
 from asyncjob.tg._tracker import TrackerHooks
 
 from .conftest import TIMEOUT, RunnerFactory
 
 
-class TestMemoryStore(StoreContract):
+class TestMemoryStore(ImmediateStoreContract):
     """The memory store keeps the contract."""
 
     @pytest.fixture

@@ -666,6 +666,8 @@ class Runner:
         """
         if self._immediate is not None and asyncio.get_running_loop() is self._loop:
             outcome = self._immediate.outcome_nowait(job_id)
+            if outcome is not None and not outcome.state.is_final:
+                outcome = await self._ending(self._immediate, job_id, timeout)
         else:
             outcome = await self._read(self._store.outcome, job_id)
         if outcome is None:
@@ -682,6 +684,21 @@ class Runner:
             except TimeoutError:
                 raise TimeoutError(self._not_ended(job_id, timeout, last)) from None
         return _result(job_id, outcome)
+
+    async def _ending(
+        self, store: ImmediateStore, job_id: str, timeout: float | None
+    ) -> Outcome | None:
+        """:meth:`wait` for a job of a store that never waits: its end,
+        without a status built at each of its changes, as watching would."""
+        ending = store.ending(job_id)
+        if ending is None:
+            return None  # forgotten meanwhile: not found
+        try:
+            async with asyncio.timeout(timeout):
+                return await ending
+        except TimeoutError:
+            last = await store.get(job_id)
+            raise TimeoutError(self._not_ended(job_id, timeout, last)) from None
 
     def _not_ended(self, job_id: str, timeout: float | None, last: JobStatus | None) -> str:
         """Why :meth:`wait` gave up: the job, its state, and what may be wrong."""

@@ -22,6 +22,7 @@ checks each contract, for a store of your own.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -334,6 +335,14 @@ class ImmediateStore(Store):
     @abc.abstractmethod
     def outcome_nowait(self, job_id: str) -> Outcome | None:
         """:meth:`Store.outcome`, synchronously."""
+
+    @abc.abstractmethod
+    def ending(self, job_id: str) -> asyncio.Future[Outcome] | None:
+        """A future of the job's outcome, set when the job ends (set already
+        if it has); ``None`` for an unknown id. What :meth:`Runner.wait`
+        awaits: :meth:`Store.watch` would build a status at every change of
+        the job, for a caller that needs only its end. A future cancelled
+        by its caller (a timeout) is dropped by the store."""
 
     async def enqueue(self, job: Job) -> str:
         return self.enqueue_nowait(job)

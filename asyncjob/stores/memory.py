@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections import deque
@@ -162,6 +163,8 @@ class MemoryStore(ImmediateStore):
         self._schedules: dict[str, ScheduleStatus] = {}
         self._finished: deque[_Record] = deque()
         self._watchers: Watchers[JobStatus] = Watchers(watch_backlog)
+        # The futures of ending(), by job, until it ends.
+        self._endings: dict[str, list[asyncio.Future[Outcome]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def open(self) -> None:
@@ -274,6 +277,21 @@ class MemoryStore(ImmediateStore):
         rec = self._records.get(job_id)
         return None if rec is None else rec.outcome()
 
+    def ending(self, job_id: str) -> asyncio.Future[Outcome] | None:
+        self._forget_expired()
+        rec = self._records.get(job_id)
+        if rec is None:
+            return None
+        assert self._loop is not None
+        future: asyncio.Future[Outcome] = self._loop.create_future()
+        if rec.state.is_final:
+            future.set_result(rec.outcome())
+            return future
+        waiting = self._endings.setdefault(job_id, [])
+        waiting.append(future)
+        future.add_done_callback(functools.partial(_unwait, self._endings, job_id))
+        return future
+
     async def list_jobs(self, query: JobQuery) -> list[JobStatus]:
         self._forget_expired()
         newest_first = reversed(self._records.values())
@@ -366,6 +384,12 @@ class MemoryStore(ImmediateStore):
         rec.finished_at = now = time.time()
         self._finished.append(rec)
         self._changed(rec)
+        waiting = self._endings.pop(rec.id, None)
+        if waiting is not None:
+            outcome = rec.outcome()
+            for future in waiting:
+                if not future.done():
+                    future.set_result(outcome)
         self._forget_expired(now)
 
     def _changed(self, rec: _Record) -> None:
@@ -387,3 +411,15 @@ class MemoryStore(ImmediateStore):
 
 def _not_after(tick: datetime | None, last: datetime | None) -> bool:
     return tick is None or (last is not None and tick <= last)
+
+
+def _unwait(
+    endings: dict[str, list[asyncio.Future[Outcome]]], job_id: str, future: asyncio.Future[Outcome]
+) -> None:
+    """An ending()'s future is done: drop it, if the job has not ended (a
+    caller's timeout cancelled it)."""
+    waiting = endings.get(job_id)
+    if waiting is not None and future in waiting:
+        waiting.remove(future)
+        if not waiting:
+            del endings[job_id]
