@@ -316,7 +316,7 @@ def test_enqueue_through_djangos_database_starts_no_runner(backend: str) -> None
     from django.conf import settings
 
     given = settings.TASKS[backend]
-    prefix = f"fresh{os.getpid()}_"
+    prefix = f"fresh{uuid.uuid4().hex[:8]}_"
     params = {**given, "OPTIONS": {**given["OPTIONS"], "table_prefix": prefix}}
     first, second = AsyncJobBackend(backend, params), AsyncJobBackend(backend, params)
     try:
