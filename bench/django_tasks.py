@@ -39,7 +39,6 @@ import atexit
 import dataclasses
 import functools
 import gc
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -53,7 +52,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,7 +60,9 @@ from types import FrameType
 from typing import IO, Any, TypeVar
 
 import psycopg
+from core import percentile, source_digest
 from psycopg import sql as pgsql
+from sql import render
 
 HERE = Path(__file__).resolve().parent
 MANAGE = HERE / "django_bench" / "manage.py"
@@ -548,12 +549,6 @@ def commit_floor(db: Database, n: int) -> tuple[float, float]:
     return each, one
 
 
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """The value below which ``fraction`` of ``values`` lie (nearest rank)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 #: Measurements that failed and were made again (see ``measure``).
 retried: list[str] = []
 #: Tries of one measurement, at most.
@@ -692,20 +687,6 @@ def unit_of(key: str) -> str:
     return "rows/s" if kind == "floor" else "tasks/s"
 
 
-def render(rows: list[tuple[str, ...]], aligns: str, markdown: bool) -> str:
-    """Rows (the first is the heading) as a plain or a Markdown table."""
-    if markdown:
-        head, *body = rows
-        rule = ["---:" if a == ">" else "---" for a in aligns]
-        return "\n".join("| " + " | ".join(r) + " |" for r in (head, tuple(rule), *body))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = [
-        "  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, aligns, widths, strict=True)).rstrip()
-        for r in rows
-    ]
-    return "\n".join([out[0], "-" * max(len(o) for o in out), *out[1:]])
-
-
 def table(medians: dict[str, float], markdown: bool) -> str:
     rows: list[tuple[str, ...]] = [
         ("measure", "asyncjob", "baseline", "against", "ratio", "target", "")
@@ -730,18 +711,6 @@ def spread(samples: dict[str, list[float]]) -> str:
         lo, mid, hi = min(values), statistics.median(values), max(values)
         lines.append(f"  {key:<18} {fmt(mid, unit):>14}   range {fmt(lo, unit)} .. {fmt(hi, unit)}")
     return "\n".join(lines)
-
-
-def source_digest() -> str:
-    """A short hash of the asyncjob sources measured (as bench/core.py's)."""
-    import asyncjob
-
-    digest = hashlib.sha256()
-    package = Path(asyncjob.__file__).parent
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 #: The libraries whose versions a run reports: (name shown, distribution).
