@@ -539,7 +539,10 @@ class Engine:
                 "the coroutine function itself, e.g. perform(func, arg), "
                 "not a lambda or sync function that calls it"
             )
-        await self._conclude(job, ctx, definition, result, error)
+        if self._immediate is not None and error is None and not ctx.cancelled:
+            self._succeeded_nowait(job, result)  # the common end, without a coroutine
+        else:
+            await self._conclude(job, ctx, definition, result, error)
 
     def _in_scope_sync(
         self, job: Job, ctx: JobContext, timeout: float | None

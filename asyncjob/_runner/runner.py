@@ -693,6 +693,8 @@ class Runner:
         ending = store.ending(job_id)
         if ending is None:
             return None  # forgotten meanwhile: not found
+        if timeout is None:
+            return await ending
         try:
             async with asyncio.timeout(timeout):
                 return await ending
