@@ -128,6 +128,8 @@ class _Record:
 
 class MemoryStore(ImmediateStore):
     """Keeps jobs in a dict; watchers are woken directly, nothing is polled.
+    It never waits for anything: an :class:`ImmediateStore`, which the runner
+    calls synchronously on a job's hot path.
 
     Finished jobs are remembered for ``keep_finished`` seconds, and at most
     ``max_finished`` of them: past either bound the oldest are forgotten
