@@ -2,9 +2,10 @@
 
 ``Runner(store=...)`` takes a store object, or a name that
 :func:`resolve_store` turns into one. To write a store of your own,
-implement :class:`Store` (or :class:`DurableStore` for a store that worker
-processes share), build it from :mod:`asyncjob.stores.kit` where that
-helps, and run the contract suite of :mod:`asyncjob.testing` against it.
+implement :class:`Store` (or :class:`ImmediateStore` for one that never
+waits, :class:`DurableStore` for one that worker processes share), build it
+from :mod:`asyncjob.stores.kit` where that helps, and run the contract
+suite of :mod:`asyncjob.testing` against it.
 """
 
 from __future__ import annotations
