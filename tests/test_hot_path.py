@@ -97,3 +97,47 @@ async def test_a_follower_of_changes_dropped_without_closing_is_forgotten() -> N
     watchers.announce()
     async with asyncio.timeout(TIMEOUT):
         await anext(kept)
+
+
+def test_job_ids_are_unique_across_threads_and_a_fork() -> None:
+    """Ids cut from shared blocks of random bytes: threads drawing at once
+    never get the same one, and a forked child draws its own block instead
+    of cutting the parent's (which would repeat the parent's next ids)."""
+    import itertools
+    import os
+    import threading
+
+    from asyncjob._core import models
+    from asyncjob._core.models import new_job_id
+
+    drawn: list[list[str]] = [[] for _ in range(8)]
+
+    def draw(into: list[str]) -> None:
+        into.extend(new_job_id() for _ in range(5_000))
+
+    threads = [threading.Thread(target=draw, args=(into,)) for into in drawn]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    every = [job_id for into in drawn for job_id in into]
+    assert len(set(every)) == len(every) == 40_000
+
+    # A block freshly drawn, with room for the ids both sides draw next.
+    models._numbers = itertools.count()
+    models._block = (-1, "")
+    new_job_id()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        try:
+            os.write(write, " ".join(new_job_id() for _ in range(10)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    parents = {new_job_id() for _ in range(10)}
+    with os.fdopen(read) as pipe:
+        childs = set(pipe.read().split())
+    os.waitpid(pid, 0)
+    assert len(childs) == 10
+    assert not parents & childs
