@@ -87,9 +87,9 @@ class Engine:
         # Retries are the store's to hand out again when workers share it.
         self._durable = isinstance(store, DurableStore)
         self._hooks = tuple(hooks)
-        # A store that never waits is called without a coroutine each, where
-        # no hook must be told first.
-        self._immediate = store if isinstance(store, ImmediateStore) and not self._hooks else None
+        #: The store, when it never waits and no hook must be told first: it
+        #: is then called without a coroutine each (the runner's too).
+        self.immediate = store if isinstance(store, ImmediateStore) and not self._hooks else None
         self._scope = scope
         self._report = self._report_to_all if self._hooks else store.report_progress
         self._finish_in = finish_in
@@ -400,8 +400,8 @@ class Engine:
             if self._interrupted_early and await self._interrupted_before_start(job):
                 return
         elif not (
-            self._immediate.start_nowait(job.id)
-            if self._immediate is not None
+            self.immediate.start_nowait(job.id)
+            if self.immediate is not None
             else await self._store.start(job.id)
         ):
             return  # cancelled while it was queued
@@ -438,7 +438,7 @@ class Engine:
                 # interrupt() cancelled this worker task for the job; the job
                 # has ended, so the worker must not stay marked as cancelling.
                 task.uncancel()
-        if self._immediate is not None and error is None and not ctx.cancelled:
+        if self.immediate is not None and error is None and not ctx.cancelled:
             self._succeeded_nowait(job, result)  # the common end, without a coroutine
         else:
             await self._conclude(job, ctx, definition, result, error)
@@ -487,8 +487,8 @@ class Engine:
             if self._interrupted_early and await self._interrupted_before_start(job):
                 return
         elif not (
-            self._immediate.start_nowait(job.id)
-            if self._immediate is not None
+            self.immediate.start_nowait(job.id)
+            if self.immediate is not None
             else await self._store.start(job.id)
         ):
             return  # cancelled while it was queued
@@ -539,7 +539,7 @@ class Engine:
                 "the coroutine function itself, e.g. perform(func, arg), "
                 "not a lambda or sync function that calls it"
             )
-        if self._immediate is not None and error is None and not ctx.cancelled:
+        if self.immediate is not None and error is None and not ctx.cancelled:
             self._succeeded_nowait(job, result)  # the common end, without a coroutine
         else:
             await self._conclude(job, ctx, definition, result, error)
@@ -601,9 +601,7 @@ class Engine:
                 for hook in self._hooks:
                     await hook.ending(job.id)
                 self._tell_finished(job, JobState.succeeded, None)
-        elif self._immediate is not None:
-            self._succeeded_nowait(job, result)
-        else:
+        else:  # an ImmediateStore's successes never come here: _succeeded_nowait
             await self._record(job, JobState.succeeded, result=result)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("job %s (%s) succeeded", job.id, job.name, extra=about(job))
@@ -612,9 +610,9 @@ class Engine:
         """Record a success in a store that never waits (no hooks to tell):
         the job's slot frees when it is done, a moment later, as no await
         comes between (no _ended)."""
-        assert self._immediate is not None
+        assert self.immediate is not None
         if not self._closed:
-            self._immediate.finish_nowait(job.id, JobState.succeeded, result=result)
+            self.immediate.finish_nowait(job.id, JobState.succeeded, result=result)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("job %s (%s) succeeded", job.id, job.name, extra=about(job))
 

@@ -147,11 +147,6 @@ class Runner:
                 raise TypeError(f"hooks must be asyncjob.JobHooks, not {type(hook).__name__}")
         self._store = resolve_store(store)
         self._durable = self._store if isinstance(self._store, DurableStore) else None
-        # A store that never waits answers the hot path without a coroutine
-        # each (unless hooks must be told first).
-        self._immediate = (
-            self._store if isinstance(self._store, ImmediateStore) and not self._hooks else None
-        )
         if producer_only and self._durable is None:
             raise ValueError(
                 "producer_only=True needs a store that workers share (an SQL store): "
@@ -177,6 +172,8 @@ class Runner:
             finish_in_sync=finish_in_sync,
             on_free=self._wakeup.set if claims else None,
         )
+        # A store that never waits answers the hot path without a coroutine.
+        self._immediate = self._engine.immediate
         self._producer: Producer | None = None
         self._maintenance: Maintenance | None = None
         if self._durable is not None:
