@@ -24,7 +24,7 @@ from .context import JobContext, current
 from .hooks import JobHooks, JobInfo, info, observe
 from .queue import JobQueue
 from .sessions import JobScope
-from .threads import ThreadPool
+from .threads import ThreadPool, Work
 
 __all__ = ("Engine", "FinishIn", "FinishInSync")
 
@@ -36,6 +36,9 @@ FinishInSync = Callable[[Any, str, Any], None]
 #: A worker that takes jobs from a full queue lets the loop run other tasks
 #: at least this often (a few hundred microseconds of no-op jobs).
 _YIELD_EVERY = 32
+#: How many queued sync jobs may be lined up for the threads (see
+#: :class:`ThreadPool`), per worker, when every worker is busy.
+_LINE_UP = 16
 
 
 class Engine:
@@ -100,6 +103,15 @@ class Engine:
         # Only needed when fewer threads than workers could want them.
         self._limit_threads = threads < concurrency
         self._thread_slots = asyncio.Semaphore(threads)
+        # A thread may go on to a lined-up sync job itself when the store
+        # records a start without waiting, and every worker has a thread.
+        self._lines_up = self.immediate is not None and not self._limit_threads
+        # Jobs lined up for the threads, oldest first, not started: their
+        # work, and when each was taken from the queue (for put_back); the
+        # lowest priority among them.
+        self._lined_up: dict[str, tuple[Work, int]] = {}
+        self._lined_up_floor = _NO_PRIORITY
+        self._line_up_max = _LINE_UP * concurrency
         self._queue = JobQueue()
         # Jobs of a registered name with a concurrency limit: how many run
         # here, and those waiting for one of them to end (they hold no worker).
@@ -159,7 +171,7 @@ class Engine:
         """Bind to the running loop, and take the calling context as the one
         every job starts from."""
         self._context = contextvars.copy_context()
-        self._threads.start()
+        self._threads.start(self._taken_from_line)
 
     def submit(self, job: Job) -> None:
         """Queue ``job`` (after the jobs of a higher priority, and those of
@@ -168,6 +180,8 @@ class Engine:
             self._all_done.clear()
         self._outstanding += 1
         self._queue.put(job)
+        if self._lined_up and _priority(job) > self._lined_up_floor:
+            self.release_lined_up()  # it goes before them
         self._take_in()
 
     def submit_later(self, job: Job, delay: float) -> None:
@@ -198,6 +212,30 @@ class Engine:
             self._idle -= 1  # as good as taken by this job
         elif len(self._workers) < self._concurrency:
             self._spawn()
+
+    def settle(self, job_id: str) -> None:
+        """Make the store's word on ``job_id`` true before it is cancelled:
+        a job lined up for the threads goes back to the queue (it will not
+        start), unless a thread took it, whose start is then recorded now."""
+        lined_up = self._lined_up.pop(job_id, None)
+        if lined_up is None:
+            return
+        work, taken = lined_up
+        if self._threads.withhold(work):
+            self._queue.put_back(_job_of(work), taken)
+            self._take_in()
+        else:
+            self._threads.drain()
+
+    def release_lined_up(self) -> None:
+        """Put the jobs lined up for the threads back in the queue, in their
+        places: a job of a higher priority came, or the runner stops."""
+        self._lined_up_floor = _NO_PRIORITY
+        for work in self._threads.withhold_all():
+            _, taken = self._lined_up[_job_of(work).id]
+            self._queue.put_back(_job_of(work), taken)
+            self._take_in()
+        self._lined_up.clear()  # those not withheld run: recorded by the drain
 
     def interrupt(self, job_id: str) -> bool:
         """Stop the job if it runs here; True if it does.
@@ -248,6 +286,7 @@ class Engine:
 
     def take_queued(self) -> list[Job]:
         """Empty the queue and return the jobs that had not started."""
+        self.release_lined_up()
         jobs = []
         for handle, delayed in self._delayed.values():
             handle.cancel()
@@ -275,6 +314,7 @@ class Engine:
             self._queue.stop_one()
         if workers:
             await asyncio.wait(workers, timeout=timeout)
+        self._threads.drain()  # the lined-up jobs threads took are running
         return list(self._active)
 
     async def stop_late(self, job_ids: list[str], timeout: float) -> None:
@@ -321,7 +361,12 @@ class Engine:
                 # this worker for as long as the queue is full.
                 in_a_row = 0
                 await asyncio.sleep(0)
-            if queue.empty():
+            job: Job | None
+            if self._lined_up and (back := self._take_back()) is not None:
+                # Lined up for the threads, none of which was free to take
+                # it: it goes before the queue's jobs, taken after it.
+                job = back
+            elif queue.empty():
                 self._interrupted_early.clear()  # none of them can be waiting
                 self._idle += 1
                 job = await queue.get()
@@ -339,17 +384,18 @@ class Engine:
                 continue
             if limit is not None:
                 self._running_of[job.name] = self._running_of.get(job.name, 0) + 1
+            last = job.id  # a sync job's thread may go on to lined-up ones
             try:
                 if job.is_async:
                     await self._run_async(job, task, definition)
                 else:
-                    await self._run_sync(job, task, definition)
+                    last = await self._run_sync(job, task, definition)
             except Exception:  # noqa: BLE001 - a bug here must not kill the worker
                 logger.exception("internal error while running job %s", job.id, extra=about(job))
             finally:
                 if limit is not None:
                     self._one_less_of(job.name)
-                self._done(job.id)
+                self._done(last)
             if contextvars.copy_context() != self._context:
                 if not self._draining:
                     self._spawn()
@@ -471,67 +517,84 @@ class Engine:
 
     async def _run_sync(
         self, job: Job, task: asyncio.Task[Any], definition: JobDefinition | None
-    ) -> None:
-        """Run a sync job in a thread; the worker ``task`` waits for it."""
+    ) -> str:
+        """Run a sync job in a thread; the worker ``task`` waits for it.
+        Returns the id of the last job it ran (see :meth:`_run_in_thread`)."""
         if self._limit_threads:
             # A sync job only counts as running once it has a thread.
             async with self._thread_slots:
-                await self._run_in_thread(job, task, definition)
-        else:
-            await self._run_in_thread(job, task, definition)
+                return await self._run_in_thread(job, task, definition)
+        return await self._run_in_thread(job, task, definition)
 
     async def _run_in_thread(
         self, job: Job, task: asyncio.Task[Any], definition: JobDefinition | None
-    ) -> None:
+    ) -> str:
+        """Run ``job`` in a thread, and record how it ended.
+
+        While every worker is busy, the worker lines up queued sync jobs for
+        the threads: when a job succeeds, its thread goes on to the oldest
+        of them without waiting for the loop, which records the end and the
+        next start together (:meth:`_taken_from_line`), and the worker waits
+        for that job in turn. Returns the id of the last job run; the caller
+        counts it done, this method the ones before it.
+        """
         if job.claimed:
             if self._interrupted_early and await self._interrupted_before_start(job):
-                return
+                return job.id
         elif not (
             self.immediate.start_nowait(job.id)
             if self.immediate is not None
             else await self._store.start(job.id)
         ):
-            return  # cancelled while it was queued
-        ctx = JobContext(job.id, False, self._report, job.claimed)
-        ctx.job = job
-        # Current in the thread's copy of this context, until it returns.
+            return job.id  # cancelled while it was queued
         traced = None if tracing.active is None else tracing.active.run(job)
-        thread_context = contextvars.copy_context()
-        thread_context.run(current.set, ctx)
+        timeout = None if definition is None else definition.timeout
+        work = self._work_for(job, timeout)
+        ctx = work.ctx
         self._active[job.id] = (ctx, task)
         if self._hooks:
             self._starting(job)
-        timeout = None if definition is None else definition.timeout
         deadline = None
         if timeout is not None:
             # A thread cannot be stopped: the job learns at its next report.
             deadline = asyncio.get_running_loop().call_later(timeout, _time_out, ctx)
-        call = job.func
-        if self._scope.wraps_sync:
-            call = self._in_scope_sync(job, ctx, timeout)
-        result: Any = None
-        error: BaseException | None = None
+        work.follows = self._lines_up and traced is None and _may_line_up(definition)
+        self._threads.run(work)
         try:
-            result = await self._threads.run(thread_context, call, job.args, job.kwargs)
-            if ctx.timed_out and timeout is not None and not ctx.finished:
-                raise _timed_out(job, timeout)
+            while True:
+                if work.follows:
+                    self._line_up()
+                ok, result, taken = await work.future
+                if taken is None:
+                    break
+                # It succeeded, and is recorded with the next one's start.
+                self._done(job.id)
+                work, ctx = taken, taken.ctx
+                job = _job_of(work)
+                definition = lookup(job.name) if job.registered else None
         except asyncio.CancelledError:
             # Nothing here cancels a sync job's worker: its loop is closing.
             # The thread goes on until the job's next report; its cancel is
             # requested meanwhile, the truth until then.
             ctx.cancelled = True
+            if traced is not None:
+                traced.end(None)
             if not self._closed:
+                self.release_lined_up()
                 await self._store.cancel(job.id)
             raise
-        except BaseException as exc:  # noqa: BLE001 - SystemExit in a job's thread is the job's failure
-            late = ctx.timed_out and timeout is not None
-            error = _timed_out(job, timeout or 0) if late else exc
         finally:
-            if traced is not None:
-                traced.end(error)
             del self._active[job.id]
             if deadline is not None:
                 deadline.cancel()
+        error: BaseException | None = None
+        late = ctx.timed_out and timeout is not None
+        if not ok or (late and not ctx.finished):
+            # SystemExit in a job's thread is the job's failure too.
+            error = _timed_out(job, timeout or 0) if late else result
+            result = None
+        if traced is not None:
+            traced.end(error)
         if error is None and inspect.iscoroutine(result):
             result.close()
             error = TypeError(
@@ -543,6 +606,66 @@ class Engine:
             self._succeeded_nowait(job, result)  # the common end, without a coroutine
         else:
             await self._conclude(job, ctx, definition, result, error)
+        return job.id
+
+    def _work_for(self, job: Job, timeout: float | None = None) -> Work:
+        """A sync job, ready for a thread: its context (a copy of the
+        worker's, with the job current) and the call, in its scope."""
+        ctx = JobContext(job.id, False, self._report, job.claimed)
+        ctx.job = job
+        # Current in the thread's copy of this context, until it returns.
+        thread_context = contextvars.copy_context()
+        thread_context.run(current.set, ctx)
+        call = job.func
+        if self._scope.wraps_sync:
+            call = self._in_scope_sync(job, ctx, timeout)
+        return Work(self._threads.future(), thread_context, call, job.args, job.kwargs, ctx)
+
+    def _line_up(self) -> None:
+        """Line up queued sync jobs for the threads while every worker is
+        busy (a free one would start them at once, in parallel)."""
+        queue = self._queue
+        while (
+            len(self._lined_up) < self._line_up_max
+            and not self._idle
+            and len(self._workers) >= self._concurrency
+            and tracing.active is None
+        ):
+            job = queue.peek()
+            if job is None or job.is_async or job.claimed:
+                return
+            if job.registered and not _may_line_up(lookup(job.name)):
+                return
+            queue.get_nowait()
+            work = self._work_for(job)
+            work.follows = True  # its worker, waiting for it, will be there
+            self._lined_up[job.id] = (work, queue.taken())
+            self._lined_up_floor = min(self._lined_up_floor, _priority(job))
+            self._threads.line_up(work)
+
+    def _take_back(self) -> Job | None:
+        """The oldest job lined up for the threads, taken back, if any."""
+        work = self._threads.take_back()
+        if work is None:
+            return None
+        job = _job_of(work)
+        del self._lined_up[job.id]
+        return job
+
+    def _taken_from_line(self, work: Work, result: Any, taken: Work) -> None:
+        """On the loop, in the batch of outcomes: ``work``'s job succeeded
+        and its thread went on to the lined-up ``taken``. Record the end,
+        then the start, before anything the new job reports."""
+        job = _job_of(work)
+        _, task = self._active.pop(job.id)
+        self._succeeded_nowait(job, result)
+        following = _job_of(taken)
+        self._lined_up.pop(following.id, None)
+        assert self.immediate is not None
+        if not self.immediate.start_nowait(following.id):
+            # Not expected: a cancel withholds a lined-up job first (settle).
+            taken.ctx.cancelled = True
+        self._active[following.id] = (taken.ctx, task)
 
     def _in_scope_sync(
         self, job: Job, ctx: JobContext, timeout: float | None
@@ -668,6 +791,25 @@ class Engine:
         began = self._began.pop(job.id, None)
         duration = None if began is None else time.perf_counter() - began
         observe(self._hooks, "finished", info(job), state, duration, error)
+
+
+_NO_PRIORITY = 101  # above any job's
+
+
+def _priority(job: Job) -> int:
+    return job.options.priority if job.options is not None else 0
+
+
+def _job_of(work: Work) -> Job:
+    job = work.ctx.job
+    assert job is not None
+    return job
+
+
+def _may_line_up(definition: JobDefinition | None) -> bool:
+    """Whether a sync job may be lined up: not one with a timeout (timed
+    from its start on the loop) or a limit (counted as it is taken)."""
+    return definition is None or (definition.timeout is None and definition.concurrency is None)
 
 
 def _time_out(ctx: JobContext) -> None:

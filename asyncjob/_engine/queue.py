@@ -29,7 +29,16 @@ class JobQueue:
     Only the loop's tasks use it: no lock.
     """
 
-    __slots__ = ("_back", "_getters", "_levels", "_priorities", "_size", "_stops", "_taken")
+    __slots__ = (
+        "_back",
+        "_getters",
+        "_levels",
+        "_priorities",
+        "_size",
+        "_stops",
+        "_taken",
+        "_woken",
+    )
 
     def __init__(self) -> None:
         # Negated priorities, so that the heap's least is the highest.
@@ -41,6 +50,7 @@ class JobQueue:
         self._size = 0
         self._stops = 0
         self._getters: deque[asyncio.Future[None]] = deque()
+        self._woken = 0  # takers woken for a job, not yet back from get()
 
     def __len__(self) -> int:
         """How many jobs are queued (the workers' ends not counted)."""
@@ -79,6 +89,16 @@ class JobQueue:
         self._stops += 1
         self._wake()
 
+    def peek(self) -> Job | None:
+        """The job :meth:`get_nowait` would return now, if no taker that
+        was woken for it is still on its way; else ``None``."""
+        if self._size <= self._woken:
+            return None
+        back, priorities = self._back, self._priorities
+        if back and (not priorities or back[0][0] <= priorities[0]):
+            return back[0][2]
+        return self._levels[priorities[0]][0]
+
     def get_nowait(self) -> Job | None:
         """The next job, or ``None`` for a taker to end.
 
@@ -110,7 +130,10 @@ class JobQueue:
             self._getters.append(getter)
             try:
                 await getter
+                self._woken -= 1
             except BaseException:
+                if getter.done() and not getter.cancelled():
+                    self._woken -= 1
                 getter.cancel()
                 with contextlib.suppress(ValueError):
                     self._getters.remove(getter)
@@ -133,4 +156,5 @@ class JobQueue:
             getter = self._getters.popleft()
             if not getter.done():
                 getter.set_result(None)
+                self._woken += 1
                 return

@@ -5,18 +5,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import inspect
 import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ("ThreadPool",)
+from .context import JobContext
 
-_Outcome = tuple[asyncio.Future[Any], bool, Any]
-_Work = tuple[
-    asyncio.Future[Any], contextvars.Context, Callable[..., Any], tuple[Any, ...], Mapping[str, Any]
-]
+__all__ = ("ThreadPool", "Work")
+
+
+class Work:
+    """One sync job as a thread runs it: the call, the context it runs in,
+    and the future its outcome resolves on the loop, as ``(ok, value,
+    next)``, where ``next`` is the lined-up :class:`Work` the same thread
+    went on to, or ``None``."""
+
+    __slots__ = ("args", "call", "context", "ctx", "follows", "future", "kwargs")
+
+    def __init__(
+        self,
+        future: asyncio.Future[tuple[bool, Any, Work | None]],
+        context: contextvars.Context,
+        call: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        ctx: JobContext,
+    ) -> None:
+        self.future = future
+        self.context = context
+        self.call = call
+        self.args = args
+        self.kwargs = kwargs
+        #: The job's context: a thread goes on to a lined-up job only after
+        #: a success that nobody interrupted.
+        self.ctx = ctx
+        #: Whether its thread may go on to a lined-up job when it succeeds
+        #: (its worker then waits for that job).
+        self.follows = False
+
+
+_Outcome = tuple[Work, bool, Any, "Work | None"]
 
 
 class ThreadPool:
@@ -33,6 +64,17 @@ class ThreadPool:
     threads are busy is counted on the loop alone: a job is handed over and
     handed back there.
 
+    A thread whose job succeeded may also go on to the next *lined-up* job
+    without waiting for the loop. The loop lines up (:meth:`line_up`) jobs
+    it has taken from its queue but not started, while every thread is
+    busy; a thread takes the oldest (:meth:`_end`), and the loop learns of
+    it with the outcome of the job before, in the same batch: it records
+    that job's end and the taken job's start, in that order, before
+    anything the taken job reports. Until a thread takes it, a lined-up job
+    can be withheld (:meth:`withhold`: cancelled, behind a job of a higher
+    priority, wanted by an idle worker): both happen under the pool's lock,
+    so a job is either withheld or run, never both.
+
     The threads are daemons: a process exits without waiting for them. By
     then the runner has stopped (given its running jobs their grace period)
     or was never stopped; a sync job that is still running does not keep
@@ -43,29 +85,35 @@ class ThreadPool:
     def __init__(self, size: int) -> None:
         #: How many threads at most.
         self.size = size
-        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[Work | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._in_flight = 0  # handed over, not yet handed back (on the loop)
         self._finished: deque[_Outcome] = deque()
         self._drain_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_context = contextvars.Context()
         self._closed = False
+        # Lining up a job, taking one, withholding one, and the outcome
+        # that says a job was taken: one step each under this lock.
+        self._lock = threading.Lock()
+        self._on_taken: Callable[[Work, Any, Work], None] | None = None
+        self._ready: deque[Work] = deque()  # lined up, oldest first
 
-    def start(self) -> None:
-        """Hand outcomes back to the running loop."""
+    def start(self, on_taken: Callable[[Work, Any, Work], None]) -> None:
+        """Hand outcomes back to the running loop. ``on_taken(work,
+        result, next)`` is called there, in the batch, when a job succeeded
+        and its thread went on to the lined-up ``next``."""
         self._loop = asyncio.get_running_loop()
+        self._loop_context = contextvars.copy_context()
+        self._on_taken = on_taken
 
-    def run(
-        self,
-        context: contextvars.Context,
-        call: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: Mapping[str, Any],
-    ) -> asyncio.Future[Any]:
-        """Run ``call(*args, **kwargs)`` in a thread, in ``context``; the
-        future resolves on the loop."""
+    def future(self) -> asyncio.Future[tuple[bool, Any, Work | None]]:
+        """A future for a :class:`Work`'s outcome."""
         assert self._loop is not None
-        future = self._loop.create_future()
+        return self._loop.create_future()
+
+    def run(self, work: Work) -> None:
+        """Run ``work`` in a thread; its future resolves on the loop."""
         self._in_flight += 1
         if self._in_flight > len(self._threads) and len(self._threads) < self.size:
             thread = threading.Thread(
@@ -73,8 +121,35 @@ class ThreadPool:
             )
             self._threads.append(thread)
             thread.start()
-        self._work.put((future, context, call, args, kwargs))
-        return future
+        self._work.put(work)
+
+    def line_up(self, work: Work) -> None:
+        """Let the next thread that ends a job go on to ``work``."""
+        with self._lock:
+            self._ready.append(work)
+
+    def withhold(self, work: Work) -> bool:
+        """Take a lined-up ``work`` back before a thread takes it: True if
+        it will never run; False if a thread took it (the outcome that says
+        so is in the batch :meth:`drain` hands over)."""
+        with self._lock:
+            try:
+                self._ready.remove(work)
+            except ValueError:
+                return False
+            return True
+
+    def withhold_all(self) -> list[Work]:
+        """Take back every lined-up work no thread has taken, oldest first."""
+        with self._lock:
+            works = list(self._ready)
+            self._ready.clear()
+            return works
+
+    def take_back(self) -> Work | None:
+        """Take back the oldest lined-up work, if any (see :meth:`withhold`)."""
+        with self._lock:
+            return self._ready.popleft() if self._ready else None
 
     def close(self) -> None:
         """Let the threads go without waiting for them: each ends after the
@@ -84,39 +159,58 @@ class ThreadPool:
             self._work.put(None)
 
     def _serve(self) -> None:
-        """A thread's life: the jobs handed over, until the pool closes."""
+        """A thread's life: the jobs handed over and those it goes on to,
+        until the pool closes."""
         take = self._work.get
         while True:
             work = take()
-            if work is None or self._closed:
+            while work is not None:
+                if self._closed:
+                    return
+                try:
+                    ok, value = True, work.context.run(work.call, *work.args, **work.kwargs)
+                except BaseException as exc:  # noqa: BLE001 - handed to the job's worker
+                    ok, value = False, exc
+                work = self._end(work, ok, value)
+            if self._closed:
                 return
-            future, context, call, args, kwargs = work
-            try:
-                outcome = (future, True, context.run(call, *args, **kwargs))
-            except BaseException as exc:  # noqa: BLE001 - handed to the job's worker
-                outcome = (future, False, exc)
-            self._post(outcome)
 
-    def _post(self, outcome: _Outcome) -> None:
-        """Hand a finished job back to the loop, from its thread."""
-        assert self._loop is not None
-        self._finished.append(outcome)
+    def _end(self, work: Work, ok: bool, value: Any) -> Work | None:
+        """Hand a finished job back to the loop, from its thread, and take
+        the oldest lined-up job if it succeeded (returned) and may."""
+        ctx = work.ctx
+        with self._lock:
+            taken = None
+            if (
+                self._ready
+                and ok
+                and work.follows
+                and not (ctx.cancelled or ctx.timed_out or inspect.iscoroutine(value))
+            ):
+                taken = self._ready.popleft()
+            self._finished.append((work, ok, value, taken))
         if not self._drain_scheduled:
             self._drain_scheduled = True
+            assert self._loop is not None
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-                self._loop.call_soon_threadsafe(self._drain)
+                self._loop.call_soon_threadsafe(self.drain, context=self._loop_context)
+        return taken
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
+        """Hand the outcomes posted so far to the loop (it calls this
+        itself, and may call it earlier, to learn of a lined-up job taken)."""
         # Reset the flag first: an outcome posted from now on schedules
         # another drain, or is taken by this one; none is left behind.
         self._drain_scheduled = False
         finished = self._finished
         while finished:
-            future, ok, value = finished.popleft()
-            self._in_flight -= 1
+            work, ok, value, taken = finished.popleft()
+            if taken is None:
+                self._in_flight -= 1
+            future = work.future
             if future.cancelled():
                 continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+            if taken is not None:
+                assert self._on_taken is not None
+                self._on_taken(work, value, taken)
+            future.set_result((ok, value, taken))

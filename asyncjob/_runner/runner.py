@@ -830,6 +830,7 @@ class Runner:
         return await self._on_loop(self._cancel_here(job_id))
 
     async def _cancel_here(self, job_id: str) -> bool:
+        self._engine.settle(job_id)  # a job lined up for a thread: queued or running
         status = None
         if self._hooks:  # hooks hear of an end before it is recorded
             status = await self._store.get(job_id)

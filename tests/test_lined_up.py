@@ -1,0 +1,179 @@
+"""Sync jobs lined up for the threads (see ThreadPool): while every worker is
+busy, queued sync jobs wait in a line that a thread takes the next job from
+itself when its job succeeds. These tests hold each promise the runner makes
+about queued jobs against a job in that line: it is still queued (cancel,
+stop, a job of a higher priority), it starts in order and on any free
+thread, and once a thread took it, it is running, whatever the loop has
+heard so far.
+
+Each test first checks that the jobs are in fact lined up: without that
+they would pass through the ordinary queue and prove nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+import pytest
+
+import asyncjob
+from asyncjob import JobCancelled, JobState, Runner
+
+from .conftest import TIMEOUT
+
+
+def blocker(started: threading.Event, release: threading.Event) -> Callable[[], None]:
+    def block() -> None:
+        started.set()
+        assert release.wait(TIMEOUT)
+
+    return block
+
+
+def lined_up(runner: Runner) -> set[str]:
+    return set(runner._engine._lined_up)
+
+
+async def until_set(event: threading.Event) -> None:
+    assert await asyncio.to_thread(event.wait, TIMEOUT)
+
+
+async def one_blocked_two_lined_up(
+    runner: Runner, ran: list[str]
+) -> tuple[threading.Event, str, str]:
+    """A job that blocks, then two that record their names, lined up behind
+    it (concurrency 1); returns the event that releases the first."""
+    started, release = threading.Event(), threading.Event()
+    await runner.perform(blocker(started, release))
+    b = await runner.perform(ran.append, "b")
+    c = await runner.perform(ran.append, "c")
+    await until_set(started)
+    assert lined_up(runner) == {b, c}
+    return release, b, c
+
+
+async def test_a_lined_up_job_cancelled_never_runs() -> None:
+    ran: list[str] = []
+    async with Runner(concurrency=1) as runner:
+        release, b, c = await one_blocked_two_lined_up(runner, ran)
+        assert await runner.cancel(b)
+        assert (await runner.status(b)).state is JobState.cancelled  # at once
+        release.set()
+        await runner.wait(c, timeout=TIMEOUT)
+        with pytest.raises(JobCancelled):
+            await runner.wait(b, timeout=TIMEOUT)
+    assert ran == ["c"]
+
+
+async def test_a_job_a_thread_took_is_running_before_the_loop_hears_of_it() -> None:
+    """The thread ends A and takes B while the loop is held up: a cancel
+    of B then finds it running (its code has started), not queued, and it
+    is cancelled only once its code has stopped."""
+    a_started, release_a = threading.Event(), threading.Event()
+    b_started, release_b = threading.Event(), threading.Event()
+
+    def b_job() -> None:
+        b_started.set()
+        assert release_b.wait(TIMEOUT)
+        asyncjob.set_progress(1)  # raises JobCancelled
+
+    async with Runner(concurrency=1) as runner:
+        await runner.perform(blocker(a_started, release_a))
+        b = await runner.perform(b_job)
+        await until_set(a_started)
+        assert lined_up(runner) == {b}
+        release_a.set()
+        # Block the loop (not awaiting) until B's code runs: the outcome of
+        # A and the start of B wait in the batch the loop has not drained.
+        assert b_started.wait(TIMEOUT)
+        assert await runner.cancel(b)
+        status = await runner.status(b)
+        assert status.state is JobState.running
+        assert status.cancel_requested
+        release_b.set()
+        with pytest.raises(JobCancelled):
+            await runner.wait(b, timeout=TIMEOUT)
+
+
+async def test_progress_reported_at_once_by_a_lined_up_job_is_kept() -> None:
+    """Its start is recorded before anything it reports, though the loop
+    learns of both in one batch."""
+    a_started, release_a = threading.Event(), threading.Event()
+    b_reported, release_b = threading.Event(), threading.Event()
+
+    def b_job() -> str:
+        asyncjob.set_progress(50, "early")
+        b_reported.set()
+        assert release_b.wait(TIMEOUT)
+        return "done"
+
+    async with Runner(concurrency=1) as runner:
+        await runner.perform(blocker(a_started, release_a))
+        b = await runner.perform(b_job)
+        await until_set(a_started)
+        assert lined_up(runner) == {b}
+        release_a.set()
+        assert b_reported.wait(TIMEOUT)  # the loop is held up meanwhile
+        async with asyncio.timeout(TIMEOUT):
+            async for status in runner.watch(b):
+                if status.progress == 50:
+                    assert status.data == "early"
+                    break
+        release_b.set()
+        assert await runner.wait(b, timeout=TIMEOUT) == "done"
+
+
+async def test_a_job_of_a_higher_priority_goes_before_lined_up_ones() -> None:
+    ran: list[str] = []
+    async with Runner(concurrency=1) as runner:
+        release, _, c = await one_blocked_two_lined_up(runner, ran)
+        await runner.perform(asyncjob.using(ran.append, priority=10), "urgent")
+        assert lined_up(runner) == set()
+        release.set()
+        await runner.wait(c, timeout=TIMEOUT)
+    assert ran == ["urgent", "b", "c"]
+
+
+async def test_lined_up_jobs_do_not_wait_behind_a_long_job() -> None:
+    """Any thread that ends a job takes the oldest lined-up job: those
+    lined up while a long job runs start on the other thread."""
+    ran: list[str] = []
+    a_started, release_a = threading.Event(), threading.Event()
+    x_started, release_x = threading.Event(), threading.Event()
+    async with Runner(concurrency=2) as runner:
+        a = await runner.perform(blocker(a_started, release_a))
+        await runner.perform(blocker(x_started, release_x))
+        b = await runner.perform(ran.append, "b")
+        c = await runner.perform(ran.append, "c")
+        await until_set(a_started)
+        await until_set(x_started)
+        assert lined_up(runner) == {b, c}
+        release_x.set()
+        await runner.wait(c, timeout=TIMEOUT)
+        assert ran == ["b", "c"]
+        assert (await runner.status(a)).state is JobState.running
+        release_a.set()
+
+
+async def test_a_stopping_runner_cancels_lined_up_jobs_as_queued_ones() -> None:
+    ran: list[str] = []
+    started, release = threading.Event(), threading.Event()
+    runner = Runner(concurrency=1, grace_period=TIMEOUT)
+    await runner.start()
+    try:
+        a = await runner.perform(blocker(started, release))
+        b = await runner.perform(ran.append, "b")
+        await until_set(started)
+        assert lined_up(runner) == {b}
+        stopping = asyncio.ensure_future(runner.stop())
+        # The stop takes the queued jobs first, then gives A its grace period.
+        with pytest.raises(JobCancelled):
+            await runner.wait(b, timeout=TIMEOUT)
+        release.set()
+        await asyncio.wait_for(stopping, TIMEOUT)
+    finally:
+        release.set()
+    assert ran == []
+    assert a
