@@ -154,6 +154,37 @@ async def test_sync_jobs_get_a_sync_session(
         assert names(sync_engine) == ["from a thread"]
 
 
+async def test_sync_jobs_lined_up_for_the_threads_get_a_session_each(
+    make_runner: RunnerFactory, sync_engine: Engine
+) -> None:
+    """Jobs that a thread goes on to by itself (lined up while every worker
+    is busy) each get their own session, committed or rolled back."""
+    runner = await make_runner(sync_sessionmaker=sessionmaker(sync_engine), concurrency=1)
+    started, release = threading.Event(), threading.Event()
+    sessions: list[Session] = []
+
+    def first() -> None:
+        started.set()
+        assert release.wait(TIMEOUT)
+
+    def write(name: str) -> None:
+        db = asyncjob.session()
+        sessions.append(db)
+        db.add(Item(name=name))
+        db.flush()
+        if name == "refused":
+            raise RuntimeError(name)
+
+    await runner.perform(first)
+    ids = [await runner.perform(write, name) for name in ("a", "b", "refused", "c")]
+    assert await asyncio.to_thread(started.wait, TIMEOUT)
+    assert set(runner._engine._lined_up) == set(ids)
+    release.set()
+    await runner.join(TIMEOUT)
+    assert names(sync_engine) == ["a", "b", "c"]
+    assert len(set(map(id, sessions))) == 4
+
+
 async def test_a_cancelled_sync_job_is_rolled_back(
     make_runner: RunnerFactory, sync_engine: Engine
 ) -> None:

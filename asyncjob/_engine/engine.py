@@ -171,7 +171,7 @@ class Engine:
         """Bind to the running loop, and take the calling context as the one
         every job starts from."""
         self._context = contextvars.copy_context()
-        self._threads.start(self._taken_from_line)
+        self._threads.start(self._taken_from_line, self._line_up)
 
     def submit(self, job: Job) -> None:
         """Queue ``job`` (after the jobs of a higher priority, and those of
@@ -531,12 +531,12 @@ class Engine:
     ) -> str:
         """Run ``job`` in a thread, and record how it ended.
 
-        While every worker is busy, the worker lines up queued sync jobs for
-        the threads: when a job succeeds, its thread goes on to the oldest
-        of them without waiting for the loop, which records the end and the
-        next start together (:meth:`_taken_from_line`), and the worker waits
-        for that job in turn. Returns the id of the last job run; the caller
-        counts it done, this method the ones before it.
+        While every worker is busy, queued sync jobs are lined up for the
+        threads: when a job succeeds, its thread goes on to the oldest of
+        them without waiting for the loop, which records the end, counts it
+        done and records the next start together (:meth:`_taken_from_line`),
+        and tops the line up; the worker wakes when the last job of the run
+        has ended. Returns that job's id (the caller counts it done).
         """
         if job.claimed:
             if self._interrupted_early and await self._interrupted_before_start(job):
@@ -559,34 +559,37 @@ class Engine:
             # A thread cannot be stopped: the job learns at its next report.
             deadline = asyncio.get_running_loop().call_later(timeout, _time_out, ctx)
         work.follows = self._lines_up and traced is None and _may_line_up(definition)
-        self._threads.run(work)
+        future = self._threads.run(work)
         try:
-            while True:
-                if work.follows:
-                    self._line_up()
-                ok, result, taken = await work.future
-                if taken is None:
-                    break
-                # It succeeded, and is recorded with the next one's start.
-                self._done(job.id)
-                work, ctx = taken, taken.ctx
-                job = _job_of(work)
-                definition = lookup(job.name) if job.registered else None
+            if work.follows:
+                self._line_up()
+            work, ok, result = await future
         except asyncio.CancelledError:
             # Nothing here cancels a sync job's worker: its loop is closing.
             # The thread goes on until the job's next report; its cancel is
             # requested meanwhile, the truth until then.
-            ctx.cancelled = True
+            for job_id, (running, worker) in list(self._active.items()):
+                if worker is task:  # this job, or one its thread went on to
+                    del self._active[job_id]
+                    running.cancelled = True
+                    break
+            else:
+                job_id = job.id
+                ctx.cancelled = True
             if traced is not None:
                 traced.end(None)
             if not self._closed:
                 self.release_lined_up()
-                await self._store.cancel(job.id)
+                await self._store.cancel(job_id)
             raise
         finally:
-            del self._active[job.id]
+            self._active.pop(_job_of(work).id, None)
             if deadline is not None:
                 deadline.cancel()
+        if work.ctx is not ctx:  # its thread went on to lined-up jobs, ended here
+            ctx = work.ctx
+            job = _job_of(work)
+            definition = lookup(job.name) if job.registered else None
         error: BaseException | None = None
         late = ctx.timed_out and timeout is not None
         if not ok or (late and not ctx.finished):
@@ -614,12 +617,14 @@ class Engine:
         ctx = JobContext(job.id, False, self._report, job.claimed)
         ctx.job = job
         # Current in the thread's copy of this context, until it returns.
+        # A copy of the worker's context, with what tracing set for the job
+        # (lined up in a batch of outcomes: the loop's, the same otherwise).
         thread_context = contextvars.copy_context()
         thread_context.run(current.set, ctx)
         call = job.func
         if self._scope.wraps_sync:
             call = self._in_scope_sync(job, ctx, timeout)
-        return Work(self._threads.future(), thread_context, call, job.args, job.kwargs, ctx)
+        return Work(thread_context, call, job.args, job.kwargs, ctx)
 
     def _line_up(self) -> None:
         """Line up queued sync jobs for the threads while every worker is
@@ -659,6 +664,7 @@ class Engine:
         job = _job_of(work)
         _, task = self._active.pop(job.id)
         self._succeeded_nowait(job, result)
+        self._done(job.id)
         following = _job_of(taken)
         self._lined_up.pop(following.id, None)
         assert self.immediate is not None

@@ -19,22 +19,26 @@ __all__ = ("ThreadPool", "Work")
 
 class Work:
     """One sync job as a thread runs it: the call, the context it runs in,
-    and the future its outcome resolves on the loop, as ``(ok, value,
-    next)``, where ``next`` is the lined-up :class:`Work` the same thread
-    went on to, or ``None``."""
+    and the future its worker waits for.
+
+    The future resolves on the loop, as ``(work, ok, value)``, when the
+    worker's job ends, unless its thread went on to a lined-up job: that
+    job then takes the future over, and so on, so that the worker wakes
+    once, with the last job of the run (``work``)."""
 
     __slots__ = ("args", "call", "context", "ctx", "follows", "future", "kwargs")
 
     def __init__(
         self,
-        future: asyncio.Future[tuple[bool, Any, Work | None]],
         context: contextvars.Context,
         call: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
         ctx: JobContext,
     ) -> None:
-        self.future = future
+        #: Set when the job is handed to a thread, or taken over from the
+        #: job its thread ran before.
+        self.future: asyncio.Future[tuple[Work, bool, Any]] | None = None
         self.context = context
         self.call = call
         self.args = args
@@ -97,23 +101,26 @@ class ThreadPool:
         # that says a job was taken: one step each under this lock.
         self._lock = threading.Lock()
         self._on_taken: Callable[[Work, Any, Work], None] | None = None
+        self._on_drained: Callable[[], None] | None = None
         self._ready: deque[Work] = deque()  # lined up, oldest first
 
-    def start(self, on_taken: Callable[[Work, Any, Work], None]) -> None:
+    def start(
+        self, on_taken: Callable[[Work, Any, Work], None], on_drained: Callable[[], None]
+    ) -> None:
         """Hand outcomes back to the running loop. ``on_taken(work,
         result, next)`` is called there, in the batch, when a job succeeded
-        and its thread went on to the lined-up ``next``."""
+        and its thread went on to the lined-up ``next``; ``on_drained()``
+        after a batch in which that happened."""
         self._loop = asyncio.get_running_loop()
         self._loop_context = contextvars.copy_context()
         self._on_taken = on_taken
+        self._on_drained = on_drained
 
-    def future(self) -> asyncio.Future[tuple[bool, Any, Work | None]]:
-        """A future for a :class:`Work`'s outcome."""
+    def run(self, work: Work) -> asyncio.Future[tuple[Work, bool, Any]]:
+        """Run ``work`` in a thread; returns the future of its outcome, or
+        of the last job its thread goes on to."""
         assert self._loop is not None
-        return self._loop.create_future()
-
-    def run(self, work: Work) -> None:
-        """Run ``work`` in a thread; its future resolves on the loop."""
+        future = work.future = self._loop.create_future()
         self._in_flight += 1
         if self._in_flight > len(self._threads) and len(self._threads) < self.size:
             thread = threading.Thread(
@@ -122,6 +129,7 @@ class ThreadPool:
             self._threads.append(thread)
             thread.start()
         self._work.put(work)
+        return future
 
     def line_up(self, work: Work) -> None:
         """Let the next thread that ends a job go on to ``work``."""
@@ -203,14 +211,19 @@ class ThreadPool:
         # another drain, or is taken by this one; none is left behind.
         self._drain_scheduled = False
         finished = self._finished
+        went_on = False
         while finished:
             work, ok, value, taken = finished.popleft()
+            future = work.future
             if taken is None:
                 self._in_flight -= 1
-            future = work.future
-            if future.cancelled():
-                continue
-            if taken is not None:
+                if future is not None and not future.cancelled():
+                    future.set_result((work, ok, value))
+            elif future is not None and not future.cancelled():
+                taken.future = future  # its worker now waits for it
                 assert self._on_taken is not None
                 self._on_taken(work, value, taken)
-            future.set_result((ok, value, taken))
+                went_on = True
+        if went_on:
+            assert self._on_drained is not None
+            self._on_drained()
