@@ -663,12 +663,12 @@ class Engine:
         then the start, before anything the new job reports."""
         job = _job_of(work)
         _, task = self._active.pop(job.id)
-        self._succeeded_nowait(job, result)
+        self._succeeded_nowait(job, result)  # not recorded once closed
         self._done(job.id)
         following = _job_of(taken)
         self._lined_up.pop(following.id, None)
         assert self.immediate is not None
-        if not self.immediate.start_nowait(following.id):
+        if not self._closed and not self.immediate.start_nowait(following.id):
             # Not expected: a cancel withholds a lined-up job first (settle).
             taken.ctx.cancelled = True
         self._active[following.id] = (taken.ctx, task)

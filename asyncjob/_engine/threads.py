@@ -12,6 +12,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from asyncjob._core.log import logger
+
 from .context import JobContext
 
 __all__ = ("ThreadPool", "Work")
@@ -217,13 +219,19 @@ class ThreadPool:
             future = work.future
             if taken is None:
                 self._in_flight -= 1
-                if future is not None and not future.cancelled():
-                    future.set_result((work, ok, value))
-            elif future is not None and not future.cancelled():
-                taken.future = future  # its worker now waits for it
-                assert self._on_taken is not None
+            if future is None or future.done():  # the loop is closing, or a bug below
+                continue
+            if taken is None:
+                future.set_result((work, ok, value))
+                continue
+            taken.future = future  # its worker now waits for it
+            went_on = True
+            assert self._on_taken is not None
+            try:
                 self._on_taken(work, value, taken)
-                went_on = True
+            except Exception as exc:  # noqa: BLE001 - the rest of the batch must go on
+                logger.exception("internal error while a thread went on to a lined-up job")
+                future.set_exception(exc)  # its worker logs it and goes on
         if went_on:
             assert self._on_drained is not None
             self._on_drained()
