@@ -111,6 +111,23 @@ async def test_a_sync_and_a_coroutine_job_run_in_their_span(
     assert all(s.status.status_code is not StatusCode.ERROR for s in spans.values())
 
 
+async def test_jobs_performed_together_join_the_performing_trace(
+    exporter: InMemorySpanExporter, runner: asyncjob.Runner
+) -> None:
+    """perform_many carries the trace context into every job it makes."""
+
+    async def job() -> None:
+        pass
+
+    with TracerProvider().get_tracer("tests").start_as_current_span("request") as request:
+        ids = await runner.perform_many(job, [(), (), ()])
+    for job_id in ids:
+        await runner.wait(job_id, timeout=TIMEOUT)
+    consumers = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CONSUMER]
+    assert len(consumers) == 3
+    assert {s.context.trace_id for s in consumers} == {request.get_span_context().trace_id}
+
+
 def test_without_instrument_nothing_is_traced_or_imported() -> None:
     """Tracing is off by default; importing asyncjob and running a job
     imports nothing of OpenTelemetry."""

@@ -443,7 +443,17 @@ class Runner:
         calls = [_call_of(item, i) for i, item in enumerate(arguments)]
         if not calls:
             return []
-        jobs = [first._replace(id=new_job_id(), args=args, kwargs=kwargs) for args, kwargs in calls]
+        # The first job but for the id and the arguments (a named tuple's
+        # _replace cost 1.5 us a job, a tenth of a fast enqueue's CPU).
+        name, target, is_async, at, registered = (
+            first.name, first.func, first.is_async, first.enqueued_at, first.registered
+        )  # fmt: skip
+        options, trace = first.options, first.trace
+        jobs = [
+            Job(new_job_id(), name, target, args, kwargs, is_async, at, registered,
+                options=options, trace=trace)
+            for args, kwargs in calls
+        ]  # fmt: skip
         if isinstance(func, JobSpec) and func.transaction is not None:
             return await self._enqueue_in(func.transaction, jobs)
         if asyncio.get_running_loop() is self._loop:
