@@ -13,6 +13,7 @@ they would pass through the ordinary queue and prove nothing.
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from collections.abc import Callable
 
@@ -177,3 +178,59 @@ async def test_a_stopping_runner_cancels_lined_up_jobs_as_queued_ones() -> None:
         release.set()
     assert ran == []
     assert a
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_cancels_and_priorities_racing_the_threads(seed: int) -> None:
+    """Many short sync jobs, lined up and taken by three threads while the
+    loop cancels some and performs others ahead of them. Whatever the
+    interleaving: every job ends; a job that was cancelled while queued
+    never ran; one that ran and was not cancelled succeeded, once; and no
+    more than three jobs' code ran at once."""
+    rng = random.Random(seed)
+    lock = threading.Lock()
+    running = peak = 0
+    ran: list[str] = []
+
+    def work(label: str, spin: int) -> str:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            sum(range(spin))  # a little CPU: threads overlap with the loop
+            asyncjob.set_progress(1)  # where a cancelled job learns of it
+            with lock:
+                ran.append(label)
+            return label
+        finally:
+            with lock:
+                running -= 1
+
+    cancelled_queued: set[str] = set()
+    cancelled: set[str] = set()
+    async with Runner(concurrency=3) as runner:
+        ids: dict[str, str] = {}
+        for n in range(300):
+            label = f"j{n}"
+            spec = asyncjob.using(work, priority=10) if rng.random() < 0.1 else work
+            ids[label] = await runner.perform(spec, label, rng.randrange(2000))
+            if n % 5 == 4:  # cancel one of the last few, queued, lined up or running
+                victim = f"j{n - rng.randrange(5)}"
+                if victim not in cancelled and await runner.cancel(ids[victim]):
+                    cancelled.add(victim)
+                    if (await runner.status(ids[victim])).state is JobState.cancelled:
+                        cancelled_queued.add(victim)
+            if n % 50 == 49:
+                await asyncio.sleep(0)  # let the worker tasks line jobs up
+        await runner.join(TIMEOUT)
+        states = {label: (await runner.status(job_id)).state for label, job_id in ids.items()}
+    assert peak <= 3
+    assert not cancelled_queued & set(ran)
+    assert len(ran) == len(set(ran))
+    for label, state in states.items():
+        if label in cancelled:
+            assert state is JobState.cancelled, label
+        else:
+            assert state is JobState.succeeded, label
+            assert label in ran

@@ -630,6 +630,7 @@ class Engine:
         """Line up queued sync jobs for the threads while every worker is
         busy (a free one would start them at once, in parallel)."""
         queue = self._queue
+        assert self.immediate is not None
         while (
             len(self._lined_up) < self._line_up_max
             and not self._idle
@@ -642,6 +643,12 @@ class Engine:
             if job.registered and not _may_line_up(lookup(job.name)):
                 return
             queue.get_nowait()
+            outcome = self.immediate.outcome_nowait(job.id)
+            if outcome is None or outcome.state is not JobState.queued:
+                # Cancelled while it waited in the queue: a worker taking
+                # it would not start it either (Store.start refuses it).
+                self._done(job.id)
+                continue
             work = self._work_for(job)
             work.follows = True  # its worker, waiting for it, will be there
             self._lined_up[job.id] = (work, queue.taken())
@@ -669,7 +676,8 @@ class Engine:
         self._lined_up.pop(following.id, None)
         assert self.immediate is not None
         if not self._closed and not self.immediate.start_nowait(following.id):
-            # Not expected: a cancel withholds a lined-up job first (settle).
+            # Not expected: a job is lined up only while queued, and a
+            # cancel takes it back from the line first (settle).
             taken.ctx.cancelled = True
         self._active[following.id] = (taken.ctx, task)
 
