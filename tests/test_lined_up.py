@@ -21,6 +21,7 @@ import pytest
 
 import asyncjob
 from asyncjob import JobCancelled, JobState, Runner
+from asyncjob.stores import MemoryStore
 
 from .conftest import TIMEOUT
 
@@ -234,3 +235,32 @@ async def test_cancels_and_priorities_racing_the_threads(seed: int) -> None:
         else:
             assert state is JobState.succeeded, label
             assert label in ran
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_a_stop_racing_the_threads(seed: int) -> None:
+    """A runner stopped while its threads go through lined-up jobs: each
+    job either ran, once, and succeeded, or never ran and is cancelled."""
+    rng = random.Random(seed)
+    lock = threading.Lock()
+    ran: list[str] = []
+
+    def work(label: str, spin: int) -> None:
+        sum(range(spin))
+        with lock:
+            ran.append(label)
+
+    store = MemoryStore()
+    runner = Runner(store, concurrency=3, grace_period=TIMEOUT)
+    await runner.start()
+    ids = {f"j{n}": await runner.perform(work, f"j{n}", rng.randrange(5000)) for n in range(200)}
+    for _ in range(1 + rng.randrange(4)):
+        await asyncio.sleep(0)  # let some run, and more be lined up
+    assert lined_up(runner)
+    await runner.stop()
+    assert len(ran) == len(set(ran))
+    for label, job_id in ids.items():
+        status = await store.get(job_id)
+        assert status is not None
+        expected = JobState.succeeded if label in ran else JobState.cancelled
+        assert status.state is expected, label
