@@ -23,6 +23,7 @@ import asyncjob
 from asyncjob import JobCancelled, JobState, Runner
 from asyncjob.stores import MemoryStore
 
+from . import retry_jobs
 from .conftest import TIMEOUT
 
 
@@ -264,3 +265,20 @@ async def test_a_stop_racing_the_threads(seed: int) -> None:
         assert status is not None
         expected = JobState.succeeded if label in ran else JobState.cancelled
         assert status.state is expected, label
+
+
+async def test_a_lined_up_job_that_fails_is_retried_by_its_own_policy() -> None:
+    """The run's first job has no retries; the lined-up one fails once and
+    is retried, by its own definition's policy, not the first job's."""
+    key = f"lined-up-{random.random()}"
+    started, release = threading.Event(), threading.Event()
+    async with Runner(concurrency=1) as runner:
+        await runner.perform(blocker(started, release))
+        flaky = await runner.perform(retry_jobs.flaky_sync, key, 1)
+        await until_set(started)
+        assert lined_up(runner) == {flaky}
+        release.set()
+        assert await runner.wait(flaky, timeout=TIMEOUT) == "ok on attempt 2"
+        status = await runner.status(flaky)
+        assert status.attempts == 2
+        assert len(status.errors) == 1
