@@ -541,6 +541,22 @@ class ImmediateStoreContract(StoreContract):
         assert (status.state, status.result, status.attempts) == (JobState.succeeded, [1], 1)
         assert store.outcome_nowait("nope") is None
 
+    async def test_queued_nowait_is_true_only_while_a_job_waits(
+        self, store: ImmediateStore
+    ) -> None:
+        """queued_nowait(): true for a job recorded and not started; false
+        once it started, for one cancelled while queued, and for an
+        unknown id."""
+        store.enqueue_nowait(make_job("started"))
+        store.enqueue_nowait(make_job("cancelled"))
+        assert store.queued_nowait("started")
+        assert store.queued_nowait("cancelled")
+        assert store.start_nowait("started")
+        assert await store.cancel("cancelled") is JobState.queued
+        assert not store.queued_nowait("started")
+        assert not store.queued_nowait("cancelled")
+        assert not store.queued_nowait("nope")
+
     async def test_ending_gives_a_jobs_outcome_when_it_ends(self, store: ImmediateStore) -> None:
         """ending(): a future set with the outcome when the job ends, set
         already for a job that has ended, ``None`` for an unknown id; a

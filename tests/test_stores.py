@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import asyncjob
-from asyncjob.stores import DurableStore, MemoryStore, Store, resolve_store
+from asyncjob.stores import DurableStore, ImmediateStore, MemoryStore, Store, resolve_store
 from asyncjob.stores.sql import SQLStore
 from asyncjob.testing import DurableStoreContract, ImmediateStoreContract
 from asyncjob.tg._tracker import TrackerHooks
@@ -28,6 +28,25 @@ class TestMemoryStore(ImmediateStoreContract):
     @pytest.fixture
     async def store(self) -> AsyncIterator[Store]:
         made = MemoryStore()
+        await made.open()
+        yield made
+        await made.close()
+
+
+class _AskedThroughItsOutcome(MemoryStore):
+    """An ImmediateStore that answers queued_nowait() as the seam's
+    default does, through outcome_nowait(): a store of another package that
+    leaves it out."""
+
+    queued_nowait = ImmediateStore.queued_nowait
+
+
+class TestImmediateStoreDefaults(ImmediateStoreContract):
+    """What ImmediateStore gives a store keeps the contract too."""
+
+    @pytest.fixture
+    async def store(self) -> AsyncIterator[Store]:
+        made = _AskedThroughItsOutcome()
         await made.open()
         yield made
         await made.close()

@@ -643,8 +643,7 @@ class Engine:
             if job.registered and not _may_line_up(lookup(job.name)):
                 return
             queue.get_nowait()
-            outcome = self.immediate.outcome_nowait(job.id)
-            if outcome is None or outcome.state is not JobState.queued:
+            if not self.immediate.queued_nowait(job.id):
                 # Cancelled while it waited in the queue: a worker taking
                 # it would not start it either (Store.start refuses it).
                 self._done(job.id)

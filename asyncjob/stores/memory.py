@@ -279,6 +279,10 @@ class MemoryStore(ImmediateStore):
         rec = self._records.get(job_id)
         return None if rec is None else rec.outcome()
 
+    def queued_nowait(self, job_id: str) -> bool:
+        rec = self._records.get(job_id)
+        return rec is not None and rec.state is JobState.queued
+
     def ending(self, job_id: str) -> asyncio.Future[Outcome] | None:
         self._forget_expired()
         rec = self._records.get(job_id)
