@@ -22,17 +22,6 @@ from asyncjob.tg._tracker import TrackerHooks
 from .conftest import TIMEOUT, RunnerFactory
 
 
-class TestMemoryStore(ImmediateStoreContract):
-    """The memory store keeps the contract."""
-
-    @pytest.fixture
-    async def store(self) -> AsyncIterator[Store]:
-        made = MemoryStore()
-        await made.open()
-        yield made
-        await made.close()
-
-
 class _AskedThroughItsOutcome(MemoryStore):
     """An ImmediateStore that answers queued_nowait() as the seam's
     default does, through outcome_nowait(): a store of another package that
@@ -41,12 +30,13 @@ class _AskedThroughItsOutcome(MemoryStore):
     queued_nowait = ImmediateStore.queued_nowait
 
 
-class TestImmediateStoreDefaults(ImmediateStoreContract):
-    """What ImmediateStore gives a store keeps the contract too."""
+class TestMemoryStore(ImmediateStoreContract):
+    """The memory store keeps the contract; so does what ImmediateStore
+    gives a store by default."""
 
-    @pytest.fixture
-    async def store(self) -> AsyncIterator[Store]:
-        made = _AskedThroughItsOutcome()
+    @pytest.fixture(params=[MemoryStore, _AskedThroughItsOutcome])
+    async def store(self, request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+        made: MemoryStore = request.param()
         await made.open()
         yield made
         await made.close()
