@@ -185,10 +185,11 @@ async def test_a_stopping_runner_cancels_lined_up_jobs_as_queued_ones() -> None:
 @pytest.mark.parametrize("seed", range(3))
 async def test_cancels_and_priorities_racing_the_threads(seed: int) -> None:
     """Many short sync jobs, lined up and taken by three threads while the
-    loop cancels some and performs others ahead of them. Whatever the
-    interleaving: every job ends; a job that was cancelled while queued
-    never ran; one that ran and was not cancelled succeeded, once; and no
-    more than three jobs' code ran at once."""
+    loop cancels some and performs others ahead of them, and some fail.
+    Whatever the interleaving: every job ends; a job that was cancelled
+    while queued never ran; one that ran and was not cancelled succeeded or
+    failed as its code did, once; and no more than three jobs' code ran at
+    once."""
     rng = random.Random(seed)
     lock = threading.Lock()
     running = peak = 0
@@ -204,11 +205,14 @@ async def test_cancels_and_priorities_racing_the_threads(seed: int) -> None:
             asyncjob.set_progress(1)  # where a cancelled job learns of it
             with lock:
                 ran.append(label)
+            if label in failing:  # a failure ends its thread's run of jobs
+                raise ValueError(label)
             return label
         finally:
             with lock:
                 running -= 1
 
+    failing = {f"j{n}" for n in range(300) if rng.random() < 0.1}
     cancelled_queued: set[str] = set()
     cancelled: set[str] = set()
     async with Runner(concurrency=3) as runner:
@@ -234,7 +238,7 @@ async def test_cancels_and_priorities_racing_the_threads(seed: int) -> None:
         if label in cancelled:
             assert state is JobState.cancelled, label
         else:
-            assert state is JobState.succeeded, label
+            assert state is (JobState.failed if label in failing else JobState.succeeded), label
             assert label in ran
 
 
