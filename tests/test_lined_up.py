@@ -16,6 +16,7 @@ import asyncio
 import random
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -43,24 +44,26 @@ async def until_set(event: threading.Event) -> None:
     assert await asyncio.to_thread(event.wait, TIMEOUT)
 
 
-async def one_blocked_two_lined_up(
-    runner: Runner, ran: list[str]
-) -> tuple[threading.Event, str, str]:
-    """A job that blocks, then two that record their names, lined up behind
-    it (concurrency 1); returns the event that releases the first."""
+async def lined_up_behind_a_blocked_job(
+    runner: Runner, *calls: tuple[Any, ...]
+) -> tuple[threading.Event, list[str]]:
+    """A job that blocks, then ``calls`` (each a callable and its
+    arguments) lined up behind it (concurrency 1); returns the event that
+    releases the first, and the ids of the others."""
     started, release = threading.Event(), threading.Event()
     await runner.perform(blocker(started, release))
-    b = await runner.perform(ran.append, "b")
-    c = await runner.perform(ran.append, "c")
+    ids = [await runner.perform(*call) for call in calls]
     await until_set(started)
-    assert lined_up(runner) == {b, c}
-    return release, b, c
+    assert lined_up(runner) == set(ids)
+    return release, ids
 
 
 async def test_a_lined_up_job_cancelled_never_runs() -> None:
     ran: list[str] = []
     async with Runner(concurrency=1) as runner:
-        release, b, c = await one_blocked_two_lined_up(runner, ran)
+        release, (b, c) = await lined_up_behind_a_blocked_job(
+            runner, (ran.append, "b"), (ran.append, "c")
+        )
         assert await runner.cancel(b)
         assert (await runner.status(b)).state is JobState.cancelled  # at once
         release.set()
@@ -74,7 +77,6 @@ async def test_a_job_a_thread_took_is_running_before_the_loop_hears_of_it() -> N
     """The thread ends A and takes B while the loop is held up: a cancel
     of B then finds it running (its code has started), not queued, and it
     is cancelled only once its code has stopped."""
-    a_started, release_a = threading.Event(), threading.Event()
     b_started, release_b = threading.Event(), threading.Event()
 
     def b_job() -> None:
@@ -83,10 +85,7 @@ async def test_a_job_a_thread_took_is_running_before_the_loop_hears_of_it() -> N
         asyncjob.set_progress(1)  # raises JobCancelled
 
     async with Runner(concurrency=1) as runner:
-        await runner.perform(blocker(a_started, release_a))
-        b = await runner.perform(b_job)
-        await until_set(a_started)
-        assert lined_up(runner) == {b}
+        release_a, (b,) = await lined_up_behind_a_blocked_job(runner, (b_job,))
         release_a.set()
         # Block the loop (not awaiting) until B's code runs: the outcome of
         # A and the start of B wait in the batch the loop has not drained.
@@ -103,7 +102,6 @@ async def test_a_job_a_thread_took_is_running_before_the_loop_hears_of_it() -> N
 async def test_progress_reported_at_once_by_a_lined_up_job_is_kept() -> None:
     """Its start is recorded before anything it reports, though the loop
     learns of both in one batch."""
-    a_started, release_a = threading.Event(), threading.Event()
     b_reported, release_b = threading.Event(), threading.Event()
 
     def b_job() -> str:
@@ -113,10 +111,7 @@ async def test_progress_reported_at_once_by_a_lined_up_job_is_kept() -> None:
         return "done"
 
     async with Runner(concurrency=1) as runner:
-        await runner.perform(blocker(a_started, release_a))
-        b = await runner.perform(b_job)
-        await until_set(a_started)
-        assert lined_up(runner) == {b}
+        release_a, (b,) = await lined_up_behind_a_blocked_job(runner, (b_job,))
         release_a.set()
         assert b_reported.wait(TIMEOUT)  # the loop is held up meanwhile
         async with asyncio.timeout(TIMEOUT):
@@ -131,7 +126,9 @@ async def test_progress_reported_at_once_by_a_lined_up_job_is_kept() -> None:
 async def test_a_job_of_a_higher_priority_goes_before_lined_up_ones() -> None:
     ran: list[str] = []
     async with Runner(concurrency=1) as runner:
-        release, _, c = await one_blocked_two_lined_up(runner, ran)
+        release, (_, c) = await lined_up_behind_a_blocked_job(
+            runner, (ran.append, "b"), (ran.append, "c")
+        )
         await runner.perform(asyncjob.using(ran.append, priority=10), "urgent")
         assert lined_up(runner) == set()
         release.set()
@@ -275,12 +272,10 @@ async def test_a_lined_up_job_that_fails_is_retried_by_its_own_policy() -> None:
     """The run's first job has no retries; the lined-up one fails once and
     is retried, by its own definition's policy, not the first job's."""
     key = f"lined-up-{random.random()}"
-    started, release = threading.Event(), threading.Event()
     async with Runner(concurrency=1) as runner:
-        await runner.perform(blocker(started, release))
-        flaky = await runner.perform(retry_jobs.flaky_sync, key, 1)
-        await until_set(started)
-        assert lined_up(runner) == {flaky}
+        release, (flaky,) = await lined_up_behind_a_blocked_job(
+            runner, (retry_jobs.flaky_sync, key, 1)
+        )
         release.set()
         assert await runner.wait(flaky, timeout=TIMEOUT) == "ok on attempt 2"
         status = await runner.status(flaky)

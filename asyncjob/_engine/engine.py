@@ -222,8 +222,7 @@ class Engine:
             return
         work, taken = lined_up
         if self._threads.withhold(work):
-            self._queue.put_back(_job_of(work), taken)
-            self._take_in()
+            self._put_back(work.job, taken)
         else:
             self._threads.drain()
 
@@ -232,9 +231,7 @@ class Engine:
         places: a job of a higher priority came, or the runner stops."""
         self._lined_up_floor = _NO_PRIORITY
         for work in self._threads.withhold_all():
-            _, taken = self._lined_up[_job_of(work).id]
-            self._queue.put_back(_job_of(work), taken)
-            self._take_in()
+            self._put_back(work.job, self._lined_up[work.job.id][1])
         self._lined_up.clear()  # those not withheld run: recorded by the drain
 
     def interrupt(self, job_id: str) -> bool:
@@ -425,10 +422,15 @@ class Engine:
         waiting = self._parked.get(name)
         if waiting:
             taken, job = waiting.popleft()
-            self._queue.put_back(job, taken)
-            self._take_in()
+            self._put_back(job, taken)
             if not waiting:
                 del self._parked[name]
+
+    def _put_back(self, job: Job, taken: int) -> None:
+        """Queue again a job taken from the queue (in its place: see
+        JobQueue.put_back) that did not start, and see that a worker takes it."""
+        self._queue.put_back(job, taken)
+        self._take_in()
 
     def _report_to_all(self, job_id: str, value: float, data: Any) -> None:
         self._store.report_progress(job_id, value, data)
@@ -583,12 +585,12 @@ class Engine:
                 await self._store.cancel(job_id)
             raise
         finally:
-            self._active.pop(_job_of(work).id, None)
+            self._active.pop(work.job.id, None)
             if deadline is not None:
                 deadline.cancel()
         if work.ctx is not ctx:  # its thread went on to lined-up jobs, ended here
             ctx = work.ctx
-            job = _job_of(work)
+            job = work.job
             definition = lookup(job.name) if job.registered else None
         error: BaseException | None = None
         late = ctx.timed_out and timeout is not None
@@ -624,7 +626,7 @@ class Engine:
         call = job.func
         if self._scope.wraps_sync:
             call = self._in_scope_sync(job, ctx, timeout)
-        return Work(thread_context, call, job.args, job.kwargs, ctx)
+        return Work(job, call, thread_context, ctx)
 
     def _line_up(self) -> None:
         """Line up queued sync jobs for the threads while every worker is
@@ -659,7 +661,7 @@ class Engine:
         work = self._threads.take_back()
         if work is None:
             return None
-        job = _job_of(work)
+        job = work.job
         del self._lined_up[job.id]
         return job
 
@@ -667,11 +669,11 @@ class Engine:
         """On the loop, in the batch of outcomes: ``work``'s job succeeded
         and its thread went on to the lined-up ``taken``. Record the end,
         then the start, before anything the new job reports."""
-        job = _job_of(work)
+        job = work.job
         _, task = self._active.pop(job.id)
         self._succeeded_nowait(job, result)  # not recorded once closed
         self._done(job.id)
-        following = _job_of(taken)
+        following = taken.job
         self._lined_up.pop(following.id, None)
         assert self.immediate is not None
         if not self._closed and not self.immediate.start_nowait(following.id):
@@ -811,12 +813,6 @@ _NO_PRIORITY = 101  # above any job's
 
 def _priority(job: Job) -> int:
     return job.options.priority if job.options is not None else 0
-
-
-def _job_of(work: Work) -> Job:
-    job = work.ctx.job
-    assert job is not None
-    return job
 
 
 def _may_line_up(definition: JobDefinition | None) -> bool:

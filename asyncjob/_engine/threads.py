@@ -9,10 +9,11 @@ import inspect
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from asyncjob._core.log import logger
+from asyncjob._core.models import Job
 
 from .context import JobContext
 
@@ -20,31 +21,25 @@ __all__ = ("ThreadPool", "Work")
 
 
 class Work:
-    """One sync job as a thread runs it: the call, the context it runs in,
-    and the future its worker waits for.
+    """One sync job as a thread runs it: the job, its call (in its scope),
+    the context it runs in, and the future its worker waits for.
 
     The future resolves on the loop, as ``(work, ok, value)``, when the
     worker's job ends, unless its thread went on to a lined-up job: that
     job then takes the future over, and so on, so that the worker wakes
     once, with the last job of the run (``work``)."""
 
-    __slots__ = ("args", "call", "context", "ctx", "follows", "future", "kwargs")
+    __slots__ = ("call", "context", "ctx", "follows", "future", "job")
 
     def __init__(
-        self,
-        context: contextvars.Context,
-        call: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: Mapping[str, Any],
-        ctx: JobContext,
+        self, job: Job, call: Callable[..., Any], context: contextvars.Context, ctx: JobContext
     ) -> None:
+        self.job = job
         #: Set when the job is handed to a thread, or taken over from the
         #: job its thread ran before.
         self.future: asyncio.Future[tuple[Work, bool, Any]] | None = None
-        self.context = context
         self.call = call
-        self.args = args
-        self.kwargs = kwargs
+        self.context = context
         #: The job's context: a thread goes on to a lined-up job only after
         #: a success that nobody interrupted.
         self.ctx = ctx
@@ -178,7 +173,8 @@ class ThreadPool:
                 if self._closed:
                     return
                 try:
-                    ok, value = True, work.context.run(work.call, *work.args, **work.kwargs)
+                    job = work.job
+                    ok, value = True, work.context.run(work.call, *job.args, **job.kwargs)
                 except BaseException as exc:  # noqa: BLE001 - handed to the job's worker
                     ok, value = False, exc
                 work = self._end(work, ok, value)
