@@ -623,6 +623,37 @@ class DurableStoreContract(StoreContract):
         await store.finish("w", JobState.succeeded, result=1)
         assert [(await _status(store, "w")).worker] == me
 
+    async def test_finish_soon_writes_the_end_then_says_so(
+        self, store: DurableStore, make_store: Callable[[], Awaitable[DurableStore]]
+    ) -> None:
+        """``finish_soon`` records the end as ``finish`` does, and calls
+        ``then()`` once it is written (readable from another worker), each
+        end with its own result, however many are pending at once."""
+        for n in range(3):
+            await store.enqueue(make_job(f"s{n}", registered=True, at=time.time() + n))
+        assert len(await store.claim(3)) == 3
+        written: list[str] = []
+        all_written = asyncio.Event()
+
+        def then(job_id: str) -> Callable[[], None]:
+            def written_one() -> None:
+                written.append(job_id)
+                if len(written) == 3:
+                    all_written.set()
+
+            return written_one
+
+        for n in range(3):
+            store.finish_soon(f"s{n}", JobState.succeeded, then(f"s{n}"), result=n)
+        async with asyncio.timeout(TIMEOUT):
+            await all_written.wait()
+        assert sorted(written) == ["s0", "s1", "s2"]
+        other = await make_store()
+        for n in range(3):
+            outcome = await other.outcome(f"s{n}")
+            assert outcome is not None
+            assert (outcome.state, outcome.result) == (JobState.succeeded, n)
+
     async def test_claim_takes_no_more_than_asked(self, store: DurableStore) -> None:
         """``limit`` bounds a claim; the rest wait for the next one."""
         now = time.time()

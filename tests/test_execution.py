@@ -273,7 +273,7 @@ async def test_a_claimed_job_interrupted_while_it_waits_never_runs() -> None:
     assert status is not None
     assert status.state is JobState.cancelled
     await engine.drain(TIMEOUT)
-    engine.close()
+    await engine.close(TIMEOUT)
 
 
 async def test_a_failure_is_logged_with_the_job_as_fields(

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -681,3 +682,72 @@ async def test_a_rare_filter_pages_through_a_bounded_window(
     assert [[s.id for s in page.jobs] for page in pages] == [[], [], ["w1", "w0"]]
     assert [page.next for page in pages[:2]] == ["w6", "w2"]  # each window's last
     assert pages[-1].next is None
+
+
+class _GatedEnds(SQLStore):
+    """An SQL store whose ends wait for ``gate`` before they are written."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, poll_interval=0.05)
+        self.gate = asyncio.Event()
+
+    async def _finish(self, endings: list[Any]) -> list[bool | Exception]:
+        await self.gate.wait()
+        return await super()._finish(endings)
+
+
+_ran: dict[str, asyncio.Event] = {}
+
+
+@asyncjob.job(name="tests.sql_store.noted")
+async def noted(key: str) -> str:
+    _ran[key].set()
+    return key
+
+
+async def test_a_worker_goes_on_while_an_end_is_written(
+    make_runner: RunnerFactory, database: Database
+) -> None:
+    """A success's end goes to the store's group commit and the worker to
+    its next job at once; the job counts as done (join, stop) only once its
+    end is written."""
+    store = _GatedEnds(database.async_url)
+    runner = await make_runner(store, concurrency=1)
+    _ran.update(a=asyncio.Event(), b=asyncio.Event())
+    first = await runner.perform(noted, "a")
+    second = await runner.perform(noted, "b")
+    async with asyncio.timeout(TIMEOUT):
+        await _ran["a"].wait()
+        await _ran["b"].wait()  # while a's end waits to be written
+    joined = asyncio.ensure_future(runner.join())
+    for _ in range(20):
+        await asyncio.sleep(0)  # turns of the loop, for join to come back if it would
+    assert not joined.done()
+    assert (await runner.status(first)).state is JobState.running
+    store.gate.set()
+    async with asyncio.timeout(TIMEOUT):
+        await joined
+    for job_id, key in ((first, "a"), (second, "b")):
+        status = await runner.status(job_id)
+        assert (status.state, status.result) == (JobState.succeeded, key)
+
+
+async def test_a_stopping_runner_writes_the_ends_still_pending(database: Database) -> None:
+    """An end still waiting to be written when the runner stops is written
+    before the store closes."""
+    store = _GatedEnds(database.async_url)
+    runner = asyncjob.Runner(store)
+    _ran["c"] = asyncio.Event()
+    async with runner:
+        job_id = await runner.perform(noted, "c")
+        async with asyncio.timeout(TIMEOUT):
+            await _ran["c"].wait()
+        asyncio.get_running_loop().call_soon(store.gate.set)
+    reader = SQLStore(database.async_url)
+    await reader.open()
+    try:
+        outcome = await reader.outcome(job_id)
+    finally:
+        await reader.close()
+    assert outcome is not None
+    assert (outcome.state, outcome.result) == (JobState.succeeded, "c")

@@ -179,3 +179,28 @@ async def test_the_runner_calls_an_immediate_stores_nowait_methods(
     assert await runner.wait(job_id, timeout=TIMEOUT) == 42
     assert steps[0] == "enqueue"
     assert sorted(steps[1:]) == ["finish succeeded", "outcome", "start"]
+
+
+class _FinishedSoonByDefault(SQLStore):
+    """An SQL store that leaves finish_soon to the seam's default (a task
+    that awaits finish), as a store of another package may."""
+
+    finish_soon = DurableStore.finish_soon
+
+
+async def test_the_seams_finish_soon_keeps_the_contract(sqlite_db: Any) -> None:
+    """DurableStore's default finish_soon passes the contract's test of it."""
+    made: list[SQLStore] = []
+
+    async def make() -> DurableStore:
+        store = _FinishedSoonByDefault(sqlite_db.async_url, lease=0.6, poll_interval=0.05)
+        await store.open()
+        made.append(store)
+        return store
+
+    try:
+        contract = DurableStoreContract()
+        await contract.test_finish_soon_writes_the_end_then_says_so(await make(), make)
+    finally:
+        for store in made:
+            await store.close()

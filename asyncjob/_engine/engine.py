@@ -4,6 +4,7 @@ recording of each job's outcome in the store."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -11,6 +12,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from typing import Any
 
 from asyncjob._core import tracing
@@ -96,6 +98,12 @@ class Engine:
         self._scope = scope
         self._report = self._report_to_all if self._hooks else store.report_progress
         self._finish_in = finish_in
+        # Where the store can record an end with no one waiting, the worker
+        # goes on to its next job meanwhile (no hooks to tell first).
+        self._finish_soon = (
+            store.finish_soon if isinstance(store, DurableStore) and not self._hooks else None
+        )
+        self._ends_quickly = self.immediate is not None or self._finish_soon is not None
         self._finish_in_sync = finish_in_sync
         self._on_free = on_free
         self._concurrency = concurrency
@@ -129,6 +137,10 @@ class Engine:
         self._delayed: dict[str, tuple[asyncio.TimerHandle, Job]] = {}
         # Jobs whose code has ended, and whose outcome is being recorded.
         self._recording: set[str] = set()
+        # Of those, the ends handed to the store's finish_soon, not written yet.
+        self._writing = 0
+        self._ends_written = asyncio.Event()
+        self._ends_written.set()
         # The jobs running now: their context, and the worker task running them.
         self._active: dict[str, tuple[JobContext, asyncio.Task[Any]]] = {}
         # Jobs interrupted before they started here: a claimed job that waits
@@ -333,9 +345,13 @@ class Engine:
                 "%d job(s) ignored cancellation; the runner stops without them", len(stuck)
             )
 
-    def close(self) -> None:
-        """Record nothing more, and let the thread pool go without waiting
-        for its threads: the store is about to close."""
+    async def close(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the ends still being written,
+        then record nothing more, and let the thread pool go without
+        waiting for its threads: the store is about to close."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._ends_written.wait()
         self._closed = True
         self._threads.close()
 
@@ -381,10 +397,11 @@ class Engine:
                 continue
             if limit is not None:
                 self._running_of[job.name] = self._running_of.get(job.name, 0) + 1
-            last = job.id  # a sync job's thread may go on to lined-up ones
+            last: str | None = job.id  # a sync job's thread may go on to lined-up ones
             try:
                 if job.is_async:
-                    await self._run_async(job, task, definition)
+                    if not await self._run_async(job, task, definition):
+                        last = None  # done once its end is written
                 else:
                     last = await self._run_sync(job, task, definition)
             except Exception:  # noqa: BLE001 - a bug here must not kill the worker
@@ -392,7 +409,8 @@ class Engine:
             finally:
                 if limit is not None:
                     self._one_less_of(job.name)
-                self._done(last)
+                if last is not None:
+                    self._done(last)
             if contextvars.copy_context() != self._context:
                 if not self._draining:
                     self._spawn()
@@ -415,6 +433,13 @@ class Engine:
             self._recording.remove(job_id)  # its slot was freed when it ended
         elif self._on_free is not None:
             self._on_free()
+
+    def _written(self, job_id: str) -> None:
+        """The end of a job handed to the store's finish_soon is written."""
+        self._writing -= 1
+        if self._writing == 0:
+            self._ends_written.set()
+        self._done(job_id)
 
     def _one_less_of(self, name: str) -> None:
         """A job of a limited name ended: one waiting for it may run."""
@@ -441,18 +466,20 @@ class Engine:
 
     async def _run_async(
         self, job: Job, task: asyncio.Task[Any], definition: JobDefinition | None
-    ) -> None:
+    ) -> bool:
         """Run a coroutine job in the worker ``task`` (the caller) to its
-        end, and record the outcome; never raises for anything the job does."""
+        end, and record the outcome; never raises for anything the job does.
+        Returns False when the job is to be counted done later, once its
+        end is written (see ``DurableStore.finish_soon``)."""
         if job.claimed:
             if self._interrupted_early and await self._interrupted_before_start(job):
-                return
+                return True
         elif not (
             self.immediate.start_nowait(job.id)
             if self.immediate is not None
             else await self._store.start(job.id)
         ):
-            return  # cancelled while it was queued
+            return True  # cancelled while it was queued
         ctx = JobContext(job.id, True, self._report, job.claimed)
         ctx.job = job
         self._active[job.id] = (ctx, task)
@@ -486,10 +513,10 @@ class Engine:
                 # interrupt() cancelled this worker task for the job; the job
                 # has ended, so the worker must not stay marked as cancelling.
                 task.uncancel()
-        if self.immediate is not None and error is None and not ctx.cancelled:
-            self._succeeded_nowait(job, result)  # the common end, without a coroutine
-        else:
-            await self._conclude(job, ctx, definition, result, error)
+        if error is None and not ctx.cancelled and not ctx.finished and self._ends_quickly:
+            return self._succeeded_quickly(job, result)  # the common end, without a coroutine
+        await self._conclude(job, ctx, definition, result, error)
+        return True
 
     async def _interrupted_before_start(self, job: Job) -> bool:
         """For a claimed job (running already): True when it was interrupted
@@ -519,7 +546,7 @@ class Engine:
 
     async def _run_sync(
         self, job: Job, task: asyncio.Task[Any], definition: JobDefinition | None
-    ) -> str:
+    ) -> str | None:
         """Run a sync job in a thread; the worker ``task`` waits for it.
         Returns the id of the last job it ran (see :meth:`_run_in_thread`)."""
         if self._limit_threads:
@@ -530,7 +557,7 @@ class Engine:
 
     async def _run_in_thread(
         self, job: Job, task: asyncio.Task[Any], definition: JobDefinition | None
-    ) -> str:
+    ) -> str | None:
         """Run ``job`` in a thread, and record how it ended.
 
         While every worker is busy, queued sync jobs are lined up for the
@@ -538,7 +565,8 @@ class Engine:
         them without waiting for the loop, which records the end, counts it
         done and records the next start together (:meth:`_taken_from_line`),
         and tops the line up; the worker wakes when the last job of the run
-        has ended. Returns that job's id (the caller counts it done).
+        has ended. Returns that job's id (the caller counts it done), or
+        None when it is counted done once its end is written.
         """
         if job.claimed:
             if self._interrupted_early and await self._interrupted_before_start(job):
@@ -607,10 +635,9 @@ class Engine:
                 "the coroutine function itself, e.g. perform(func, arg), "
                 "not a lambda or sync function that calls it"
             )
-        if self.immediate is not None and error is None and not ctx.cancelled:
-            self._succeeded_nowait(job, result)  # the common end, without a coroutine
-        else:
-            await self._conclude(job, ctx, definition, result, error)
+        if error is None and not ctx.cancelled and not ctx.finished and self._ends_quickly:
+            return job.id if self._succeeded_quickly(job, result) else None
+        await self._conclude(job, ctx, definition, result, error)
         return job.id
 
     def _work_for(self, job: Job, timeout: float | None = None) -> Work:
@@ -671,7 +698,7 @@ class Engine:
         then the start, before anything the new job reports."""
         job = work.job
         _, task = self._active.pop(job.id)
-        self._succeeded_nowait(job, result)  # not recorded once closed
+        self._succeeded_quickly(job, result)  # at once: an immediate store
         self._done(job.id)
         following = taken.job
         self._lined_up.pop(following.id, None)
@@ -739,20 +766,34 @@ class Engine:
                 for hook in self._hooks:
                     await hook.ending(job.id)
                 self._tell_finished(job, JobState.succeeded, None)
-        else:  # an ImmediateStore's successes never come here: _succeeded_nowait
+        else:  # without hooks, where a store records ends quickly: _succeeded_quickly
             await self._record(job, JobState.succeeded, result=result)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("job %s (%s) succeeded", job.id, job.name, extra=about(job))
 
-    def _succeeded_nowait(self, job: Job, result: Any) -> None:
-        """Record a success in a store that never waits (no hooks to tell):
-        the job's slot frees when it is done, a moment later, as no await
-        comes between (no _ended)."""
-        assert self.immediate is not None
-        if not self._closed:
+    def _succeeded_quickly(self, job: Job, result: Any) -> bool:
+        """Record a success without waiting for the store (there are no
+        hooks to tell): at once in a store that never waits; else handed to
+        the store's ``finish_soon``, the worker going on meanwhile. The job's
+        slot frees now; it is done now (True), or once its end is written
+        (False: :meth:`_written` counts it)."""
+        if self._closed:
+            return True  # the runner has stopped: nobody is left to record it
+        if self.immediate is not None:
             self.immediate.finish_nowait(job.id, JobState.succeeded, result=result)
+            done = True  # a moment later, as no await comes between (no _ended)
+        else:
+            assert self._finish_soon is not None
+            self._ended(job.id)
+            self._writing += 1
+            self._ends_written.clear()
+            self._finish_soon(
+                job.id, JobState.succeeded, partial(self._written, job.id), result=result
+            )
+            done = False
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("job %s (%s) succeeded", job.id, job.name, extra=about(job))
+        return done
 
     async def _fail(self, job: Job, definition: JobDefinition | None, exc: BaseException) -> None:
         error = "".join(traceback.format_exception_only(exc)).strip()

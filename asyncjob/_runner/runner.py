@@ -326,7 +326,7 @@ class Runner:
             await engine.stop_late(late, max(1.0, grace))
         if self._maintenance is not None:
             await self._maintenance.leave()
-        engine.close()
+        await engine.close(STOP_TIMEOUT)
         await self._store.close()
 
     async def __aenter__(self) -> Self:

@@ -26,6 +26,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+from asyncjob._core.log import logger
 from asyncjob._core.models import (
     Claimed,
     Job,
@@ -47,6 +48,9 @@ __all__ = (
     "TransactionalStore",
     "unknown_store",
 )
+
+#: The tasks of DurableStore.finish_soon's default, until they end.
+_finishing: set[asyncio.Task[None]] = set()
 
 #: What to give for a store that worker processes share.
 SHARED_STORES = (
@@ -423,6 +427,43 @@ class DurableStore(Store):
                 calls :meth:`renew` at once. A store that cannot be told
                 may never call it (renewals tell all the same).
         """
+
+    def finish_soon(
+        self,
+        job_id: str,
+        state: JobState,
+        then: Callable[[], None],
+        *,
+        result: Any = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        """:meth:`finish`, with nobody waiting: call ``then()`` (on the
+        loop) once the end is written, or could not be (say so in the log:
+        the job then runs again once its lease runs out).
+
+        The worker that ran the job goes on to its next one meanwhile, and
+        the runner counts the job done at ``then()``; :meth:`close` writes
+        what is still pending first. This default runs :meth:`finish` in a
+        task of its own; a store that writes ends in batches does better
+        (the SQL store hands them to its group commit: no future and no
+        task per job).
+        """
+
+        async def finish() -> None:
+            try:
+                await self.finish(job_id, state, result=result, error=error, traceback=traceback)
+            except Exception:  # noqa: BLE001 - the lease runs out, the job runs again
+                logger.exception(
+                    "could not record how job %s ended; it runs again once its lease runs out",
+                    job_id,
+                )
+            finally:
+                then()
+
+        task = asyncio.get_running_loop().create_task(finish())
+        _finishing.add(task)  # a task the loop holds only weakly
+        task.add_done_callback(_finishing.discard)
 
     @abc.abstractmethod
     async def claim(

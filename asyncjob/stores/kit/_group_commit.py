@@ -35,7 +35,11 @@ class GroupCommit(Generic[In, Out]):
 
     def __init__(self, write: Callable[[list[In]], Awaitable[list[Out | Exception]]]) -> None:
         self._write = write
-        self._pending: list[tuple[In, asyncio.Future[Out]]] = []
+        # Each item, and where its result goes: the future its caller
+        # awaits, or the function it is handed to (submit_soon).
+        self._pending: list[
+            tuple[In, asyncio.Future[Out] | Callable[[Out | BaseException], None]]
+        ] = []
         self._flushing: asyncio.Task[None] | None = None
 
     async def submit(self, item: In) -> Out:
@@ -49,6 +53,20 @@ class GroupCommit(Generic[In, Out]):
         # and the others waiting for it, go on.
         return await future
 
+    def submit_soon(self, item: In, then: Callable[[Out | BaseException], None]) -> None:
+        """Write ``item`` in the next batch, and hand its result (or the
+        exception in its place) to ``then`` once it is committed: for a
+        caller with nothing to do until then, a future and a task's wake-up
+        fewer per item. ``then`` runs on the loop, and must not raise."""
+        self._pending.append((item, then))
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def flushed(self) -> None:
+        """Wait until everything submitted so far is written."""
+        while self._flushing is not None:
+            await asyncio.shield(self._flushing)
+
     async def _flush(self) -> None:
         try:
             while self._pending:
@@ -56,21 +74,30 @@ class GroupCommit(Generic[In, Out]):
                 try:
                     results = await self._write([item for item, _ in batch])
                 except BaseException as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    for _, sink in batch:
+                        _hand(sink, exc)
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(result, Exception):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
+                for (_, sink), result in zip(batch, results, strict=True):
+                    _hand(sink, result)
         finally:
             self._flushing = None
-            for _, future in self._pending:  # only when cancelled: the loop is closing
-                future.cancel()
+            for _, sink in self._pending:  # only when cancelled: the loop is closing
+                _hand(sink, asyncio.CancelledError())
             self._pending = []
+
+
+def _hand(
+    sink: asyncio.Future[Out] | Callable[[Out | BaseException], None], result: Out | BaseException
+) -> None:
+    if not isinstance(sink, asyncio.Future):
+        sink(result)
+    elif sink.done():
+        pass  # its caller gave up
+    elif isinstance(result, asyncio.CancelledError):
+        sink.cancel()
+    elif isinstance(result, BaseException):
+        sink.set_exception(result)
+    else:
+        sink.set_result(result)

@@ -324,6 +324,7 @@ class SQLStore(DurableStore, TransactionalStore):
         if self._leases is not None:
             await asyncio.to_thread(self._leases.stop)
         await self._progress.stop()
+        await self._finishes.flushed()
         if self._db is not None:
             await self._dialect.close()
             await self._db.dispose()
@@ -890,6 +891,46 @@ class SQLStore(DurableStore, TransactionalStore):
         error: str | None = None,
         traceback: str | None = None,
     ) -> bool:
+        ending = self._ending(job_id, state, result, error, traceback)
+        try:
+            changed = await self._finishes.submit(ending)
+        finally:
+            # Held, and so renewed, until the end is written (or could not
+            # be: its lease then runs out, and the job runs again).
+            self._let_go_of(job_id, ending.attempt)
+        if changed:
+            self._changed(job_id)
+        return changed
+
+    def finish_soon(
+        self,
+        job_id: str,
+        state: JobState,
+        then: Callable[[], None],
+        *,
+        result: Any = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        ending = self._ending(job_id, state, result, error, traceback)
+
+        def written(changed: bool | BaseException) -> None:
+            self._let_go_of(job_id, ending.attempt)  # as in finish()
+            if changed is True:
+                self._changed(job_id)
+            elif isinstance(changed, BaseException):
+                logger.error(
+                    "could not record how job %s ended; it runs again once its lease runs out: %s",
+                    job_id,
+                    changed,
+                )
+            then()
+
+        self._finishes.submit_soon(ending, written)
+
+    def _ending(
+        self, job_id: str, state: JobState, result: Any, error: str | None, traceback: str | None
+    ) -> Ending:
         encoded = None
         if state is JobState.succeeded:
             try:
@@ -897,27 +938,16 @@ class SQLStore(DurableStore, TransactionalStore):
             except TypeError as exc:
                 state, error = JobState.failed, f"TypeError: {exc}"
         # The last report is stored with the final state.
-        last = self._progress.take(job_id)
-        attempt = self.held.get(job_id)
-        ending = Ending(
+        return Ending(
             job_id,
             state.value,
             encoded,
             None if error is None else storable_text(error),
             None if traceback is None else storable_text(traceback),
             time.time(),
-            last,
-            attempt,
+            self._progress.take(job_id),
+            self.held.get(job_id),
         )
-        try:
-            changed = await self._finishes.submit(ending)
-        finally:
-            # Held, and so renewed, until the end is written (or could not
-            # be: its lease then runs out, and the job runs again).
-            self._let_go_of(job_id, attempt)
-        if changed:
-            self._changed(job_id)
-        return changed
 
     async def _finish(self, endings: list[Ending]) -> list[bool | Exception]:
         """Write ends, one batch at a time; a batch the database refuses is
