@@ -490,8 +490,8 @@ class Engine:
         result: Any = None
         error: BaseException | None = None
         try:
-            if definition is None and not self._scope.wraps_async:
-                result = await job.func(*job.args, **job.kwargs)
+            if (definition is None or definition.timeout is None) and not self._scope.wraps_async:
+                result = await job.func(*job.args, **job.kwargs)  # two coroutines fewer
             else:
                 result = await self._call_async(job, ctx, definition)
         except asyncio.CancelledError as exc:

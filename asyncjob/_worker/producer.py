@@ -4,6 +4,7 @@ slots come free, and hands them to the engine."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 from asyncjob._core.callables import describe
@@ -178,6 +179,14 @@ class Producer:
             raise
 
 
+@functools.lru_cache(maxsize=1024)
+def _options(queue: str, priority: int) -> JobOptions:
+    """A claimed job's options: one object for all the jobs of a queue and
+    priority (they are immutable; a frozen dataclass costs its fields'
+    ``object.__setattr__`` each time it is made)."""
+    return JobOptions(queue, priority)
+
+
 def _job_of(claimed: Claimed) -> Job | str:
     """The job to run; or why it cannot run here."""
     if claimed.problem is not None:
@@ -201,6 +210,6 @@ def _job_of(claimed: Claimed) -> Job | str:
         registered=True,
         claimed=True,
         attempt=claimed.attempts,
-        options=JobOptions(claimed.queue, claimed.priority),
+        options=_options(claimed.queue, claimed.priority),
         trace=claimed.trace,
     )
