@@ -751,3 +751,28 @@ async def test_a_stopping_runner_writes_the_ends_still_pending(database: Databas
         await reader.close()
     assert outcome is not None
     assert (outcome.state, outcome.result) == (JobState.succeeded, "c")
+
+
+class _EndsLost(SQLStore):
+    """An SQL store whose ends cannot be written (the database went away)."""
+
+    async def _finish(self, endings: list[Any]) -> list[bool | Exception]:
+        raise ConnectionError("the database went away")
+
+
+async def test_an_end_that_cannot_be_written_is_logged_and_run_again(
+    make_runner: RunnerFactory, database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A success whose end the store cannot write is logged, counts as
+    done here (join does not hang), and stays running in the store, to run
+    again elsewhere once its lease runs out."""
+    store = _EndsLost(database.async_url, poll_interval=0.05)
+    runner = await make_runner(store)
+    _ran["lost"] = asyncio.Event()
+    job_id = await runner.perform(noted, "lost")
+    async with asyncio.timeout(TIMEOUT):
+        await runner.join()
+    assert f"could not record how job {job_id} ended" in caplog.text
+    assert "the database went away" in caplog.text
+    assert (await runner.status(job_id)).state is JobState.running
+    assert job_id not in store.held  # no longer renewed: its lease runs out

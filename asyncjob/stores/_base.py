@@ -442,12 +442,12 @@ class DurableStore(Store):
         loop) once the end is written, or could not be (say so in the log:
         the job then runs again once its lease runs out).
 
-        The worker that ran the job goes on to its next one meanwhile, and
-        the runner counts the job done at ``then()``; :meth:`close` writes
-        what is still pending first. This default runs :meth:`finish` in a
-        task of its own; a store that writes ends in batches does better
-        (the SQL store hands them to its group commit: no future and no
-        task per job).
+        The worker that ran the job goes on to its next one meanwhile; the
+        runner counts the job done at ``then()``, and waits for the ends
+        still pending before it closes the store. This default runs
+        :meth:`finish` in a task of its own; a store that writes ends in
+        batches does better (the SQL store hands them to its group commit:
+        no future and no task per job).
         """
 
         async def finish() -> None:

@@ -65,7 +65,7 @@ class GroupCommit(Generic[In, Out]):
     async def flushed(self) -> None:
         """Wait until everything submitted so far is written."""
         while self._flushing is not None:
-            await asyncio.shield(self._flushing)
+            await asyncio.wait({self._flushing})  # its errors are its items' own
 
     async def _flush(self) -> None:
         try:

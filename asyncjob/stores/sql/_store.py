@@ -321,10 +321,10 @@ class SQLStore(DurableStore, TransactionalStore):
             # connection): nothing asks for another now.
             self._to_look.clear()
             await asyncio.gather(*self._looking.values(), return_exceptions=True)
+        await self._finishes.flushed()  # the ends handed over by finish_soon, still held
         if self._leases is not None:
             await asyncio.to_thread(self._leases.stop)
         await self._progress.stop()
-        await self._finishes.flushed()
         if self._db is not None:
             await self._dialect.close()
             await self._db.dispose()
