@@ -1,4 +1,4 @@
-"""Developer tasks: ``nox -s tests django lint typecheck docs`` is what CI runs.
+"""Developer tasks: ``nox -s tests django lint typecheck docs bench_smoke`` is what CI runs.
 
 Sessions run on the interpreter that runs nox (no version matrix here:
 CI picks the interpreter), except ``django``, on Python 3.12 (Django 6's
@@ -15,7 +15,7 @@ import subprocess
 
 import nox
 
-nox.options.sessions = ["tests", "django", "lint", "typecheck", "docs"]
+nox.options.sessions = ["tests", "django", "lint", "typecheck", "docs", "bench_smoke"]
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
 
@@ -109,6 +109,17 @@ def screenshots(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The benchmarks (not run by CI): ``nox -s bench -- --quick`` for a smoke run."""
+    """The core benchmarks, timed (never in CI: see bench_smoke); the others
+    are run by hand (bench/README.md)."""
     _install(session, "bench")
     session.run("python", "bench/core.py", *session.posargs)
+
+
+@nox.session
+def bench_smoke(session: nox.Session) -> None:
+    """CI's smoke run of the benchmarks of the in-process path and of the
+    SQL stores against their peers and baselines: once each with few jobs,
+    so that they keep running; what they print is nobody's assertion."""
+    _install(session, "bench")
+    session.run("python", "bench/core.py", "--quick", "--repeat", "1")
+    session.run("python", "bench/sql.py", "--quick", "--repeat", "1")
