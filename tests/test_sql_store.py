@@ -771,6 +771,7 @@ async def test_an_end_that_cannot_be_written_is_logged_and_run_again(
     _ran["lost"] = asyncio.Event()
     job_id = await runner.perform(noted, "lost")
     async with asyncio.timeout(TIMEOUT):
+        await _ran["lost"].wait()  # claimed and run: join waits for it from then on
         await runner.join()
     assert f"could not record how job {job_id} ended" in caplog.text
     assert "the database went away" in caplog.text
