@@ -777,3 +777,22 @@ async def test_an_end_that_cannot_be_written_is_logged_and_run_again(
     assert "the database went away" in caplog.text
     assert (await runner.status(job_id)).state is JobState.running
     assert job_id not in store.held  # no longer renewed: its lease runs out
+
+
+_AWKWARD = 'é€😀 a\x00b \\ud800 \\u0000 "quoted"'
+
+
+@asyncjob.job(name="tests.sql_store.awkward")
+async def awkward() -> dict[str, Any]:
+    asyncjob.set_progress(50, {"note": _AWKWARD})
+    return {"text": _AWKWARD, "n": 1.5}
+
+
+async def test_an_end_keeps_awkward_text_exactly(sql_runner: asyncjob.Runner) -> None:
+    """A success's result and last progress data go through the batch of
+    ends (one JSON text on PostgreSQL) and come back exactly: non-ASCII
+    text, NUL, backslashes that look like escapes, quotes."""
+    job_id = await sql_runner.perform(awkward)
+    assert await sql_runner.wait(job_id, timeout=TIMEOUT) == {"text": _AWKWARD, "n": 1.5}
+    status = await sql_runner.status(job_id)
+    assert (status.progress, status.data) == (50, {"note": _AWKWARD})

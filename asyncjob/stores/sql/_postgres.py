@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -123,14 +124,14 @@ class PostgresDialect(Dialect):
                 finished_at = v.finished_at, lease_expires_at = NULL,
                 progress = CASE WHEN v.reported THEN v.progress ELSE j.progress END,
                 data = CASE WHEN v.reported THEN v.data ELSE j.data END
-            FROM unnest($1::varchar[], $2::varchar[], $3::text[], $4::text[], $5::text[],
-                        $6::float8[], $7::boolean[], $8::float8[], $9::text[], $10::int[])
-                 AS v(id, state, result, error, traceback, finished_at, reported,
-                      progress, data, attempt)
+            FROM json_to_recordset($1::json)
+                 AS v(id varchar, state varchar, result text, error text, traceback text,
+                      finished_at float8, reported boolean, progress float8, data text,
+                      attempt int)
             -- A job whose lease ran out and that another worker took
             -- meanwhile is that worker's to finish; a later attempt of it,
             -- even here, is that attempt's.
-            WHERE j.id = v.id AND j.state = '{_RUNNING}' AND j.locked_by = $11
+            WHERE j.id = v.id AND j.state = '{_RUNNING}' AND j.locked_by = $2
               AND (v.attempt IS NULL OR j.attempts = v.attempt)
             RETURNING j.id
             """
@@ -356,20 +357,24 @@ class PostgresDialect(Dialect):
 
     async def finish(self, endings: list[Ending]) -> list[bool]:
         durable, _ = self._connections
-        done = await durable.fetch(
-            self._finish,
-            [e.job_id for e in endings],
-            [e.state for e in endings],
-            [e.result for e in endings],
-            [e.error for e in endings],
-            [e.traceback for e in endings],
-            [e.finished_at for e in endings],
-            [e.progress is not None for e in endings],
-            [None if e.progress is None else e.progress[0] for e in endings],
-            [None if e.progress is None else e.progress[1] for e in endings],
-            [e.attempt for e in endings],
-            self.owner,
-        )
+        # One JSON text for the batch: asyncpg's arrays check each of their
+        # items against abstract base classes, ten arrays of them per end.
+        rows = [
+            {
+                "id": e.job_id,
+                "state": e.state,
+                "result": e.result,
+                "error": e.error,
+                "traceback": e.traceback,
+                "finished_at": e.finished_at,
+                "reported": e.progress is not None,
+                "progress": None if e.progress is None else e.progress[0],
+                "data": None if e.progress is None else e.progress[1],
+                "attempt": e.attempt,
+            }
+            for e in endings
+        ]
+        done = await durable.fetch(self._finish, json.dumps(rows), self.owner)
         ended = {row[0] for row in done}
         return [e.job_id in ended for e in endings]
 
