@@ -13,7 +13,11 @@ What it does not say: time. An instruction that waits for memory costs
 more than one that does not, the database server's work is in another
 process (the SQL rows count the worker's instructions only), and valgrind
 runs a process's threads one at a time, so the sync rows count the work
-of the threads, not how they contend for the GIL. It is a way to see
+of the threads, not how they contend for the GIL. Work paced by the
+clock rather than by the jobs (an SQLite worker reads its held jobs'
+cancels every 50 ms while it runs jobs) counts about fifty times too much,
+as everything runs that much slower under valgrind: about 35,000 of an
+SQLite worker's instructions per job, measured by leaving it out. It is a way to see
 whether a change made asyncjob's own path cheaper, and by how much, not a
 replacement for the timed ratios of the targets.
 
