@@ -360,22 +360,7 @@ class PostgresDialect(Dialect):
         durable, _ = self._connections
         # One JSON text for the batch: asyncpg's arrays check each of their
         # items against abstract base classes, ten arrays of them per end.
-        rows = [
-            {
-                "id": e.job_id,
-                "state": e.state,
-                "result": e.result,
-                "error": e.error,
-                "traceback": e.traceback,
-                "finished_at": e.finished_at,
-                "reported": e.progress is not None,
-                "progress": None if e.progress is None else e.progress[0],
-                "data": None if e.progress is None else e.progress[1],
-                "attempt": e.attempt,
-            }
-            for e in endings
-        ]
-        done = await durable.fetch(self._finish, json.dumps(rows), self.owner)
+        done = await durable.fetch(self._finish, json.dumps([e.row() for e in endings]), self.owner)
         ended = {row[0] for row in done}
         return [e.job_id in ended for e in endings]
 

@@ -238,7 +238,7 @@ class SQLiteDialect(Dialect):
                 for e in endings
                 if e.job_id in found and e.attempt in (None, found[e.job_id])
             }
-            conn.executemany(self._finish, [_finish_row(e) for e in endings if e.job_id in held])
+            conn.executemany(self._finish, [e.row() for e in endings if e.job_id in held])
             return held
 
         held = await self._write(write)
@@ -302,20 +302,6 @@ def _use_wal(path: str) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
         time.sleep(0.01)  # in a thread of its own: a pace, not a wait for something
-
-
-def _finish_row(e: Ending) -> dict[str, Any]:
-    return {
-        "id": e.job_id,
-        "state": e.state,
-        "result": e.result,
-        "error": e.error,
-        "traceback": e.traceback,
-        "finished_at": e.finished_at,
-        "reported": e.progress is not None,
-        "progress": None if e.progress is None else e.progress[0],
-        "data": None if e.progress is None else e.progress[1],
-    }
 
 
 class WriterThread:
