@@ -730,7 +730,9 @@ def store_table(kind: str, medians: dict[str, float], markdown: bool) -> str:
         if mine is None:
             continue
         values = [medians.get(f"{kind}.{line.measure}.{s.key}") for s in subjects]
-        ratios = ["" if v is None else f"{mine / v:.2f}x" for v in values[1:]]
+        # A baseline can measure 0: the machine's CPU is counted in clock
+        # ticks (10 ms), and a quick run of a raw loop can fit in one.
+        ratios = ["" if not v else f"{mine / v:.2f}x" for v in values[1:]]
         rows.append(
             (
                 line.label,
