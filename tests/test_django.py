@@ -56,8 +56,11 @@ BACKENDS = ["default", "pg"]
 @pytest.fixture(scope="module", autouse=True)
 def tables() -> Iterator[None]:
     """The PostgreSQL tables of this run, dropped after it (SQLite's die
-    with the temporary directory)."""
+    with the temporary directory); the backends' runners are stopped
+    first, so that the tests after these find no runner running."""
     yield
+    for alias in BACKENDS:
+        task_backends[alias].close()
     import psycopg
 
     from .conftest import PG_HOST

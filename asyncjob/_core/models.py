@@ -62,10 +62,8 @@ class JobState(enum.StrEnum):
     @property
     def is_final(self) -> bool:
         """True for the states a job never leaves."""
-        return self in _FINAL
-
-
-_FINAL = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
+        # Not a set's membership: an enum member's hash is a Python call.
+        return self is not JobState.queued and self is not JobState.running
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +329,12 @@ class Job(NamedTuple):
     def queue(self) -> str:
         """The queue it waits in."""
         return DEFAULT_QUEUE if self.options is None else self.options.queue
+
+    def call(self) -> Any:
+        """``func(*args, **kwargs)``: what running it starts."""
+        # Unpacking the shared empty mapping (read-only, so not a dict)
+        # costs 0.15 us a call: four times the call itself.
+        return self.func(*self.args, **self.kwargs) if self.kwargs else self.func(*self.args)
 
 
 class Outcome(NamedTuple):

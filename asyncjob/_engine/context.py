@@ -23,33 +23,15 @@ __all__ = ("JobContext", "current_job_id", "set_progress")
 class JobContext:
     """The running job's id, its progress reporter and its cancellation flag."""
 
-    __slots__ = (
-        "cancelled",
-        "claimed",
-        "finished",
-        "is_async",
-        "job",
-        "job_id",
-        "report",
-        "session",
-        "timed_out",
-    )
+    __slots__ = ("cancelled", "finished", "job", "job_id", "report", "session", "timed_out")
 
-    def __init__(
-        self,
-        job_id: str,
-        is_async: bool,
-        report: Callable[[str, float, Any], None],
-        claimed: bool = False,
-    ) -> None:
-        self.job_id = job_id
-        #: A coroutine job (cancelled through its task) or a sync one (through
-        #: the flag below).
-        self.is_async = is_async
+    def __init__(self, job: Job, report: Callable[[str, float, Any], None]) -> None:
+        #: The job itself (its name, arguments, attempt), for integrations
+        #: that tell the job's code about it (Django's task context).
+        self.job = job
+        self.job_id = job.id
         #: Called as ``report(job_id, value, data)``; thread-safe and cheap.
         self.report = report
-        #: Claimed from a durable store: a stopping runner hands it back.
-        self.claimed = claimed
         #: Set by the engine when the job is to stop (cancelled, taken from
         #: this worker, or its runner stopping): a coroutine job's task is
         #: cancelled too; a sync job sees it at its next ``set_progress``.
@@ -59,11 +41,19 @@ class JobContext:
         self.timed_out = False
         #: The job's database session, when the runner gives jobs one.
         self.session: Any = None
-        #: The job itself (its name, arguments, attempt), for integrations
-        #: that tell the job's code about it (Django's task context).
-        self.job: Job | None = None
         #: Its success was recorded in that session, with the job's writes.
         self.finished = False
+
+    @property
+    def is_async(self) -> bool:
+        """A coroutine job (cancelled through its task) or a sync one (through
+        the ``cancelled`` flag)."""
+        return self.job.is_async
+
+    @property
+    def claimed(self) -> bool:
+        """Claimed from a durable store: a stopping runner hands it back."""
+        return self.job.claimed
 
 
 current: ContextVar[JobContext | None] = ContextVar("asyncjob_current", default=None)

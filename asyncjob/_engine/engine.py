@@ -379,13 +379,14 @@ class Engine:
                 # Lined up for the threads, none of which was free to take
                 # it: it goes before the queue's jobs, taken after it.
                 job = back
-            elif queue.empty():
-                self._interrupted_early.clear()  # none of them can be waiting
-                self._idle += 1
-                job = await queue.get()
-                in_a_row = 0
             else:
-                job = queue.get_nowait()
+                try:
+                    job = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    self._interrupted_early.clear()  # none of them can be waiting
+                    self._idle += 1
+                    job = await queue.get()
+                    in_a_row = 0
             if job is None:
                 return
             definition = lookup(job.name) if job.registered else None
@@ -480,8 +481,7 @@ class Engine:
             else await self._store.start(job.id)
         ):
             return True  # cancelled while it was queued
-        ctx = JobContext(job.id, True, self._report, job.claimed)
-        ctx.job = job
+        ctx = JobContext(job, self._report)
         self._active[job.id] = (ctx, task)
         if self._hooks:
             self._starting(job)
@@ -491,7 +491,7 @@ class Engine:
         error: BaseException | None = None
         try:
             if (definition is None or definition.timeout is None) and not self._scope.wraps_async:
-                result = await job.func(*job.args, **job.kwargs)  # two coroutines fewer
+                result = await job.call()  # two coroutines fewer
             else:
                 result = await self._call_async(job, ctx, definition)
         except asyncio.CancelledError as exc:
@@ -643,8 +643,7 @@ class Engine:
     def _work_for(self, job: Job, timeout: float | None = None) -> Work:
         """A sync job, ready for a thread: its context (a copy of the
         worker's, with the job current) and the call, in its scope."""
-        ctx = JobContext(job.id, False, self._report, job.claimed)
-        ctx.job = job
+        ctx = JobContext(job, self._report)
         # Current in the thread's copy of this context, until it returns.
         # A copy of the worker's context, with what tracing set for the job
         # (lined up in a batch of outcomes: the loop's, the same otherwise).
@@ -873,11 +872,11 @@ def _timed_out(job: Job, timeout: float) -> TimeoutError:
 
 async def _with_timeout(job: Job, timeout: float | None) -> Any:
     if timeout is None:
-        return await job.func(*job.args, **job.kwargs)
+        return await job.call()
     limit = asyncio.timeout(timeout)
     try:
         async with limit:
-            return await job.func(*job.args, **job.kwargs)
+            return await job.call()
     except TimeoutError:
         if limit.expired():
             raise _timed_out(job, timeout) from None

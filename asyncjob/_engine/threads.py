@@ -174,7 +174,14 @@ class ThreadPool:
                     return
                 try:
                     job = work.job
-                    ok, value = True, work.context.run(work.call, *job.args, **job.kwargs)
+                    ok, value = (
+                        True,
+                        (
+                            work.context.run(work.call, *job.args, **job.kwargs)
+                            if job.kwargs  # unpacking the empty mapping costs 0.15 us
+                            else work.context.run(work.call, *job.args)
+                        ),
+                    )
                 except BaseException as exc:  # noqa: BLE001 - handed to the job's worker
                     ok, value = False, exc
                 work = self._end(work, ok, value)

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from types import MappingProxyType, TracebackType
+from types import FunctionType, MappingProxyType, TracebackType
 from typing import Any, Self, TypeVar
 
 from asyncjob._core import defaults, tracing
@@ -485,18 +485,24 @@ class Runner:
         call: str,
     ) -> Job:
         """The job to perform; ``call`` names the method in errors."""
-        spec = func if isinstance(func, JobSpec) else None
-        target = func if spec is None else spec.func
-        if not callable(target):
-            raise TypeError(
-                f"{call} needs a callable (or asyncjob.using()'s spec) as its first "
-                f"argument, not {type(func).__name__} ({func!r:.60})"
-            )
-        self._check_running()
+        spec: JobSpec | None
+        target: Callable[..., Any]
+        if type(func) is FunctionType:  # most performs: a plain function, no options
+            spec, target = None, func
+        else:
+            spec, target = (func, func.func) if isinstance(func, JobSpec) else (None, func)
+            if not callable(target):
+                raise TypeError(
+                    f"{call} needs a callable (or asyncjob.using()'s spec) as its first "
+                    f"argument, not {type(func).__name__} ({func!r:.60})"
+                )
+        if self._phase is not Phase.running:
+            self._check_running()
         name, is_async = describe(target)
         definition = definition_of(target)
         if definition is None:
             options = None if spec is None else spec.options()
+            registered = False
         else:
             name = definition.name
             options = (
@@ -504,30 +510,21 @@ class Runner:
                 if spec is None
                 else spec.options(definition.queue, definition.priority)
             )
-        registered = definition is not None
-        if registered and self._durable is None and self.queues is not None:
-            # Only this runner can run it (jobs that are not registered run
-            # here, whatever their queue).
-            queue = DEFAULT_QUEUE if options is None else options.queue
-            if queue not in self.queues:
-                raise ValueError(
-                    f"this runner takes the queues {sorted(self.queues)}, and no other "
-                    f"runner could take this job from the queue {queue!r}: perform it to "
-                    "one of them, or give the runner that queue too"
-                )
-        return tracing.with_context(
-            Job(
-                job_id,
-                name,
-                target,
-                args,
-                kwargs,
-                is_async,
-                time.time(),
-                registered,
-                options=options,
-            )
-        )
+            registered = True
+            if self._durable is None and self.queues is not None:
+                # Only this runner can run it (jobs that are not registered
+                # run here, whatever their queue).
+                queue = DEFAULT_QUEUE if options is None else options.queue
+                if queue not in self.queues:
+                    raise ValueError(
+                        f"this runner takes the queues {sorted(self.queues)}, and no other "
+                        f"runner could take this job from the queue {queue!r}: perform it "
+                        "to one of them, or give the runner that queue too"
+                    )
+        # Positional: a named tuple's keywords and defaults cost a third more.
+        job = Job(job_id, name, target, args, kwargs, is_async, time.time(), registered,
+                  False, 1, options)  # fmt: skip
+        return job if tracing.active is None else tracing.with_context(job)
 
     def _check_running(self) -> None:
         if self._phase is not Phase.running:
@@ -543,8 +540,11 @@ class Runner:
         recorded = store.enqueue_nowait(job)
         if recorded != job.id:
             return recorded  # the job queued or running with its unique key
-        handed = self._hand_over((job,))
-        assert handed
+        if job.options is None and self._durable is None:  # to start at once, here
+            self._engine.submit(job)
+        else:
+            handed = self._hand_over((job,))
+            assert handed
         return job.id
 
     async def _enqueue(self, job: Job) -> str:
@@ -673,6 +673,8 @@ class Runner:
         """
         if self._immediate is not None and asyncio.get_running_loop() is self._loop:
             outcome = self._immediate.outcome_nowait(job_id)
+            if outcome is not None and outcome.state is JobState.succeeded:
+                return outcome.result  # ended already, the most common answer
             if outcome is not None and not outcome.state.is_final:
                 outcome = await self._ending(self._immediate, job_id, timeout)
         else:

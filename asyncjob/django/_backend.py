@@ -482,7 +482,6 @@ def _started(task: Task) -> TaskResult:
     ctx = current.get()
     assert ctx is not None
     running = ctx.job
-    assert running is not None
     now = timezone.now()
     store = current_runner().store
     worker = getattr(store, "owner", "")

@@ -275,9 +275,13 @@ class MemoryStore(ImmediateStore):
         return None if rec is None else rec.snapshot()
 
     def outcome_nowait(self, job_id: str) -> Outcome | None:
-        self._forget_expired()
         rec = self._records.get(job_id)
-        return None if rec is None else rec.outcome()
+        if rec is None:
+            return None
+        if rec.finished_at is not None and rec.finished_at <= time.time() - self.keep_finished:
+            self._forget_expired()  # it is forgotten, with the others of its age
+            return None
+        return rec.outcome()
 
     def queued_nowait(self, job_id: str) -> bool:
         rec = self._records.get(job_id)
