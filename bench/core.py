@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiojobs
+from floor import Floor
 
 import asyncjob
 from asyncjob.stores import MemoryStore
@@ -109,6 +110,19 @@ async def aiojobs_coro_throughput(n: int) -> float:
         await job.wait()
     elapsed = time.perf_counter() - start
     await scheduler.close()
+    return elapsed
+
+
+async def floor_coro_throughput(n: int) -> float:
+    """The floor (``floor.py``): the least runner that keeps asyncjob's
+    in-process promises, performing and waiting as asyncjob's figure does."""
+    runner = Floor(CONCURRENCY, max_finished=n)
+    start = time.perf_counter()
+    ids = [await runner.perform(noop) for _ in range(n)]
+    for job_id in ids:
+        await runner.wait(job_id)
+    elapsed = time.perf_counter() - start
+    await runner.close()
     return elapsed
 
 
@@ -280,6 +294,7 @@ def one_repetition(sizes: Sizes) -> dict[str, float]:
     n = sizes.coro_jobs
     r["coro.asyncjob"] = n / measure(asyncjob_coro_throughput, n)
     r["coro.aiojobs"] = n / measure(aiojobs_coro_throughput, n)
+    r["coro.floor"] = n / measure(floor_coro_throughput, n)
     r["coro.queue"] = n / measure(queue_coro_throughput, n)
     n = sizes.sync_jobs
     r["sync.asyncjob"] = n / measure(asyncjob_sync_throughput, n)
@@ -324,6 +339,7 @@ def no_more_than_baseline(value: float, ratio: float) -> bool:
 ROWS = (
     Row("coroutine throughput", "coro.asyncjob", "coro.aiojobs", "aiojobs", "jobs/s",
         ">= 2x aiojobs", at_least(2.0)),
+    Row("coroutine throughput", "coro.asyncjob", "coro.floor", "the floor", "jobs/s"),
     Row("coroutine throughput", "coro.asyncjob", "coro.queue", "raw Queue", "jobs/s"),
     Row("sync throughput", "sync.asyncjob", "sync.pool", "raw pool", "jobs/s",
         ">= 0.8x raw pool", at_least(0.8)),

@@ -202,7 +202,7 @@ class MemoryStore(ImmediateStore):
         rec.state = JobState.running
         rec.started_at = time.time()
         rec.attempts += 1
-        self._changed(rec)
+        self._watchers.changed(rec.id, rec.snapshot)
         return True
 
     def report_progress(self, job_id: str, value: float, data: Any) -> None:
@@ -222,7 +222,7 @@ class MemoryStore(ImmediateStore):
         if rec is not None and rec.state is JobState.running:
             rec.progress = value
             rec.data = data
-            self._changed(rec)
+            self._watchers.changed(rec.id, rec.snapshot)
 
     def finish_nowait(
         self,
@@ -254,7 +254,7 @@ class MemoryStore(ImmediateStore):
         rec.state = JobState.queued
         rec.run_after = time.time() + delay
         rec.errors = (*rec.errors, error)
-        self._changed(rec)
+        self._watchers.changed(rec.id, rec.snapshot)
         return True
 
     async def cancel(self, job_id: str) -> JobState | None:
@@ -266,7 +266,7 @@ class MemoryStore(ImmediateStore):
             self._end(rec, JobState.cancelled)
         elif before is JobState.running and not rec.cancel_requested:
             rec.cancel_requested = True
-            self._changed(rec)
+            self._watchers.changed(rec.id, rec.snapshot)
         return before
 
     async def get(self, job_id: str) -> JobStatus | None:
@@ -393,7 +393,7 @@ class MemoryStore(ImmediateStore):
         rec.cancel_requested = False
         rec.finished_at = now = time.time()
         self._finished.append(rec)
-        self._changed(rec)
+        self._watchers.changed(rec.id, rec.snapshot)
         waiting = self._endings.pop(rec.id, None)
         if waiting is not None:
             outcome = rec.outcome()
@@ -401,12 +401,6 @@ class MemoryStore(ImmediateStore):
                 if not future.done():
                     future.set_result(outcome)
         self._forget_expired(now)
-
-    def _changed(self, rec: _Record) -> None:
-        watchers = self._watchers
-        watchers.announce()
-        if watchers.watched(rec.id):
-            watchers.publish(rec.id, rec.snapshot())
 
     def _forget_expired(self, now: float | None = None) -> None:
         finished = self._finished

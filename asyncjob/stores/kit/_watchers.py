@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
@@ -60,8 +60,8 @@ class Watchers(Generic[T]):
     A watcher subscribes *before* it reads the job, so that a change made
     between its read and its wait is not missed: it lands in the mailbox.
     Not thread-safe: use it from its loop only. Publishing for a job nobody
-    watches costs one dict lookup; check :meth:`watched` before building
-    something just to publish it.
+    watches costs one dict lookup; :meth:`changed` builds what it publishes
+    only for a job someone watches.
 
     Args:
         backlog: items a mailbox holds before it drops the oldest: a
@@ -99,9 +99,17 @@ class Watchers(Generic[T]):
         """How many jobs someone watches."""
         return len(self._boxes)
 
-    def watched(self, job_id: str) -> bool:
-        """True when someone watches the job."""
-        return job_id in self._boxes
+    def changed(self, job_id: str, item: Callable[[], T]) -> None:
+        """The job changed: :meth:`announce` it, and :meth:`publish`
+        ``item()`` to its watchers, made only if it has any. One call for a
+        change that concerns nobody, as most do."""
+        if self._anyone:
+            self.announce()
+        boxes = self._boxes.get(job_id)
+        if boxes:
+            made = item()
+            for box in boxes:
+                box.put(made)
 
     def publish(self, job_id: str, item: T) -> None:
         """Hand ``item`` to every watcher of the job."""

@@ -1,0 +1,145 @@
+"""The floor: the least in-process runner that keeps asyncjob's promises.
+
+A baseline for ``core.py``'s coroutine throughput, next to aiojobs and a raw
+``asyncio.Queue``. Where the raw queue keeps nothing, this keeps what any
+job runner that answers "where is my job?" must keep, and nothing else:
+
+- an id per job (asyncjob's own ``new_job_id``);
+- a record per job, readable by id while it waits, runs and after it ended
+  (its state, its result, when it was performed, started and ended);
+- jobs started in the order performed, at most ``concurrency`` at once, by
+  long-lived worker tasks (no task per job);
+- the running job's id in a context variable, as ``set_progress`` needs;
+- waiting for a job by id, with its result or its error;
+- finished records forgotten beyond a bound, so memory stays bounded.
+
+It leaves out what asyncjob adds: registered jobs and their options
+(priorities, queues, unique keys, limits, timeouts, retries), cancellation,
+sync jobs, watchers and listings, hooks, sessions, tracing, ``join``, the
+check that a job left no context variable behind, and the seam that lets
+the same runner sit on a database. What asyncjob costs beyond this floor is
+the price of those, and of their layering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any
+
+from asyncjob import new_job_id
+
+__all__ = ("Floor",)
+
+QUEUED, RUNNING, SUCCEEDED, FAILED = range(4)
+
+#: The running job's id, as asyncjob's context variable carries it.
+current: ContextVar[str | None] = ContextVar("floor_current", default=None)
+
+
+class _Record:
+    __slots__ = (
+        "args",
+        "enqueued_at",
+        "finished_at",
+        "func",
+        "id",
+        "name",
+        "result",
+        "started_at",
+        "state",
+        "waiters",
+    )
+
+    def __init__(
+        self, job_id: str, func: Callable[..., Awaitable[Any]], args: tuple[Any, ...], at: float
+    ) -> None:
+        self.id = job_id
+        self.name = func.__qualname__
+        self.func: Callable[..., Awaitable[Any]] | None = func
+        self.args = args
+        self.state = QUEUED
+        self.result: Any = None
+        self.enqueued_at = at
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.waiters: list[asyncio.Future[None]] | None = None
+
+
+class Floor:
+    """Coroutine jobs run by ``concurrency`` worker tasks, in the order
+    performed, each job's record kept until ``max_finished`` newer ones ended."""
+
+    def __init__(self, concurrency: int, max_finished: int) -> None:
+        self._records: dict[str, _Record] = {}
+        self._queue: deque[_Record] = deque()
+        self._finished: deque[_Record] = deque()
+        self._max_finished = max_finished
+        self._concurrency = concurrency
+        self._idle: list[asyncio.Future[None]] = []
+        self._workers: set[asyncio.Task[None]] = set()
+
+    async def perform(self, func: Callable[..., Awaitable[Any]], *args: Any) -> str:
+        loop = asyncio.get_running_loop()
+        rec = _Record(new_job_id(), func, args, time.time())
+        self._records[rec.id] = rec
+        self._queue.append(rec)
+        if self._idle:
+            self._idle.pop().set_result(None)
+        elif len(self._workers) < self._concurrency:
+            self._workers.add(loop.create_task(self._work()))
+        return rec.id
+
+    async def wait(self, job_id: str) -> Any:
+        rec = self._records[job_id]
+        if rec.state < SUCCEEDED:
+            if rec.waiters is None:
+                rec.waiters = []
+            future = asyncio.get_running_loop().create_future()
+            rec.waiters.append(future)
+            await future
+        if rec.state == FAILED:
+            raise rec.result
+        return rec.result
+
+    async def close(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue, in_a_row = self._queue, 0
+        while True:
+            if not queue:
+                idle = loop.create_future()
+                self._idle.append(idle)
+                await idle
+                in_a_row = 0
+                continue
+            in_a_row += 1
+            if in_a_row == 32:  # as asyncjob's workers: let the loop's other tasks in
+                in_a_row = 0
+                await asyncio.sleep(0)
+                continue
+            rec = queue.popleft()
+            assert rec.func is not None
+            rec.state, rec.started_at = RUNNING, time.time()
+            token = current.set(rec.id)
+            try:
+                rec.result, rec.state = await rec.func(*rec.args), SUCCEEDED
+            except Exception as exc:  # noqa: BLE001 - the job's failure, kept for wait()
+                rec.result, rec.state = exc, FAILED
+            current.reset(token)
+            rec.finished_at, rec.func, rec.args = time.time(), None, ()
+            if rec.waiters is not None:
+                for waiter in rec.waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                rec.waiters = None
+            self._finished.append(rec)
+            if len(self._finished) > self._max_finished:
+                del self._records[self._finished.popleft().id]
