@@ -96,6 +96,8 @@ class Engine:
         #: is then called without a coroutine each (the runner's too).
         self.immediate = store if isinstance(store, ImmediateStore) and not self._hooks else None
         self._scope = scope
+        # Decided once: a coroutine job is awaited directly, or in its scope.
+        self._wraps_async = scope.wraps_async
         self._report = self._report_to_all if self._hooks else store.report_progress
         self._finish_in = finish_in
         # Where the store can record an end with no one waiting, the worker
@@ -490,7 +492,7 @@ class Engine:
         result: Any = None
         error: BaseException | None = None
         try:
-            if (definition is None or definition.timeout is None) and not self._scope.wraps_async:
+            if (definition is None or definition.timeout is None) and not self._wraps_async:
                 result = await job.call()  # two coroutines fewer
             else:
                 result = await self._call_async(job, ctx, definition)
@@ -535,7 +537,7 @@ class Engine:
         state are one transaction (``ctx.finished`` says it is done).
         """
         timeout = None if definition is None else definition.timeout
-        if not self._scope.wraps_async:
+        if not self._wraps_async:
             return await _with_timeout(job, timeout)
         async with self._scope.for_async_job(ctx):
             result = await _with_timeout(job, timeout)
