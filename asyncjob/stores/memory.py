@@ -7,7 +7,7 @@ import functools
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,10 +33,11 @@ __all__ = ("MemoryStore",)
 
 
 class _Record:
-    """A job's mutable state. The callable and its arguments are not kept:
-    the runner's queue holds them until the job runs. A record is kept for
-    every queued job, so it holds no more slots than it needs: a failed
-    job's error and traceback share one."""
+    """A job's mutable state, made when the job starts or anything reads or
+    changes it before (a queued job is kept as its :class:`Job` until then).
+    The callable is not kept: the runner's queue holds it until the job
+    runs. A record is kept for every job read or started, so it holds no
+    more slots than it needs: a failed job's error and traceback share one."""
 
     __slots__ = (
         "args",
@@ -158,8 +159,11 @@ class MemoryStore(ImmediateStore):
             raise ValueError(f"watch_backlog must be >= 1, not {watch_backlog!r}")
         self.keep_finished = keep_finished
         self.max_finished = max_finished
-        # In the order performed: newest last, as listings need them.
-        self._records: dict[str, _Record] = {}
+        # In the order performed: newest last, as listings need them. A job
+        # still queued as it was performed is kept as its Job, which the
+        # runner's queue holds anyway, until it starts or anything reads or
+        # changes it (see _rec): while it waits, it costs one object, not two.
+        self._records: dict[str, _Record | Job] = {}
         # The unique keys of the jobs queued or running, and their ids.
         self._unique: dict[str, str] = {}
         self._schedules: dict[str, ScheduleStatus] = {}
@@ -191,12 +195,29 @@ class MemoryStore(ImmediateStore):
             if holder is not None:
                 return holder
             self._unique[key] = job.id
-        self._records[job.id] = _Record(job)
+        self._records[job.id] = job
         self._watchers.announce()
         return job.id
 
-    def start_nowait(self, job_id: str) -> bool:
+    def _rec(self, job_id: str) -> _Record | None:
+        """The job's record; made now for a job kept as it was performed."""
         rec = self._records.get(job_id)
+        if isinstance(rec, Job):
+            rec = self._records[job_id] = _Record(rec)
+        return rec
+
+    def _every(self, *, newest_first: bool = False) -> Iterator[_Record]:
+        """Every job's record, in the order performed or the reverse; made
+        now for the jobs kept as they were performed."""
+        records = self._records
+        for job_id, rec in reversed(records.items()) if newest_first else records.items():
+            if isinstance(rec, Job):
+                # Replacing a value (not adding a key) leaves the iteration valid.
+                rec = records[job_id] = _Record(rec)
+            yield rec
+
+    def start_nowait(self, job_id: str) -> bool:
+        rec = self._rec(job_id)
         if rec is None or rec.state is not JobState.queued:
             return False
         rec.state = JobState.running
@@ -218,7 +239,7 @@ class MemoryStore(ImmediateStore):
             self._loop.call_soon_threadsafe(self._set_progress, job_id, value, data)
 
     def _set_progress(self, job_id: str, value: float, data: Any) -> None:
-        rec = self._records.get(job_id)
+        rec = self._rec(job_id)
         if rec is not None and rec.state is JobState.running:
             rec.progress = value
             rec.data = data
@@ -233,7 +254,7 @@ class MemoryStore(ImmediateStore):
         error: str | None = None,
         traceback: str | None = None,
     ) -> bool:
-        rec = self._records.get(job_id)
+        rec = self._rec(job_id)
         if rec is None or rec.state is not JobState.running:
             return False
         if rec.cancel_requested:
@@ -245,7 +266,7 @@ class MemoryStore(ImmediateStore):
         return True
 
     async def retry(self, job_id: str, *, error: str, delay: float) -> bool:
-        rec = self._records.get(job_id)
+        rec = self._rec(job_id)
         if rec is None or rec.state is not JobState.running:
             return False
         if rec.cancel_requested:
@@ -258,7 +279,7 @@ class MemoryStore(ImmediateStore):
         return True
 
     async def cancel(self, job_id: str) -> JobState | None:
-        rec = self._records.get(job_id)
+        rec = self._rec(job_id)
         if rec is None:
             return None
         before = rec.state
@@ -271,13 +292,15 @@ class MemoryStore(ImmediateStore):
 
     async def get(self, job_id: str) -> JobStatus | None:
         self._forget_expired()
-        rec = self._records.get(job_id)
+        rec = self._rec(job_id)
         return None if rec is None else rec.snapshot()
 
     def outcome_nowait(self, job_id: str) -> Outcome | None:
         rec = self._records.get(job_id)
         if rec is None:
             return None
+        if isinstance(rec, Job):
+            return _QUEUED
         if rec.finished_at is not None and rec.finished_at <= time.time() - self.keep_finished:
             self._forget_expired()  # it is forgotten, with the others of its age
             return None
@@ -285,11 +308,11 @@ class MemoryStore(ImmediateStore):
 
     def queued_nowait(self, job_id: str) -> bool:
         rec = self._records.get(job_id)
-        return rec is not None and rec.state is JobState.queued
+        return isinstance(rec, Job) or (rec is not None and rec.state is JobState.queued)
 
     def ending(self, job_id: str) -> asyncio.Future[Outcome] | None:
         self._forget_expired()
-        rec = self._records.get(job_id)
+        rec = self._rec(job_id)
         if rec is None:
             return None
         assert self._loop is not None
@@ -304,7 +327,7 @@ class MemoryStore(ImmediateStore):
 
     async def list_jobs(self, query: JobQuery) -> list[JobStatus]:
         self._forget_expired()
-        newest_first = reversed(self._records.values())
+        newest_first = self._every(newest_first=True)
         if query.before is not None:
             if query.before not in self._records:
                 raise JobNotFound(query.before)
@@ -329,7 +352,7 @@ class MemoryStore(ImmediateStore):
         active: dict[str, dict[str, int]] = {"waiting": {}, "scheduled": {}, "running": {}}
         oldest: dict[str, float] = {}
         ended: dict[tuple[int, str], int] = {}
-        for rec in self._records.values():
+        for rec in self._every():
             if rec.state is JobState.running:
                 kind = "running"
             elif rec.state is JobState.queued:
@@ -371,7 +394,7 @@ class MemoryStore(ImmediateStore):
 
     async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
         self._forget_expired()
-        rec = self._records.get(job_id)
+        rec = self._rec(job_id)
         if rec is None:
             raise JobNotFound(job_id)
         status = rec.snapshot()
@@ -411,6 +434,10 @@ class MemoryStore(ImmediateStore):
             len(finished) > self.max_finished or finished[0].finished_at <= cutoff  # type: ignore[operator]
         ):
             del self._records[finished.popleft().id]
+
+
+#: What waiting for a job kept as it was performed reads.
+_QUEUED = Outcome(JobState.queued, None, None, None)
 
 
 def _not_after(tick: datetime | None, last: datetime | None) -> bool:
