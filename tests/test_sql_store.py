@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import json
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -684,6 +685,47 @@ async def test_a_rare_filter_pages_through_a_bounded_window(
     assert pages[-1].next is None
 
 
+async def test_a_batch_of_ends_finds_its_jobs_by_their_key(postgres_db: Database) -> None:
+    """A batch of ends on PostgreSQL reads each of its jobs through the
+    primary key, also when the statistics say few jobs run (a burst since
+    the table was analyzed): the planner then chose to read the whole table
+    at each batch and match every running job against every end (2.5 s for
+    500 ends with 20,000 jobs running), and a worker whose ends fell behind
+    that way fell further behind."""
+    from asyncjob.stores.sql._dialect import Ending
+    from asyncjob.stores.sql._postgres import WRITES, DirectConnection
+
+    store = SQLStore(postgres_db.async_url)
+    await store.open()
+    try:
+        jobs = store.tables.jobs.name
+        edit_by_hand(
+            postgres_db.sync_url,
+            f"INSERT INTO {jobs} (id, name, registered, state, args, kwargs, attempts, "
+            f"enqueued_at, run_after, queue, priority, locked_by, lease_expires_at) "
+            f"SELECT 'j' || n, 'tests.job', true, 'running', '[]', '{{}}', 1, n, n, "
+            f"'default', 0, 'w', 1e10 FROM generate_series(1, 20000) AS g(n)",
+        )
+        ends = [
+            Ending(f"j{n}", "succeeded", "null", None, None, time.time(), None, 1)
+            for n in range(1, 501)
+        ]
+        direct = DirectConnection(postgres_db.async_url, settings=WRITES)  # the ends' own
+        try:
+            explained = await direct.fetch(
+                f"EXPLAIN {store._dialect._finish}",  # type: ignore[attr-defined]
+                json.dumps([e.row() for e in ends]),
+                "w",
+            )
+        finally:
+            await direct.close()
+        plan = "\n".join(row[0] for row in explained)
+        assert f"Index Scan using {jobs}_pkey on {jobs}" in plan, plan
+        assert "Seq Scan" not in plan, plan
+    finally:
+        await store.close()
+
+
 class _GatedEnds(SQLStore):
     """An SQL store whose ends wait for ``gate`` before they are written."""
 
@@ -728,6 +770,57 @@ async def test_a_worker_goes_on_while_an_end_is_written(
     async with asyncio.timeout(TIMEOUT):
         await joined
     for job_id, key in ((first, "a"), (second, "b")):
+        status = await runner.status(job_id)
+        assert (status.state, status.result) == (JobState.succeeded, key)
+
+
+class _CountedGatedEnds(_GatedEnds):
+    """Ends gated, and each one handed over counted (``handed`` is set at
+    the ``expected``-th)."""
+
+    def __init__(self, url: str, expected: int) -> None:
+        super().__init__(url)
+        self.expected, self.count, self.handed = expected, 0, asyncio.Event()
+
+    def finish_soon(
+        self,
+        job_id: str,
+        state: JobState,
+        then: Callable[[], None],
+        *,
+        result: Any = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        super().finish_soon(job_id, state, then, result=result, error=error, traceback=traceback)
+        self.count += 1
+        if self.count == self.expected:
+            self.handed.set()
+
+
+async def test_ends_waiting_to_be_written_hold_the_worker_back(
+    make_runner: RunnerFactory, database: Database
+) -> None:
+    """A worker goes on while ends wait to be written, but no further than
+    as many ends as it runs jobs: past that, a job's slot frees only once
+    its end is written, so that a database slow to write ends holds the
+    worker back instead of letting a backlog grow."""
+    store = _CountedGatedEnds(database.async_url, expected=2)
+    runner = await make_runner(store, concurrency=1)
+    _ran.update(d=asyncio.Event(), e=asyncio.Event(), f=asyncio.Event())
+    ids = [await runner.perform(noted, key) for key in "def"]
+    async with asyncio.timeout(TIMEOUT):
+        await store.handed.wait()  # d's end and e's wait to be written
+    # The slot is taken until one of them is written: f cannot start, and
+    # the worker claims nothing more. (Checked at once: nothing else can
+    # free it while the gate is shut.)
+    assert runner._engine.free == 0
+    assert not _ran["f"].is_set()
+    store.gate.set()
+    async with asyncio.timeout(TIMEOUT):
+        await _ran["f"].wait()
+        await runner.join()
+    for job_id, key in zip(ids, "def", strict=True):
         status = await runner.status(job_id)
         assert (status.state, status.result) == (JobState.succeeded, key)
 

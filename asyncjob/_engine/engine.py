@@ -775,9 +775,15 @@ class Engine:
     def _succeeded_quickly(self, job: Job, result: Any) -> bool:
         """Record a success without waiting for the store (there are no
         hooks to tell): at once in a store that never waits; else handed to
-        the store's ``finish_soon``, the worker going on meanwhile. The job's
-        slot frees now; it is done now (True), or once its end is written
-        (False: :meth:`_written` counts it)."""
+        the store's ``finish_soon``, the worker going on meanwhile. It is
+        done now (True), or once its end is written (False: :meth:`_written`
+        counts it).
+
+        The job's slot frees now, unless as many ends as the engine runs
+        jobs wait to be written already: its slot then frees once its end is
+        written. A database slower to write ends than jobs end holds the
+        worker back, rather than letting a backlog grow (each end unwritten
+        is a job still running in the database, for every worker to count)."""
         if self._closed:
             return True  # the runner has stopped: nobody is left to record it
         if self.immediate is not None:
@@ -785,7 +791,8 @@ class Engine:
             done = True  # a moment later, as no await comes between (no _ended)
         else:
             assert self._finish_soon is not None
-            self._ended(job.id)
+            if self._writing < self._concurrency:
+                self._ended(job.id)  # its slot frees now; else once its end is written
             self._writing += 1
             self._ends_written.clear()
             self._finish_soon(
