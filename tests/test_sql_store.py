@@ -9,7 +9,7 @@ import datetime
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -782,17 +782,8 @@ class _CountedGatedEnds(_GatedEnds):
         super().__init__(url)
         self.expected, self.count, self.handed = expected, 0, asyncio.Event()
 
-    def finish_soon(
-        self,
-        job_id: str,
-        state: JobState,
-        then: Callable[[], None],
-        *,
-        result: Any = None,
-        error: str | None = None,
-        traceback: str | None = None,
-    ) -> None:
-        super().finish_soon(job_id, state, then, result=result, error=error, traceback=traceback)
+    def finish_soon(self, *args: Any, **kwargs: Any) -> None:
+        super().finish_soon(*args, **kwargs)
         self.count += 1
         if self.count == self.expected:
             self.handed.set()
