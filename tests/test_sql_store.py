@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 import asyncjob
 from asyncjob import JobState
 from asyncjob.stores import Job
+from asyncjob.stores.kit import MAX_BATCH
 from asyncjob.stores.sql import SCHEMA_VERSION, BadRecord, SchemaError, SQLStore
 from asyncjob.testing import make_job
 
@@ -789,31 +790,50 @@ class _CountedGatedEnds(_GatedEnds):
             self.handed.set()
 
 
+@dataclasses.dataclass
+class _Count:
+    """How many ``counted`` jobs ran; ``enough`` is set at the ``wanted``-th."""
+
+    wanted: int
+    ran: int = 0
+    enough: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+
+_count = _Count(0)
+
+
+@asyncjob.job(name="tests.sql_store.counted")
+async def counted() -> None:
+    _count.ran += 1
+    if _count.ran == _count.wanted:
+        _count.enough.set()
+
+
 async def test_ends_waiting_to_be_written_hold_the_worker_back(
     make_runner: RunnerFactory, database: Database
 ) -> None:
     """A worker goes on while ends wait to be written, but no further than
-    as many ends as it runs jobs: past that, a job's slot frees only once
-    its end is written, so that a database slow to write ends holds the
-    worker back instead of letting a backlog grow."""
-    store = _CountedGatedEnds(database.async_url, expected=2)
+    a full batch of them (the group commit's): past that, a job's slot
+    frees only once its end is written, so that a database slow to write
+    ends holds the worker back instead of letting a backlog grow."""
+    ahead = MAX_BATCH  # with a concurrency under it
+    store = _CountedGatedEnds(database.async_url, expected=ahead + 1)
     runner = await make_runner(store, concurrency=1)
-    _ran.update(d=asyncio.Event(), e=asyncio.Event(), f=asyncio.Event())
-    ids = [await runner.perform(noted, key) for key in "def"]
+    _count.wanted, _count.ran, _count.enough = ahead + 2, 0, asyncio.Event()
+    ids = await runner.perform_many(counted, [()] * (ahead + 2))
     async with asyncio.timeout(TIMEOUT):
-        await store.handed.wait()  # d's end and e's wait to be written
-    # The slot is taken until one of them is written: f cannot start, and
-    # the worker claims nothing more. (Checked at once: nothing else can
-    # free it while the gate is shut.)
+        await store.handed.wait()  # ahead + 1 ends wait to be written
+    # The slot is taken until one of them is written: the last job cannot
+    # start, and the worker claims nothing more. (Checked at once: nothing
+    # else can free it while the gate is shut.)
     assert runner._engine.free == 0
-    assert not _ran["f"].is_set()
+    assert _count.ran == ahead + 1
     store.gate.set()
     async with asyncio.timeout(TIMEOUT):
-        await _ran["f"].wait()
+        await _count.enough.wait()
         await runner.join()
-    for job_id, key in zip(ids, "def", strict=True):
-        status = await runner.status(job_id)
-        assert (status.state, status.result) == (JobState.succeeded, key)
+    states = {(await runner.status(job_id)).state for job_id in ids}
+    assert states == {JobState.succeeded}
 
 
 async def test_a_stopping_runner_writes_the_ends_still_pending(database: Database) -> None:

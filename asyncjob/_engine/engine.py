@@ -21,6 +21,7 @@ from asyncjob._core.log import about, logger
 from asyncjob._core.models import Job, JobState
 from asyncjob._core.registry import JobDefinition, lookup
 from asyncjob.stores import DurableStore, ImmediateStore, Store
+from asyncjob.stores.kit import MAX_BATCH
 
 from .context import JobContext, current
 from .hooks import JobHooks, JobInfo, info, observe
@@ -139,8 +140,10 @@ class Engine:
         self._delayed: dict[str, tuple[asyncio.TimerHandle, Job]] = {}
         # Jobs whose code has ended, and whose outcome is being recorded.
         self._recording: set[str] = set()
-        # Of those, the ends handed to the store's finish_soon, not written yet.
+        # Of those, the ends handed to the store's finish_soon, not written
+        # yet; and how many may wait with their slots freed.
         self._writing = 0
+        self._ends_ahead = max(concurrency, MAX_BATCH)
         self._ends_written = asyncio.Event()
         self._ends_written.set()
         # The jobs running now: their context, and the worker task running them.
@@ -779,11 +782,13 @@ class Engine:
         done now (True), or once its end is written (False: :meth:`_written`
         counts it).
 
-        The job's slot frees now, unless as many ends as the engine runs
-        jobs wait to be written already: its slot then frees once its end is
-        written. A database slower to write ends than jobs end holds the
-        worker back, rather than letting a backlog grow (each end unwritten
-        is a job still running in the database, for every worker to count)."""
+        The job's slot frees now, unless a full batch of ends (or as many
+        as the engine runs jobs, if more) waits to be written already: its
+        slot then frees once its end is written. A database slower to write
+        ends than jobs end holds the worker back, rather than letting a
+        backlog grow (each end unwritten is a job still running in the
+        database, for every worker to count); a smaller bound cost SQLite a
+        fifth of its throughput, its batches of ends cut short."""
         if self._closed:
             return True  # the runner has stopped: nobody is left to record it
         if self.immediate is not None:
@@ -791,7 +796,7 @@ class Engine:
             done = True  # a moment later, as no await comes between (no _ended)
         else:
             assert self._finish_soon is not None
-            if self._writing < self._concurrency:
+            if self._writing < self._ends_ahead:
                 self._ended(job.id)  # its slot frees now; else once its end is written
             self._writing += 1
             self._ends_written.clear()
