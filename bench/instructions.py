@@ -17,9 +17,11 @@ of the threads, not how they contend for the GIL. Work paced by the
 clock rather than by the jobs (an SQLite worker reads its held jobs'
 cancels every 50 ms while it runs jobs) counts about fifty times too much,
 as everything runs that much slower under valgrind: about 35,000 of an
-SQLite worker's instructions per job, measured by leaving it out. It is a way to see
-whether a change made asyncjob's own path cheaper, and by how much, not a
-replacement for the timed ratios of the targets.
+SQLite worker's instructions per job, measured by leaving it out. It is a
+way to see whether a change made asyncjob's own path cheaper, and by how
+much, not a replacement for the timed ratios of the targets: nor for a
+timed run of a changed statement, whose cost is the server's (the ends of
+``dbabe6b``, counted cheaper, planned far worse).
 
     python bench/instructions.py [--quick] [--only core,sqlite,postgres] [--json PATH]
 """

@@ -59,9 +59,9 @@ class Watchers(Generic[T]):
 
     A watcher subscribes *before* it reads the job, so that a change made
     between its read and its wait is not missed: it lands in the mailbox.
-    Not thread-safe: use it from its loop only. Publishing for a job nobody
-    watches costs one dict lookup; :meth:`changed` builds what it publishes
-    only for a job someone watches.
+    Not thread-safe: use it from its loop only. A change of a job nobody
+    watches costs two dict tests (:meth:`changed`), and what would be
+    published is not made.
 
     Args:
         backlog: items a mailbox holds before it drops the oldest: a
@@ -100,9 +100,9 @@ class Watchers(Generic[T]):
         return len(self._boxes)
 
     def changed(self, job_id: str, item: Callable[[], T]) -> None:
-        """The job changed: :meth:`announce` it, and :meth:`publish`
-        ``item()`` to its watchers, made only if it has any. One call for a
-        change that concerns nobody, as most do."""
+        """The job changed: :meth:`announce` it, and hand ``item()`` to its
+        watchers, made only if it has any. One call for a change that
+        concerns nobody, as most do."""
         if self._anyone:
             self.announce()
         boxes = self._boxes.get(job_id)
@@ -110,11 +110,6 @@ class Watchers(Generic[T]):
             made = item()
             for box in boxes:
                 box.put(made)
-
-    def publish(self, job_id: str, item: T) -> None:
-        """Hand ``item`` to every watcher of the job."""
-        for box in self._boxes.get(job_id, ()):
-            box.put(item)
 
     def announce(self) -> None:
         """Something changed, of some job: wake the followers of

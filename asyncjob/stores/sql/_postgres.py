@@ -8,8 +8,9 @@
   ``unnest()`` on the server (ends: as one JSON text, unpacked by
   ``json_to_recordset()``, cheaper to encode than ten arrays): one round
   trip and one execution of the statement (and of its triggers) whatever
-  the batch's size, and one prepared statement for every size. Performs and ends go on one
-  connection, durable; claims and progress on another, which commits
+  the batch's size, and one prepared statement for every size. Performs
+  and ends go on one connection, durable, which plans without sequential
+  scans (:data:`WRITES`); claims and progress on another, which commits
   without waiting for the disk.
 - Workers claiming at once skip each other's rows (``FOR UPDATE SKIP
   LOCKED``).

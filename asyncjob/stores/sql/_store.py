@@ -434,8 +434,7 @@ class SQLStore(DurableStore, TransactionalStore):
 
     def _changed(self, job_id: str) -> None:
         """Wake the job's watchers in this process, and those of all changes."""
-        self._watchers.announce()
-        self._watchers.publish(job_id, None)
+        self._watchers.changed(job_id, _nothing)
 
     # -- a job comes in ------------------------------------------------------------
 
@@ -1467,3 +1466,8 @@ def _errors_of(job_id: str, raw: str | None) -> list[Any]:
     if not isinstance(earlier, list):
         return [f"(earlier errors unreadable: {earlier!r})"]
     return earlier
+
+
+def _nothing() -> None:
+    """What the store's watchers are handed at a change: nothing but the
+    news (they read the job again)."""
