@@ -640,6 +640,59 @@ async def test_a_concurrency_limit_holds_and_holds_nobody_else_up(
     assert sorted(tally.started) == list(range(6))
 
 
+class _EndsHeldBack(SQLStore):
+    """An SQL store that writes no end before ``gate`` opens, and says
+    (``looked``) when a claim came back after ``expected`` ends were handed
+    to it: the jobs it may have waited for still count as running."""
+
+    def __init__(self, url: str, expected: int) -> None:
+        super().__init__(url, poll_interval=60.0)  # longer than any wait here
+        self.gate, self.looked = asyncio.Event(), asyncio.Event()
+        self.expected, self.handed = expected, 0
+
+    def finish_soon(self, *args: Any, **kwargs: Any) -> None:
+        self.handed += 1
+        super().finish_soon(*args, **kwargs)
+
+    async def claim(self, *args: Any, **kwargs: Any) -> list[Claimed]:
+        handed = self.handed
+        claimed = await super().claim(*args, **kwargs)
+        if handed >= self.expected:
+            self.looked.set()
+        return claimed
+
+    async def _finish(self, endings: list[Any]) -> list[bool | Exception]:
+        await self.gate.wait()
+        return await super()._finish(endings)
+
+
+@pytest.mark.usefixtures("clean_registry")
+async def test_a_limits_slot_is_taken_once_the_end_is_written(
+    database: Database, make_runner: RunnerFactory
+) -> None:
+    """A worker frees a job's slot when its code returns, but the store
+    counts the job against its limit until its end is written: the worker
+    claims the next one of its kind then, not at its next poll (a minute
+    away). On SQLite the worker does not hear of its own commits: the
+    engine wakes it when such an end is written."""
+    scheduling_jobs.register_limited()
+    tally = scheduling_jobs.reset_limited()
+    tally.release.set()  # each job ends at once
+    # Performed before the worker starts: its own start's commits (it lists
+    # itself among the workers) are heard of before it claims, and nothing
+    # else wakes it meanwhile.
+    async with asyncjob.Runner(SQLStore(database.async_url), producer_only=True) as producer:
+        ids = [await producer.perform(scheduling_jobs.limited, n) for n in range(3)]
+    store = _EndsHeldBack(database.async_url, expected=scheduling_jobs.LIMIT)
+    runner = await make_runner(store, concurrency=10)
+    async with asyncio.timeout(TIMEOUT):
+        await store.looked.wait()  # the third one is not to be had yet
+    assert tally.started == [0, 1]
+    store.gate.set()
+    assert [await runner.wait(job_id, TIMEOUT) for job_id in ids] == [0, 1, 2]
+    assert tally.peak <= scheduling_jobs.LIMIT
+
+
 # -- perform_many with options, and registered defaults -------------------------------------
 
 

@@ -9,6 +9,8 @@ import logging
 import sqlite3
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ import pytest
 import asyncjob
 from asyncjob.stores.sql import SQLStore
 from asyncjob.stores.sql._schema import Tables
-from asyncjob.stores.sql._sqlite import SQLiteDialect
+from asyncjob.stores.sql._sqlite import PRAGMAS, SQLiteDialect, WriterThread
 from asyncjob.stores.sql._wakeup import CommitWatch
 
 from .conftest import TIMEOUT, Database
@@ -42,14 +44,15 @@ def write_from_another_process(path: Path, statement: str) -> None:
 
 
 async def test_a_commit_elsewhere_is_heard_of(tmp_path: Path) -> None:
-    """The watch calls back once another process's commit is visible; a
-    write of its own connection's reader is not a commit of another."""
+    """The watch calls back once another process's commit is visible."""
     path = tmp_path / "app.db"
     with sqlite3.connect(path) as keep:
         keep.execute("PRAGMA journal_mode=WAL")
         keep.execute("CREATE TABLE t (x)")
         heard = asyncio.Event()
-        watch = CommitWatch(str(path), heard.set)
+        writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
+        await writer.read(lambda conn: None)
+        watch = CommitWatch(str(path), heard.set, writer)
         watch.start()
         try:
             for n in range(3):
@@ -62,6 +65,60 @@ async def test_a_commit_elsewhere_is_heard_of(tmp_path: Path) -> None:
         finally:
             watch.stop()
             watch.stop()  # idempotent
+            await writer.close()
+
+
+async def test_the_writers_own_commits_are_not_heard_of(tmp_path: Path) -> None:
+    """The store's writing connection commits most of what a busy worker
+    commits: those commits wake nobody; another connection's commit, made
+    while the writer was busy with its own, is heard of once it is done."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as keep:
+        keep.execute("PRAGMA journal_mode=WAL")
+        keep.execute("CREATE TABLE t (x)")
+        keep.commit()
+    heard: list[str] = []
+    other = asyncio.Event()
+    writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
+    await writer.read(lambda conn: None)
+
+    def committed() -> None:
+        heard.append("commit")
+        other.set()
+
+    def insert(n: int) -> Callable[[sqlite3.Connection], object]:
+        return lambda conn: conn.execute("INSERT INTO t VALUES (?)", (n,))
+
+    watch = CommitWatch(str(path), committed, writer)
+    watch.start()
+    try:
+        for n in range(20):
+            await writer.write(insert(n))
+        # A commit of another, made while the writer's transaction is open:
+        # it waits for the writer's lock, and is visible once that is done.
+        in_writer, go_on = threading.Event(), threading.Event()
+
+        def held(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO t VALUES (-1)")
+            in_writer.set()
+            go_on.wait(TIMEOUT)
+
+        writing = asyncio.ensure_future(writer.write(held))
+        await asyncio.to_thread(in_writer.wait, TIMEOUT)
+        elsewhere = asyncio.ensure_future(
+            asyncio.to_thread(write_from_another_process, path, "INSERT INTO t VALUES (-2)")
+        )
+        go_on.set()
+        await asyncio.gather(writing, elsewhere)
+        async with asyncio.timeout(TIMEOUT):
+            await other.wait()
+        # The writer's commits, each heard of by the loop before the next
+        # (as the old watch did, calling back for each), woke nobody: the
+        # one call is the other process's commit.
+        assert heard == ["commit"]
+    finally:
+        watch.stop()
+        await writer.close()
 
 
 async def test_without_a_log_the_store_polls(
@@ -69,11 +126,16 @@ async def test_without_a_log_the_store_polls(
 ) -> None:
     """A database whose log cannot be watched (here: no file at all) gives
     no listener, and says that the store polls."""
-    with pytest.raises(OSError, match="inotify_add_watch"):
-        CommitWatch(str(tmp_path / "none.db"), lambda: None).start()
     dialect = SQLiteDialect(f"sqlite+aiosqlite:///{tmp_path / 'none.db'}", Tables("t_"), "me")
-    with caplog.at_level(logging.WARNING):
-        assert dialect.listener(lambda channel, payload: None) is None
+    await dialect.open(asyncio.Lock())
+    try:
+        assert dialect._writer is not None
+        with pytest.raises(OSError, match="inotify_add_watch"):
+            CommitWatch(str(tmp_path / "none.db"), lambda: None, dialect._writer).start()
+        with caplog.at_level(logging.WARNING):
+            assert dialect.listener(lambda channel, payload: None) is None
+    finally:
+        await dialect.close()
     assert "seen at each poll, not at once" in caplog.text
 
 

@@ -440,12 +440,14 @@ class Engine:
         elif self._on_free is not None:
             self._on_free()
 
-    def _written(self, job_id: str) -> None:
+    def _written(self, job_id: str, limited: bool) -> None:
         """The end of a job handed to the store's finish_soon is written."""
         self._writing -= 1
         if self._writing == 0:
             self._ends_written.set()
         self._done(job_id)
+        if limited and self._on_free is not None:
+            self._on_free()  # a slot of its limit is free in the store now
 
     def _one_less_of(self, name: str) -> None:
         """A job of a limited name ended: one waiting for it may run."""
@@ -519,7 +521,9 @@ class Engine:
                 # has ended, so the worker must not stay marked as cancelling.
                 task.uncancel()
         if error is None and not ctx.cancelled and not ctx.finished and self._ends_quickly:
-            return self._succeeded_quickly(job, result)  # the common end, without a coroutine
+            return self._succeeded_quickly(
+                job, result, definition
+            )  # the common end, without a coroutine
         await self._conclude(job, ctx, definition, result, error)
         return True
 
@@ -641,7 +645,7 @@ class Engine:
                 "not a lambda or sync function that calls it"
             )
         if error is None and not ctx.cancelled and not ctx.finished and self._ends_quickly:
-            return job.id if self._succeeded_quickly(job, result) else None
+            return job.id if self._succeeded_quickly(job, result, definition) else None
         await self._conclude(job, ctx, definition, result, error)
         return job.id
 
@@ -702,7 +706,7 @@ class Engine:
         then the start, before anything the new job reports."""
         job = work.job
         _, task = self._active.pop(job.id)
-        self._succeeded_quickly(job, result)  # at once: an immediate store
+        self._succeeded_quickly(job, result, None)  # at once: an immediate store
         self._done(job.id)
         following = taken.job
         self._lined_up.pop(following.id, None)
@@ -775,7 +779,7 @@ class Engine:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("job %s (%s) succeeded", job.id, job.name, extra=about(job))
 
-    def _succeeded_quickly(self, job: Job, result: Any) -> bool:
+    def _succeeded_quickly(self, job: Job, result: Any, definition: JobDefinition | None) -> bool:
         """Record a success without waiting for the store (there are no
         hooks to tell): at once in a store that never waits; else handed to
         the store's ``finish_soon``, the worker going on meanwhile. It is
@@ -788,7 +792,12 @@ class Engine:
         ends than jobs end holds the worker back, rather than letting a
         backlog grow (each end unwritten is a job still running in the
         database, for every worker to count); a smaller bound cost SQLite a
-        fifth of its throughput, its batches of ends cut short."""
+        fifth of its throughput, its batches of ends cut short.
+
+        A job of a name with a concurrency limit takes its slot of the limit
+        in the store until its end is written: the producer is woken then,
+        to claim the one that may have waited for it (a store need not hear
+        of its own writes: SQLite's does not)."""
         if self._closed:
             return True  # the runner has stopped: nobody is left to record it
         if self.immediate is not None:
@@ -800,8 +809,9 @@ class Engine:
                 self._ended(job.id)  # its slot frees now; else once its end is written
             self._writing += 1
             self._ends_written.clear()
+            limited = definition is not None and definition.concurrency is not None
             self._finish_soon(
-                job.id, JobState.succeeded, partial(self._written, job.id), result=result
+                job.id, JobState.succeeded, partial(self._written, job.id, limited), result=result
             )
             done = False
         if logger.isEnabledFor(logging.DEBUG):

@@ -12,8 +12,11 @@ on Linux; elsewhere it is not available and the store polls as before.
 
 A wake-up says only that *something* was committed, not what: the store
 then looks (a claim, its watched jobs, its held jobs' cancels), once for
-however many commits came while it looked. Its own commits wake it too;
-they are few next to the work each does, and cost a look each at most.
+however many commits came while it looked. The commits of the store's own
+writing connection, most of a busy worker's (its claims and ends), do not
+wake it: SQLite's ``PRAGMA data_version`` on that connection moves only
+with the commits of *other* connections, and the store tells itself of its
+own writes where they are made.
 
 inotify is three calls of the C library, through :mod:`ctypes`, so that
 no dependency is added for them. A watch is lost if the log is deleted,
@@ -28,14 +31,14 @@ import contextlib
 import ctypes
 import functools
 import os
-import sqlite3
 import struct
 import sys
 from collections.abc import Callable
+from typing import Protocol
 
 from asyncjob._core.log import logger
 
-__all__ = ("CONFIRM_EVERY", "CONFIRM_FOR", "CommitWatch")
+__all__ = ("CONFIRM_EVERY", "CONFIRM_FOR", "CommitWatch", "Versions")
 
 #: After a write to the log, how often and for how long (seconds) to read
 #: whether a commit became visible.
@@ -50,31 +53,45 @@ _IN_CLOEXEC = os.O_CLOEXEC
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (of the name that follows)
 
 
+class Versions(Protocol):
+    """Where a watch reads whether other connections committed: SQLite's
+    ``PRAGMA data_version`` of one connection, which changes only with the
+    commits of the others (``WriterThread``: the store's own writes are
+    not heard of)."""
+
+    def data_version(self, ask_again: Callable[[], None]) -> int | None:
+        """The version now; or None when it cannot be read at the moment,
+        and then ``ask_again()`` is called, once, when it can."""
+
+
 class CommitWatch:
-    """Calls ``on_commit()`` on the loop after another connection commits
-    to the SQLite database at ``path`` (in WAL mode), from any process;
-    several commits between two turns of the loop make one call.
+    """Calls ``on_commit()`` on the loop after another connection than
+    ``versions``' commits to the SQLite database at ``path`` (in WAL mode),
+    from any process; several commits between two turns of the loop make
+    one call.
 
     The log is written before the commit is visible (SQLite then publishes
-    it in the shared-memory index), so a write is confirmed by SQLite's
-    ``PRAGMA data_version``, which changes once another connection's commit
-    is visible: read at once, then every :data:`CONFIRM_EVERY` seconds for
-    up to :data:`CONFIRM_FOR` (a write that is not a commit, such as a large
-    transaction spilling pages to the log, is followed by the commit's own
-    write later, which is heard of in turn).
+    it in the shared-memory index), so a write is confirmed by
+    ``versions.data_version``, which changes once another connection's
+    commit is visible: read at once, then every :data:`CONFIRM_EVERY`
+    seconds for up to :data:`CONFIRM_FOR` (a write that is not a commit,
+    such as a large transaction spilling pages to the log, is followed by
+    the commit's own write later, which is heard of in turn; a write of
+    the connection itself is not a commit of another, and is confirmed by
+    nothing).
 
     Raises (from :meth:`start`):
         OSError: the log cannot be watched (not Linux, no log file, or the
             system's limit of inotify watches reached): poll instead.
     """
 
-    def __init__(self, path: str, on_commit: Callable[[], None]) -> None:
+    def __init__(self, path: str, on_commit: Callable[[], None], versions: Versions) -> None:
         self.path = path
         self._on_commit = on_commit
+        self._versions = versions
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._conn: sqlite3.Connection | None = None
-        self._version = 0
+        self._version: int | None = None
         self._confirming: asyncio.TimerHandle | None = None
         self._confirm_until = 0.0
 
@@ -89,18 +106,13 @@ class CommitWatch:
         try:
             if libc.inotify_add_watch(fd, os.fsencode(f"{self.path}-wal"), _IN_MODIFY) < 0:
                 raise _os_error(f"inotify_add_watch {self.path}-wal")
-            # Its own connection: data_version counts the commits of others.
-            # timeout=0: read on the loop, it must never wait for a lock.
-            self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=0)
-            self._version = self._data_version()
             self._loop = asyncio.get_running_loop()
             self._loop.add_reader(fd, self._read)
         except BaseException:
             os.close(fd)
-            if self._conn is not None:
-                self._conn.close()
             raise
         self._fd = fd
+        self._version = self._versions.data_version(self._confirm)
 
     def stop(self) -> None:
         """Stop watching; idempotent."""
@@ -112,8 +124,6 @@ class CommitWatch:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(fd)
         os.close(fd)
-        if self._conn is not None:
-            self._conn.close()
 
     def _read(self) -> None:
         """The kernel has events: read them all, then confirm the commit."""
@@ -144,20 +154,25 @@ class CommitWatch:
         self._confirming = None
         if self._fd is None:
             return
-        try:
-            version = self._data_version()
-        except sqlite3.OperationalError:  # busy for a moment (a checkpoint): read again
-            version = self._version
-        if version != self._version:
+        assert self._loop is not None
+        version = self._versions.data_version(self._confirm_again)
+        if version is None:
+            return  # busy: _confirm_again, once it is not
+        if self._version is None:
+            self._version = version  # the first reading, deferred from start()
+        elif version != self._version:
             self._version = version
             self._on_commit()
-        elif self._loop is not None and self._loop.time() < self._confirm_until:
+            return
+        if self._loop.time() < self._confirm_until:
             self._confirming = self._loop.call_later(CONFIRM_EVERY, self._confirm)
 
-    def _data_version(self) -> int:
-        assert self._conn is not None
-        version: int = self._conn.execute("PRAGMA data_version").fetchone()[0]
-        return version
+    def _confirm_again(self) -> None:
+        """The version can be read again, after a wait that may have taken
+        the whole window: confirm for as long again."""
+        if self._loop is not None and self._confirming is None:
+            self._confirm_until = max(self._confirm_until, self._loop.time() + CONFIRM_FOR)
+            self._confirm()
 
 
 def _os_error(call: str) -> OSError:
