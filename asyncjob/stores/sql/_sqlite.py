@@ -107,14 +107,16 @@ class SQLiteDialect(Dialect):
             """
         self._insert_unique = unique_insert_sql(self._insert)
         self._holder = f"SELECT id FROM {jobs} WHERE unique_key = ? AND {HOLDS_KEY}"
-        ending = ending_sql("cancel_requested", ":state", ":result", ":error", ":traceback")
+        # Bound by position, from end_values(): by name cost a seventh of
+        # an end.
+        ending = ending_sql("cancel_requested", "?", "?", "?", "?")
         self._finish = f"""
             UPDATE {jobs}
             SET {ending},
-                finished_at = :finished_at, lease_expires_at = NULL,
-                progress = CASE WHEN :reported THEN :progress ELSE progress END,
-                data = CASE WHEN :reported THEN :data ELSE data END
-            WHERE id = :id
+                finished_at = ?, lease_expires_at = NULL,
+                progress = CASE WHEN ? THEN ? ELSE progress END,
+                data = CASE WHEN ? THEN ? ELSE data END
+            WHERE id = ?
             """
         # A job whose lease ran out and that another worker took meanwhile
         # is that worker's to finish; a later attempt of it, even here, is
@@ -122,8 +124,7 @@ class SQLiteDialect(Dialect):
         self._held = f"""SELECT id, attempts FROM {jobs}
                          WHERE state = '{_RUNNING}' AND locked_by = ? AND id IN"""
         self._progress = (
-            f"UPDATE {jobs} SET progress = :progress, data = :data "
-            f"WHERE id = :id AND state = '{_RUNNING}'"
+            f"UPDATE {jobs} SET progress = ?, data = ? WHERE id = ? AND state = '{_RUNNING}'"
         )
 
     # -- the engine ------------------------------------------------------------
@@ -242,17 +243,14 @@ class SQLiteDialect(Dialect):
                 for e in endings
                 if e.job_id in found and e.attempt in (None, found[e.job_id])
             }
-            conn.executemany(self._finish, [e.row() for e in endings if e.job_id in held])
+            conn.executemany(self._finish, [end_values(e) for e in endings if e.job_id in held])
             return held
 
         held = await self._write(write)
         return [job_id in held for job_id in ids]
 
     async def progress(self, reports: dict[str, Report]) -> None:
-        rows = [
-            {"id": job_id, "progress": value, "data": data}
-            for job_id, (value, data) in reports.items()
-        ]
+        rows = [(value, data, job_id) for job_id, (value, data) in reports.items()]
         await self._write(lambda conn: conn.executemany(self._progress, rows))
 
 
@@ -282,6 +280,24 @@ def new_row(row: dict[str, Any], now: float, lease: float) -> tuple[Any, ...]:
         row["priority"],
         row["unique_key"],
         row["trace"],
+    )
+
+
+def end_values(ending: Ending) -> tuple[Any, ...]:
+    """An end's values, in the order of the statement of ends' parameters."""
+    reported = ending.progress is not None
+    progress, data = (None, None) if ending.progress is None else ending.progress
+    return (
+        ending.state,
+        ending.result,
+        ending.error,
+        ending.traceback,
+        ending.finished_at,
+        reported,
+        progress,
+        reported,
+        data,
+        ending.job_id,
     )
 
 
