@@ -521,9 +521,8 @@ class Engine:
                 # has ended, so the worker must not stay marked as cancelling.
                 task.uncancel()
         if error is None and not ctx.cancelled and not ctx.finished and self._ends_quickly:
-            return self._succeeded_quickly(
-                job, result, definition
-            )  # the common end, without a coroutine
+            # The common end, without a coroutine.
+            return self._succeeded_quickly(job, result, definition)
         await self._conclude(job, ctx, definition, result, error)
         return True
 
