@@ -900,3 +900,17 @@ async def test_an_end_keeps_awkward_text_exactly(sql_runner: asyncjob.Runner) ->
     assert await sql_runner.wait(job_id, timeout=TIMEOUT) == {"text": _AWKWARD, "n": 1.5}
     status = await sql_runner.status(job_id)
     assert (status.progress, status.data) == (50, {"note": _AWKWARD})
+
+
+@asyncjob.job(name="tests.sql_store.given_back")
+async def given_back(text: str, *, more: str = "") -> list[str]:
+    return [text, more]
+
+
+async def test_a_perform_keeps_awkward_text_exactly(sql_runner: asyncjob.Runner) -> None:
+    """Arguments go through the batch of performs (one JSON text on
+    PostgreSQL) and reach the job exactly."""
+    ids = await sql_runner.perform_many(given_back, [(_AWKWARD,), {"text": "x", "more": _AWKWARD}])
+    ids.append(await sql_runner.perform(given_back, _AWKWARD, more=_AWKWARD))
+    results = [await sql_runner.wait(job_id, timeout=TIMEOUT) for job_id in ids]
+    assert results == [[_AWKWARD, ""], ["x", _AWKWARD], [_AWKWARD, _AWKWARD]]
