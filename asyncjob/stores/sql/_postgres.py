@@ -7,7 +7,7 @@
   a result). A batch of performs or ends travels as one JSON text,
   unpacked by ``json_to_recordset()`` on the server (asyncpg checks each
   item of an array against abstract base classes: thirteen arrays cost a
-  perform a third of its producer's time), other batches as one array per
+  perform a quarter of its producer's time), other batches as one array per
   column, unpacked by ``unnest()``: one round trip and one execution of
   the statement (and of its triggers) whatever the batch's size, and one
   prepared statement for every size. Performs
