@@ -1,6 +1,7 @@
 """SQLite across processes: a process hears of another's commit at once,
 not at its next poll. Each test sets the poll interval to a minute, longer
-than any of its waits: what it sees, it saw through the wake-up."""
+than any of its waits: what it sees, it saw through the wake-up. And the
+writing thread's log, which those wake-ups watch: its checkpoints."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import asyncjob
-from asyncjob.stores.sql import SQLStore
+from asyncjob.stores.sql import SQLStore, _sqlite
 from asyncjob.stores.sql._schema import Tables
 from asyncjob.stores.sql._sqlite import PRAGMAS, SQLiteDialect, WriterThread
 from asyncjob.stores.sql._wakeup import CommitWatch
@@ -190,3 +191,45 @@ async def test_progress_and_cancel_cross_at_once(sqlite_db: Database) -> None:
         assert await looking.cancel(job_id) is True
         with pytest.raises(asyncjob.JobCancelled):
             await looking.wait(job_id, TIMEOUT)
+
+
+# -- the log's checkpoints --------------------------------------------------------
+
+
+async def test_the_log_is_copied_beside_the_writes_and_starts_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's connections leave checkpoints to the writer's thread of
+    them (one in a commit made it take 10 ms): they run beside the writes,
+    and when the log passes LOG_LIMIT pages, which they cannot bring back
+    while writes never pause, the writing thread copies the rest after a
+    commit, so that the log starts over instead of growing."""
+    monkeypatch.setattr(_sqlite, "CHECKPOINT_EVERY", 0.0)  # one after each commit, if free
+    monkeypatch.setattr(_sqlite, "LOG_LIMIT", 300)
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as keep:
+        keep.execute("PRAGMA journal_mode=WAL")
+        keep.execute("CREATE TABLE t (n INTEGER PRIMARY KEY, x BLOB)")
+        keep.executemany("INSERT INTO t VALUES (?, ?)", [(n, b"") for n in range(100)])
+    writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
+    try:
+        autocheckpoint = await writer.read(
+            lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        )
+        assert autocheckpoint == 0
+        written, largest = 0, 0
+        for n in range(60):  # a hundred pages each: 6,000 pages in all
+            blob = bytes([n]) * 4000
+
+            def rewrite(conn: sqlite3.Connection, blob: bytes = blob) -> int:
+                return conn.execute("UPDATE t SET x = ?", (blob,)).rowcount
+
+            written += await writer.write(rewrite)
+            largest = max(largest, (path.parent / f"{path.name}-wal").stat().st_size)
+        await asyncio.get_running_loop().run_in_executor(writer._checkpointer, lambda: None)
+        assert writer.checkpoints > 0
+        assert written == 6000
+        page = 4096
+        assert largest < 3000 * page, f"the log grew to {largest // page} pages"
+    finally:
+        await writer.close()
