@@ -354,8 +354,9 @@ class SQLStore(DurableStore, TransactionalStore):
             self._looking[channel] = task
 
     async def _look_around(self, channel: str) -> None:
-        # A worker's own commits (its claims, its ends) are announced too:
-        # cancels are read at most every CANCELS_READ_EVERY while jobs run.
+        # Other processes commit as often as they perform or end jobs, and
+        # say no more: cancels are read at most every CANCELS_READ_EVERY
+        # while jobs run.
         cancels = channel == self._channels.cancel
         try:
             while channel in self._to_look:
