@@ -474,9 +474,13 @@ class WriterThread:
             conn.execute("COMMIT")
             if self._log_full:
                 # Nothing of this process writes meanwhile: all of the log is
-                # copied, and the next transaction starts it over.
+                # copied, and the next transaction starts it over. Committed
+                # already, the work succeeded, whatever the checkpoint does.
                 self._log_full = False
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:
+                    logger.warning("could not checkpoint the log of %s: %s", self._path, exc)
             elif not self._checkpointing and (now := time.monotonic()) >= self._next_checkpoint:
                 self._checkpointing, self._next_checkpoint = True, now + CHECKPOINT_EVERY
                 self._checkpointer.submit(self._checkpoint)
