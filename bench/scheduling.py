@@ -268,8 +268,8 @@ async def claims(
     asked for, and no higher in priority than any claimed before it. Then
     the store forgets it, as if it had ended: a worker holds as many jobs
     as it runs, not every job it ever claimed, and what it holds costs it
-    (on SQLite the store hears its own commits, and looks for cancels of
-    the jobs it holds after each: with 20,000 held, those look-ups took
+    (on SQLite the store once heard its own commits and looked for cancels
+    of the jobs it held after each: with 20,000 held, those look-ups took
     as long as the claims)."""
     await fill(db, n, layout, first_due=time.time() - 60.0 - n * 1e-6)
     store = SQLStore(db.url, lease=CLAIM_LEASE)

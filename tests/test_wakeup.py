@@ -202,8 +202,8 @@ async def test_the_log_is_copied_beside_the_writes_and_starts_over(
     """The store's connections leave checkpoints to the writer's thread of
     them (one in a commit made it take 10 ms): they run beside the writes,
     and when the log passes LOG_LIMIT pages, which they cannot bring back
-    while writes never pause, the writing thread copies the rest after a
-    commit, so that the log starts over instead of growing."""
+    while writes never pause, the writing connection checkpoints in its
+    commits again, so that the log starts over instead of growing."""
     monkeypatch.setattr(_sqlite, "CHECKPOINT_EVERY", 0.0)  # one after each commit, if free
     monkeypatch.setattr(_sqlite, "LOG_LIMIT", 300)
     path = tmp_path / "app.db"

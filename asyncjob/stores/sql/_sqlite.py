@@ -10,8 +10,9 @@
   claim after it, waited for it (p99 of perform->start in one process:
   11 ms, against 3.5). But SQLite starts the log over only once all of it
   is copied, which a checkpoint beside writes that never pause does not
-  achieve: past :data:`LOG_LIMIT` pages, the writing thread copies the
-  rest itself after a commit, as SQLite would, half as often.
+  achieve: once the log passes :data:`LOG_LIMIT` pages, the writing
+  connection checkpoints in its commits again, as SQLite does by default,
+  until the log is short again.
 - One writer at a time: writes take the write lock when they begin
   (``BEGIN IMMEDIATE``), one at a time in each process, so that two
   processes writing the same file wait for each other instead of failing
@@ -79,7 +80,8 @@ BUSY_TIMEOUT = 30.0
 #: How often (seconds), at most, the log is checkpointed while writes come.
 CHECKPOINT_EVERY = 0.2
 
-#: Pages in the log past which the writing thread checkpoints it itself.
+#: Pages in the log past which the writing connection checkpoints in its
+#: commits (every 1,000 pages, SQLite's default), until it is under half.
 LOG_LIMIT = 2000
 
 #: Set on every connection of a store (see the module's docstring).
@@ -396,7 +398,9 @@ class WriterThread:
         self._checkpoint_conn: sqlite3.Connection | None = None
         self._checkpointing = False
         self._next_checkpoint = 0.0
-        self._log_full = False
+        # Whether the writing connection is to checkpoint in its commits
+        # (the checkpointing thread's wish), and whether it does.
+        self._log_full = self._in_commits = False
         #: Checkpoints made (for the tests).
         self.checkpoints = 0
 
@@ -472,16 +476,13 @@ class WriterThread:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-            if self._log_full:
-                # Nothing of this process writes meanwhile: all of the log is
-                # copied, and the next transaction starts it over. Committed
-                # already, the work succeeded, whatever the checkpoint does.
-                self._log_full = False
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error as exc:
-                    logger.warning("could not checkpoint the log of %s: %s", self._path, exc)
-            elif not self._checkpointing and (now := time.monotonic()) >= self._next_checkpoint:
+            if self._log_full is not self._in_commits:
+                # Committed already: the work succeeded, whatever this does.
+                self._in_commits = self._log_full
+                pages = 1000 if self._in_commits else 0
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
+            if not self._checkpointing and (now := time.monotonic()) >= self._next_checkpoint:
                 self._checkpointing, self._next_checkpoint = True, now + CHECKPOINT_EVERY
                 self._checkpointer.submit(self._checkpoint)
             return result
@@ -522,7 +523,10 @@ class WriterThread:
                 for statement in self._setup:
                     self._checkpoint_conn.execute(statement)
             _, pages, _ = self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            self._log_full = pages >= LOG_LIMIT
+            if pages >= LOG_LIMIT:
+                self._log_full = True
+            elif pages < LOG_LIMIT // 2:
+                self._log_full = False
             self.checkpoints += 1
         except sqlite3.Error as exc:
             logger.warning("could not checkpoint the log of %s (again soon): %s", self._path, exc)
