@@ -914,3 +914,32 @@ async def test_a_perform_keeps_awkward_text_exactly(sql_runner: asyncjob.Runner)
     ids.append(await sql_runner.perform(given_back, _AWKWARD, more=_AWKWARD))
     results = [await sql_runner.wait(job_id, timeout=TIMEOUT) for job_id in ids]
     assert results == [[_AWKWARD, ""], ["x", _AWKWARD], [_AWKWARD, _AWKWARD]]
+
+
+async def test_sqlite_due_times_are_the_databases_to_the_bit(sqlite_db: Database) -> None:
+    """A new job's due time on SQLite is computed in the process: it must
+    be a time SQLite's own ``now`` can be (its millisecond, through
+    julianday), or a worker waking for a due time finds the job not due
+    yet, and comes back a moment later."""
+    import sqlite3
+
+    from asyncjob.stores.sql._sqlite import SQLiteDialect, sqlite_now
+
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        compared = 0
+        for _ in range(1000):
+            before = sqlite_now()
+            database = conn.execute(f"SELECT {SQLiteDialect.now_sql}").fetchone()[0]
+            if sqlite_now() == before:  # the same millisecond throughout
+                assert database == before
+                compared += 1
+        assert compared > 0
+    async with asyncjob.Runner(SQLStore(sqlite_db.async_url), producer_only=True) as runner:
+        job_id = await runner.perform(asyncjob.using(worker_jobs.whoami, delay=0.25), 1)
+    with contextlib.closing(sqlite3.connect(sqlite_db.async_url.split("///", 1)[1])) as conn:
+        [due] = conn.execute(
+            "SELECT run_after FROM asyncjob_jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+    millisecond = round((due - 0.25) * 1000)
+    julian_day = (millisecond + 210_866_760_000_000) / 86_400_000.0
+    assert due == (julian_day - 2440587.5) * 86400.0 + 0.25
