@@ -493,7 +493,7 @@ class WriterThread:
             if self._log_full is not self._in_commits:
                 # Committed already: the work succeeded, whatever this does.
                 self._in_commits = self._log_full
-                pages = 1000 if self._in_commits else 0
+                pages = 1000 if self._in_commits else 0  # SQLite's default, or never
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
             if not self._checkpointing and (now := time.monotonic()) >= self._next_checkpoint:
@@ -519,13 +519,19 @@ class WriterThread:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            # Autocommit as the driver sees it: the transactions are ours.
             # Used by the loop's thread too, never at once: data_version().
-            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            for statement in self._setup:
-                conn.execute(statement)
-            self._conn = conn
+            self._conn = self._connect(check_same_thread=False)
         return self._conn
+
+    def _connect(self, *, check_same_thread: bool = True) -> sqlite3.Connection:
+        """A new connection, set up; autocommit as the driver sees it: the
+        transactions are ours."""
+        conn = sqlite3.connect(
+            self._path, isolation_level=None, check_same_thread=check_same_thread
+        )
+        for statement in self._setup:
+            conn.execute(statement)
+        return conn
 
     def _checkpoint(self) -> None:
         """Copy what the log holds into the database, as far as readers let
@@ -533,9 +539,7 @@ class WriterThread:
         checkpointing thread."""
         try:
             if self._checkpoint_conn is None:
-                self._checkpoint_conn = sqlite3.connect(self._path, isolation_level=None)
-                for statement in self._setup:
-                    self._checkpoint_conn.execute(statement)
+                self._checkpoint_conn = self._connect()
             _, pages, _ = self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if pages >= LOG_LIMIT:
                 self._log_full = True
