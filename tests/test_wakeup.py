@@ -52,7 +52,7 @@ async def test_a_commit_elsewhere_is_heard_of(tmp_path: Path) -> None:
         keep.execute("CREATE TABLE t (x)")
         heard = asyncio.Event()
         writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
-        await writer.read(lambda conn: None)
+        await writer.connect()
         watch = CommitWatch(str(path), heard.set, writer)
         watch.start()
         try:
@@ -81,7 +81,7 @@ async def test_the_writers_own_commits_are_not_heard_of(tmp_path: Path) -> None:
     heard: list[str] = []
     other = asyncio.Event()
     writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
-    await writer.read(lambda conn: None)
+    await writer.connect()
 
     def committed() -> None:
         heard.append("commit")

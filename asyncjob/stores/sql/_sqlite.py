@@ -173,10 +173,9 @@ class SQLiteDialect(Dialect):
         await asyncio.to_thread(_use_wal, self.path)
 
     def listener(self, on_notify: Callable[[str, str], None]) -> Listener | None:
-        if self._writer is None:
-            raise RuntimeError("the store is not open: a Runner opens it when it starts")
+        writer = self._open_writer()
         try:
-            return SQLiteListener(self.path, on_notify, self._writer)
+            return SQLiteListener(self.path, on_notify, writer)
         except OSError as exc:
             logger.warning(
                 "other processes' changes to %s are seen at each poll, not at once: %s",
@@ -194,16 +193,19 @@ class SQLiteDialect(Dialect):
 
     async def open(self, write_lock: Any) -> None:
         self._writer = WriterThread(self.path, PRAGMAS, write_lock)
-        await self._writer.read(lambda conn: None)  # connected, before a watch reads it
+        await self._writer.connect()  # before a watch reads its data_version
 
     async def close(self) -> None:
         if self._writer is not None:
             await self._writer.close()
 
-    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def _open_writer(self) -> WriterThread:
         if self._writer is None:
             raise RuntimeError("the store is not open: a Runner opens it when it starts")
-        return await self._writer.write(work)
+        return self._writer
+
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._open_writer().write(work)
 
     async def claim(
         self,
@@ -226,9 +228,7 @@ class SQLiteDialect(Dialect):
     ) -> float | None:
         sql, values = self.next_due_statement(queues, limits)
         params = {f"p{n}": value for n, value in enumerate(values, 1)}
-        if self._writer is None:
-            raise RuntimeError("the store is not open: a Runner opens it when it starts")
-        wait = await self._writer.read(lambda conn: conn.execute(sql, params).fetchone()[0])
+        wait = await self._open_writer().read(lambda conn: conn.execute(sql, params).fetchone()[0])
         return None if wait is None else max(0.0, float(wait))
 
     async def insert(self, rows: list[dict[str, Any]], lease: float) -> list[str]:
@@ -317,17 +317,17 @@ def new_row(row: dict[str, Any], now: float, lease: float) -> tuple[Any, ...]:
 
 def end_values(ending: Ending) -> tuple[Any, ...]:
     """An end's values, in the order of the statement of ends' parameters."""
-    reported = ending.progress is not None
-    progress, data = (None, None) if ending.progress is None else ending.progress
+    reported = ending.progress
+    progress, data = (None, None) if reported is None else reported
     return (
         ending.state,
         ending.result,
         ending.error,
         ending.traceback,
         ending.finished_at,
-        reported,
+        reported is not None,
         progress,
-        reported,
+        reported is not None,
         data,
         ending.job_id,
     )
@@ -446,6 +446,10 @@ class WriterThread:
         """
         async with self._lock:
             return await self._in_thread(partial(self._transaction, work))
+
+    async def connect(self) -> None:
+        """Open the connection now (it opens at the first call otherwise)."""
+        await self._in_thread(self._connection)
 
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """``work(connection)`` outside any transaction of ours (a read of
