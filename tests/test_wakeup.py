@@ -205,6 +205,7 @@ async def test_the_log_is_copied_beside_the_writes_and_starts_over(
     while writes never pause, the writing connection checkpoints in its
     commits again, so that the log starts over instead of growing."""
     monkeypatch.setattr(_sqlite, "CHECKPOINT_EVERY", 0.0)  # one after each commit, if free
+    monkeypatch.setattr(_sqlite, "CHECKPOINT_ROWS", 0)
     monkeypatch.setattr(_sqlite, "LOG_LIMIT", 300)
     path = tmp_path / "app.db"
     with sqlite3.connect(path) as keep:
@@ -235,5 +236,40 @@ async def test_the_log_is_copied_beside_the_writes_and_starts_over(
         # mode of a loaded one).
         page = 4096
         assert largest < 7_500 * page, f"the log grew to {largest // page} pages"
+    finally:
+        await writer.close()
+
+
+async def test_a_store_that_writes_little_checkpoints_seldom(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint after every commit of a store that writes little made
+    the next transactions slower (delayed jobs started 0.6 ms later): the
+    log is checkpointed once CHECKPOINT_ROWS rows were written since the
+    last checkpoint, or CHECKPOINT_LATEST seconds after it."""
+    monkeypatch.setattr(_sqlite, "CHECKPOINT_EVERY", 0.0)
+    monkeypatch.setattr(_sqlite, "CHECKPOINT_ROWS", 50)
+    monkeypatch.setattr(_sqlite, "CHECKPOINT_LATEST", 3600.0)
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as keep:
+        keep.execute("PRAGMA journal_mode=WAL")
+        keep.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+    writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
+    loop = asyncio.get_running_loop()
+
+    async def write_rows(count: int) -> int:
+        """Write ``count`` rows, one a commit; the checkpoints made so far."""
+        for _ in range(count):
+            await writer.write(lambda conn: conn.execute("INSERT INTO t DEFAULT VALUES"))
+        await loop.run_in_executor(writer._checkpointer, lambda: None)  # those asked for
+        return writer.checkpoints
+
+    try:
+        # The first commit may find the last checkpoint long ago, or not.
+        first = await write_rows(1)
+        assert await write_rows(48) == first  # 49 rows: not yet
+        assert await write_rows(2) == first + 1  # 51
+        monkeypatch.setattr(_sqlite, "CHECKPOINT_LATEST", 0.0)  # long enough ago
+        assert await write_rows(1) == first + 2
     finally:
         await writer.close()
