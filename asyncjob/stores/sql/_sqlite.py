@@ -550,13 +550,13 @@ class WriterThread:
     def _ask_for_checkpoint(self, rows: int) -> None:
         """After a commit of the writing thread, whose connection has
         written ``rows`` rows in all: a checkpoint, if it is time."""
-        since = time.monotonic() - self._last_checkpoint
+        now = time.monotonic()
+        since = now - self._last_checkpoint
         if since >= CHECKPOINT_EVERY and (
             rows - self._rows_checkpointed >= CHECKPOINT_ROWS or since >= CHECKPOINT_LATEST
         ):
             self._checkpointing = True
-            self._last_checkpoint += since
-            self._rows_checkpointed = rows
+            self._last_checkpoint, self._rows_checkpointed = now, rows
             self._checkpointer.submit(self._checkpoint)
 
     def _checkpoint(self) -> None:
