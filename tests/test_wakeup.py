@@ -273,3 +273,37 @@ async def test_a_store_that_writes_little_checkpoints_seldom(
         assert await write_rows(1) == first + 2
     finally:
         await writer.close()
+
+
+async def test_a_write_committed_stands_when_the_log_setting_after_it_fails(
+    tmp_path: Path,
+) -> None:
+    """Switching the writing connection's own checkpoints on or off comes
+    after the commit: if that fails, the write has succeeded all the same
+    (it must not be reported failed, and so made again), and the switch is
+    tried again after the next commit."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as keep:
+        keep.execute("PRAGMA journal_mode=WAL")
+        keep.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+    writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
+
+    def refuse_the_setting(action: int, arg1: str | None, *_: object) -> int:
+        refused = action == sqlite3.SQLITE_PRAGMA and arg1 == "wal_autocheckpoint"
+        return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
+
+    def autocheckpoint(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+    try:
+        await writer.read(lambda conn: conn.set_authorizer(refuse_the_setting))
+        writer._log_full = True  # as the checkpointing thread says of a long log
+        await writer.write(lambda conn: conn.execute("INSERT INTO t VALUES (1)"))
+        with sqlite3.connect(path) as other:
+            assert other.execute("SELECT n FROM t").fetchall() == [(1,)]
+        await writer.read(lambda conn: conn.set_authorizer(None))
+        assert await writer.read(autocheckpoint) == 0  # refused: still off
+        await writer.write(lambda conn: conn.execute("INSERT INTO t VALUES (2)"))
+        assert await writer.read(autocheckpoint) == 1000  # on, after the next commit
+    finally:
+        await writer.close()

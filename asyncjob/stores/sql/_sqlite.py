@@ -505,12 +505,14 @@ class WriterThread:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-            if self._log_full is not self._in_commits:
-                # Committed already: the work succeeded, whatever this does.
-                self._in_commits = self._log_full
-                pages = 1000 if self._in_commits else 0  # SQLite's default, or never
+            wanted = self._log_full  # the checkpointing thread's to change
+            if wanted is not self._in_commits:
+                # Committed already: the work succeeded, whatever this does
+                # (on an error, it is tried again after the next commit).
+                pages = 1000 if wanted else 0  # SQLite's default, or never
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
+                    self._in_commits = wanted
             if not self._checkpointing:
                 self._ask_for_checkpoint(conn.total_changes)
             return result
