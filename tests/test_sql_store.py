@@ -7,6 +7,8 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -943,3 +945,24 @@ async def test_sqlite_due_times_are_the_databases_to_the_bit(sqlite_db: Database
     millisecond = round((due - 0.25) * 1000)
     julian_day = (millisecond + 210_866_760_000_000) / 86_400_000.0
     assert due == (julian_day - 2440587.5) * 86400.0 + 0.25
+
+
+@pytest.mark.parametrize(
+    ("url", "not_loaded"),
+    [
+        ("postgresql+asyncpg://nobody@127.0.0.1:1/none", "sqlite3"),
+        ("sqlite+aiosqlite:///none.db", "asyncjob.stores.sql._postgres"),
+    ],
+)
+def test_a_store_loads_only_its_own_databases_dialect(url: str, not_loaded: str) -> None:
+    """Each dialect is imported when a store uses it: a worker on
+    PostgreSQL does not load sqlite3 (a megabyte of its idle memory)."""
+    code = (
+        "import sys\n"
+        "from asyncjob.stores.sql import SQLStore\n"
+        f"SQLStore({url!r})\n"
+        f"print({not_loaded!r} in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=TIMEOUT * 3, check=True)  # fmt: skip
+    assert done.stdout.strip() == "False"

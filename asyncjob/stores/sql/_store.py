@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import os
 import re
 import socket
@@ -71,10 +72,8 @@ from asyncjob.stores.kit import (
 
 from ._database import Database, refused, same_database
 from ._dialect import Dialect, Ending, Listener
-from ._postgres import PostgresDialect
 from ._rows import BadRecord, json_column, state_of, status_of
 from ._schema import DUE, HOLDS_KEY, RUNNING, SCHEDULED, Tables, ensure_schema
-from ._sqlite import SQLiteDialect
 
 __all__ = ("WORKER_LOST", "SQLStore")
 
@@ -128,10 +127,12 @@ def _duplicate_key(exc: DBAPIError) -> bool:
     ) in ("SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE")
 
 
-#: The SQL stores' URLs, by driver: the one list of them.
-DIALECTS: dict[str, type[Dialect]] = {
-    "sqlite+aiosqlite": SQLiteDialect,
-    "postgresql+asyncpg": PostgresDialect,
+#: The SQL stores' URLs, by driver: the one list of them, with each one's
+#: dialect (its module and class), imported when a store uses it: a worker
+#: on PostgreSQL does not load ``sqlite3`` (a megabyte of its memory).
+DIALECTS: dict[str, tuple[str, str]] = {
+    "sqlite+aiosqlite": ("._sqlite", "SQLiteDialect"),
+    "postgresql+asyncpg": ("._postgres", "PostgresDialect"),
 }
 
 
@@ -145,9 +146,11 @@ def dialect_for(url: str, tables: Tables, owner: str) -> Dialect:
         driver = make_url(url).drivername
     except Exception:  # noqa: BLE001 - SQLAlchemy raises several kinds for a bad URL
         driver = None
-    dialect = DIALECTS.get(driver or "")
-    if dialect is None:
+    found = DIALECTS.get(driver or "")
+    if found is None:
         raise ValueError(unknown_store(url))
+    module, name = found
+    dialect: type[Dialect] = getattr(importlib.import_module(module, __package__), name)
     return dialect(url, tables, owner)
 
 
