@@ -135,13 +135,11 @@ class _Databases:
             self.made.append(name)
             return name
         name = self.free.pop()
-        with psycopg.connect(self.server, autocommit=True) as conn:
+        with psycopg.connect(self.url(name), autocommit=True) as conn:
             conn.execute(
                 "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
-                " WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
-        with psycopg.connect(self.url(name), autocommit=True) as conn:
             conn.execute("DROP SCHEMA public CASCADE")
             conn.execute("CREATE SCHEMA public")
         return name

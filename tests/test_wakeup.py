@@ -6,6 +6,7 @@ writing thread's log, which those wake-ups watch: its checkpoints."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import subprocess
@@ -42,6 +43,17 @@ def write_from_another_process(path: Path, statement: str) -> None:
         check=True,
         timeout=TIMEOUT,
     )  # fmt: skip
+
+
+def wal_database(tmp_path: Path, *statements: str) -> Path:
+    """A database file in WAL mode, made by ``statements``."""
+    path = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        for statement in statements:
+            conn.execute(statement)
+        conn.commit()
+    return path
 
 
 async def test_a_commit_elsewhere_is_heard_of(tmp_path: Path) -> None:
@@ -207,11 +219,12 @@ async def test_the_log_is_copied_beside_the_writes_and_starts_over(
     monkeypatch.setattr(_sqlite, "CHECKPOINT_EVERY", 0.0)  # one after each commit, if free
     monkeypatch.setattr(_sqlite, "CHECKPOINT_ROWS", 0)
     monkeypatch.setattr(_sqlite, "LOG_LIMIT", 300)
-    path = tmp_path / "app.db"
-    with sqlite3.connect(path) as keep:
-        keep.execute("PRAGMA journal_mode=WAL")
-        keep.execute("CREATE TABLE t (n INTEGER PRIMARY KEY, x BLOB)")
-        keep.executemany("INSERT INTO t VALUES (?, ?)", [(n, b"") for n in range(100)])
+    path = wal_database(
+        tmp_path,
+        "CREATE TABLE t (n INTEGER PRIMARY KEY, x BLOB)",
+        "WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHERE n < 99)"
+        " INSERT INTO t SELECT n, x'' FROM s",
+    )
     writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
     try:
         autocheckpoint = await writer.read(
@@ -250,10 +263,7 @@ async def test_a_store_that_writes_little_checkpoints_seldom(
     monkeypatch.setattr(_sqlite, "CHECKPOINT_EVERY", 0.0)
     monkeypatch.setattr(_sqlite, "CHECKPOINT_ROWS", 50)
     monkeypatch.setattr(_sqlite, "CHECKPOINT_LATEST", 3600.0)
-    path = tmp_path / "app.db"
-    with sqlite3.connect(path) as keep:
-        keep.execute("PRAGMA journal_mode=WAL")
-        keep.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+    path = wal_database(tmp_path, "CREATE TABLE t (n INTEGER PRIMARY KEY)")
     writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
     loop = asyncio.get_running_loop()
 
@@ -284,10 +294,7 @@ async def test_a_write_committed_stands_when_the_log_setting_after_it_fails(
     tried again after the next commit."""
     # No checkpoint: it would find the log short, and switch them off again.
     monkeypatch.setattr(_sqlite, "CHECKPOINT_EVERY", float("inf"))
-    path = tmp_path / "app.db"
-    with sqlite3.connect(path) as keep:
-        keep.execute("PRAGMA journal_mode=WAL")
-        keep.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+    path = wal_database(tmp_path, "CREATE TABLE t (n INTEGER PRIMARY KEY)")
     writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
 
     def refuse_the_setting(action: int, arg1: str | None, *_: object) -> int:

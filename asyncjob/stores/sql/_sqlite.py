@@ -327,17 +327,17 @@ def new_row(row: dict[str, Any], now: float, lease: float) -> tuple[Any, ...]:
 
 def end_values(ending: Ending) -> tuple[Any, ...]:
     """An end's values, in the order of the statement of ends' parameters."""
-    reported = ending.progress
-    progress, data = (None, None) if reported is None else reported
+    reported = ending.progress is not None
+    progress, data = ending.progress or (None, None)
     return (
         ending.state,
         ending.result,
         ending.error,
         ending.traceback,
         ending.finished_at,
-        reported is not None,
+        reported,
         progress,
-        reported is not None,
+        reported,
         data,
         ending.job_id,
     )
