@@ -795,6 +795,44 @@ class DurableStoreContract(StoreContract):
         assert [(c.id, c.queue) for c in taken] == [("b1", "b"), ("c2", "c")]
         assert [c.id for c in await store.claim(10)] == ["default4"]
 
+    async def test_claims_of_several_queues_take_each_job_once(
+        self, store: DurableStore, make_store: Callable[[], Awaitable[DurableStore]]
+    ) -> None:
+        """A claim of several queues takes the first jobs of them all, by
+        priority then time, whichever queue holds them; workers of the same
+        queues claiming at once take each job once, and none of another
+        queue."""
+        now = time.time()
+        taken = frozenset({"a", "b"})
+        firsts = (("a", 0), ("b", 5), ("a", 5), ("c", 50), ("b", 0), ("a", -5))
+        for n, (queue, priority) in enumerate(firsts):
+            job = make_job(
+                f"{queue}{n}", registered=True, at=now + n, queue=queue, priority=priority
+            )
+            await store.enqueue(job)
+        assert [c.id for c in await store.claim(2, taken)] == ["b1", "a2"]
+        assert [c.id for c in await store.claim(2, taken)] == ["a0", "b4"]
+        assert [c.id for c in await store.claim(2, taken)] == ["a5"]
+        queues = {f"w{n}": "abc"[n % 3] for n in range(90)}
+        for n, (job_id, queue) in enumerate(queues.items()):
+            job = make_job(job_id, registered=True, at=now + 10 + n, queue=queue, priority=n % 4)
+            await store.enqueue(job)
+        workers = [store, *[await make_store() for _ in range(2)]]
+
+        async def drain(worker: DurableStore) -> list[str]:
+            claimed: list[str] = []
+            while batch := await worker.claim(7, taken):
+                claimed += [c.id for c in batch]
+            return claimed
+
+        async with asyncio.timeout(TIMEOUT):
+            drained = await asyncio.gather(*(drain(worker) for worker in workers))
+        claimed = [job_id for each in drained for job_id in each]
+        assert sorted(claimed) == sorted(job_id for job_id, q in queues.items() if q != "c")
+        assert await store.claim(100, taken) == []
+        left = {c.id for c in await store.claim(100, frozenset({"c"}))}
+        assert left == {"c3"} | {job_id for job_id, q in queues.items() if q == "c"}
+
     async def test_claim_keeps_to_concurrency_limits(
         self, store: DurableStore, make_store: Callable[[], Awaitable[DurableStore]]
     ) -> None:
