@@ -58,38 +58,29 @@ def wal_database(tmp_path: Path, *statements: str) -> Path:
 
 async def test_a_commit_elsewhere_is_heard_of(tmp_path: Path) -> None:
     """The watch calls back once another process's commit is visible."""
-    path = tmp_path / "app.db"
-    with sqlite3.connect(path) as keep:
-        keep.execute("PRAGMA journal_mode=WAL")
-        keep.execute("CREATE TABLE t (x)")
-        heard = asyncio.Event()
-        writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
-        await writer.connect()
-        watch = CommitWatch(str(path), heard.set, writer)
-        watch.start()
-        try:
-            for n in range(3):
-                await asyncio.to_thread(
-                    write_from_another_process, path, f"INSERT INTO t VALUES ({n})"
-                )
-                async with asyncio.timeout(TIMEOUT):
-                    await heard.wait()
-                heard.clear()
-        finally:
-            watch.stop()
-            watch.stop()  # idempotent
-            await writer.close()
+    path = wal_database(tmp_path, "CREATE TABLE t (x)")
+    heard = asyncio.Event()
+    writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
+    await writer.connect()
+    watch = CommitWatch(str(path), heard.set, writer)
+    watch.start()
+    try:
+        for n in range(3):
+            await asyncio.to_thread(write_from_another_process, path, f"INSERT INTO t VALUES ({n})")
+            async with asyncio.timeout(TIMEOUT):
+                await heard.wait()
+            heard.clear()
+    finally:
+        watch.stop()
+        watch.stop()  # idempotent
+        await writer.close()
 
 
 async def test_the_writers_own_commits_are_not_heard_of(tmp_path: Path) -> None:
     """The store's writing connection commits most of what a busy worker
     commits: those commits wake nobody; another connection's commit, made
     while the writer was busy with its own, is heard of once it is done."""
-    path = tmp_path / "app.db"
-    with sqlite3.connect(path) as keep:
-        keep.execute("PRAGMA journal_mode=WAL")
-        keep.execute("CREATE TABLE t (x)")
-        keep.commit()
+    path = wal_database(tmp_path, "CREATE TABLE t (x)")
     heard: list[str] = []
     other = asyncio.Event()
     writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())

@@ -43,7 +43,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, KeysView, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, ClassVar, TypeVar
@@ -268,23 +268,21 @@ class SQLiteDialect(Dialect):
     async def finish(self, endings: list[Ending]) -> list[bool]:
         ids = [e.job_id for e in endings]
 
-        def write(conn: sqlite3.Connection) -> KeysView[str]:
+        def write(conn: sqlite3.Connection) -> dict[str, int]:
+            """The jobs ended, with their rowids."""
             marks = ", ".join("?" * len(ids))
-            found = {
-                job_id: (attempts, rowid)
-                for job_id, attempts, rowid in conn.execute(
+            attempts = {e.job_id: e.attempt for e in endings}
+            held = {
+                job_id: rowid
+                for job_id, attempt, rowid in conn.execute(
                     f"{self._held} ({marks})", (self.owner, *ids)
                 )
-            }
-            held = {
-                e.job_id: found[e.job_id][1]
-                for e in endings
-                if e.job_id in found and e.attempt in (None, found[e.job_id][0])
+                if attempts[job_id] in (None, attempt)
             }
             conn.executemany(
                 self._finish, [end_values(e, held[e.job_id]) for e in endings if e.job_id in held]
             )
-            return held.keys()
+            return held
 
         held = await self._write(write)
         return [job_id in held for job_id in ids]
