@@ -71,6 +71,9 @@ async def test_a_taker_waits_and_a_cancelled_one_passes_its_job_on() -> None:
     second = asyncio.create_task(queue.get())
     await asyncio.sleep(0)  # one turn of the loop (not a timed wait): both wait now
     queue.put(job("a"))
+    assert queue.waiting == 2
+    assert queue.wake_one()  # the engine's part: a put wakes nobody
+    assert (queue.coming, queue.waiting) == (1, 1)
     first.cancel()  # woken for "a", then cancelled before it ran
     async with asyncio.timeout(TIMEOUT):
         found = await second
@@ -78,6 +81,65 @@ async def test_a_taker_waits_and_a_cancelled_one_passes_its_job_on() -> None:
     assert found.id == "a"
     with pytest.raises(asyncio.CancelledError):
         await first
+    assert (queue.coming, queue.waiting) == (0, 0)
+
+
+async def test_workers_come_in_waves_few_for_short_jobs_soon_for_long_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fifty long jobs performed at once all start within a few of the
+    loop's turns, whether their workers are made or woken (one wave of 1,
+    then 2, 4, ...: six turns); fifty short ones cost the workers waiting
+    two or three wake-ups, not one each."""
+    import asyncjob
+
+    started, release = 0, asyncio.Event()
+
+    async def long_job() -> None:
+        nonlocal started
+        started += 1
+        await release.wait()
+
+    async def short_job() -> None:
+        pass
+
+    async def turns_until_all_started(runner: asyncjob.Runner) -> int:
+        nonlocal started
+        started = 0
+        release.clear()
+        for _ in range(50):
+            await runner.perform(long_job)
+        for turn in range(1, 50):
+            await asyncio.sleep(0)  # one turn of the loop, not a timed wait
+            if started == 50:
+                return turn
+        return 50
+
+    async with asyncjob.Runner(concurrency=50) as runner:
+        queue = runner._engine._queue
+        async with asyncio.timeout(TIMEOUT):
+            assert await turns_until_all_started(runner) <= 8  # workers made
+            release.set()
+            await runner.join()
+            assert queue.waiting == 50
+            assert await turns_until_all_started(runner) <= 8  # workers woken
+            release.set()
+            await runner.join()
+
+            wakes = 0
+            wake_one = JobQueue.wake_one
+
+            def counted(self: JobQueue) -> bool:
+                nonlocal wakes
+                wakes += 1
+                return wake_one(self)
+
+            monkeypatch.setattr(JobQueue, "wake_one", counted)
+            ids = [await runner.perform(short_job) for _ in range(50)]
+            await runner.join()
+            states = {(await runner.status(job_id)).state for job_id in ids}
+            assert states == {asyncjob.JobState.succeeded}
+            assert 1 <= wakes <= 4
 
 
 async def test_a_follower_of_changes_dropped_without_closing_is_forgotten() -> None:

@@ -26,6 +26,10 @@ class JobQueue:
     of the jobs of its priority still queued, which were all queued after
     it; jobs given back keep the order in which they were taken.
 
+    Putting a job wakes no taker: the engine wakes them (:meth:`wake_one`),
+    in waves, and a worker that ends a job takes the next without waiting
+    (see ``Engine._take_in``).
+
     Only the loop's tasks use it: no lock.
     """
 
@@ -61,7 +65,7 @@ class JobQueue:
         return not self._size and not self._stops
 
     def put(self, job: Job) -> None:
-        """Queue ``job`` after those of its priority, and wake a taker."""
+        """Queue ``job`` after those of its priority."""
         key = -job.options.priority if job.options is not None else 0
         level = self._levels.get(key)
         if level is None:
@@ -69,7 +73,6 @@ class JobQueue:
             heappush(self._priorities, key)
         level.append(job)
         self._size += 1
-        self._wake()
 
     def put_back(self, job: Job, taken: int) -> None:
         """Queue again a job that was taken (``taken`` is what
@@ -77,7 +80,6 @@ class JobQueue:
         key = -job.options.priority if job.options is not None else 0
         heappush(self._back, (key, taken, job))
         self._size += 1
-        self._wake()
 
     def taken(self) -> int:
         """A number that orders the jobs given back by when they were taken."""
@@ -88,6 +90,20 @@ class JobQueue:
         """Let one taker end (:meth:`get` returns ``None``), once no job is left."""
         self._stops += 1
         self._wake()
+
+    @property
+    def coming(self) -> int:
+        """Takers woken and not back yet: each takes a job when it comes."""
+        return self._woken
+
+    @property
+    def waiting(self) -> int:
+        """Takers waiting, not woken."""
+        return len(self._getters)
+
+    def wake_one(self) -> bool:
+        """Wake a waiting taker; False if none waits."""
+        return self._wake()
 
     def peek(self) -> Job | None:
         """The job :meth:`get_nowait` would return now, if no taker that
@@ -151,10 +167,11 @@ class JobQueue:
             jobs.append(job)
         return jobs
 
-    def _wake(self) -> None:
+    def _wake(self) -> bool:
         while self._getters:
             getter = self._getters.popleft()
             if not getter.done():
                 getter.set_result(None)
                 self._woken += 1
-                return
+                return True
+        return False
