@@ -204,6 +204,33 @@ def test_sigterm_lets_the_running_task_finish_and_hands_back_the_rest(
     assert task_backends[backend].get_result(second.id).status == TaskResultStatus.READY
 
 
+def test_a_task_reports_the_worker_running_it_even_as_its_runner_stops(
+    backend: str, tmp_path: Path
+) -> None:
+    """The worker a task's result names comes from the job running it, not
+    from the process's current runner: a task whose thread started just as
+    its runner began to stop (no longer current) failed for that look-up."""
+    from asyncjob._engine.context import JobContext, current
+    from asyncjob.django._backend import _runs_sync
+    from asyncjob.stores import Job
+
+    record = tasks.record.using(backend=backend)
+    job = Job(asyncjob.new_job_id(), "shop.tasks.record", record.func, (), {}, False, 0.0)
+    heard: list[list[str]] = []
+
+    def started(sender: Any, task_result: Any, **_: Any) -> None:
+        heard.append(task_result.worker_ids)
+
+    task_started.connect(started)
+    token = current.set(JobContext(job, lambda *_: None, "worker-7"))
+    try:
+        assert _runs_sync(record)("only", str(tmp_path / "order")) == "only"
+    finally:
+        current.reset(token)
+        task_started.disconnect(started)
+    assert heard == [["worker-7"]]
+
+
 async def _until_running(runner: asyncjob.Runner, job_id: str) -> None:
     async with asyncio.timeout(TIMEOUT):
         async for status in runner.watch(job_id):

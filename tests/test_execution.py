@@ -6,6 +6,7 @@ import asyncio
 import functools
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -241,6 +242,38 @@ async def test_unstopped_runner_cancelled_with_its_loop() -> None:
         await worker
     assert (await runner.status(job_id)).state is asyncjob.JobState.cancelled
     await runner.stop()
+
+
+async def worker_of_the_job() -> str:
+    from asyncjob._engine.context import current
+
+    ctx = current.get()
+    assert ctx is not None
+    return ctx.worker
+
+
+@asyncjob.job(name="tests.test_execution.worker_of_the_job")
+def registered_worker_of_the_job() -> str:
+    from asyncjob._engine.context import current
+
+    ctx = current.get()
+    assert ctx is not None
+    return ctx.worker
+
+
+async def test_a_running_job_knows_its_worker(tmp_path: Path) -> None:
+    """The job's context names the worker running it (its store's owner),
+    for integrations that report it; none on a store without owners."""
+    from asyncjob.stores.sql import SQLStore
+
+    async with asyncjob.Runner() as runner:
+        job_id = await runner.perform(worker_of_the_job)
+        assert await runner.wait(job_id, TIMEOUT) == ""
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path}/jobs.db")
+    async with asyncjob.Runner(store) as runner:
+        for func in (worker_of_the_job, registered_worker_of_the_job):
+            job_id = await runner.perform(func)
+            assert await runner.wait(job_id, TIMEOUT) == store.owner != ""
 
 
 async def test_a_claimed_job_interrupted_while_it_waits_never_runs() -> None:

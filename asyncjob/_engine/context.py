@@ -23,13 +23,22 @@ __all__ = ("JobContext", "current_job_id", "set_progress")
 class JobContext:
     """The running job's id, its progress reporter and its cancellation flag."""
 
-    __slots__ = ("cancelled", "finished", "job", "job_id", "report", "session", "timed_out")
+    __slots__ = (
+        "cancelled", "finished", "job", "job_id", "report", "session", "timed_out", "worker",
+    )  # fmt: skip
 
-    def __init__(self, job: Job, report: Callable[[str, float, Any], None]) -> None:
+    def __init__(
+        self, job: Job, report: Callable[[str, float, Any], None], worker: str = ""
+    ) -> None:
         #: The job itself (its name, arguments, attempt), for integrations
         #: that tell the job's code about it (Django's task context).
         self.job = job
         self.job_id = job.id
+        #: The id of the worker running it (its store's ``owner``; empty for
+        #: a store without one), for the same integrations: read here, not
+        #: from the process's current runner, which a job starting as its
+        #: runner stops no longer finds.
+        self.worker = worker
         #: Called as ``report(job_id, value, data)``; thread-safe and cheap.
         self.report = report
         #: Set by the engine when the job is to stop (cancelled, taken from

@@ -100,6 +100,7 @@ class Engine:
         # Decided once: a coroutine job is awaited directly, or in its scope.
         self._wraps_async = scope.wraps_async
         self._report = self._report_to_all if self._hooks else store.report_progress
+        self._worker: str = getattr(store, "owner", "")  # for JobContext.worker
         self._finish_in = finish_in
         # Where the store can record an end with no one waiting, the worker
         # goes on to its next job meanwhile (no hooks to tell first).
@@ -514,7 +515,7 @@ class Engine:
             else await self._store.start(job.id)
         ):
             return True  # cancelled while it was queued
-        ctx = JobContext(job, self._report)
+        ctx = JobContext(job, self._report, self._worker)
         self._active[job.id] = (ctx, task)
         if self._hooks:
             self._starting(job)
@@ -677,7 +678,7 @@ class Engine:
     def _work_for(self, job: Job, timeout: float | None = None) -> Work:
         """A sync job, ready for a thread: its context (a copy of the
         worker's, with the job current) and the call, in its scope."""
-        ctx = JobContext(job, self._report)
+        ctx = JobContext(job, self._report, self._worker)
         # Current in the thread's copy of this context, until it returns.
         # A copy of the worker's context, with what tracing set for the job
         # (lined up in a batch of outcomes: the loop's, the same otherwise).

@@ -51,7 +51,6 @@ from asyncjob._core.spec import using
 from asyncjob._engine.context import current
 from asyncjob._runner.loop_thread import LoopThread
 from asyncjob._runner.runner import Runner
-from asyncjob._runner.runner import current as current_runner
 from asyncjob.stores.sql import SCHEMA_VERSION, SQLStore
 
 __all__ = ("AsyncJobBackend", "AsyncJobTask")
@@ -483,8 +482,7 @@ def _started(task: Task) -> TaskResult:
     assert ctx is not None
     running = ctx.job
     now = timezone.now()
-    store = current_runner().store
-    worker = getattr(store, "owner", "")
+    worker = ctx.worker
     result = TaskResult(
         task=task,
         id=running.id,
