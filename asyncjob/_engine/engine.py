@@ -11,7 +11,7 @@ import logging
 import time
 import traceback
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, KeysView
 from functools import partial
 from typing import Any
 
@@ -291,6 +291,11 @@ class Engine:
     def runs(self, job_id: str) -> bool:
         """True while the job runs here."""
         return job_id in self._active
+
+    @property
+    def running_now(self) -> KeysView[str]:
+        """The ids of the jobs running now, as they change (a view)."""
+        return self._active.keys()
 
     def claimed_running(self) -> list[str]:
         """The ids of the running jobs that were claimed from a durable store."""

@@ -94,8 +94,9 @@ class Prefetched:
             return None
         return max(0.0, self._jobs[0][0] + HAND_BACK_AFTER - time.monotonic())
 
-    def __contains__(self, job_id: object) -> bool:
-        return any(job.id == job_id for _, job in self._jobs)
+    def ids(self) -> set[str]:
+        """The ids of the jobs waiting here."""
+        return {job.id for _, job in self._jobs}
 
     def discard(self, job_id: str) -> Job | None:
         """Drop the job (cancelled, say) if it waits here, and return it."""

@@ -80,6 +80,11 @@ class ProgressBuffer:
         writing: the flush may land after the job's end (its write then
         changes nothing, as the job no longer runs), so the end carries it.
         """
+        if not self._pending and not self._writing:
+            # Most jobs report nothing: no lock then. This job's reports
+            # came before its end (its code has returned), and a flush
+            # moves them to _writing before it empties _pending.
+            return None
         with self._lock:
             report = self._pending.pop(job_id, None)
             return report if report is not None else self._writing.get(job_id)
@@ -88,8 +93,10 @@ class ProgressBuffer:
         """Write every pending report now."""
         async with self._flushing:
             with self._lock:
-                pending, self._pending = self._pending, {}
-                self._writing = pending
+                # In this order, for take()'s look without the lock: a
+                # report is always in one of the two.
+                pending = self._writing = self._pending
+                self._pending = {}
                 self._scheduled = False
             try:
                 if pending:
