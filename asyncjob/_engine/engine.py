@@ -288,10 +288,6 @@ class Engine:
                 task.cancel()
         return True
 
-    def runs(self, job_id: str) -> bool:
-        """True while the job runs here."""
-        return job_id in self._active
-
     @property
     def running_now(self) -> KeysView[str]:
         """The ids of the jobs running now, as they change (a view)."""
