@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import uuid
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from asyncjob.stores import Claimed, Job, MemoryStore
 from asyncjob.stores.sql import SQLStore
 
 from . import worker_jobs
-from .conftest import TIMEOUT, Database, RunnerFactory
+from .conftest import TIMEOUT, Database, RunnerFactory, edit_by_hand
 
 
 def test_nothing_is_claimed_ahead_at_first() -> None:
@@ -233,3 +234,35 @@ async def test_a_claim_answered_as_the_worker_stops_is_handed_back(
             await worker.stop()
     status = await producer.status(job_id)
     assert (status.state, status.attempts) == (JobState.queued, 0)
+
+
+async def test_a_job_claimed_again_while_it_runs_here_is_handed_back(
+    make_runner: RunnerFactory, database: Database
+) -> None:
+    """The database gives out again a job that runs here (its lease taken
+    back while this worker was late, say): the worker hands it back, never
+    running it twice at once. Its run here ends it if the worker holds it
+    again by then (claimed again, not handed back yet); else it runs again
+    once this run has ended."""
+    heard = Heard("claimed while they run here already, handed back")
+    logging.getLogger("asyncjob").addHandler(heard)
+    name = f"again-{uuid.uuid4().hex}"  # the jobs' module keeps its runs
+    try:
+        worker = await make_runner(SQLStore(database.async_url, poll_interval=0.05), concurrency=2)
+        job_id = await worker.perform(worker_jobs.counts_its_runs, name)
+        async with asyncio.timeout(TIMEOUT):
+            await worker_jobs.STARTED.setdefault(name, asyncio.Event()).wait()
+        await asyncio.to_thread(  # taken back, as recovery would after its lease ran out
+            edit_by_hand,
+            database.sync_url,
+            "UPDATE asyncjob_jobs SET state = 'queued', locked_by = NULL,"
+            f" lease_expires_at = NULL WHERE id = '{job_id}'",
+        )
+        async with asyncio.timeout(TIMEOUT):
+            await heard.event.wait()
+        worker_jobs.GATES[name].set()
+        runs = await worker.wait(job_id, timeout=TIMEOUT)
+    finally:
+        logging.getLogger("asyncjob").removeHandler(heard)
+    assert worker_jobs.RUNS[name] == [0, 1, runs]  # never two at once
+    assert runs in (1, 2)

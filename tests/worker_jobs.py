@@ -51,6 +51,27 @@ async def wait_for_gate(name: str) -> str:
     return name
 
 
+#: For each name, the runs of counts_its_runs: ``[under way, most at once, in all]``.
+RUNS: dict[str, list[int]] = {}
+#: Set when a run of counts_its_runs has started.
+STARTED: dict[str, asyncio.Event] = {}
+
+
+@asyncjob.job
+async def counts_its_runs(name: str) -> int:
+    """wait_for_gate, counting its runs (RUNS); returns how many started."""
+    runs = RUNS.setdefault(name, [0, 0, 0])
+    runs[0] += 1
+    runs[1] = max(runs[1], runs[0])
+    runs[2] += 1
+    STARTED.setdefault(name, asyncio.Event()).set()
+    try:
+        await GATES.setdefault(name, asyncio.Event()).wait()
+    finally:
+        runs[0] -= 1
+    return runs[2]
+
+
 @asyncjob.job(timeout=0.05)
 def writes_too_late(note: str) -> str:
     """A sync job that writes through its session, then takes longer than
