@@ -244,21 +244,19 @@ async def test_unstopped_runner_cancelled_with_its_loop() -> None:
     await runner.stop()
 
 
-async def worker_of_the_job() -> str:
-    from asyncjob._engine.context import current
-
-    ctx = current.get()
-    assert ctx is not None
-    return ctx.worker
-
-
 @asyncjob.job(name="tests.test_execution.worker_of_the_job")
 def registered_worker_of_the_job() -> str:
+    """The worker the running job's context names (in a thread)."""
     from asyncjob._engine.context import current
 
     ctx = current.get()
     assert ctx is not None
     return ctx.worker
+
+
+async def worker_of_the_job() -> str:
+    """The same, on the loop."""
+    return registered_worker_of_the_job()
 
 
 async def test_a_running_job_knows_its_worker(tmp_path: Path) -> None:

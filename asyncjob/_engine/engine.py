@@ -297,10 +297,6 @@ class Engine:
         """The ids of the running jobs that were claimed from a durable store."""
         return [job_id for job_id, (ctx, _) in self._active.items() if ctx.claimed]
 
-    def running_ids(self) -> list[str]:
-        """The ids of the jobs running now."""
-        return list(self._active)
-
     async def join(self) -> None:
         """Wait until every submitted job is done."""
         await self._all_done.wait()

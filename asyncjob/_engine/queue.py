@@ -89,7 +89,7 @@ class JobQueue:
     def stop_one(self) -> None:
         """Let one taker end (:meth:`get` returns ``None``), once no job is left."""
         self._stops += 1
-        self._wake()
+        self.wake_one()
 
     @property
     def coming(self) -> int:
@@ -100,10 +100,6 @@ class JobQueue:
     def waiting(self) -> int:
         """Takers waiting, not woken."""
         return len(self._getters)
-
-    def wake_one(self) -> bool:
-        """Wake a waiting taker; False if none waits."""
-        return self._wake()
 
     def peek(self) -> Job | None:
         """The job :meth:`get_nowait` would return now, if no taker that
@@ -154,7 +150,7 @@ class JobQueue:
                 with contextlib.suppress(ValueError):
                     self._getters.remove(getter)
                 if not self.empty():
-                    self._wake()  # what woke this taker goes to another
+                    self.wake_one()  # what woke this taker goes to another
                 raise
         return self.get_nowait()
 
@@ -167,7 +163,8 @@ class JobQueue:
             jobs.append(job)
         return jobs
 
-    def _wake(self) -> bool:
+    def wake_one(self) -> bool:
+        """Wake a waiting taker; False if none waits."""
         while self._getters:
             getter = self._getters.popleft()
             if not getter.done():

@@ -490,29 +490,27 @@ def claimed(row: Sequence[Any]) -> Claimed:
     decoded; a row it cannot decode says why, naming the column, so that
     the job fails alone and the others claimed with it run."""
     job_id, name, args_text, kwargs_text, enqueued_at, attempts, queue, priority, trace, _ = row
-    traced = None if trace is None else _trace_of(trace)
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}
+    problem = None
     if not isinstance(attempts, int) or not 0 < attempts < MAX_ATTEMPTS:
+        # The attempts as they are: the worker's end of the job matches them.
         problem = (
             f"job {job_id} has {attempts!r} in its attempts column, which asyncjob never writes"
         )
-        # The attempts as they are: the worker's end of the job matches them.
-        return Claimed(
-            job_id, name, (), {}, enqueued_at, attempts, problem, queue, priority, traced
-        )
-    try:
-        # No arguments is the most common case: no decoder needed.
-        args = [] if args_text == "[]" else loads(args_text)
-        kwargs = {} if kwargs_text == "{}" else loads(kwargs_text)
-        if not isinstance(args, list) or not isinstance(kwargs, dict):
-            raise ValueError("arguments must be a JSON array and an object")
-    except Exception as exc:  # noqa: BLE001 - whatever is wrong with one row is its own
-        problem = f"job {job_id} has stored arguments asyncjob cannot read: {exc}"
-        return Claimed(
-            job_id, name, (), {}, enqueued_at, attempts, problem, queue, priority, traced
-        )
+    else:
+        try:
+            # No arguments is the most common case: no decoder needed.
+            listed = [] if args_text == "[]" else loads(args_text)
+            named = {} if kwargs_text == "{}" else loads(kwargs_text)
+            if not isinstance(listed, list) or not isinstance(named, dict):
+                raise ValueError("arguments must be a JSON array and an object")
+            args, kwargs = tuple(listed), named
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with one row is its own
+            problem = f"job {job_id} has stored arguments asyncjob cannot read: {exc}"
     # Positional: a named tuple's keywords cost a third more (a job each).
-    return Claimed(job_id, name, tuple(args), kwargs, enqueued_at, attempts, None, queue, priority,
-                   traced)  # fmt: skip
+    return Claimed(job_id, name, args, kwargs, enqueued_at, attempts, problem, queue, priority,
+                   _trace_of(trace))  # fmt: skip
 
 
 def _trace_of(text: str | None) -> dict[str, str] | None:
