@@ -125,6 +125,61 @@ async def test_the_writers_own_commits_are_not_heard_of(tmp_path: Path) -> None:
         await writer.close()
 
 
+async def test_the_log_is_not_read_while_the_writer_writes(tmp_path: Path) -> None:
+    """The log's events from the writer's own transactions, one after
+    another, would each wake the loop for nothing: they are left unread
+    while it writes. Another process's commit meanwhile is heard of from
+    the version the writer reads after its next commit; one after its last
+    write, once it has been quiet for a while."""
+    path = wal_database(tmp_path, "CREATE TABLE t (x)")
+    writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
+    await writer.connect()
+    heard = asyncio.Event()
+
+    def insert(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO t VALUES (1)")
+
+    # Quiet for a minute: the events stay unread for the whole test.
+    watch = CommitWatch(str(path), heard.set, writer, quiet=NEVER)
+    reads = 0
+    read = watch._read
+
+    def counted() -> None:  # the loop's reads of the log's events
+        nonlocal reads
+        reads += 1
+        read()
+
+    watch._read = counted  # type: ignore[method-assign]
+    watch.start()
+    try:
+        for _ in range(20):
+            await writer.write(insert)
+        await asyncio.to_thread(write_from_another_process, path, "INSERT INTO t VALUES (2)")
+        await writer.write(insert)  # its commit's version tells of the other's
+        async with asyncio.timeout(TIMEOUT):
+            await heard.wait()
+        assert reads == 0
+    finally:
+        watch.stop()
+        await writer.close()
+
+    # Quiet soon: a commit of another after the writer's last write.
+    writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
+    await writer.connect()
+    heard.clear()
+    watch = CommitWatch(str(path), heard.set, writer, quiet=0.01)
+    watch.start()
+    try:
+        for _ in range(3):
+            await writer.write(insert)
+        await asyncio.to_thread(write_from_another_process, path, "INSERT INTO t VALUES (3)")
+        async with asyncio.timeout(TIMEOUT):
+            await heard.wait()
+    finally:
+        watch.stop()
+        await writer.close()
+
+
 async def test_without_a_log_the_store_polls(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

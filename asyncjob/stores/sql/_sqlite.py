@@ -410,7 +410,8 @@ def _use_wal(path: str) -> None:
 
 class WriterThread:
     """One ``sqlite3`` connection, in a thread of its own, for transactions
-    that write (see the module's docstring).
+    that write (see the module's docstring); the versions of the database
+    that a :class:`CommitWatch` reads.
 
     Args:
         path: the database file.
@@ -428,6 +429,7 @@ class WriterThread:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="asyncjob-sqlite")
         self._busy = 0  # calls handed to the thread and not returned
         self._ask_again: Callable[[], None] | None = None
+        self._watch: CommitWatch | None = None
         # Checkpoints: asked for by the writing thread, run by this one.
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="asyncjob-sqlite-log")
         self._checkpoint_conn: sqlite3.Connection | None = None
@@ -455,6 +457,9 @@ class WriterThread:
             return None
         return version
 
+    def watched_by(self, watch: CommitWatch | None) -> None:
+        self._watch = watch
+
     async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """``work(connection)`` in one ``BEGIN IMMEDIATE`` transaction,
         committed when it returns and rolled back when it raises.
@@ -467,7 +472,16 @@ class WriterThread:
             sqlalchemy.exc.DatabaseError: SQLite refused a statement otherwise.
         """
         async with self._lock:
-            return await self._in_thread(partial(self._transaction, work))
+            watch = self._watch
+            if watch is None:
+                return (await self._in_thread(partial(self._transaction, work, False)))[0]
+            watch.writing()
+            version = None
+            try:
+                result, version = await self._in_thread(partial(self._transaction, work, True))
+            finally:
+                watch.written(version)
+            return result
 
     async def connect(self) -> None:
         """Open the connection now (it opens at the first call otherwise)."""
@@ -507,8 +521,13 @@ class WriterThread:
                 loop.call_soon(self._ask_again)
                 self._ask_again = None
 
-    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        def transaction(conn: sqlite3.Connection) -> T:
+    def _transaction(
+        self, work: Callable[[sqlite3.Connection], T], watched: bool
+    ) -> tuple[T, int | None]:
+        """``work`` in a transaction; with ``watched``, the ``data_version``
+        read after its commit too (see ``CommitWatch.writing``)."""
+
+        def transaction(conn: sqlite3.Connection) -> tuple[T, int | None]:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = work(conn)
@@ -516,6 +535,10 @@ class WriterThread:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            version = None
+            if watched:
+                with contextlib.suppress(sqlite3.Error):  # the watch reads it again later
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
             wanted = self._log_full  # the checkpointing thread's to change
             if wanted is not self._in_commits:
                 # Committed already: the work succeeded, whatever this does
@@ -526,7 +549,7 @@ class WriterThread:
                     self._in_commits = wanted
             if not self._checkpointing:
                 self._ask_for_checkpoint(conn.total_changes)
-            return result
+            return result, version
 
         return self._errors_translated(transaction)
 

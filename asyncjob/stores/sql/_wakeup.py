@@ -16,7 +16,12 @@ however many commits came while it looked. The commits of the store's own
 writing connection, most of a busy worker's (its claims and ends), do not
 wake it: SQLite's ``PRAGMA data_version`` on that connection moves only
 with the commits of *other* connections, and the store tells itself of its
-own writes where they are made.
+own writes where they are made. Nor are the log's events read while that
+connection writes, one transaction after another: each would wake the
+loop to find it was the process's own (8 % of a busy SQLite worker's
+throughput, measured); the version it reads after each of its commits
+tells of the others' meanwhile, and the events are read again once it has
+been quiet for :data:`QUIET`.
 
 inotify is three calls of the C library, through :mod:`ctypes`, so that
 no dependency is added for them. A watch is lost if the log is deleted,
@@ -38,12 +43,19 @@ from typing import Protocol
 
 from asyncjob._core.log import logger
 
-__all__ = ("CONFIRM_EVERY", "CONFIRM_FOR", "CommitWatch", "Versions")
+__all__ = ("CONFIRM_EVERY", "CONFIRM_FOR", "QUIET", "CommitWatch", "Versions")
 
 #: After a write to the log, how often and for how long (seconds) to read
 #: whether a commit became visible.
 CONFIRM_EVERY = 0.0005
 CONFIRM_FOR = 0.01
+
+#: Seconds without a write of the process's own after which the log's
+#: events are read again (see :meth:`CommitWatch.writing`). Longer than the
+#: gaps between a busy worker's claims and ends (a few tenths of a
+#: millisecond), short enough that a commit of another process, made just
+#: after the process's last write, is heard of about as soon as before.
+QUIET = 0.001
 
 # From <sys/inotify.h>.
 _IN_MODIFY = 0x00000002
@@ -62,6 +74,11 @@ class Versions(Protocol):
     def data_version(self, ask_again: Callable[[], None]) -> int | None:
         """The version now; or None when it cannot be read at the moment,
         and then ``ask_again()`` is called, once, when it can."""
+
+    def watched_by(self, watch: CommitWatch | None) -> None:
+        """Tell ``watch`` (None: nobody any more) when the connection writes:
+        :meth:`CommitWatch.writing` before each of its transactions, and
+        :meth:`CommitWatch.written` after, with the version it read then."""
 
 
 class CommitWatch:
@@ -85,15 +102,29 @@ class CommitWatch:
             system's limit of inotify watches reached): poll instead.
     """
 
-    def __init__(self, path: str, on_commit: Callable[[], None], versions: Versions) -> None:
+    def __init__(
+        self,
+        path: str,
+        on_commit: Callable[[], None],
+        versions: Versions,
+        *,
+        quiet: float = QUIET,
+    ) -> None:
         self.path = path
         self._on_commit = on_commit
         self._versions = versions
+        self._quiet = quiet
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._version: int | None = None
         self._confirming: asyncio.TimerHandle | None = None
         self._confirm_until = 0.0
+        # The log's events are read (its file descriptor is among the
+        # loop's readers); not while the versions' connection writes.
+        self._reading = False
+        self._writes = 0  # transactions of the versions' connection under way
+        self._quiet_from = 0.0  # the loop's time from which it is quiet
+        self._resuming: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         """Watch from now on; on the loop that will hear of the commits."""
@@ -111,19 +142,68 @@ class CommitWatch:
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd
+        self._fd, self._reading = fd, True
         self._version = self._versions.data_version(self._confirm)
+        self._versions.watched_by(self)
 
     def stop(self) -> None:
         """Stop watching; idempotent."""
         fd, self._fd = self._fd, None
         if fd is None:
             return
-        if self._confirming is not None:
-            self._confirming.cancel()
-        if self._loop is not None and not self._loop.is_closed():
+        self._versions.watched_by(None)
+        for timer in (self._confirming, self._resuming):
+            if timer is not None:
+                timer.cancel()
+        if self._reading and self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(fd)
+        self._reading = False
         os.close(fd)
+
+    def writing(self) -> None:
+        """The versions' connection begins a transaction: its writes to the
+        log are its own, and each read would wake the loop for nothing. So
+        the events wait unread, from now until it has been quiet for
+        ``quiet`` seconds; meanwhile the version it reads after each commit
+        tells of the others' commits (:meth:`written`), and then the events
+        come in, once, with whatever commit of another fell after its
+        last one."""
+        if self._fd is None:
+            return
+        assert self._loop is not None
+        self._writes += 1
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+        if self._confirming is not None:  # the version read after it will do
+            self._confirming.cancel()
+            self._confirming = None
+
+    def written(self, version: int | None) -> None:
+        """The transaction :meth:`writing` announced is over, and the
+        connection read ``version`` after committing it (None: it did not
+        commit, or could not read)."""
+        if self._fd is None:
+            return
+        assert self._loop is not None
+        self._writes -= 1
+        if version is not None:
+            self._seen(version)
+        self._quiet_from = self._loop.time() + self._quiet
+        if self._resuming is None:  # one timer for a run of writes, not one each
+            self._resuming = self._loop.call_at(self._quiet_from, self._resume)
+
+    def _resume(self) -> None:
+        """Read the log's events again, if no write came for ``quiet`` seconds."""
+        self._resuming = None
+        if self._fd is None or self._writes:
+            return  # stopped; or written() sets this timer again
+        assert self._loop is not None
+        if self._loop.time() < self._quiet_from:
+            self._resuming = self._loop.call_at(self._quiet_from, self._resume)
+            return
+        self._loop.add_reader(self._fd, self._read)
+        self._reading = True
 
     def _read(self) -> None:
         """The kernel has events: read them all, then confirm the commit."""
@@ -152,17 +232,13 @@ class CommitWatch:
 
     def _confirm(self) -> None:
         self._confirming = None
-        if self._fd is None:
-            return
+        if self._fd is None or not self._reading:
+            return  # stopped; or the connection writes: written() will do
         assert self._loop is not None
         version = self._versions.data_version(self._confirm_again)
         if version is None:
             return  # busy: _confirm_again, once it is not
-        if self._version is None:
-            self._version = version  # the first reading, deferred from start()
-        elif version != self._version:
-            self._version = version
-            self._on_commit()
+        if self._seen(version):
             return
         if self._loop.time() < self._confirm_until:
             self._confirming = self._loop.call_later(CONFIRM_EVERY, self._confirm)
@@ -173,6 +249,18 @@ class CommitWatch:
         if self._loop is not None and self._confirming is None:
             self._confirm_until = max(self._confirm_until, self._loop.time() + CONFIRM_FOR)
             self._confirm()
+
+    def _seen(self, version: int) -> bool:
+        """The version read now: True, calling back, if another connection
+        committed since the last reading."""
+        if self._version is None:
+            self._version = version  # the first reading, deferred from start()
+            return False
+        if version == self._version:
+            return False
+        self._version = version
+        self._on_commit()
+        return True
 
 
 def _os_error(call: str) -> OSError:
