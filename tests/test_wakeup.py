@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import asyncjob
-from asyncjob.stores.sql import SQLStore, _sqlite
+from asyncjob.stores.sql import SQLStore, _sqlite, _wakeup
 from asyncjob.stores.sql._schema import Tables
 from asyncjob.stores.sql._sqlite import PRAGMAS, SQLiteDialect, WriterThread
 from asyncjob.stores.sql._wakeup import CommitWatch
@@ -144,10 +144,10 @@ async def test_the_log_is_not_read_while_the_writer_writes(tmp_path: Path) -> No
     reads = 0
     read = watch._read
 
-    def counted() -> None:  # the loop's reads of the log's events
+    def counted(soon: bool = True) -> None:  # the loop's reads of the log's events
         nonlocal reads
         reads += 1
-        read()
+        read(soon)
 
     watch._read = counted  # type: ignore[method-assign]
     watch.start()
@@ -178,6 +178,47 @@ async def test_the_log_is_not_read_while_the_writer_writes(tmp_path: Path) -> No
     finally:
         watch.stop()
         await writer.close()
+
+
+async def test_a_commit_not_yet_visible_is_read_again_at_the_loops_next_turns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit's first write to the log wakes the watch before the commit
+    is visible. The next readings come at the loop's next turns, not at
+    its timers, which wait a millisecond at least: here the timers would
+    wait a minute, and the commit, visible at the third reading after the
+    write, is heard of all the same."""
+    monkeypatch.setattr(_wakeup, "CONFIRM_SOON", NEVER)
+    monkeypatch.setattr(_wakeup, "CONFIRM_EVERY", NEVER)
+    path = tmp_path / "app.db"
+    log = tmp_path / "app.db-wal"
+    log.write_bytes(b"")
+
+    class Late:
+        """Versions whose next commit shows at the fourth reading (the
+        first is the watch's own, when it starts)."""
+
+        readings = 0
+
+        def data_version(self, ask_again: Callable[[], None]) -> int:
+            self.readings += 1
+            return 1 if self.readings < 4 else 2
+
+        def watched_by(self, watch: CommitWatch | None) -> None:
+            pass
+
+    versions = Late()
+    heard = asyncio.Event()
+    watch = CommitWatch(str(path), heard.set, versions)
+    watch.start()
+    try:
+        with log.open("ab") as file:
+            file.write(b"a page")
+        async with asyncio.timeout(TIMEOUT):
+            await heard.wait()
+        assert versions.readings == 4
+    finally:
+        watch.stop()
 
 
 async def test_without_a_log_the_store_polls(
