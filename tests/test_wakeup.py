@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -56,24 +56,34 @@ def wal_database(tmp_path: Path, *statements: str) -> Path:
     return path
 
 
+@contextlib.asynccontextmanager
+async def watched(
+    path: Path, on_commit: Callable[[], None], quiet: float = _wakeup.QUIET
+) -> AsyncIterator[tuple[WriterThread, CommitWatch]]:
+    """A writing thread on the database at ``path``, and a watch of the
+    other connections' commits, which calls ``on_commit``."""
+    writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
+    await writer.connect()
+    watch = CommitWatch(str(path), on_commit, writer, quiet=quiet)
+    watch.start()
+    try:
+        yield writer, watch
+    finally:
+        watch.stop()
+        await writer.close()
+
+
 async def test_a_commit_elsewhere_is_heard_of(tmp_path: Path) -> None:
     """The watch calls back once another process's commit is visible."""
     path = wal_database(tmp_path, "CREATE TABLE t (x)")
     heard = asyncio.Event()
-    writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
-    await writer.connect()
-    watch = CommitWatch(str(path), heard.set, writer)
-    watch.start()
-    try:
+    async with watched(path, heard.set) as (_, watch):
         for n in range(3):
             await asyncio.to_thread(write_from_another_process, path, f"INSERT INTO t VALUES ({n})")
             async with asyncio.timeout(TIMEOUT):
                 await heard.wait()
             heard.clear()
-    finally:
-        watch.stop()
-        watch.stop()  # idempotent
-        await writer.close()
+        watch.stop()  # stopped again on the way out: idempotent
 
 
 async def test_the_writers_own_commits_are_not_heard_of(tmp_path: Path) -> None:
@@ -83,8 +93,6 @@ async def test_the_writers_own_commits_are_not_heard_of(tmp_path: Path) -> None:
     path = wal_database(tmp_path, "CREATE TABLE t (x)")
     heard: list[str] = []
     other = asyncio.Event()
-    writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
-    await writer.connect()
 
     def committed() -> None:
         heard.append("commit")
@@ -93,9 +101,7 @@ async def test_the_writers_own_commits_are_not_heard_of(tmp_path: Path) -> None:
     def insert(n: int) -> Callable[[sqlite3.Connection], object]:
         return lambda conn: conn.execute("INSERT INTO t VALUES (?)", (n,))
 
-    watch = CommitWatch(str(path), committed, writer)
-    watch.start()
-    try:
+    async with watched(path, committed) as (writer, _):
         for n in range(20):
             await writer.write(insert(n))
         # A commit of another, made while the writer's transaction is open:
@@ -120,38 +126,33 @@ async def test_the_writers_own_commits_are_not_heard_of(tmp_path: Path) -> None:
         # (as the old watch did, calling back for each), woke nobody: the
         # one call is the other process's commit.
         assert heard == ["commit"]
-    finally:
-        watch.stop()
-        await writer.close()
 
 
-async def test_the_log_is_not_read_while_the_writer_writes(tmp_path: Path) -> None:
+async def test_the_log_is_not_read_while_the_writer_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The log's events from the writer's own transactions, one after
     another, would each wake the loop for nothing: they are left unread
     while it writes. Another process's commit meanwhile is heard of from
     the version the writer reads after its next commit; one after its last
     write, once it has been quiet for a while."""
     path = wal_database(tmp_path, "CREATE TABLE t (x)")
-    writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
-    await writer.connect()
     heard = asyncio.Event()
+    reads = 0
+    read = CommitWatch._read
+
+    def counted(watch: CommitWatch, soon: bool = True) -> None:  # the loop's reads of events
+        nonlocal reads
+        reads += 1
+        read(watch, soon)
+
+    monkeypatch.setattr(CommitWatch, "_read", counted)
 
     def insert(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO t VALUES (1)")
 
     # Quiet for a minute: the events stay unread for the whole test.
-    watch = CommitWatch(str(path), heard.set, writer, quiet=NEVER)
-    reads = 0
-    read = watch._read
-
-    def counted(soon: bool = True) -> None:  # the loop's reads of the log's events
-        nonlocal reads
-        reads += 1
-        read(soon)
-
-    watch._read = counted  # type: ignore[method-assign]
-    watch.start()
-    try:
+    async with watched(path, heard.set, quiet=NEVER) as (writer, _):
         for _ in range(20):
             await writer.write(insert)
         await asyncio.to_thread(write_from_another_process, path, "INSERT INTO t VALUES (2)")
@@ -159,25 +160,15 @@ async def test_the_log_is_not_read_while_the_writer_writes(tmp_path: Path) -> No
         async with asyncio.timeout(TIMEOUT):
             await heard.wait()
         assert reads == 0
-    finally:
-        watch.stop()
-        await writer.close()
 
     # Quiet soon: a commit of another after the writer's last write.
-    writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
-    await writer.connect()
     heard.clear()
-    watch = CommitWatch(str(path), heard.set, writer, quiet=0.01)
-    watch.start()
-    try:
+    async with watched(path, heard.set, quiet=0.01) as (writer, _):
         for _ in range(3):
             await writer.write(insert)
         await asyncio.to_thread(write_from_another_process, path, "INSERT INTO t VALUES (3)")
         async with asyncio.timeout(TIMEOUT):
             await heard.wait()
-    finally:
-        watch.stop()
-        await writer.close()
 
 
 async def test_a_commit_not_yet_visible_is_read_again_at_the_loops_next_turns(

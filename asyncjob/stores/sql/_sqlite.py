@@ -473,14 +473,15 @@ class WriterThread:
         """
         async with self._lock:
             watch = self._watch
-            if watch is None:
-                return (await self._in_thread(partial(self._transaction, work, False)))[0]
-            watch.writing()
+            if watch is not None:
+                watch.writing()
             version = None
             try:
-                result, version = await self._in_thread(partial(self._transaction, work, True))
+                transaction = partial(self._transaction, work, watch is not None)
+                result, version = await self._in_thread(transaction)
             finally:
-                watch.written(version)
+                if watch is not None:
+                    watch.written(version)
             return result
 
     async def connect(self) -> None:
