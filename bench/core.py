@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiojobs
-from floor import Floor
+from floor import Floor, StoreFloor
 
 import asyncjob
 from asyncjob.stores import MemoryStore
@@ -116,7 +116,20 @@ async def aiojobs_coro_throughput(n: int) -> float:
 async def floor_coro_throughput(n: int) -> float:
     """The floor (``floor.py``): the least runner that keeps asyncjob's
     in-process promises, performing and waiting as asyncjob's figure does."""
-    runner = Floor(CONCURRENCY, max_finished=n)
+    return await performed_and_waited(Floor(CONCURRENCY, max_finished=n), n)
+
+
+async def store_floor_coro_throughput(n: int) -> float:
+    """The floor keeping its records in asyncjob's ``MemoryStore``
+    (``floor.py``'s ``StoreFloor``): what the store alone costs."""
+    runner = StoreFloor(CONCURRENCY, max_finished=n)
+    await runner.open()
+    return await performed_and_waited(runner, n)
+
+
+async def performed_and_waited(runner: Floor | StoreFloor, n: int) -> float:
+    """Seconds for ``runner`` to perform ``n`` no-op jobs, then wait for
+    each by id; the runner is closed after."""
     start = time.perf_counter()
     ids = [await runner.perform(noop) for _ in range(n)]
     for job_id in ids:
@@ -295,6 +308,7 @@ def one_repetition(sizes: Sizes) -> dict[str, float]:
     r["coro.asyncjob"] = n / measure(asyncjob_coro_throughput, n)
     r["coro.aiojobs"] = n / measure(aiojobs_coro_throughput, n)
     r["coro.floor"] = n / measure(floor_coro_throughput, n)
+    r["coro.store_floor"] = n / measure(store_floor_coro_throughput, n)
     r["coro.queue"] = n / measure(queue_coro_throughput, n)
     n = sizes.sync_jobs
     r["sync.asyncjob"] = n / measure(asyncjob_sync_throughput, n)
@@ -340,6 +354,7 @@ ROWS = (
     Row("coroutine throughput", "coro.asyncjob", "coro.aiojobs", "aiojobs", "jobs/s",
         ">= 2x aiojobs", at_least(2.0)),
     Row("coroutine throughput", "coro.asyncjob", "coro.floor", "the floor", "jobs/s"),
+    Row("coroutine throughput", "coro.asyncjob", "coro.store_floor", "floor+store", "jobs/s"),
     Row("coroutine throughput", "coro.asyncjob", "coro.queue", "raw Queue", "jobs/s"),
     Row("sync throughput", "sync.asyncjob", "sync.pool", "raw pool", "jobs/s",
         ">= 0.8x raw pool", at_least(0.8)),
@@ -399,7 +414,7 @@ def spread(samples: dict[str, list[float]]) -> str:
     for key, values in samples.items():
         unit = {"coro": "jobs/s", "sync": "jobs/s", "mem": "B"}.get(key.split(".")[0], "ms")
         lo, mid, hi = min(values), statistics.median(values), max(values)
-        lines.append(f"  {key:<14} {fmt(mid, unit):>16}   range {fmt(lo, unit)} .. {fmt(hi, unit)}")
+        lines.append(f"  {key:<16} {fmt(mid, unit):>16}   range {fmt(lo, unit)} .. {fmt(hi, unit)}")
     return "\n".join(lines)
 
 

@@ -19,6 +19,13 @@ sync jobs, watchers and listings, hooks, sessions, tracing, ``join``, the
 check that a job left no context variable behind, and the seam that lets
 the same runner sit on a database. What asyncjob costs beyond this floor is
 the price of those, and of their layering.
+
+:class:`StoreFloor` is the same floor keeping its records in asyncjob's own
+``MemoryStore``, through the four calls of the ``ImmediateStore`` seam that
+a job's path makes (``enqueue_nowait``, ``start_nowait``, ``finish_nowait``,
+``outcome_nowait``, and ``ending`` to wait): it splits what asyncjob costs
+beyond the floor into the store's share (the record, watchers, unique keys,
+the bound on finished jobs) and the engine's and runner's.
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ from contextvars import ContextVar
 from typing import Any
 
 from asyncjob import new_job_id
+from asyncjob._core.models import Job, JobState
+from asyncjob.stores import MemoryStore
 
-__all__ = ("Floor",)
+__all__ = ("Floor", "StoreFloor")
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = range(4)
 
@@ -143,3 +152,73 @@ class Floor:
             self._finished.append(rec)
             if len(self._finished) > self._max_finished:
                 del self._records[self._finished.popleft().id]
+
+
+_NO_KWARGS: dict[str, Any] = {}
+
+
+class StoreFloor:
+    """:class:`Floor`, its records kept by asyncjob's ``MemoryStore``."""
+
+    def __init__(self, concurrency: int, max_finished: int) -> None:
+        self.store = MemoryStore(max_finished=max_finished)
+        self._queue: deque[Job] = deque()
+        self._concurrency = concurrency
+        self._idle: list[asyncio.Future[None]] = []
+        self._workers: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> None:
+        await self.store.open()
+
+    async def perform(self, func: Callable[..., Awaitable[Any]], *args: Any) -> str:
+        loop = asyncio.get_running_loop()
+        job = Job(new_job_id(), func.__qualname__, func, args, _NO_KWARGS, True, time.time())
+        self.store.enqueue_nowait(job)
+        self._queue.append(job)
+        if self._idle:
+            self._idle.pop().set_result(None)
+        elif len(self._workers) < self._concurrency:
+            self._workers.add(loop.create_task(self._work()))
+        return job.id
+
+    async def wait(self, job_id: str) -> Any:
+        outcome = self.store.outcome_nowait(job_id)
+        assert outcome is not None
+        if not outcome.state.is_final:
+            ending = self.store.ending(job_id)
+            assert ending is not None
+            outcome = await ending
+        if outcome.state is not JobState.succeeded:
+            raise RuntimeError(outcome.error)
+        return outcome.result
+
+    async def close(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue, store, in_a_row = self._queue, self.store, 0
+        while True:
+            if not queue:
+                idle = loop.create_future()
+                self._idle.append(idle)
+                await idle
+                in_a_row = 0
+                continue
+            in_a_row += 1
+            if in_a_row == 32:
+                in_a_row = 0
+                await asyncio.sleep(0)
+                continue
+            job = queue.popleft()
+            if not store.start_nowait(job.id):
+                continue
+            token = current.set(job.id)
+            try:
+                result, state, error = await job.func(*job.args), JobState.succeeded, None
+            except Exception as exc:  # noqa: BLE001 - the job's failure, kept for wait()
+                result, state, error = None, JobState.failed, str(exc)
+            current.reset(token)
+            store.finish_nowait(job.id, state, result=result, error=error)

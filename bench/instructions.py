@@ -58,6 +58,7 @@ PG = os.environ.get("ASYNCJOB_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/p
 ROWS = (
     ("core", "coroutine jobs, e2e (memory store)", "coroutine.asyncjob", "coroutine.aiojobs"),
     ("core", "coroutine jobs, the floor (floor.py)", "coroutine.asyncjob", "coroutine.floor"),
+    ("core", "the same, its records in MemoryStore", "coroutine.asyncjob", "coroutine.store_floor"),
     ("core", "coroutine jobs, raw asyncio.Queue", "coroutine.asyncjob", "coroutine.queue"),
     ("core", "sync jobs, e2e (memory store)", "sync.asyncjob", "sync.pool"),
     ("sqlite", "SQLite worker, claim + run + end", "sqlite.asyncjob", "sqlite.raw"),
@@ -139,6 +140,7 @@ async def run(subject: str, n: int, where: str) -> None:
             "coroutine.asyncjob": core.asyncjob_coro_throughput,
             "coroutine.aiojobs": core.aiojobs_coro_throughput,
             "coroutine.floor": core.floor_coro_throughput,
+            "coroutine.store_floor": core.store_floor_coro_throughput,
             "coroutine.queue": core.queue_coro_throughput,
             "sync.asyncjob": core.asyncjob_sync_throughput,
             "sync.pool": core.pool_sync_throughput,

@@ -41,7 +41,7 @@ class JobQueue:
         "_size",
         "_stops",
         "_taken",
-        "_woken",
+        "coming",
     )
 
     def __init__(self) -> None:
@@ -54,7 +54,10 @@ class JobQueue:
         self._size = 0
         self._stops = 0
         self._getters: deque[asyncio.Future[None]] = deque()
-        self._woken = 0  # takers woken for a job, not yet back from get()
+        #: Takers woken and not back yet: each takes a job when it comes.
+        #: Read it, never set it (an attribute, not a property: the engine
+        #: reads it at every perform).
+        self.coming = 0
 
     def __len__(self) -> int:
         """How many jobs are queued (the workers' ends not counted)."""
@@ -92,11 +95,6 @@ class JobQueue:
         self.wake_one()
 
     @property
-    def coming(self) -> int:
-        """Takers woken and not back yet: each takes a job when it comes."""
-        return self._woken
-
-    @property
     def waiting(self) -> int:
         """Takers waiting, not woken."""
         return len(self._getters)
@@ -104,7 +102,7 @@ class JobQueue:
     def peek(self) -> Job | None:
         """The job :meth:`get_nowait` would return now, if no taker that
         was woken for it is still on its way; else ``None``."""
-        if self._size <= self._woken:
+        if self._size <= self.coming:
             return None
         back, priorities = self._back, self._priorities
         if back and (not priorities or back[0][0] <= priorities[0]):
@@ -142,10 +140,10 @@ class JobQueue:
             self._getters.append(getter)
             try:
                 await getter
-                self._woken -= 1
+                self.coming -= 1
             except BaseException:
                 if getter.done() and not getter.cancelled():
-                    self._woken -= 1
+                    self.coming -= 1
                 getter.cancel()
                 with contextlib.suppress(ValueError):
                     self._getters.remove(getter)
@@ -169,6 +167,6 @@ class JobQueue:
             getter = self._getters.popleft()
             if not getter.done():
                 getter.set_result(None)
-                self._woken += 1
+                self.coming += 1
                 return True
         return False

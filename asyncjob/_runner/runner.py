@@ -56,6 +56,8 @@ T = TypeVar("T")
 # Most jobs take no keyword arguments: one shared empty mapping rather
 # than an empty dict per queued job.
 _NO_KWARGS: Mapping[str, Any] = MappingProxyType({})
+#: How a job is made on the hot path (see _new_job).
+_make = tuple.__new__
 
 
 class Phase(enum.Enum):
@@ -521,9 +523,11 @@ class Runner:
                         f"runner could take this job from the queue {queue!r}: perform it "
                         "to one of them, or give the runner that queue too"
                     )
-        # Positional: a named tuple's keywords and defaults cost a third more.
-        job = Job(job_id, name, target, args, kwargs, is_async, time.time(), registered,
-                  False, 1, options)  # fmt: skip
+        # Every field, made as a plain tuple is: the named tuple's own
+        # constructor is a Python function (a frame a job), and its keywords
+        # and defaults cost a third more again.
+        job = _make(Job, (job_id, name, target, args, kwargs, is_async, time.time(), registered,
+                          False, 1, options, None))  # fmt: skip
         return job if tracing.active is None else tracing.with_context(job)
 
     def _check_running(self) -> None:
