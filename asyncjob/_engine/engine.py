@@ -834,8 +834,9 @@ class Engine:
             assert self._finish_soon is not None
             if self._writing < self._ends_ahead:
                 self._ended(job.id)  # its slot frees now; else once its end is written
+            if self._writing == 0:
+                self._ends_written.clear()  # set again when it falls back to 0
             self._writing += 1
-            self._ends_written.clear()
             limited = definition is not None and definition.concurrency is not None
             self._finish_soon(
                 job.id, JobState.succeeded, partial(self._written, job.id, limited), result=result
