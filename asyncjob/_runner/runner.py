@@ -32,6 +32,7 @@ from asyncjob._core.models import (
     Progress,
     ScheduleStatus,
     WorkerStatus,
+    made,
     new_job_id,
     timestamp_to_datetime,
 )
@@ -56,8 +57,6 @@ T = TypeVar("T")
 # Most jobs take no keyword arguments: one shared empty mapping rather
 # than an empty dict per queued job.
 _NO_KWARGS: Mapping[str, Any] = MappingProxyType({})
-#: How a job is made on the hot path (see _new_job).
-_make = tuple.__new__
 
 
 class Phase(enum.Enum):
@@ -523,11 +522,8 @@ class Runner:
                         f"runner could take this job from the queue {queue!r}: perform it "
                         "to one of them, or give the runner that queue too"
                     )
-        # Every field, made as a plain tuple is: the named tuple's own
-        # constructor is a Python function (a frame a job), and its keywords
-        # and defaults cost a third more again.
-        job = _make(Job, (job_id, name, target, args, kwargs, is_async, time.time(), registered,
-                          False, 1, options, None))  # fmt: skip
+        job = made(Job, (job_id, name, target, args, kwargs, is_async, time.time(), registered,
+                         False, 1, options, None))  # fmt: skip
         return job if tracing.active is None else tracing.with_context(job)
 
     def _check_running(self) -> None:

@@ -9,7 +9,7 @@ import time
 
 from asyncjob._core.callables import describe
 from asyncjob._core.log import logger
-from asyncjob._core.models import Claimed, Job, JobState
+from asyncjob._core.models import Claimed, Job, JobState, made
 from asyncjob._core.registry import limits, lookup
 from asyncjob._core.spec import JobOptions
 from asyncjob._engine.engine import Engine
@@ -200,7 +200,6 @@ def _job_of(claimed: Claimed) -> Job | str:
             "and never imports or calls anything else"
         )
     _, is_async = describe(definition.func)
-    # Positional: a named tuple's keywords cost a third more (a job each).
-    return Job(claimed.id, claimed.name, definition.func, claimed.args, claimed.kwargs, is_async,
-               claimed.enqueued_at, True, True, claimed.attempts,
-               _options(claimed.queue, claimed.priority), claimed.trace)  # fmt: skip
+    return made(Job, (claimed.id, claimed.name, definition.func, claimed.args, claimed.kwargs,
+                      is_async, claimed.enqueued_at, True, True, claimed.attempts,
+                      _options(claimed.queue, claimed.priority), claimed.trace))  # fmt: skip

@@ -21,6 +21,7 @@ from asyncjob._core.models import (
     Outcome,
     Overview,
     ScheduleStatus,
+    made,
     minutes_of_the_last_hour,
     timestamp_to_datetime,
 )
@@ -308,7 +309,7 @@ class MemoryStore(ImmediateStore):
             self._forget_expired()  # it is forgotten, with the others of its age
             return None
         if rec.failure is None:  # rec.outcome(), without its call: every wait's path
-            return _outcome(Outcome, (rec.state, rec.result, None, None))
+            return made(Outcome, (rec.state, rec.result, None, None))
         return rec.outcome()
 
     def queued_nowait(self, job_id: str) -> bool:
@@ -440,10 +441,6 @@ class MemoryStore(ImmediateStore):
         ):
             del self._records[finished.popleft().id]
 
-
-#: ``Outcome(...)`` without the Python function namedtuple makes its
-#: constructor from: one frame fewer at every wait.
-_outcome = tuple.__new__
 
 #: What waiting for a job kept as it was performed reads.
 _QUEUED = Outcome(JobState.queued, None, None, None)

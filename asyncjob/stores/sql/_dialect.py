@@ -20,7 +20,7 @@ from typing import Any, ClassVar, NamedTuple
 from sqlalchemy import Connection, Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from asyncjob._core.models import Claimed, JobState
+from asyncjob._core.models import Claimed, JobState, made
 from asyncjob.stores.kit import Report, loads
 
 from ._schema import DUE, HOLDS_KEY, RUNNING, SCHEDULED, Tables
@@ -508,9 +508,8 @@ def claimed(row: Sequence[Any]) -> Claimed:
             args, kwargs = tuple(listed), named
         except Exception as exc:  # noqa: BLE001 - whatever is wrong with one row is its own
             problem = f"job {job_id} has stored arguments asyncjob cannot read: {exc}"
-    # Positional: a named tuple's keywords cost a third more (a job each).
-    return Claimed(job_id, name, args, kwargs, enqueued_at, attempts, problem, queue, priority,
-                   _trace_of(trace))  # fmt: skip
+    return made(Claimed, (job_id, name, args, kwargs, enqueued_at, attempts, problem, queue,
+                          priority, _trace_of(trace) if trace else None))  # fmt: skip
 
 
 def _trace_of(text: str | None) -> dict[str, str] | None:

@@ -53,6 +53,7 @@ from asyncjob._core.models import (
     Overview,
     ScheduleStatus,
     WorkerStatus,
+    made,
     minutes_of_the_last_hour,
     timestamp_to_datetime,
 )
@@ -941,16 +942,16 @@ class SQLStore(DurableStore, TransactionalStore):
             except TypeError as exc:
                 state, error = JobState.failed, f"TypeError: {exc}"
         # The last report is stored with the final state.
-        return Ending(
+        return made(Ending, (
             job_id,
-            state.value,
+            state._value_,  # .value is a Python descriptor: a call at every end
             encoded,
             None if error is None else storable_text(error),
             None if traceback is None else storable_text(traceback),
             time.time(),
             self._progress.take(job_id),
             self.held.get(job_id),
-        )
+        ))  # fmt: skip
 
     async def _finish(self, endings: list[Ending]) -> list[bool | Exception]:
         """Write ends, one batch at a time; a batch the database refuses is
