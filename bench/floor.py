@@ -78,18 +78,47 @@ class _Record:
         self.waiters: list[asyncio.Future[None]] | None = None
 
 
-class Floor:
-    """Coroutine jobs run by ``concurrency`` worker tasks, in the order
-    performed, each job's record kept until ``max_finished`` newer ones ended."""
+class _Workers:
+    """What both floors share: a queue and up to ``concurrency`` worker
+    tasks that take from it. The per-job code (queueing and waking, the
+    worker's loop) stays in each floor: a call shared there would be a
+    call a job added to the baseline. Not a ``Generic``: that made each of
+    StoreFloor's jobs 1,400 instructions dearer (``bench/instructions.py``)."""
 
-    def __init__(self, concurrency: int, max_finished: int) -> None:
-        self._records: dict[str, _Record] = {}
-        self._queue: deque[_Record] = deque()
-        self._finished: deque[_Record] = deque()
-        self._max_finished = max_finished
+    def __init__(self, concurrency: int) -> None:
+        self._queue: deque[Any] = deque()
         self._concurrency = concurrency
         self._idle: list[asyncio.Future[None]] = []
         self._workers: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    async def _pause(self) -> None:
+        """A worker's pause between jobs: until one is queued, if none is;
+        else one turn of the loop, for its other tasks (as asyncjob's
+        workers give it every 32 jobs)."""
+        if self._queue:
+            await asyncio.sleep(0)
+            return
+        idle = asyncio.get_running_loop().create_future()
+        self._idle.append(idle)
+        await idle
+
+
+class Floor(_Workers):
+    """Coroutine jobs run by ``concurrency`` worker tasks, in the order
+    performed, each job's record kept until ``max_finished`` newer ones ended."""
+
+    _queue: deque[_Record]
+
+    def __init__(self, concurrency: int, max_finished: int) -> None:
+        super().__init__(concurrency)
+        self._records: dict[str, _Record] = {}
+        self._finished: deque[_Record] = deque()
+        self._max_finished = max_finished
 
     async def perform(self, func: Callable[..., Awaitable[Any]], *args: Any) -> str:
         loop = asyncio.get_running_loop()
@@ -114,25 +143,13 @@ class Floor:
             raise rec.result
         return rec.result
 
-    async def close(self) -> None:
-        for task in self._workers:
-            task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         queue, in_a_row = self._queue, 0
         while True:
-            if not queue:
-                idle = loop.create_future()
-                self._idle.append(idle)
-                await idle
-                in_a_row = 0
-                continue
             in_a_row += 1
-            if in_a_row == 32:  # as asyncjob's workers: let the loop's other tasks in
+            if not queue or in_a_row == 32:
+                await self._pause()
                 in_a_row = 0
-                await asyncio.sleep(0)
                 continue
             rec = queue.popleft()
             assert rec.func is not None
@@ -157,15 +174,14 @@ class Floor:
 _NO_KWARGS: dict[str, Any] = {}
 
 
-class StoreFloor:
+class StoreFloor(_Workers):
     """:class:`Floor`, its records kept by asyncjob's ``MemoryStore``."""
 
+    _queue: deque[Job]
+
     def __init__(self, concurrency: int, max_finished: int) -> None:
+        super().__init__(concurrency)
         self.store = MemoryStore(max_finished=max_finished)
-        self._queue: deque[Job] = deque()
-        self._concurrency = concurrency
-        self._idle: list[asyncio.Future[None]] = []
-        self._workers: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         await self.store.open()
@@ -192,25 +208,13 @@ class StoreFloor:
             raise RuntimeError(outcome.error)
         return outcome.result
 
-    async def close(self) -> None:
-        for task in self._workers:
-            task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         queue, store, in_a_row = self._queue, self.store, 0
         while True:
-            if not queue:
-                idle = loop.create_future()
-                self._idle.append(idle)
-                await idle
-                in_a_row = 0
-                continue
             in_a_row += 1
-            if in_a_row == 32:
+            if not queue or in_a_row == 32:
+                await self._pause()
                 in_a_row = 0
-                await asyncio.sleep(0)
                 continue
             job = queue.popleft()
             if not store.start_nowait(job.id):

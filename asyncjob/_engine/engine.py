@@ -522,11 +522,7 @@ class Engine:
         error: BaseException | None = None
         try:
             if (definition is None or definition.timeout is None) and not self._wraps_async:
-                # job.call(), without its frame; two coroutines fewer than
-                # _call_async.
-                result = await (
-                    job.func(*job.args, **job.kwargs) if job.kwargs else job.func(*job.args)
-                )
+                result = await job.call()  # two coroutines fewer
             else:
                 result = await self._call_async(job, ctx, definition)
         except asyncio.CancelledError as exc:

@@ -94,7 +94,7 @@ class _Record:
 
     def outcome(self) -> Outcome:
         error, traceback = self.failure or (None, None)
-        return Outcome(self.state, self.result, error, traceback)
+        return made(Outcome, (self.state, self.result, error, traceback))
 
     def snapshot(self) -> JobStatus:
         error, traceback = self.failure or (None, None)
@@ -308,8 +308,6 @@ class MemoryStore(ImmediateStore):
         if rec.finished_at is not None and rec.finished_at <= time.time() - self.keep_finished:
             self._forget_expired()  # it is forgotten, with the others of its age
             return None
-        if rec.failure is None:  # rec.outcome(), without its call: every wait's path
-            return made(Outcome, (rec.state, rec.result, None, None))
         return rec.outcome()
 
     def queued_nowait(self, job_id: str) -> bool:

@@ -512,11 +512,10 @@ def claimed(row: Sequence[Any]) -> Claimed:
                           priority, _trace_of(trace) if trace else None))  # fmt: skip
 
 
-def _trace_of(text: str | None) -> dict[str, str] | None:
-    """A stored trace context; one that cannot be read is dropped (a job
-    is not failed for its trace)."""
-    if not text:
-        return None
+def _trace_of(text: str) -> dict[str, str] | None:
+    """A stored trace context (not empty: most jobs have none, and are not
+    called for); one that cannot be read is dropped (a job is not failed
+    for its trace)."""
     try:
         found = loads(text)
     except ValueError:
