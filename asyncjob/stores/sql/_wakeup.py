@@ -43,7 +43,15 @@ from typing import Protocol
 
 from asyncjob._core.log import logger
 
-__all__ = ("CONFIRM_EVERY", "CONFIRM_FOR", "CONFIRM_SOON", "QUIET", "CommitWatch", "Versions")
+__all__ = (
+    "CONFIRM_EVERY",
+    "CONFIRM_FOR",
+    "CONFIRM_LATE",
+    "CONFIRM_SOON",
+    "QUIET",
+    "CommitWatch",
+    "Versions",
+)
 
 #: After a write to the log, how often and for how long (seconds) to read
 #: whether a commit became visible: at each turn of the loop for the first
@@ -53,10 +61,15 @@ __all__ = ("CONFIRM_EVERY", "CONFIRM_FOR", "CONFIRM_SOON", "QUIET", "CommitWatch
 #: wait a millisecond at least (the kernel's wait counts whole
 #: milliseconds), so that a commit the first reading missed was seen some
 #: 1.1 ms later (perform->start in another process, p50: 2.6 ms, against
-#: 1.7 when that reading happened to come late enough).
+#: 1.7 when that reading happened to come late enough). After CONFIRM_FOR,
+#: at growing intervals (each as long as the time since the write) until
+#: CONFIRM_LATE: the committing process may lose its CPU between its last
+#: write to the log and making the commit visible, and on a loaded machine
+#: it did, for more than CONFIRM_FOR (a commit missed until the next poll).
 CONFIRM_SOON = 0.001
 CONFIRM_EVERY = 0.001
 CONFIRM_FOR = 0.01
+CONFIRM_LATE = 1.0
 
 #: Seconds without a write of the process's own after which the log's
 #: events are read again (see :meth:`CommitWatch.writing`). Longer than the
@@ -103,7 +116,7 @@ class CommitWatch:
     such as a large transaction spilling pages to the log, is followed by
     the commit's own write later, which is heard of in turn; a write of
     the connection itself is not a commit of another, and is confirmed by
-    nothing).
+    nothing), then less and less often until :data:`CONFIRM_LATE`.
 
     Raises (from :meth:`start`):
         OSError: the log cannot be watched (not Linux, no log file, or the
@@ -126,7 +139,7 @@ class CommitWatch:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._version: int | None = None
         self._confirming: asyncio.Handle | None = None
-        self._confirm_soon_until = self._confirm_until = 0.0
+        self._written_at = self._confirm_soon_until = self._confirm_until = 0.0
         # The log's events are read (its file descriptor is among the
         # loop's readers); not while the versions' connection writes.
         self._reading = False
@@ -239,7 +252,7 @@ class CommitWatch:
             self.stop()
             self._on_commit()
         elif written:
-            now = self._loop.time()
+            self._written_at = now = self._loop.time()
             self._confirm_soon_until = now + CONFIRM_SOON if soon else now
             self._confirm_until = now + CONFIRM_FOR
             if self._confirming is not None:  # a reading to come: now, rather
@@ -261,6 +274,8 @@ class CommitWatch:
             self._confirming = self._loop.call_soon(self._confirm)
         elif now < self._confirm_until:
             self._confirming = self._loop.call_later(CONFIRM_EVERY, self._confirm)
+        elif (waited := now - self._written_at) < CONFIRM_LATE:
+            self._confirming = self._loop.call_later(waited, self._confirm)
 
     def _confirm_again(self) -> None:
         """The version can be read again, after a wait that may have taken
