@@ -449,6 +449,48 @@ async def test_a_job_id_recorded_twice_fails_alone(database: Database) -> None:
         await store.close()
 
 
+async def test_an_attempt_claimed_again_while_it_ran_here_is_not_given_out_twice(
+    database: Database,
+) -> None:
+    """A job is claimed again while an attempt of it runs here (its lease
+    taken back while the worker was late), and handed back: its number is
+    not given out again, so that the end of the attempt running here, which
+    may carry that number, cannot end the attempt claimed next. And an end
+    of a job the store no longer holds ends nothing, even the attempt the
+    store claims after it."""
+    store = SQLStore(database.async_url)
+    await store.open()
+    try:
+        job = Job("3" * 32, "tests.area", print, (), {}, False, time.time(), True)
+        await store.enqueue(job)
+        requeue = (
+            f"UPDATE {store.tables.jobs.name} SET state = 'queued', locked_by = NULL,"
+            f" lease_expires_at = NULL WHERE id = '{job.id}'"
+        )
+        [first] = await store.claim(1)
+        await asyncio.to_thread(edit_by_hand, database.sync_url, requeue)
+        [again] = await store.claim(1)  # while the first runs here
+        await store.release([job.id])  # handed back: it runs here already
+        ending = store._ending(job.id, JobState.succeeded, "late", None, None)
+        [after] = await store.claim(1)
+        assert (first.attempts, again.attempts, after.attempts) == (1, 2, 3)
+        assert await store._dialect.finish([ending]) == [False]  # not held when it ended
+        assert await store.finish(job.id, JobState.succeeded, result="next") is True
+        status = await store.get(job.id)
+        assert status is not None
+        assert status.result == "next"
+        # Handed back for another reason (a worker stopping), an attempt
+        # does not count.
+        other = job._replace(id="4" * 32)
+        await store.enqueue(other)
+        [claimed] = await store.claim(1)
+        await store.release([other.id])
+        [claimed_again] = await store.claim(1)
+        assert claimed.attempts == claimed_again.attempts == 1
+    finally:
+        await store.close()
+
+
 def test_bad_options() -> None:
     """poll_interval must be positive."""
     with pytest.raises(ValueError, match="poll_interval"):

@@ -118,6 +118,12 @@ _ERROR_LENGTH = 2000
 
 _GONE = object()
 
+#: The attempt that the end or retry of a job this store no longer holds
+#: (handed back, its lease lost) is written for: none, as no row counts
+#: it, even if the job was claimed here again meanwhile. Without it, such a
+#: late end (matching any attempt) ended the attempt claimed after it.
+_NOT_HELD = -1
+
 
 def _duplicate_key(exc: DBAPIError) -> bool:
     """True for the error of a key the table holds already (on PostgreSQL
@@ -227,6 +233,10 @@ class SQLStore(DurableStore, TransactionalStore):
         #: it was given to run (attempt ``None``: only this process runs
         #: them). A job is held until its end is written.
         self.held: dict[str, int | None] = {}
+        # The jobs of the last claim that were held here already (their
+        # lease taken back while the worker was late): the producer hands
+        # them back (release), and their attempt then counts.
+        self._claimed_again: set[str] = set()
         #: enqueue_sql's statements, compiled, by the shape of the job.
         self._dbapi_inserts: dict[
             tuple[bool, bool], tuple[str, list[str], str | None, list[str]]
@@ -639,7 +649,9 @@ class SQLStore(DurableStore, TransactionalStore):
         limits: Mapping[str, int] | None = None,
     ) -> list[Claimed]:
         claimed = await self._dialect.claim(limit, self._lease, queues, limits)
-        self.held.update((c.id, c.attempts) for c in claimed)
+        held = self.held
+        self._claimed_again = {c.id for c in claimed if c.id in held}
+        held.update((c.id, c.attempts) for c in claimed)
         if claimed:
             await self._hear_cancels()
         for c in claimed:
@@ -657,7 +669,12 @@ class SQLStore(DurableStore, TransactionalStore):
         jobs = self.tables.jobs
         requested = jobs.c.cancel_requested
         # Handed back, not failed: this attempt does not count. A job whose
-        # cancel was requested is not handed back: it ends cancelled.
+        # cancel was requested is not handed back: it ends cancelled. A job
+        # claimed while an attempt of it ran here: that attempt's end may
+        # be on its way with the attempt claimed (held then), so the number
+        # is not given out again, for the end not to end the next attempt.
+        again = self._claimed_again.intersection(job_ids)
+        counts = requested if not again else requested | jobs.c.id.in_(again)
         await self.db.execute(
             update(jobs)
             .where(jobs.c.id.in_(job_ids), jobs.c.locked_by == self.owner, jobs.c.state == _RUNNING)
@@ -665,7 +682,7 @@ class SQLStore(DurableStore, TransactionalStore):
                 state=case((requested, _CANCELLED), else_=_QUEUED),
                 finished_at=case((requested, self.db.now()), else_=None),
                 started_at=case((requested, jobs.c.started_at), else_=None),
-                attempts=case((requested, jobs.c.attempts), else_=jobs.c.attempts - 1),
+                attempts=case((counts, jobs.c.attempts), else_=jobs.c.attempts - 1),
                 # The attempt is taken back, and its progress with it.
                 progress=case((requested, jobs.c.progress), else_=None),
                 data=case((requested, jobs.c.data), else_=None),
@@ -950,7 +967,7 @@ class SQLStore(DurableStore, TransactionalStore):
             None if traceback is None else storable_text(traceback),
             time.time(),
             self._progress.take(job_id),
-            self.held.get(job_id),
+            self.held.get(job_id, _NOT_HELD),
         ))  # fmt: skip
 
     async def _finish(self, endings: list[Ending]) -> list[bool | Exception]:
@@ -984,7 +1001,7 @@ class SQLStore(DurableStore, TransactionalStore):
                 return [again]
 
     async def retry(self, job_id: str, *, error: str, delay: float) -> bool:
-        attempt = self.held.get(job_id)
+        attempt = self.held.get(job_id, _NOT_HELD)
         try:
             return await self._retry(job_id, storable_text(error), delay, attempt)
         finally:
@@ -1184,7 +1201,7 @@ class SQLStore(DurableStore, TransactionalStore):
             jobs.c.locked_by == self.owner,
             jobs.c.cancel_requested.is_(False),
         ]
-        attempt = self.held.get(job_id)
+        attempt = self.held.get(job_id, _NOT_HELD)
         if attempt is not None:
             held.append(jobs.c.attempts == attempt)
         return update(jobs).where(*held).values(**values)
