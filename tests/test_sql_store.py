@@ -455,9 +455,7 @@ async def test_an_attempt_claimed_again_while_it_ran_here_is_not_given_out_twice
     """A job is claimed again while an attempt of it runs here (its lease
     taken back while the worker was late), and handed back: its number is
     not given out again, so that the end of the attempt running here, which
-    may carry that number, cannot end the attempt claimed next. And an end
-    of a job the store no longer holds ends nothing, even the attempt the
-    store claims after it."""
+    carries that number, cannot end the attempt claimed next."""
     store = SQLStore(database.async_url)
     await store.open()
     try:
@@ -474,7 +472,7 @@ async def test_an_attempt_claimed_again_while_it_ran_here_is_not_given_out_twice
         ending = store._ending(job.id, JobState.succeeded, "late", None, None)
         [after] = await store.claim(1)
         assert (first.attempts, again.attempts, after.attempts) == (1, 2, 3)
-        assert await store._dialect.finish([ending]) == [False]  # not held when it ended
+        assert await store._dialect.finish([ending]) == [False]
         assert await store.finish(job.id, JobState.succeeded, result="next") is True
         status = await store.get(job.id)
         assert status is not None

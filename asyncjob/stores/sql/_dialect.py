@@ -63,9 +63,8 @@ class Ending(NamedTuple):
     #: The last progress report, if it was not written yet.
     progress: Report | None
     #: The attempt that ends (``None`` for a job that is not registered,
-    #: which only its own process runs; -1, which no row has, for a job the
-    #: store no longer holds): a write late for an attempt must not end the
-    #: next one, even in the same worker.
+    #: which only its own process runs): a write late for an attempt must
+    #: not end the next one, even in the same worker.
     attempt: int | None = None
 
     def row(self) -> dict[str, Any]:

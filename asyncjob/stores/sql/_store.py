@@ -118,12 +118,6 @@ _ERROR_LENGTH = 2000
 
 _GONE = object()
 
-#: The attempt that the end or retry of a job this store no longer holds
-#: (handed back, its lease lost) is written for: none, as no row counts
-#: it, even if the job was claimed here again meanwhile. Without it, such a
-#: late end (matching any attempt) ended the attempt claimed after it.
-_NOT_HELD = -1
-
 
 def _duplicate_key(exc: DBAPIError) -> bool:
     """True for the error of a key the table holds already (on PostgreSQL
@@ -235,7 +229,8 @@ class SQLStore(DurableStore, TransactionalStore):
         self.held: dict[str, int | None] = {}
         # The jobs of the last claim that were held here already (their
         # lease taken back while the worker was late): the producer hands
-        # them back (release), and their attempt then counts.
+        # them back (release); their attempt then counts, and stays held
+        # until the end of the attempt that ran here is written.
         self._claimed_again: set[str] = set()
         #: enqueue_sql's statements, compiled, by the shape of the job.
         self._dbapi_inserts: dict[
@@ -670,9 +665,9 @@ class SQLStore(DurableStore, TransactionalStore):
         requested = jobs.c.cancel_requested
         # Handed back, not failed: this attempt does not count. A job whose
         # cancel was requested is not handed back: it ends cancelled. A job
-        # claimed while an attempt of it ran here: that attempt's end may
-        # be on its way with the attempt claimed (held then), so the number
-        # is not given out again, for the end not to end the next attempt.
+        # claimed while an attempt of it ran here: the end of that attempt
+        # is made with the attempt claimed (held since), so the number is
+        # not given out again, for that end not to end the next attempt.
         again = self._claimed_again.intersection(job_ids)
         counts = requested if not again else requested | jobs.c.id.in_(again)
         await self.db.execute(
@@ -967,7 +962,7 @@ class SQLStore(DurableStore, TransactionalStore):
             None if traceback is None else storable_text(traceback),
             time.time(),
             self._progress.take(job_id),
-            self.held.get(job_id, _NOT_HELD),
+            self.held.get(job_id),
         ))  # fmt: skip
 
     async def _finish(self, endings: list[Ending]) -> list[bool | Exception]:
@@ -1001,7 +996,7 @@ class SQLStore(DurableStore, TransactionalStore):
                 return [again]
 
     async def retry(self, job_id: str, *, error: str, delay: float) -> bool:
-        attempt = self.held.get(job_id, _NOT_HELD)
+        attempt = self.held.get(job_id)
         try:
             return await self._retry(job_id, storable_text(error), delay, attempt)
         finally:
@@ -1077,10 +1072,14 @@ class SQLStore(DurableStore, TransactionalStore):
         return before
 
     def _let_go(self, job_ids: list[str]) -> None:
-        """No longer hold the jobs (handed back)."""
+        """No longer hold the jobs (handed back), but those claimed again
+        while an attempt of them runs here: held until its end is written."""
         for job_id in job_ids:
-            self.held.pop(job_id, None)
-        self._stopping.difference_update(job_ids)
+            if job_id in self._claimed_again:
+                self._claimed_again.discard(job_id)
+            else:
+                self.held.pop(job_id, None)
+                self._stopping.discard(job_id)
 
     def _let_go_of(self, job_id: str, attempt: int | None) -> None:
         """No longer hold the job at this attempt (its end is written): a
@@ -1201,7 +1200,7 @@ class SQLStore(DurableStore, TransactionalStore):
             jobs.c.locked_by == self.owner,
             jobs.c.cancel_requested.is_(False),
         ]
-        attempt = self.held.get(job_id, _NOT_HELD)
+        attempt = self.held.get(job_id)
         if attempt is not None:
             held.append(jobs.c.attempts == attempt)
         return update(jobs).where(*held).values(**values)
