@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 import asyncjob
 from asyncjob import JobState
@@ -790,6 +790,61 @@ async def test_sqlite_ends_update_the_rows_their_check_found(tmp_path: Path) -> 
     finally:
         await store.close()
     assert plan == [f"SEARCH {store.tables.jobs.name} USING INTEGER PRIMARY KEY (rowid=?)"]
+
+
+async def test_sqlite_writes_follow_each_other_into_the_thread(tmp_path: Path) -> None:
+    """The store's writing thread keeps its turn to write for the writes
+    that come while one of its own is under way: each is handed to the
+    thread at once, not once the loop has seen the one before end (the
+    claims of a busy worker waited there behind the ends, its loop idle
+    meanwhile). Another writer of the store, waiting for its turn, gets it
+    before the writes that come after it."""
+    import sqlite3
+
+    from asyncjob.stores.sql._dialect import WriteLock
+    from asyncjob.stores.sql._sqlite import PRAGMAS, WriterThread
+
+    lock = WriteLock()
+    writer = WriterThread(str(tmp_path / "app.db"), PRAGMAS, lock)
+    order: list[str] = []
+    gate = threading.Event()
+
+    def first(conn: sqlite3.Connection) -> None:
+        gate.wait(TIMEOUT)
+        order.append("first")
+
+    def noted(name: str) -> Any:
+        return lambda conn: order.append(name)
+
+    async def another_writer() -> None:
+        async with lock:
+            order.append("another writer")
+
+    try:
+        await writer.connect()
+        writes = [asyncio.ensure_future(writer.write(first))]
+        await asyncio.sleep(0)  # each task runs to where it waits
+        writes.append(asyncio.ensure_future(writer.write(noted("second"))))
+        await asyncio.sleep(0)
+        assert writer._busy == 2  # both in the thread's hands, the first under way
+        writes.append(asyncio.ensure_future(another_writer()))
+        await asyncio.sleep(0)
+        assert lock.waiting == 1
+        writes.append(asyncio.ensure_future(writer.write(noted("third"))))
+        await asyncio.sleep(0)
+        assert lock.waiting == 2  # behind the other writer
+        gate.set()
+        async with asyncio.timeout(TIMEOUT):
+            await asyncio.gather(*writes)
+        assert order == ["first", "second", "another writer", "third"]
+        assert not lock.locked()
+        # A write that fails gives the turn back all the same.
+        with pytest.raises(OperationalError, match="syntax error"):
+            await writer.write(lambda conn: conn.execute("nonsense"))
+        assert not lock.locked()
+    finally:
+        gate.set()
+        await writer.close()
 
 
 class _GatedEnds(SQLStore):

@@ -19,6 +19,7 @@ import pytest
 
 import asyncjob
 from asyncjob.stores.sql import SQLStore, _sqlite, _wakeup
+from asyncjob.stores.sql._dialect import WriteLock
 from asyncjob.stores.sql._schema import Tables
 from asyncjob.stores.sql._sqlite import PRAGMAS, SQLiteDialect, WriterThread
 from asyncjob.stores.sql._wakeup import CommitWatch
@@ -62,7 +63,7 @@ async def watched(
 ) -> AsyncIterator[tuple[WriterThread, CommitWatch]]:
     """A writing thread on the database at ``path``, and a watch of the
     other connections' commits, which calls ``on_commit``."""
-    writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
+    writer = WriterThread(str(path), PRAGMAS, WriteLock())
     await writer.connect()
     watch = CommitWatch(str(path), on_commit, writer, quiet=quiet)
     watch.start()
@@ -254,7 +255,7 @@ async def test_without_a_log_the_store_polls(
     """A database whose log cannot be watched (here: no file at all) gives
     no listener, and says that the store polls."""
     dialect = SQLiteDialect(f"sqlite+aiosqlite:///{tmp_path / 'none.db'}", Tables("t_"), "me")
-    await dialect.open(asyncio.Lock())
+    await dialect.open(WriteLock())
     try:
         assert dialect._writer is not None
         with pytest.raises(OSError, match="inotify_add_watch"):
@@ -339,7 +340,7 @@ async def test_the_log_is_copied_beside_the_writes_and_starts_over(
         "WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHERE n < 99)"
         " INSERT INTO t SELECT n, x'' FROM s",
     )
-    writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
+    writer = WriterThread(str(path), PRAGMAS, WriteLock())
     try:
         autocheckpoint = await writer.read(
             lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
@@ -378,7 +379,7 @@ async def test_a_store_that_writes_little_checkpoints_seldom(
     monkeypatch.setattr(_sqlite, "CHECKPOINT_ROWS", 50)
     monkeypatch.setattr(_sqlite, "CHECKPOINT_LATEST", 3600.0)
     path = wal_database(tmp_path, "CREATE TABLE t (n INTEGER PRIMARY KEY)")
-    writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
+    writer = WriterThread(str(path), PRAGMAS, WriteLock())
     loop = asyncio.get_running_loop()
 
     async def write_rows(count: int) -> int:
@@ -409,7 +410,7 @@ async def test_a_write_committed_stands_when_the_log_setting_after_it_fails(
     # No checkpoint: it would find the log short, and switch them off again.
     monkeypatch.setattr(_sqlite, "CHECKPOINT_EVERY", float("inf"))
     path = wal_database(tmp_path, "CREATE TABLE t (n INTEGER PRIMARY KEY)")
-    writer = WriterThread(str(path), PRAGMAS, asyncio.Lock())
+    writer = WriterThread(str(path), PRAGMAS, WriteLock())
 
     def refuse_the_setting(action: int, arg1: str | None, *_: object) -> int:
         refused = action == sqlite3.SQLITE_PRAGMA and arg1 == "wal_autocheckpoint"

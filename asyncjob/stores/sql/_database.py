@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from asyncjob._core.log import logger
 
-from ._dialect import Dialect
+from ._dialect import Dialect, WriteLock
 
 __all__ = ("RIDE_OUT", "Database", "away", "refused", "same_database")
 
@@ -64,7 +64,7 @@ class Database:
         self._autocommit = self.engine.execution_options(**dialect.autocommit_options)
         #: Where the database has one writer at a time, this process's
         #: writers wait their turn here (see :attr:`Dialect.one_writer`).
-        self.write_lock = asyncio.Lock()
+        self.write_lock = WriteLock()
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:

@@ -15,7 +15,7 @@ import abc
 import asyncio
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from sqlalchemy import Connection, Table
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,6 +31,7 @@ __all__ = (
     "Dialect",
     "Ending",
     "Listener",
+    "WriteLock",
     "by_claim_order",
     "claimed",
     "ending_sql",
@@ -94,6 +95,25 @@ class Channels(NamedTuple):
     changed: str
     #: Running jobs had their cancel requested (for their holders).
     cancel: str
+
+
+class WriteLock(asyncio.Lock):
+    """The turn to write of a store's writers in this process, where the
+    database has one writer at a time (:attr:`Dialect.one_writer`); it
+    says whether anybody waits for it: SQLite's writing thread keeps its
+    turn for the next of its transactions only while nobody does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Writers waiting for their turn.
+        self.waiting = 0
+
+    async def acquire(self) -> Literal[True]:
+        self.waiting += 1
+        try:
+            return await super().acquire()
+        finally:
+            self.waiting -= 1
 
 
 class Listener(abc.ABC):
@@ -181,7 +201,7 @@ class Dialect(abc.ABC):
     # -- the frequent writes ---------------------------------------------------
 
     @abc.abstractmethod
-    async def open(self, write_lock: Any) -> None:
+    async def open(self, write_lock: WriteLock) -> None:
         """Bind the dialect's own connections, on the store's loop;
         ``write_lock`` is the store's (see :attr:`one_writer`)."""
 

@@ -46,6 +46,7 @@ from ._dialect import (
     Dialect,
     Ending,
     Listener,
+    WriteLock,
     by_claim_order,
     ending_sql,
     new_job_sql,
@@ -272,7 +273,7 @@ class PostgresDialect(Dialect):
 
     # -- the frequent writes ---------------------------------------------------
 
-    async def open(self, write_lock: Any) -> None:
+    async def open(self, write_lock: WriteLock) -> None:
         self._durable = DirectConnection(self.url, settings=WRITES)
         self._relaxed = DirectConnection(self.url, settings=CLAIMS)
 
