@@ -174,6 +174,42 @@ async def test_the_log_is_not_read_while_the_writer_writes(
             await heard.wait()
 
 
+class LateVersions:
+    """Versions (``_wakeup.Versions``) whose next commit is visible once
+    ``visible(readings)`` says so, asked at each reading; the first reading
+    is the watch's own, when it starts."""
+
+    def __init__(self, visible: Callable[[int], bool]) -> None:
+        self.visible = visible
+        self.readings = 0
+
+    def data_version(self, ask_again: Callable[[], None]) -> int:
+        self.readings += 1
+        return 2 if self.visible(self.readings) else 1
+
+    def watched_by(self, watch: CommitWatch | None) -> None:
+        pass
+
+
+@contextlib.asynccontextmanager
+async def a_page_heard_of(tmp_path: Path, versions: LateVersions) -> AsyncIterator[CommitWatch]:
+    """A watch of the log at ``tmp_path`` that reads ``versions``, once it
+    has heard of a page written to the log (the watch stops on the way out)."""
+    log = tmp_path / "app.db-wal"
+    log.write_bytes(b"")
+    heard = asyncio.Event()
+    watch = CommitWatch(str(tmp_path / "app.db"), heard.set, versions)
+    watch.start()
+    try:
+        with log.open("ab") as file:
+            file.write(b"a page")
+        async with asyncio.timeout(TIMEOUT):
+            await heard.wait()
+        yield watch
+    finally:
+        watch.stop()
+
+
 async def test_a_commit_not_yet_visible_is_read_again_at_the_loops_next_turns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -184,69 +220,21 @@ async def test_a_commit_not_yet_visible_is_read_again_at_the_loops_next_turns(
     write, is heard of all the same."""
     monkeypatch.setattr(_wakeup, "CONFIRM_SOON", NEVER)
     monkeypatch.setattr(_wakeup, "CONFIRM_EVERY", NEVER)
-    path = tmp_path / "app.db"
-    log = tmp_path / "app.db-wal"
-    log.write_bytes(b"")
-
-    class Late:
-        """Versions whose next commit shows at the fourth reading (the
-        first is the watch's own, when it starts)."""
-
-        readings = 0
-
-        def data_version(self, ask_again: Callable[[], None]) -> int:
-            self.readings += 1
-            return 1 if self.readings < 4 else 2
-
-        def watched_by(self, watch: CommitWatch | None) -> None:
-            pass
-
-    versions = Late()
-    heard = asyncio.Event()
-    watch = CommitWatch(str(path), heard.set, versions)
-    watch.start()
-    try:
-        with log.open("ab") as file:
-            file.write(b"a page")
-        async with asyncio.timeout(TIMEOUT):
-            await heard.wait()
+    versions = LateVersions(lambda readings: readings >= 4)
+    async with a_page_heard_of(tmp_path, versions):
         assert versions.readings == 4
-    finally:
-        watch.stop()
 
 
 async def test_a_commit_made_visible_late_is_heard_of(tmp_path: Path) -> None:
     """The committing process lost its CPU between its last write to the
     log and making the commit visible, for longer than CONFIRM_FOR (seen on
     a loaded machine): the watch reads on, less often, and hears of it."""
-    log = tmp_path / "app.db-wal"
-    log.write_bytes(b"")
     loop = asyncio.get_running_loop()
-
-    class Late:
-        """Versions whose next commit shows five windows after the write."""
-
-        visible_from = float("inf")
-
-        def data_version(self, ask_again: Callable[[], None]) -> int:
-            return 2 if loop.time() >= self.visible_from else 1
-
-        def watched_by(self, watch: CommitWatch | None) -> None:
-            pass
-
-    versions = Late()
-    heard = asyncio.Event()
-    watch = CommitWatch(str(tmp_path / "app.db"), heard.set, versions)
-    watch.start()
-    try:
-        versions.visible_from = loop.time() + 5 * _wakeup.CONFIRM_FOR
-        with log.open("ab") as file:
-            file.write(b"a page")
-        async with asyncio.timeout(TIMEOUT):
-            await heard.wait()
+    visible_from = loop.time() + 5 * _wakeup.CONFIRM_FOR
+    async with a_page_heard_of(
+        tmp_path, LateVersions(lambda _: loop.time() >= visible_from)
+    ) as watch:
         assert watch._confirming is None  # nothing more to read
-    finally:
-        watch.stop()
 
 
 async def test_without_a_log_the_store_polls(
