@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -638,8 +639,6 @@ async def test_a_claim_reads_its_index_in_order(
             # limits; the heads of each queue, for a worker of several.
             assert all("p.name" in line or "q0.priority" in line for line in sorts), text_
         else:
-            import sqlite3
-
             path = database.sync_url.removeprefix("sqlite:///")
             with contextlib.closing(sqlite3.connect(path)) as conn:
                 params = {f"p{n}": value for n, value in enumerate(values, 1)}
@@ -667,8 +666,6 @@ async def test_sqlite_waits_for_a_writer_in_the_default_journal_mode(tmp_path: P
     mode (its own tables, at start): the store opening it waits for the
     write to end before turning on WAL mode, which SQLite does not wait for
     by itself ("database is locked" at once)."""
-    import sqlite3
-
     path = tmp_path / "app.db"
     app = sqlite3.connect(path, isolation_level=None)
     app.execute("BEGIN IMMEDIATE")
@@ -773,23 +770,73 @@ async def test_a_batch_of_ends_finds_its_jobs_by_their_key(postgres_db: Database
         await store.close()
 
 
-async def test_sqlite_ends_update_the_rows_their_check_found(tmp_path: Path) -> None:
-    """On SQLite, a batch of ends finds its jobs by id once, in the check
-    that the worker still holds them, and updates each by the rowid that
-    check read (in the same transaction): not by a second look-up of its
-    id in the primary key's index, which cost an end a sixth of its time."""
-    import sqlite3
-
+async def test_sqlite_ends_are_one_statement_that_finds_each_job_by_id(tmp_path: Path) -> None:
+    """On SQLite, a batch of ends is one statement (its rows bound in a
+    ``VALUES`` list, so that the writing thread keeps the GIL while SQLite
+    writes them all), which finds each job once through the primary key's
+    index and reads no other row of the table."""
     store = SQLStore(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
     await store.open()
     try:
-        finish = store._dialect._finish  # type: ignore[attr-defined]
+        plans = {}
         with contextlib.closing(sqlite3.connect(tmp_path / "jobs.db")) as conn:
-            values = (None,) * (finish.count("?") - 1) + (1,)
-            plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {finish}", values)]
+            for rows in (1, 64):
+                statement = store._dialect._end_sql(rows)  # type: ignore[attr-defined]
+                values = [None] * statement.count("?")
+                explained = conn.execute(f"EXPLAIN QUERY PLAN {statement}", values)
+                plans[rows] = [row[3] for row in explained]
     finally:
         await store.close()
-    assert plan == [f"SEARCH {store.tables.jobs.name} USING INTEGER PRIMARY KEY (rowid=?)"]
+    jobs = store.tables.jobs.name
+    for plan in plans.values():
+        assert [step for step in plan if jobs in step] == [
+            f"SEARCH {jobs} USING INDEX sqlite_autoindex_{jobs}_1 (id=?)"
+        ]
+
+
+async def test_sqlite_ends_past_the_statements_room_go_in_several(tmp_path: Path) -> None:
+    """A batch of ends with more values than a statement of SQLite may bind
+    goes in several statements (here SQLite's limit lowered to 25 values,
+    two ends a statement), each end written or refused as it would be
+    alone: a job no longer held, or held for a later attempt, is not ended."""
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
+    await store.open()
+    try:
+        writer = store._dialect._open_writer()  # type: ignore[attr-defined]
+        limit = await writer.read(
+            lambda conn: conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 25)
+        )
+        jobs = [
+            Job(f"{n:032d}", "tests.area", print, (), {}, False, time.time(), True)
+            for n in range(7)
+        ]
+        await store.enqueue_many(jobs)
+        claimed = await store.claim(7)
+        assert len(claimed) == 7
+        store.report_progress(jobs[2].id, 50.0, {"step": 2})
+        endings = [
+            store._ending(job.id, JobState.succeeded, n, None, None) for n, job in enumerate(jobs)
+        ]
+        endings[3] = endings[3]._replace(attempt=2)  # an attempt that is not the one held
+        endings[5] = endings[5]._replace(job_id="not held")
+        endings[6] = endings[6]._replace(
+            state=JobState.failed.value, result=None, error="E: bad", traceback="tb"
+        )
+        written = await store._dialect.finish(endings)
+        assert written == [True, True, True, False, True, False, True]
+        statuses = {job.id: await store.get(job.id) for job in jobs}
+        assert [s.state if s else None for s in statuses.values()] == [
+            JobState.succeeded, JobState.succeeded, JobState.succeeded, JobState.running,
+            JobState.succeeded, JobState.running, JobState.failed,
+        ]  # fmt: skip
+        third, last = statuses[jobs[2].id], statuses[jobs[6].id]
+        assert third is not None
+        assert last is not None
+        assert (third.result, third.progress, third.data) == (2, 50.0, {"step": 2})
+        assert (last.error, last.traceback, last.result) == ("E: bad", "tb", None)
+        assert limit > 25
+    finally:
+        await store.close()
 
 
 async def test_sqlite_writes_follow_each_other_into_the_thread(tmp_path: Path) -> None:
@@ -799,8 +846,6 @@ async def test_sqlite_writes_follow_each_other_into_the_thread(tmp_path: Path) -
     claims of a busy worker waited there behind the ends, its loop idle
     meanwhile). Another writer of the store, waiting for its turn, gets it
     before the writes that come after it."""
-    import sqlite3
-
     from asyncjob.stores.sql._dialect import WriteLock
     from asyncjob.stores.sql._sqlite import PRAGMAS, WriterThread
 
@@ -1041,8 +1086,6 @@ async def test_sqlite_due_times_are_the_databases_to_the_bit(sqlite_db: Database
     be a time SQLite's own ``now`` can be (its millisecond, through
     julianday), or a worker waking for a due time finds the job not due
     yet, and comes back a moment later."""
-    import sqlite3
-
     from asyncjob.stores.sql._sqlite import SQLiteDialect, sqlite_now
 
     with contextlib.closing(sqlite3.connect(":memory:")) as conn:

@@ -140,23 +140,8 @@ class SQLiteDialect(Dialect):
             """
         self._insert_unique = unique_insert_sql(self._insert)
         self._holder = f"SELECT id FROM {jobs} WHERE unique_key = ? AND {HOLDS_KEY}"
-        # Bound by position, from end_values(): by name cost a seventh of
-        # an end.
-        ending = ending_sql("cancel_requested", "?", "?", "?", "?")
-        self._finish = f"""
-            UPDATE {jobs}
-            SET {ending},
-                finished_at = ?, lease_expires_at = NULL,
-                progress = CASE WHEN ? THEN ? ELSE progress END,
-                data = CASE WHEN ? THEN ? ELSE data END
-            WHERE rowid = ?
-            """
-        # A job whose lease ran out and that another worker took meanwhile
-        # is that worker's to finish; a later attempt of it, even here, is
-        # that attempt's. Found with its rowid, by which the end then
-        # updates it in the same transaction (not by its id again).
-        self._held = f"""SELECT id, attempts, rowid FROM {jobs}
-                         WHERE state = '{_RUNNING}' AND locked_by = ? AND id IN"""
+        # A batch of ends is one statement (see finish()).
+        self._ends: dict[int, str] = {}
         self._progress = (
             f"UPDATE {jobs} SET progress = ?, data = ? WHERE id = ? AND state = '{_RUNNING}'"
         )
@@ -267,26 +252,55 @@ class SQLiteDialect(Dialect):
         return await self._write(write)
 
     async def finish(self, endings: list[Ending]) -> list[bool]:
-        ids = [e.job_id for e in endings]
+        """A batch of ends in one statement, its values bound in rows of a
+        ``VALUES`` list: the writing thread keeps the GIL while SQLite
+        writes them all, where a statement a job (``executemany``) gave it
+        up at each row and waited for the loop's next turn to get it back.
+        Each statement has room for a power of two of rows (the rest are
+        nulls, which end nothing), so that a few statements serve every
+        batch from SQLite's cache of prepared statements."""
+        rows = [end_values(e) for e in endings]
 
-        def write(conn: sqlite3.Connection) -> dict[str, int]:
-            """The jobs ended, with their rowids."""
-            marks = ", ".join("?" * len(ids))
-            attempts = {e.job_id: e.attempt for e in endings}
-            held = {
-                job_id: rowid
-                for job_id, attempt, rowid in conn.execute(
-                    f"{self._held} ({marks})", (self.owner, *ids)
-                )
-                if attempts[job_id] in (None, attempt)
-            }
-            conn.executemany(
-                self._finish, [end_values(e, held[e.job_id]) for e in endings if e.job_id in held]
-            )
-            return held
+        def write(conn: sqlite3.Connection) -> set[str]:
+            most = (conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1) // _END_VALUES
+            ended: set[str] = set()
+            for start in range(0, len(rows), most):
+                chunk = rows[start : start + most]
+                room = min(1 << (len(chunk) - 1).bit_length(), most)
+                values = [value for row in chunk for value in row]
+                values += _NO_END * (room - len(chunk))
+                values.append(self.owner)
+                ended.update(job_id for (job_id,) in conn.execute(self._end_sql(room), values))
+            return ended
 
-        held = await self._write(write)
-        return [job_id in held for job_id in ids]
+        ended = await self._write(write)
+        return [e.job_id in ended for e in endings]
+
+    def _end_sql(self, rows: int) -> str:
+        """The statement of ends with room for ``rows`` ends. A job whose
+        lease ran out and that another worker took meanwhile is that
+        worker's to finish; a later attempt of it, even here, is that
+        attempt's: the statement's condition, and the ids it returns say
+        which ends were written."""
+        sql = self._ends.get(rows)
+        if sql is None:
+            jobs = self.tables.jobs.name
+            ending = ending_sql("cancel_requested", "e.state", "e.result", "e.error", "e.traceback")
+            marks = ", ".join([f"({', '.join('?' * _END_VALUES)})"] * rows)
+            sql = self._ends[rows] = f"""
+                WITH e (id, state, result, error, traceback, finished_at, reported,
+                        progress, data, attempt) AS (VALUES {marks})
+                UPDATE {jobs}
+                SET {ending},
+                    finished_at = e.finished_at, lease_expires_at = NULL,
+                    progress = CASE WHEN e.reported THEN e.progress ELSE {jobs}.progress END,
+                    data = CASE WHEN e.reported THEN e.data ELSE {jobs}.data END
+                FROM e
+                WHERE {jobs}.id = e.id AND {jobs}.state = '{_RUNNING}' AND locked_by = ?
+                    AND (e.attempt IS NULL OR attempts = e.attempt)
+                RETURNING {jobs}.id
+                """
+        return sql
 
     async def progress(self, reports: dict[str, Report]) -> None:
         rows = [(value, data, job_id) for job_id, (value, data) in reports.items()]
@@ -336,12 +350,12 @@ def new_row(row: dict[str, Any], now: float, lease: float) -> tuple[Any, ...]:
     )
 
 
-def end_values(ending: Ending, rowid: int) -> tuple[Any, ...]:
-    """An end's values, in the order of the statement of ends' parameters,
-    for the row ``rowid`` (its job's)."""
+def end_values(ending: Ending) -> tuple[Any, ...]:
+    """An end's values, in the order of a row of the statement of ends."""
     reported = ending.progress is not None
     progress, data = ending.progress or (None, None)
     return (
+        ending.job_id,
         ending.state,
         ending.result,
         ending.error,
@@ -349,10 +363,14 @@ def end_values(ending: Ending, rowid: int) -> tuple[Any, ...]:
         ending.finished_at,
         reported,
         progress,
-        reported,
         data,
-        rowid,
+        ending.attempt,
     )
+
+
+#: The values of a row of the statement of ends, and a row that ends nothing.
+_END_VALUES = 10
+_NO_END = [None] * _END_VALUES
 
 
 class SQLiteListener(Listener):
