@@ -66,8 +66,19 @@ def tables() -> Iterator[None]:
     from .conftest import PG_HOST
 
     with psycopg.connect(PG_HOST) as conn:
-        for table in ("jobs", "meta", "schedules", "workers"):
-            conn.execute(f"DROP TABLE IF EXISTS {PREFIX}{table} CASCADE")
+        for statement in dropped(PREFIX):
+            conn.execute(statement)
+
+
+def dropped(prefix: str) -> list[str]:
+    """What drops a store's tables on PostgreSQL, and the functions of its
+    triggers, which dropping the tables leaves behind."""
+    tables = [
+        f"DROP TABLE IF EXISTS {prefix}{t} CASCADE"
+        for t in ("jobs", "meta", "schedules", "workers")
+    ]
+    functions = [f"DROP FUNCTION IF EXISTS {prefix}jobs_notify_{e}()" for e in ("insert", "update")]
+    return tables + functions
 
 
 def start(workers: Workers, backend: str, *options: str) -> subprocess.Popen[str]:
@@ -365,8 +376,8 @@ def test_enqueue_through_djangos_database_starts_no_runner(backend: str) -> None
             from django.db import connections
 
             with connections["pg"].cursor() as cursor:
-                for table in ("jobs", "meta", "schedules", "workers"):
-                    cursor.execute(f"DROP TABLE IF EXISTS {prefix}{table} CASCADE")
+                for statement in dropped(prefix):
+                    cursor.execute(statement)
 
 
 def test_bad_tasks_and_arguments_get_djangos_errors() -> None:
