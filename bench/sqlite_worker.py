@@ -62,8 +62,8 @@ async def run_once(jobs: int) -> tuple[float, list[float]]:
         path = Path(directory) / "jobs.db"
         url = f"sqlite+aiosqlite:///{path}"
         async with asyncjob.Runner(SQLStore(url), producer_only=True) as producer:
-            for _ in range(0, jobs, CHUNK):
-                await producer.perform_many(noop, [()] * CHUNK)
+            for performed in range(0, jobs, CHUNK):
+                await producer.perform_many(noop, [()] * min(CHUNK, jobs - performed))
         store = SQLStore(url, lease=LEASE, poll_interval=POLL_INTERVAL)
         with contextlib.closing(sqlite3.connect(path)) as probe:
             async with asyncjob.Runner(store, concurrency=CONCURRENCY):

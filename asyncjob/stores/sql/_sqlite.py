@@ -262,7 +262,8 @@ class SQLiteDialect(Dialect):
         rows = [end_values(e) for e in endings]
 
         def write(conn: sqlite3.Connection) -> set[str]:
-            most = (conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1) // _END_VALUES
+            limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            most = max(1, (limit - 1) // _END_VALUES)  # under 11, SQLite says so
             ended: set[str] = set()
             for start in range(0, len(rows), most):
                 chunk = rows[start : start + most]
