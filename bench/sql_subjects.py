@@ -30,6 +30,7 @@ import asyncpg
 
 import asyncjob
 from asyncjob.stores.sql import SQLStore
+from asyncjob.stores.sql._schema import DUE, RUNNING
 
 #: Jobs one worker process runs at once: asyncjob's ``Runner(concurrency=)``,
 #: procrastinate's worker ``concurrency``, pgqueuer's ``max_concurrent_tasks``,
@@ -554,14 +555,14 @@ class Subject:
 
 
 #: Through the store's two partial indexes of the jobs due and the jobs
-#: leased, as every other subject's probe goes through an index: with
+#: leased (their conditions word for word, as a database matches a query
+#: to a partial index), as every other subject's probe goes through an index: with
 #: ``state IN ('queued', 'running')``, which no index of asyncjob's serves,
 #: each probe (every 5 ms) read the table past every job done so far, on
 #: the worker's two cores.
 ASYNCJOB_LEFT = (
-    "SELECT 1 FROM asyncjob_jobs WHERE state = 'queued' AND registered"
-    " UNION ALL SELECT 1 FROM asyncjob_jobs WHERE lease_expires_at IS NOT NULL"
-    " AND state = 'running' LIMIT 1"
+    f"SELECT 1 FROM asyncjob_jobs WHERE {DUE}"
+    f" UNION ALL SELECT 1 FROM asyncjob_jobs WHERE {RUNNING} LIMIT 1"
 )
 ASYNCJOB_DONE = "SELECT count(*) FROM asyncjob_jobs WHERE state = 'succeeded'"
 RAW_LEFT = "SELECT 1 FROM bench_jobs WHERE state IN ('queued', 'running') LIMIT 1"

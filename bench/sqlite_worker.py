@@ -2,7 +2,7 @@
 
 ``bench/sql.py`` times a worker in a process of its own and reads that
 process's CPU; this runs the same worker (``Runner(SQLStore(...),
-concurrency=50)`` and the no-op job of ``sql_subjects``) in this process,
+concurrency=50)`` and the no-op job, from ``sql_subjects``) in this process,
 and reads what each of its threads spent from ``/proc/self/task``. It
 answers what ``sql.py`` cannot: whether the loop's thread and the store's
 writing thread work at the same time, or take turns. Their CPU a job
@@ -10,7 +10,7 @@ summed and compared with the wall time a job says it: a sum as long as
 the wall time is two threads that never ran at once.
 
 Each run: ``--jobs`` registered no-op jobs performed by a producer-only
-runner (in batches of 500), then the worker started and timed until a
+runner (``perform_many`` of 500 at a time), then the worker started and timed until a
 second connection to the file sees none queued or running (asked every
 20 ms, in the loop's thread, through the store's indexes). Linux only.
 
@@ -33,11 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import asyncjob
-from asyncjob.stores.sql import SQLStore
-
 sys.path.insert(0, str(Path(__file__).parent))
-from sql_subjects import ASYNCJOB_LEFT, CHUNK, CONCURRENCY, LEASE, POLL_INTERVAL, noop
+from sql_subjects import ASYNCJOB_LEFT, AsyncjobServer, Database, asyncjob_producer
 
 #: How often the second connection looks whether the jobs are done (seconds).
 DONE_POLL = 0.02
@@ -57,24 +54,32 @@ def thread_cpu() -> dict[str, float]:
 
 async def run_once(jobs: int) -> tuple[float, list[float]]:
     """Jobs a second of one worker run, and the CPU a job (seconds) of each
-    thread that spent any, most first."""
+    thread that spent any, most first. The jobs are performed, and run, as
+    ``sql.py`` does (``asyncjob_producer``, ``AsyncjobServer``), the worker
+    timed from its start, as there."""
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "jobs.db"
-        url = f"sqlite+aiosqlite:///{path}"
-        async with asyncjob.Runner(SQLStore(url), producer_only=True) as producer:
-            for performed in range(0, jobs, CHUNK):
-                await producer.perform_many(noop, [()] * min(CHUNK, jobs - performed))
-        store = SQLStore(url, lease=LEASE, poll_interval=POLL_INTERVAL)
+        db = Database("sqlite", f"sqlite+aiosqlite:///{path}", str(path))
+        async with asyncjob_producer(db) as producer:
+            await producer.many(jobs)
+        server = AsyncjobServer(db)
+        await server.prepare()
+        stop = asyncio.Event()
         with contextlib.closing(sqlite3.connect(path)) as probe:
-            async with asyncjob.Runner(store, concurrency=CONCURRENCY):
-                before, start = thread_cpu(), time.perf_counter()
-                # The file says when every end is written; nothing in this
-                # process could (sql.py asks it the same way). Through two
-                # indexes: a read of the table would take the loop's time.
-                while probe.execute(ASYNCJOB_LEFT).fetchone():  # noqa: ASYNC110
-                    await asyncio.sleep(DONE_POLL)
-                wall = time.perf_counter() - start
-                after = thread_cpu()
+            before, start = thread_cpu(), time.perf_counter()
+            worker = asyncio.create_task(server.run(stop))
+            # The file says when every end is written; nothing in this
+            # process could (sql.py asks it the same way). Through two
+            # indexes: a read of the table would take the loop's time.
+            while probe.execute(ASYNCJOB_LEFT).fetchone():
+                if worker.done():
+                    worker.result()  # its error
+                    raise RuntimeError("the worker stopped before its jobs were done")
+                await asyncio.sleep(DONE_POLL)
+            wall = time.perf_counter() - start
+            after = thread_cpu()
+            stop.set()
+            await worker
     spent = [after[tid] - before.get(tid, 0.0) for tid in after]
     return jobs / wall, sorted((cpu / jobs for cpu in spent if cpu > 0), reverse=True)
 

@@ -73,10 +73,10 @@ def tables() -> Iterator[None]:
 def dropped(prefix: str) -> list[str]:
     """What drops a store's tables on PostgreSQL, and the functions of its
     triggers, which dropping the tables leaves behind."""
-    tables = [
-        f"DROP TABLE IF EXISTS {prefix}{t} CASCADE"
-        for t in ("jobs", "meta", "schedules", "workers")
-    ]
+    from asyncjob.stores.sql._schema import Tables
+
+    names = Tables(prefix).metadata.tables
+    tables = [f"DROP TABLE IF EXISTS {name} CASCADE" for name in names]
     functions = [f"DROP FUNCTION IF EXISTS {prefix}jobs_notify_{e}()" for e in ("insert", "update")]
     return tables + functions
 
