@@ -839,6 +839,57 @@ async def test_sqlite_ends_past_the_statements_room_go_in_several(tmp_path: Path
         await store.close()
 
 
+async def test_sqlite_performs_are_a_few_statements_of_many_rows(tmp_path: Path) -> None:
+    """On SQLite, a batch of performs is written by statements of a power
+    of two of rows each, the largest that fit (not a statement a row, each
+    of which gave the GIL up to a busy loop): 500 jobs in six statements,
+    every job as it was performed."""
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
+    await store.open()
+    try:
+        writer = store._dialect._open_writer()  # type: ignore[attr-defined]
+        statements: list[str] = []
+        await writer.read(lambda conn: conn.set_trace_callback(statements.append))
+        jobs = [
+            make_job(f"{n:032d}", at=1e9 + n, queue=f"q{n % 3}", priority=n % 7) for n in range(500)
+        ]
+        assert await store.enqueue_many(jobs) == [job.id for job in jobs]
+        await writer.read(lambda conn: conn.set_trace_callback(None))
+        inserts = [sql for sql in statements if sql.lstrip().startswith("INSERT")]
+        assert [sql.count("), (") + 1 for sql in inserts] == [256, 128, 64, 32, 16, 4]
+        listed = await store.list_jobs(asyncjob.stores.JobQuery(limit=500))
+        assert [(s.id, s.queue, s.priority) for s in reversed(listed)] == [
+            (job.id, f"q{n % 3}", n % 7) for n, job in enumerate(jobs)
+        ]
+    finally:
+        await store.close()
+
+
+async def test_sqlite_performs_past_the_statements_room_go_in_several(tmp_path: Path) -> None:
+    """A batch of performs with more values than a statement of SQLite may
+    bind goes in several statements (here SQLite's limit lowered to 40
+    values: two jobs a statement), all in one transaction: a job that
+    cannot be written (its id taken) writes none of the batch."""
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
+    await store.open()
+    try:
+        writer = store._dialect._open_writer()  # type: ignore[attr-defined]
+        await writer.read(lambda conn: conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 40))
+        jobs = [make_job(f"{n:032d}", at=1e9 + n) for n in range(7)]
+        assert await store.enqueue_many(jobs) == [job.id for job in jobs]
+        assert [s.id for s in await store.list_jobs(asyncjob.stores.JobQuery())] == [
+            job.id for job in reversed(jobs)
+        ]
+        batch = [make_job(f"{n:032d}") for n in range(100, 105)] + [jobs[0]]
+        with pytest.raises(ValueError, match="nothing was recorded"):
+            await store.enqueue_many(batch)
+        for job in batch[:-1]:
+            assert await store.get(job.id) is None
+        assert len(await store.list_jobs(asyncjob.stores.JobQuery())) == 7
+    finally:
+        await store.close()
+
+
 async def test_sqlite_writes_follow_each_other_into_the_thread(tmp_path: Path) -> None:
     """The store's writing thread keeps its turn to write for the writes
     that come while one of its own is under way: each is handed to the

@@ -24,8 +24,11 @@
   ``sqlite3`` connection in a thread of its own (:class:`WriterThread`),
   a whole transaction per call: one hop between threads per batch, where
   aiosqlite makes one per statement, and one for ``BEGIN`` and ``COMMIT``
-  each. SQLite runs in this process, so ``executemany`` costs no round
-  trip per row.
+  each. A batch of performs or of ends is written by a few statements of
+  many rows each, not by ``executemany`` (a statement a row): ``sqlite3``
+  gives up the GIL at every statement it steps, and a statement that
+  writes a row takes long enough for a busy event loop to take the GIL
+  and keep it until its next turn, once a row.
 - Nothing announces changes across processes by itself: the listener
   (:class:`SQLiteListener`) hears that another connection committed, from
   the kernel, the moment it writes the log (``_wakeup``), and the store
@@ -46,6 +49,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from itertools import chain
 from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import Table, event
@@ -132,13 +136,11 @@ class SQLiteDialect(Dialect):
         # One writer at a time: a claim is atomic as it is, its counts for
         # the limits included.
         self._promote = self.promote_sql()
-        # Bound by position, from new_row(): named parameters and the due
-        # time and state computed in SQL cost a third of an insert.
-        self._insert = f"""
-            INSERT INTO {jobs} ({NEW_COLUMNS})
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)
-            """
-        self._insert_unique = unique_insert_sql(self._insert)
+        # Performs are bound by position, from new_row(): named parameters
+        # and the due time and state computed in SQL cost a third of an
+        # insert. A batch is a few statements of many rows (see insert()).
+        self._inserts: dict[int, str] = {}
+        self._insert_unique = unique_insert_sql(self._insert_sql(1))
         self._holder = f"SELECT id FROM {jobs} WHERE unique_key = ? AND {HOLDS_KEY}"
         # A batch of ends is one statement (see finish()).
         self._ends: dict[int, str] = {}
@@ -236,7 +238,21 @@ class SQLiteDialect(Dialect):
         now = sqlite_now()
         values = [new_row(row, now, lease) for row in rows]
         if all(row["unique_key"] is None for row in rows):
-            await self._write(lambda conn: conn.executemany(self._insert, values))
+
+            def write_all(conn: sqlite3.Connection) -> None:
+                # Statements of a power of two of rows, the largest that
+                # fit (500 rows: 256, 128, 64, 32, 16 and 4), so that a
+                # few prepared statements serve every batch.
+                limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+                most = max(1, limit // _NEW_VALUES)
+                start = 0
+                while start < len(values):
+                    size = 1 << (min(len(values) - start, most).bit_length() - 1)
+                    chunk = values[start : start + size]
+                    conn.execute(self._insert_sql(size), list(chain.from_iterable(chunk)))
+                    start += size
+
+            await self._write(write_all)
             return [row["id"] for row in rows]
 
         def write(conn: sqlite3.Connection) -> list[str]:
@@ -253,9 +269,8 @@ class SQLiteDialect(Dialect):
 
     async def finish(self, endings: list[Ending]) -> list[bool]:
         """A batch of ends in one statement, its values bound in rows of a
-        ``VALUES`` list: the writing thread keeps the GIL while SQLite
-        writes them all, where a statement a job (``executemany``) gave it
-        up at each row and waited for the loop's next turn to get it back.
+        ``VALUES`` list (see the module's docstring: a statement a job gave
+        the GIL up at every row, and waited for the loop's next turn).
         Each statement has room for a power of two of rows (the rest are
         nulls, which end nothing), so that a few statements serve every
         batch from SQLite's cache of prepared statements."""
@@ -276,6 +291,16 @@ class SQLiteDialect(Dialect):
 
         ended = await self._write(write)
         return [e.job_id in ended for e in endings]
+
+    def _insert_sql(self, rows: int) -> str:
+        """The statement that inserts ``rows`` new jobs, their values in
+        the order of :func:`new_row`'s."""
+        sql = self._inserts.get(rows)
+        if sql is None:
+            jobs = self.tables.jobs.name
+            marks = ", ".join([_NEW_ROW] * rows)
+            sql = self._inserts[rows] = f"INSERT INTO {jobs} ({NEW_COLUMNS}) VALUES {marks}"
+        return sql
 
     def _end_sql(self, rows: int) -> str:
         """The statement of ends with room for ``rows`` ends. A job whose
@@ -368,6 +393,10 @@ def end_values(ending: Ending) -> tuple[Any, ...]:
         ending.attempt,
     )
 
+
+#: A new job's row in an insert (its attempts are 0), and its bound values.
+_NEW_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)"
+_NEW_VALUES = _NEW_ROW.count("?")
 
 #: The values of a row of the statement of ends, and a row that ends nothing.
 _END_VALUES = 10
