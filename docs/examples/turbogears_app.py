@@ -183,6 +183,7 @@ def main() -> None:
 
         stop_async_worker()  # at exit it stops by itself; here, before the files go
         DBSession.remove()
+        DBSession.get_bind().dispose()  # the app's database connections, closed
 
 
 # --8<-- [end:main]
