@@ -40,7 +40,7 @@ def write_from_another_process(path: Path, statement: str) -> None:
     """Commit ``statement`` to the database at ``path`` from another process."""
     subprocess.run(
         [sys.executable, "-c", f"import sqlite3; c = sqlite3.connect({str(path)!r}); "
-         f"c.execute({statement!r}); c.commit()"],
+         f"c.execute({statement!r}); c.commit(); c.close()"],
         check=True,
         timeout=TIMEOUT,
     )  # fmt: skip
@@ -411,7 +411,7 @@ async def test_a_write_committed_stands_when_the_log_setting_after_it_fails(
         await writer.read(lambda conn: conn.set_authorizer(refuse_the_setting))
         writer._log_full = True  # as the checkpointing thread says of a long log
         await writer.write(lambda conn: conn.execute("INSERT INTO t VALUES (1)"))
-        with sqlite3.connect(path) as other:
+        with contextlib.closing(sqlite3.connect(path)) as other:
             assert other.execute("SELECT n FROM t").fetchall() == [(1,)]
         await writer.read(lambda conn: conn.set_authorizer(None))
         assert await writer.read(autocheckpoint) == 0  # refused: still off
