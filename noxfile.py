@@ -135,3 +135,4 @@ def bench_smoke(session: nox.Session) -> None:
     session.run("python", "bench/core.py", "--quick", "--repeat", "1")
     session.run("python", "bench/sql.py", "--quick", "--repeat", "1", "--jobs", "500")
     session.run("python", "bench/sqlite_worker.py", "--repeat", "1", "--jobs", "500")
+    session.run("python", "bench/ids.py", "--batches", "4")

@@ -4,10 +4,12 @@ followers of a store's changes (stores.kit.Watchers): the hot path's own parts."
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 
 import pytest
 
-from asyncjob._core.models import Job
+from asyncjob._core.models import Job, new_job_id
 from asyncjob._core.spec import JobOptions
 from asyncjob._engine.queue import JobQueue
 
@@ -161,6 +163,23 @@ async def test_a_follower_of_changes_dropped_without_closing_is_forgotten() -> N
         await anext(kept)
 
 
+def test_job_ids_are_uuids_of_version_7_in_the_order_they_were_made() -> None:
+    """An id is a UUID of version 7 in 32 hexadecimal digits: the
+    millisecond it was made first (so that a database's index of ids takes
+    new jobs at its end, not all over it), then random bits that tell
+    apart the ids of a millisecond."""
+    first = time.time_ns() // 1_000_000
+    ids = [new_job_id() for _ in range(2_000)]
+    last = time.time_ns() // 1_000_000
+    for job_id in ids:
+        parsed = uuid.UUID(hex=job_id)
+        assert (parsed.version, parsed.variant) == (7, uuid.RFC_4122)
+        assert parsed.hex == job_id
+        assert first <= int(job_id[:12], 16) <= last
+    assert [job_id[:12] for job_id in ids] == sorted(job_id[:12] for job_id in ids)
+    assert len({job_id[12:] for job_id in ids}) == len(ids)
+
+
 def test_job_ids_are_unique_across_threads_and_a_fork() -> None:
     """Ids cut from shared blocks of random bytes: threads drawing at once
     never get the same one, and a forked child draws its own block instead
@@ -170,7 +189,6 @@ def test_job_ids_are_unique_across_threads_and_a_fork() -> None:
     import threading
 
     from asyncjob._core import models
-    from asyncjob._core.models import new_job_id
 
     drawn: list[list[str]] = [[] for _ in range(8)]
 
