@@ -183,7 +183,9 @@ def main() -> None:
 
         stop_async_worker()  # at exit it stops by itself; here, before the files go
         DBSession.remove()
-        DBSession.get_bind().dispose()  # the app's database connections, closed
+        engine = DBSession.get_bind()
+        assert isinstance(engine, Engine)  # init_model's
+        engine.dispose()  # the app's database connections, closed
 
 
 # --8<-- [end:main]

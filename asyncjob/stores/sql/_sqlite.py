@@ -299,13 +299,13 @@ class SQLiteDialect(Dialect):
         the order of :func:`new_row`'s.
 
         ``OR FAIL``: a statement that writes several rows and may fail on
-        one (a job id taken) otherwise keeps a copy of every page it
-        changes, to undo itself alone (SQLite's statement journal), and
-        the new ids land all over the primary key's index: the statement
-        of 256 rows cost more than 256 statements of one (11-15 against
-        6-10 us a row, growing with the table). With ``OR FAIL`` it keeps
-        the rows written before the one that failed, and the transaction
-        is rolled back whole (:meth:`WriterThread.write`): all or none."""
+        one (a job id taken) otherwise first copies every page it changes,
+        to undo itself alone (SQLite's statement journal). With random ids
+        that was a page a row, and the statement of 256 rows cost more
+        than 256 statements of one (11-15 against 6-10 us a row, growing
+        with the table). With ``OR FAIL`` it keeps the rows written before
+        the one that failed, and the transaction is rolled back whole
+        (:meth:`WriterThread.write`): all or none."""
         sql = self._inserts.get(rows)
         if sql is None:
             jobs = self.tables.jobs.name
