@@ -180,6 +180,27 @@ def test_job_ids_are_uuids_of_version_7_in_the_order_they_were_made() -> None:
     assert len({job_id[12:] for job_id in ids}) == len(ids)
 
 
+def test_job_ids_keep_their_order_when_the_clock_goes_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If the clock steps back, the ids made meanwhile keep the millisecond
+    of the last ones until the clock has passed it again: still in order,
+    still apart."""
+    from asyncjob._core import models
+
+    now = [1_800_000_000_123_456_789]
+    monkeypatch.setattr(time, "time_ns", lambda: now[0])
+    monkeypatch.setattr(models, "_stamp", (0, ""))
+    first = new_job_id()
+    now[0] -= 5_000_000_000  # five seconds back
+    meanwhile = new_job_id()
+    now[0] += 10_000_000_000  # five seconds past the first
+    after = new_job_id()
+    assert first[:12] == meanwhile[:12] == f"{1_800_000_000_123:012x}"
+    assert first != meanwhile
+    assert after[:12] == f"{1_800_000_005_123:012x}"
+
+
 def test_job_ids_are_unique_across_threads_and_a_fork() -> None:
     """Ids cut from shared blocks of random bytes: threads drawing at once
     never get the same one, and a forked child draws its own block instead
