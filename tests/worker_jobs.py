@@ -8,6 +8,7 @@ import threading
 import time
 
 import asyncjob
+from asyncjob._engine.context import current
 
 
 @asyncjob.job
@@ -22,6 +23,18 @@ async def whoami(n: int) -> dict[str, int]:
 async def slow(n: int, seconds: float) -> dict[str, int]:
     """A job that takes a while: long enough to be caught mid-way by a kill."""
     await asyncio.sleep(seconds)  # the work
+    return {"n": n, "pid": os.getpid()}
+
+
+@asyncjob.job
+async def stalls_on_its_first_attempt(n: int) -> dict[str, int]:
+    """Job ``n``, whose first attempt never ends (a test kills its worker
+    meanwhile) and whose next one ends at once: caught mid-way however
+    slowly the test sees it start."""
+    running = current.get()
+    assert running is not None
+    if running.job.attempt == 1:
+        await asyncio.Event().wait()  # until the worker is killed
     return {"n": n, "pid": os.getpid()}
 
 
