@@ -73,11 +73,15 @@ def tables() -> Iterator[None]:
 def dropped(prefix: str) -> list[str]:
     """What drops a store's tables on PostgreSQL, and the functions of its
     triggers, which dropping the tables leaves behind."""
+    from asyncjob.stores.sql._postgres import ANNOUNCED_CHANGES, trigger_function
     from asyncjob.stores.sql._schema import Tables
 
-    names = Tables(prefix).metadata.tables
-    tables = [f"DROP TABLE IF EXISTS {name} CASCADE" for name in names]
-    functions = [f"DROP FUNCTION IF EXISTS {prefix}jobs_notify_{e}()" for e in ("insert", "update")]
+    made = Tables(prefix)
+    tables = [f"DROP TABLE IF EXISTS {name} CASCADE" for name in made.metadata.tables]
+    functions = [
+        f"DROP FUNCTION IF EXISTS {trigger_function(made.jobs.name, change)}()"
+        for change in ANNOUNCED_CHANGES
+    ]
     return tables + functions
 
 

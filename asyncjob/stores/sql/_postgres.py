@@ -58,6 +58,18 @@ __all__ = ("DirectConnection", "PostgresDialect", "PostgresListener", "asyncpg_a
 
 _RUNNING = JobState.running.value
 
+#: The changes of the jobs table that its triggers announce, each through
+#: a function of its own (:func:`trigger_function`).
+ANNOUNCED_CHANGES = ("insert", "update")
+
+
+def trigger_function(jobs: str, change: str) -> str:
+    """The name of the function, and of the trigger, that announces
+    ``change`` (one of :data:`ANNOUNCED_CHANGES`) of the table ``jobs``:
+    what a store leaves behind besides its tables."""
+    return f"{jobs}_notify_{change}"
+
+
 #: Any number, the same in every process: the schema's advisory lock.
 _LOCK_KEY = 0x61737963  # "asyc"
 
@@ -207,14 +219,11 @@ class PostgresDialect(Dialect):
         conn.execute(text(f"DROP TRIGGER IF EXISTS {jobs}_notify ON {jobs}"))
         conn.execute(text(f"DROP FUNCTION IF EXISTS {jobs}_notify()"))
         per = IDS_PER_NOTIFICATION
-        for change, rows in (
+        for change, rows in zip(
+            ANNOUNCED_CHANGES,
             (
-                "insert",
                 "SELECT n.id, n.state, n.registered, false AS stop, false AS freed"
                 " FROM new_rows AS n",
-            ),
-            (
-                "update",
                 "SELECT n.id, n.state, n.registered,"
                 " (n.cancel_requested AND NOT o.cancel_requested) AS stop,"
                 f" (o.state = '{_RUNNING}' AND n.state <> '{_RUNNING}') AS freed"
@@ -223,11 +232,13 @@ class PostgresDialect(Dialect):
                 " IS DISTINCT FROM"
                 " (o.state, o.progress, o.data, o.attempts, o.cancel_requested)",
             ),
+            strict=True,
         ):
+            function = trigger_function(jobs, change)
             conn.execute(
                 text(
                     f"""
-                    CREATE OR REPLACE FUNCTION {jobs}_notify_{change}() RETURNS trigger AS $$
+                    CREATE OR REPLACE FUNCTION {function}() RETURNS trigger AS $$
                     DECLARE
                         ids text;
                         anew boolean := false;
@@ -257,12 +268,12 @@ class PostgresDialect(Dialect):
                 )
             )
             old = " OLD TABLE AS old_rows" if change == "update" else ""
-            conn.execute(text(f"DROP TRIGGER IF EXISTS {jobs}_notify_{change} ON {jobs}"))
+            conn.execute(text(f"DROP TRIGGER IF EXISTS {function} ON {jobs}"))
             conn.execute(
                 text(
-                    f"CREATE TRIGGER {jobs}_notify_{change} AFTER {change.upper()} ON {jobs}"
+                    f"CREATE TRIGGER {function} AFTER {change.upper()} ON {jobs}"
                     f" REFERENCING{old} NEW TABLE AS new_rows"
-                    f" FOR EACH STATEMENT EXECUTE FUNCTION {jobs}_notify_{change}()"
+                    f" FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
                 )
             )
 

@@ -245,8 +245,7 @@ class SQLiteDialect(Dialect):
                 # Statements of a power of two of rows, the largest that
                 # fit (500 rows: 256, 128, 64, 32, 16 and 4), so that a
                 # few prepared statements serve every batch.
-                limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-                most = max(1, limit // _NEW_VALUES)
+                most = _rows_that_fit(conn, _NEW_VALUES)
                 start = 0
                 while start < len(values):
                     size = 1 << (min(len(values) - start, most).bit_length() - 1)
@@ -279,13 +278,12 @@ class SQLiteDialect(Dialect):
         rows = [end_values(e) for e in endings]
 
         def write(conn: sqlite3.Connection) -> set[str]:
-            limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-            most = max(1, (limit - 1) // _END_VALUES)  # under 11, SQLite says so
+            most = _rows_that_fit(conn, _END_VALUES, others=1)  # and the owner
             ended: set[str] = set()
             for start in range(0, len(rows), most):
                 chunk = rows[start : start + most]
                 room = min(1 << (len(chunk) - 1).bit_length(), most)
-                values = [value for row in chunk for value in row]
+                values = list(chain.from_iterable(chunk))
                 values += _NO_END * (room - len(chunk))
                 values.append(self.owner)
                 ended.update(job_id for (job_id,) in conn.execute(self._end_sql(room), values))
@@ -404,6 +402,14 @@ def end_values(ending: Ending) -> tuple[Any, ...]:
         data,
         ending.attempt,
     )
+
+
+def _rows_that_fit(conn: sqlite3.Connection, values_per_row: int, others: int = 0) -> int:
+    """How many rows of ``values_per_row`` bound values one statement holds
+    beside ``others`` more, within SQLite's limit of bound values (at
+    least one: past the limit, SQLite says so)."""
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return max(1, (limit - others) // values_per_row)
 
 
 #: A new job's row in an insert (its attempts are 0), and its bound values.
