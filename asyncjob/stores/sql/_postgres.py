@@ -584,14 +584,20 @@ class PostgresListener(Listener):
                     await self.listening.wait()
 
     async def _listen_forever(self) -> None:
+        """Listen, and connect again whenever the connection is lost, for as
+        long as the store is open: whatever asyncpg raises, this task must
+        not end, or the process would poll for good. A connection killed
+        just as it was made raised ``InternalClientError`` ("cannot switch
+        to state 11") from the ``LISTEN``; a server that answers nonsense
+        makes ``connect`` raise anything at all (an ``AttributeError``)."""
         import asyncpg
 
         while True:
             lost = asyncio.Event()
             try:
                 conn = await asyncpg.connect(**self._connect_args)
-            except (OSError, asyncpg.PostgresError) as exc:
-                logger.warning("cannot listen for job changes (%s); polling meanwhile", exc)
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                logger.warning("cannot listen for job changes (%r); polling meanwhile", exc)
                 await asyncio.sleep(RECONNECT_AFTER)
                 continue
             try:
@@ -604,8 +610,8 @@ class PostgresListener(Listener):
                 self.listening.set()
                 await lost.wait()
                 logger.warning("lost the connection that listens for job changes; reconnecting")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                logger.warning("stopped listening for job changes (%s); reconnecting", exc)
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                logger.warning("stopped listening for job changes (%r); reconnecting", exc)
                 await asyncio.sleep(RECONNECT_AFTER)
             finally:
                 self._conn = None
