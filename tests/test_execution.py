@@ -196,17 +196,27 @@ async def test_a_sync_job_that_returns_a_coroutine_fails_clearly(
         await runner.wait(job_id, timeout=TIMEOUT)
 
 
-@pytest.mark.parametrize("exc", [ValueError("v"), SystemExit(3), KeyError("k")])
-async def test_sync_job_failures(runner: asyncjob.Runner, exc: BaseException) -> None:
-    """Whatever a sync job raises in its thread is its failure."""
+class Abort(BaseException):
+    """A framework's own way out of a call: not an ``Exception``."""
+
+
+@pytest.mark.parametrize("exc", [ValueError("v"), KeyError("k"), SystemExit(3), Abort("bye")])
+@pytest.mark.parametrize("kind", ["sync", "coroutine"])
+async def test_job_failures(runner: asyncjob.Runner, kind: str, exc: BaseException) -> None:
+    """Whatever a job raises is its failure, in a thread or on the loop (a
+    coroutine job's that was not an Exception ended its worker, and left
+    it running), and the runner goes on."""
 
     def job() -> None:
         raise exc
 
-    job_id = await runner.perform(job)
+    async def coroutine_job() -> None:
+        raise exc
+
+    job_id = await runner.perform(job if kind == "sync" else coroutine_job)
     with pytest.raises(asyncjob.JobFailed, match=type(exc).__name__):
         await runner.wait(job_id, timeout=TIMEOUT)
-    again = await runner.perform(where_sync)
+    again = await runner.perform(where_sync if kind == "sync" else where_async)
     await runner.wait(again, timeout=TIMEOUT)
 
 

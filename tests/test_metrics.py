@@ -169,6 +169,31 @@ async def test_an_observing_hook_that_raises_breaks_no_job(
     assert all(getattr(r, "job_id", None) == job_id for r in said)
 
 
+class EndingFails(asyncjob.JobHooks):
+    """An application's record of its own, whose database is away."""
+
+    async def ending(self, job_id: str) -> None:
+        raise ConnectionError("the application's database is away")
+
+
+async def test_an_ending_hook_that_raises_leaves_no_job_running(
+    make_runner: RunnerFactory, store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At a job's end, a hook's ``ending`` that raises is logged and the end
+    recorded all the same: the job stayed running, in memory for good, in
+    an SQL store held and renewed by its worker."""
+    runner = await make_runner(store_of(store_url), hooks=[EndingFails()])
+    with caplog.at_level(logging.ERROR, logger="asyncjob"):
+        ok = await runner.perform(reports, 3)
+        assert await runner.wait(ok, timeout=TIMEOUT) == 3
+        bad = await runner.perform(fails)
+        with pytest.raises(asyncjob.JobFailed, match="bad input"):
+            await runner.wait(bad, timeout=TIMEOUT)
+    said = [r for r in caplog.records if "EndingFails.ending" in r.getMessage()]
+    assert [getattr(r, "job_id", None) for r in said] == [ok, bad]
+    assert all("recorded all the same" in r.getMessage() for r in said)
+
+
 async def test_job_metrics_count_what_ran(make_runner: RunnerFactory, clean_registry: None) -> None:
     metrics = JobMetrics()
     runner = await make_runner(hooks=[metrics])

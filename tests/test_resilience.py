@@ -485,6 +485,34 @@ async def test_rows_edited_into_nonsense_under_a_worker(
     assert worker.poll() is None
 
 
+async def test_a_priority_edited_into_text_fails_its_job_alone(
+    sqlite_db: Database, workers: Workers, make_runner: RunnerFactory, open_store: OpenStore
+) -> None:
+    """SQLite keeps what it is given: a queued job's priority edited into
+    ``'high'`` sorted above every number, so it was in every claim, and
+    failed the claim's sort after the claim had committed, stranding every
+    job claimed with it (running, held by nobody) claim after claim. Now
+    that job fails, saying so, and the others run, in one worker process."""
+    url = sqlite_db.async_url
+    producer = await producer_on(make_runner, url)
+    worker = await started_worker(workers, producer, url)
+    bad = "c" * 32
+    await asyncio.to_thread(
+        edit_by_hand,
+        sqlite_db.sync_url,
+        insert_job(bad, "tests.resilience.step", state="queued", args="[0, 0]"),
+        f"UPDATE asyncjob_jobs SET priority = 'high' WHERE id = '{bad}'",
+    )
+    others = [await producer.perform(resilience_jobs.step, n, 0.01) for n in range(20)]
+    with pytest.raises(asyncjob.JobFailed, match=f"job {bad} has 'high' in its priority column"):
+        await producer.wait(bad, timeout=TIMEOUT)
+    results = [await producer.wait(job_id, timeout=TIMEOUT) for job_id in others]
+    assert [r["n"] for r in results] == list(range(20))
+    reader = await open_store(url)
+    assert (await attempts_of(reader))[bad] == 1  # claimed once, and failed
+    assert worker.poll() is None
+
+
 async def test_a_running_jobs_row_edited_into_an_unknown_state(
     database: Database, workers: Workers, make_runner: RunnerFactory, open_store: OpenStore
 ) -> None:

@@ -130,6 +130,52 @@ async def test_a_result_that_is_not_json_fails_the_job(sql_runner: asyncjob.Runn
         await sql_runner.wait(job_id, timeout=TIMEOUT)
 
 
+class Unprintable:
+    """A result whose ``repr`` needs what the job no longer has (a closed session)."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("detached")
+
+
+class Abort(BaseException):
+    """A framework's own way out of a call: not an ``Exception``."""
+
+
+async def test_a_result_whose_repr_raises_fails_the_job(sql_runner: asyncjob.Runner) -> None:
+    """The error that names a result JSON cannot hold called its ``repr``,
+    which raised: the job stayed running, held and renewed by its worker,
+    for as long as the worker ran. Now it fails, the error saying so."""
+
+    async def job() -> object:
+        return Unprintable()
+
+    job_id = await sql_runner.perform(job)
+    with pytest.raises(asyncjob.JobFailed, match=r"result must be JSON.*its repr\(\) raised"):
+        await sql_runner.wait(job_id, timeout=TIMEOUT)
+    assert isinstance(sql_runner.store, SQLStore)
+    assert job_id not in sql_runner.store.held
+
+
+@pytest.mark.parametrize("exc", [SystemExit(3), Abort("bye")])
+async def test_a_coroutine_job_raising_what_is_not_an_exception_fails_alone(
+    sql_runner: asyncjob.Runner, exc: BaseException
+) -> None:
+    """``sys.exit()`` in a coroutine job, or a ``BaseException`` of a
+    framework's, ended the worker task: the job stayed running in the store
+    for good. Now it is the job's failure, as in a sync job's thread."""
+
+    async def job() -> None:
+        raise exc
+
+    job_id = await sql_runner.perform(job)
+    with pytest.raises(asyncjob.JobFailed, match=type(exc).__name__):
+        await sql_runner.wait(job_id, timeout=TIMEOUT)
+    assert isinstance(sql_runner.store, SQLStore)
+    assert job_id not in sql_runner.store.held
+    again = await sql_runner.perform(resize, "a", 1)
+    assert await sql_runner.wait(again, timeout=TIMEOUT) == {"path": "a", "width": 1}
+
+
 async def test_many_progress_reports_few_writes(
     sql_runner: asyncjob.Runner, database: Database
 ) -> None:

@@ -304,8 +304,7 @@ class Engine:
     async def end(self, job: JobInfo, state: JobState, *, error: str | None = None) -> bool:
         """Record that a job that never ran here ended (a claimed job that
         cannot run, one cancelled before it started): hooks, then store."""
-        for hook in self._hooks:
-            await hook.ending(job.id)
+        await self._tell_ending(job)
         ended = await self._store.finish(job.id, state, error=error)
         if ended and self._hooks:
             observe(self._hooks, "finished", job, state, None, error)
@@ -533,7 +532,10 @@ class Engine:
                     await self._record(job, JobState.cancelled)
                     raise
                 error = exc  # raised by the job on its own: its failure
-        except Exception as exc:  # noqa: BLE001 - any error of the job is its failure
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too, as in a sync job's thread
+            # Any error of the job is its failure: one that is not an
+            # Exception (sys.exit(), a framework's own) ended the worker
+            # task, and the job stayed running in the store for good.
             error = exc
         finally:
             if traced is not None:
@@ -794,8 +796,7 @@ class Engine:
         elif ctx.finished:  # recorded in the job's own transaction
             self._ended(job.id)
             if self._hooks:
-                for hook in self._hooks:
-                    await hook.ending(job.id)
+                await self._tell_ending(info(job))
                 self._tell_finished(job, JobState.succeeded, None)
         else:  # without hooks, where a store records ends quickly: _succeeded_quickly
             await self._record(job, JobState.succeeded, result=result)
@@ -880,10 +881,23 @@ class Engine:
         if not self._hooks:
             await self._store.finish(job.id, state, result=result, error=error, traceback=traceback)
             return
-        for hook in self._hooks:
-            await hook.ending(job.id)
+        await self._tell_ending(info(job))
         await self._store.finish(job.id, state, result=result, error=error, traceback=traceback)
         self._tell_finished(job, state, error)
+
+    async def _tell_ending(self, job: JobInfo) -> None:
+        """Hooks: the job is about to be recorded as ended. One that raises
+        is logged, and the end recorded all the same: a job whose end was
+        never written stayed running in the store, its lease renewed by
+        this worker for as long as it ran."""
+        for hook in self._hooks:
+            try:
+                await hook.ending(job.id)
+            except Exception:  # noqa: BLE001 - see the docstring
+                logger.exception(
+                    "hook %s.ending raised on job %s (%s); its end is recorded all the same",
+                    type(hook).__name__, job.id, job.name, extra=about(job),
+                )  # fmt: skip
 
     def _starting(self, job: Job) -> None:
         """Hooks: the attempt starts (and is timed from now)."""

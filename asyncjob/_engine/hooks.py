@@ -41,7 +41,10 @@ class JobHooks:
 
     * ``enqueued`` and ``ending`` are awaited before the runner goes on, so
       that the application can keep a record of its own in step with the
-      store's; one that raises fails the call that made it (a perform, say).
+      store's; one that raises fails the call that made it (a perform, a
+      cancel). At a job's end, which no caller waits on, one that raises
+      is logged and the end recorded all the same: a hook never leaves a
+      job running.
     * ``started``, ``progress``, ``retrying`` and ``finished`` only observe:
       plain functions, called on the event loop (``progress`` also from a
       sync job's thread), so they must be quick and must not block. One

@@ -123,8 +123,16 @@ class Maintenance:
             logger.exception("could not remove this worker from the store's workers")
 
     async def _stop_what_the_store_says(self) -> None:
+        """Stop the jobs the store says are cancelled or lost here. The store
+        tells of each once: one whose stop raises must not keep the others
+        from theirs (a job lost here would run on beside its next attempt)."""
         for job_id in await self._store.renew():
-            done = await self.stop(job_id)
+            try:
+                done = await self.stop(job_id)
+            except Exception:  # noqa: BLE001 - see the docstring
+                unless_cancelled()
+                logger.exception("could not stop job %s, cancelled or no longer held here", job_id)
+                continue
             if done is not None:
                 logger.warning(
                     "job %s was cancelled or is no longer held here: %s it", job_id, done

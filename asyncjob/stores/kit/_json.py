@@ -113,7 +113,10 @@ def _find(value: Any, place: str, depth: int = 0) -> tuple[str, str] | None:
 
 
 def _describe(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception as exc:  # noqa: BLE001 - the error being described must still be raised
+        text = f"its repr() raised {type(exc).__name__}"
     if len(text) > 60:
         text = text[:57] + "..."
     return f"a {type(value).__module__}.{type(value).__qualname__} ({text})".replace(

@@ -518,6 +518,11 @@ def claimed(row: Sequence[Any]) -> Claimed:
         problem = (
             f"job {job_id} has {attempts!r} in its attempts column, which asyncjob never writes"
         )
+    elif type(priority) is not int:  # SQLite keeps what it is given: 'high', say
+        problem = (
+            f"job {job_id} has {priority!r} in its priority column, which asyncjob never writes"
+        )
+        priority = 0  # it fails, for that: never queued here by it
     else:
         try:
             # No arguments is the most common case: no decoder needed.
@@ -538,7 +543,7 @@ def _trace_of(text: str) -> dict[str, str] | None:
     for its trace)."""
     try:
         found = loads(text)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: not text (SQLite keeps a number as given)
         return None
     return found if isinstance(found, dict) else None
 
@@ -546,4 +551,16 @@ def _trace_of(text: str) -> dict[str, str] | None:
 def by_claim_order(rows: Sequence[Sequence[Any]]) -> list[Claimed]:
     """Claimed rows, decoded, in claim order (``RETURNING`` keeps none):
     higher priority first, then in the order they came due."""
-    return [claimed(row) for row in sorted(rows, key=lambda row: (-row[7], row[9]))]
+    return [claimed(row) for row in sorted(rows, key=_claim_order)]
+
+
+def _claim_order(row: Sequence[Any]) -> tuple[int, float]:
+    """A claimed row's place: what is not a number in its priority or due
+    time (a row SQLite kept as edited by hand) sorts as 0, so that it does
+    not fail the sort, and with it the claim of every job beside it (it
+    fails alone, in :func:`claimed`)."""
+    priority, due = row[7], row[9]
+    return (
+        -priority if type(priority) is int else 0,
+        due if type(due) is float or type(due) is int else 0.0,
+    )
