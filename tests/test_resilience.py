@@ -31,7 +31,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 import asyncjob
-from asyncjob import JobState
+from asyncjob import JobState, new_job_id
+from asyncjob.stores import Job
 from asyncjob.stores.sql import BadRecord, SQLStore, _postgres
 
 from . import resilience_jobs
@@ -260,12 +261,109 @@ async def test_the_listener_outlives_a_server_that_answers_nonsense(
         await listening.wait_closed()
 
 
-async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy ``reader`` to ``writer`` until it ends."""
+async def pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event | None = None
+) -> None:
+    """Copy ``reader`` to ``writer`` until it ends, holding what comes while
+    ``flowing`` is cleared."""
     while data := await reader.read(65536):
+        if flowing is not None:
+            await flowing.wait()
         writer.write(data)
         await writer.drain()
     writer.close()
+
+
+#: The lease of the test of a connection gone silent: the least that leaves
+#: room for a renewal given up (a sixth of it, and asyncpg's 2 s) and sent again.
+LEASE_GONE_SILENT = 6.0
+
+
+class SilencingProxy:
+    """Forwards connections to the PostgreSQL server. :meth:`silence` makes
+    the connections open at that moment carry nothing more, either way,
+    without closing them: as a NAT or a firewall that forgot them would.
+    Connections made afterwards go through."""
+
+    def __init__(self, server: str) -> None:
+        self._server = urlsplit(server)
+        self._connections: list[asyncio.Event] = []
+        self._listening: asyncio.Server | None = None
+
+    async def url(self, server_url: str) -> str:
+        """``server_url`` (a database on the server), through the proxy."""
+        self._listening = await asyncio.start_server(self._forward, "127.0.0.1", 0)
+        port = self._listening.sockets[0].getsockname()[1]
+        netloc = f"{self._server.username}@127.0.0.1:{port}"
+        return server_url.replace(self._server.netloc, netloc)
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        flowing = asyncio.Event()
+        flowing.set()
+        self._connections.append(flowing)
+        upstream = await asyncio.open_connection(self._server.hostname, self._server.port)
+        await asyncio.gather(
+            pipe(reader, upstream[1], flowing),
+            pipe(upstream[0], writer, flowing),
+            return_exceptions=True,
+        )
+
+    def silence(self) -> None:
+        for flowing in self._connections:
+            flowing.clear()
+
+    async def close(self) -> None:
+        """Let everything through again (so that the connections can close), and stop."""
+        for flowing in self._connections:
+            flowing.set()
+        if self._listening is not None:
+            self._listening.close()
+
+
+async def test_leases_are_renewed_past_a_connection_gone_silent(
+    postgres_db: Database, killer: Killer
+) -> None:
+    """The lease thread's connection goes silent (a NAT that forgot it):
+    the renewal sent on it is given up after a sixth of the lease and sent
+    again on a new connection, before the lease runs out. It waited for TCP
+    to give up, a quarter of an hour, while the lease ran out and another
+    worker could take the job and run it a second time at once."""
+    proxy = SilencingProxy(postgres_db.async_url)
+    store = SQLStore(await proxy.url(postgres_db.async_url), lease=LEASE_GONE_SILENT)
+    await store.open()
+    try:
+        job = Job(new_job_id(), "tests.resilience.step", print, (), {}, False, time.time(), True)
+        await store.enqueue(job)
+        assert [c.id for c in await store.claim(1)] == [job.id]
+
+        async def lease_expires_at() -> float:
+            cursor = await killer.execute(
+                "SELECT lease_expires_at FROM asyncjob_jobs WHERE id = %s", (job.id,)
+            )
+            found = await cursor.fetchone()
+            assert found is not None
+            return float(found[0])
+
+        async def renewed_after(expiry: float) -> float:
+            """The expiry a renewal writes after ``expiry``: polled, as
+            nothing tells another connection of it."""
+            async with asyncio.timeout(TIMEOUT + LEASE_GONE_SILENT):
+                while True:
+                    later = await lease_expires_at()
+                    if later > expiry:
+                        return later
+                    await asyncio.sleep(0.05)  # polls the row
+
+        # Renewed once: the lease thread has its connection, now silenced.
+        renewed = await renewed_after(await lease_expires_at())
+        proxy.silence()
+        # Renewed again before the lease ran out: the next renewal (2 s
+        # later) is unanswered for 1 s, given up (2 s more, asyncpg's), and
+        # sent again on a new connection, some 5 s after the last.
+        assert await renewed_after(renewed) < renewed + LEASE_GONE_SILENT
+    finally:
+        await proxy.close()
+        await store.close()
 
 
 async def test_producer_connections_killed_between_performs(

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager
 
 from asyncjob._core.log import logger
 
 __all__ = ("LeaseThread", "Renew")
+
+#: Seconds before a renewal that failed is sent again (at most the interval).
+RETRY_AFTER = 1.0
 
 #: ``await renew(job_ids)``: extend the leases of ``job_ids``; return those
 #: among them that are no longer held, and those whose cancel was requested.
@@ -80,28 +82,40 @@ class LeaseThread:
         asyncio.run(self._renew_forever())
 
     async def _renew_forever(self) -> None:
+        """Renew every ``interval``; a renewal that failed, again within a
+        second. A renewal unanswered for half an interval is given up and
+        sent again on a new connection: one sent on a connection whose other
+        end vanished without a word (a NAT or a firewall that forgot it, a
+        server failed over) waited for TCP to give up, a quarter of an hour,
+        while the leases ran out and other workers ran the jobs again.
+        Half an interval, as giving one up takes time of its own (asyncpg
+        waits 2 s to cancel the statement), and the next must be answered
+        before the lease runs out: a lease of 6 s or more leaves room."""
+        pause = self._interval
         try:
             async with self._connect() as renew:
-                while not self._stop.wait(self._interval):
+                while not self._stop.wait(pause):
+                    pause = self._interval
                     held = list(self._held())
                     if not held:
                         continue
-                    sent = time.monotonic()
                     try:
-                        lost, cancelled = await renew(held)
+                        async with asyncio.timeout(self._interval / 2):
+                            lost, cancelled = await renew(held)
+                    except TimeoutError:
+                        logger.error(
+                            "renewing leases had no answer within %.2f s (a sixth of the lease); "
+                            "trying again on a new connection. Should none answer before the "
+                            "lease runs out, another worker would run the jobs again while they "
+                            "run here (a longer lease gives more room)",
+                            self._interval / 2,
+                        )
+                        pause = 0
+                        continue
                     except Exception:  # noqa: BLE001 - the database may come back
                         logger.exception("could not renew leases; trying again")
+                        pause = min(RETRY_AFTER, self._interval)
                         continue
-                    took = time.monotonic() - sent
-                    if took > self._interval:
-                        logger.warning(
-                            "renewing leases took %.2f s, longer than the %.2f s between two "
-                            "renewals: should one take longer than the lease, another worker "
-                            "would run the jobs again while they run here (a longer lease "
-                            "gives more room)",
-                            took,
-                            self._interval,
-                        )
                     if lost or cancelled:
                         with self._lock:
                             self._lost.extend(lost)
