@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,9 +26,10 @@ from starlette.requests import Request
 import asyncjob
 import asyncjob.web
 from asyncjob._worker.scheduler import tick_job_id
+from asyncjob.stores.sql import BadRecord
 
 from . import worker_jobs
-from .conftest import TIMEOUT, Database
+from .conftest import TIMEOUT, Database, edit_by_hand
 from .web_server import app_with_dashboard, serving
 
 #: Each test's steps: the job waits for the test to let it take the next one.
@@ -479,6 +481,92 @@ async def test_a_stream_of_a_job_on_an_sql_store_follows_it(database: Database) 
         assert last is not None
         assert last["data"]["state"] == "succeeded"
         assert last["data"]["result"] == {"n": 3, "pid": os.getpid()}
+
+
+#: A row's column edited by hand into what asyncjob never writes, on
+#: both databases (SQL text for the SET), and only on SQLite, which keeps
+#: any value in any column.
+NONSENSE = [
+    ("state", "'lost'", "the state 'lost'"),
+    ("data", "'{nope'", "invalid JSON in its data"),
+    ("progress", "'NaN'", "in its progress"),
+    ("errors", "'5'", "5 in its errors"),
+    ("errors", "'[NaN]'", "invalid JSON in its errors: NaN is not JSON"),
+]
+NONSENSE_ON_SQLITE = [
+    ("progress", "'half'", "'half' in its progress"),
+    ("enqueued_at", "'yesterday'", "never writes"),
+    ("attempts", "'many'", "'many' in its attempts"),
+    ("priority", "'high'", "'high' in its priority"),
+]
+
+
+@pytest.mark.parametrize(("column", "value", "said"), NONSENSE + NONSENSE_ON_SQLITE)
+async def test_a_row_of_nonsense_breaks_only_its_own_job(
+    database: Database, column: str, value: str, said: str
+) -> None:
+    """One job's row edited by hand: its status is a 422 saying what is
+    wrong, and every listing and page leaves it out and shows the others
+    (it was a 500 for the whole list, on every page, for everyone)."""
+    if database.kind != "sqlite" and (column, value, said) in NONSENSE_ON_SQLITE:
+        pytest.skip("PostgreSQL keeps a column's type")
+    store = asyncjob.stores.resolve_store(database.async_url)
+    runner = asyncjob.Runner(store)
+    async with (
+        serving(app_with_dashboard(runner)) as (url, _),
+        httpx.AsyncClient(base_url=f"{url}/jobs", timeout=TIMEOUT) as client,
+    ):
+        ids = [await runner.perform(hot, n) for n in range(5)]
+        for job_id in ids:
+            await runner.wait(job_id, timeout=TIMEOUT)
+        bad = ids[2]
+        await asyncio.to_thread(
+            edit_by_hand,
+            database.sync_url,
+            f"UPDATE asyncjob_jobs SET {column} = {value} WHERE id = '{bad}'",
+        )
+        good = [job_id for job_id in reversed(ids) if job_id != bad]
+
+        answer = await client.get(f"/api/jobs/{bad}")
+        assert answer.status_code == 422
+        assert bad in answer.json()["error"]
+        assert said in answer.json()["error"]
+        with pytest.raises(BadRecord, match=re.escape(said)):
+            await runner.status(bad)
+
+        listed = await client.get("/api/jobs")
+        assert listed.status_code == 200
+        assert [job["id"] for job in listed.json()["jobs"]] == good
+        assert [job.id for job in await runner.jobs()] == good
+        paged, after = [], None
+        for _ in ids:  # pages of 2: the bad row's page is short, and the next goes on
+            page = await client.get(
+                "/api/jobs", params={"limit": 2, **({"before": after} if after else {})}
+            )
+            paged += [job["id"] for job in page.json()["jobs"]]
+            if (after := page.json()["next"]) is None:
+                break
+        assert paged == good
+        assert (await client.get("/api/overview")).status_code == 200
+
+
+async def test_a_due_time_of_nonsense_leaves_the_overview_readable(sqlite_db: Database) -> None:
+    """A queued job's due time edited into text (SQLite keeps it): the
+    overview, its stream and the metrics were a 500 for everyone."""
+    runner = asyncjob.Runner(sqlite_db.async_url, producer_only=True)
+    async with (
+        serving(app_with_dashboard(runner)) as (url, _),
+        httpx.AsyncClient(base_url=f"{url}/jobs", timeout=TIMEOUT) as client,
+    ):
+        job_id = await runner.perform(worker_jobs.whoami, 1)  # no worker: it waits
+        await asyncio.to_thread(
+            edit_by_hand,
+            sqlite_db.sync_url,
+            f"UPDATE asyncjob_jobs SET run_after = 'soon' WHERE id = '{job_id}'",
+        )
+        overview = await client.get("/api/overview")
+        assert overview.status_code == 200
+        assert (await runner.overview()).waiting == {"default": 1}
 
 
 # -- actions ----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 __all__ = (
     "AsyncJobError",
+    "BadRecord",
     "JobCancelled",
     "JobFailed",
     "JobLost",
@@ -93,3 +94,12 @@ class RunnerNotRunning(AsyncJobError, RuntimeError):
 
 class NotInJob(AsyncJobError, RuntimeError):
     """This is only available inside a job run by asyncjob."""
+
+
+class BadRecord(AsyncJobError):
+    """A job's row holds something asyncjob did not write (edited by hand?)."""
+
+
+# Published by the SQL stores, whose rows these are; defined here so that the
+# layers above the stores (the web app) can tell it apart without importing them.
+BadRecord.__module__ = "asyncjob.stores.sql"

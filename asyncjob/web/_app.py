@@ -51,7 +51,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from asyncjob._core.errors import JobNotFound, RunnerNotRunning
+from asyncjob._core.errors import BadRecord, JobNotFound, RunnerNotRunning
 from asyncjob._core.log import logger
 from asyncjob._core.views import dumps, overview_json, schedule_json, status_json, worker_json
 from asyncjob._runner.runner import Runner
@@ -161,6 +161,7 @@ def dashboard(
         exception_handlers={
             HTTPException: _error,
             RunnerNotRunning: _not_running,
+            BadRecord: _unreadable,
         },
     )
 
@@ -414,6 +415,12 @@ async def _error(request: Request, exc: Exception) -> Response:
 
 async def _not_running(request: Request, exc: Exception) -> Response:
     return _JSON({"error": "the runner is not running"}, status_code=503)
+
+
+async def _unreadable(request: Request, exc: Exception) -> Response:
+    """A job whose row holds what asyncjob never wrote: the request was
+    understood, the job cannot be shown (the message names the column)."""
+    return _JSON({"error": str(exc)}, status_code=422)
 
 
 @functools.cache

@@ -55,13 +55,26 @@ def loads(text: str) -> Any:
     """The value that :func:`dumps` encoded.
 
     Raises:
-        ValueError: ``text`` is not JSON, or is nested too deep to read
-            (text that :func:`dumps` never writes: edited by hand?).
+        ValueError: ``text`` is not JSON, holds ``NaN`` or an infinity, or
+            is nested too deep to read (text that :func:`dumps` never
+            writes: edited by hand?).
     """
     try:
-        return json.loads(text)
+        return _DECODER.decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deep to read") from None
+
+
+def _refuse(constant: str) -> float:
+    """``NaN`` and the infinities: Python's JSON reads them, :func:`dumps`
+    never writes them, and a value holding one could not be written out
+    again (the web app's JSON, say): text edited by hand."""
+    raise ValueError(f"{constant} is not JSON")
+
+
+#: json.loads's own decoder, but for NaN and the infinities (made once:
+#: json.loads makes a decoder at each call given any option).
+_DECODER = json.JSONDecoder(parse_constant=_refuse)
 
 
 def storable_text(text: str) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sqlalchemy import Row
 
-from asyncjob._core.errors import AsyncJobError
+from asyncjob._core.errors import BadRecord
 from asyncjob._core.models import JobState, JobStatus, timestamp_to_datetime
 from asyncjob.stores.kit import loads
 
@@ -15,16 +16,16 @@ from ._schema import SCHEDULED
 __all__ = ("BadRecord", "json_column", "state_of", "status_of")
 
 
-class BadRecord(AsyncJobError):
-    """A job's row holds something asyncjob did not write (edited by hand?)."""
-
-
-def number(value: float | None) -> float | None:
+def number(job_id: str, value: Any) -> float | None:
     """A progress value as reported: the column is a float, but a whole
-    number (the usual count of items done) reads back as the int it was."""
-    if value is not None and value.is_integer():
-        return int(value)
-    return value
+    number (the usual count of items done) reads back as the int it was.
+    What set_progress never takes (text, which SQLite keeps as given; NaN
+    or an infinity) is a bad record."""
+    if value is None:
+        return None
+    if type(value) not in (float, int) or not math.isfinite(value):
+        raise BadRecord(f"job {job_id} has {value!r} in its progress, which asyncjob never writes")
+    return int(value) if float(value).is_integer() else value
 
 
 def state_of(job_id: str, text: Any) -> JobState:
@@ -58,21 +59,49 @@ def _arguments(text: str | None, kind: type[Any]) -> Any:
     return found if isinstance(found, kind) else kind()
 
 
+def _whole(job_id: str, column: str, value: Any) -> int:
+    """A column of whole numbers, which SQLite would keep text in."""
+    if type(value) is not int:
+        raise BadRecord(f"job {job_id} has {value!r} in its {column}, which asyncjob never writes")
+    return value
+
+
+def _errors(job_id: str, text: str | None) -> tuple[str, ...]:
+    found = json_column(job_id, "errors", text) or []
+    if not isinstance(found, list) or not all(isinstance(error, str) for error in found):
+        raise BadRecord(f"job {job_id} has {found!r} in its errors, where asyncjob keeps a list")
+    return tuple(found)
+
+
 def status_of(row: Row[Any]) -> JobStatus:
+    """A job's status from its row.
+
+    Raises:
+        BadRecord: a column holds what asyncjob never writes, named in
+            the message: a row edited by hand, as SQLite keeps any value
+            in any column.
+    """
+    try:
+        return _status_of(row)
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise BadRecord(f"job {row.id} holds what asyncjob never writes: {exc}") from None
+
+
+def _status_of(row: Row[Any]) -> JobStatus:
     return JobStatus(
         id=row.id,
         name=row.name,
         state=state_of(row.id, row.state),
-        progress=number(row.progress),
+        progress=number(row.id, row.progress),
         data=json_column(row.id, "data", row.data),
         result=json_column(row.id, "result", row.result),
         error=row.error,
         traceback=row.traceback,
-        attempts=row.attempts,
-        errors=tuple(json_column(row.id, "errors", row.errors) or ()),
+        attempts=_whole(row.id, "attempts", row.attempts),
+        errors=_errors(row.id, row.errors),
         cancel_requested=bool(row.cancel_requested),
         queue=row.queue,
-        priority=row.priority,
+        priority=_whole(row.id, "priority", row.priority),
         run_after=timestamp_to_datetime(row.run_after) if row.state == SCHEDULED else None,
         unique=row.unique_key,
         enqueued_at=timestamp_to_datetime(row.enqueued_at),
@@ -82,6 +111,3 @@ def status_of(row: Row[Any]) -> JobStatus:
         kwargs=_arguments(row.kwargs, dict),
         worker=row.locked_by if row.started_at is not None else None,
     )
-
-
-BadRecord.__module__ = "asyncjob.stores.sql"  # where users import it from

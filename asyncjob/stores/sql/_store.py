@@ -10,13 +10,14 @@ import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     Float,
     Integer,
+    Row,
     Select,
     Update,
     and_,
@@ -1237,7 +1238,7 @@ class SQLStore(DurableStore, TransactionalStore):
         listing = await self._listing(query)
         filters = _filters(query, self.tables.jobs.c)
         rows = await self.db.fetch(listing.where(*filters).limit(query.limit))
-        return [status_of(row) for row in rows]
+        return _readable(rows)
 
     async def list_page(self, query: JobQuery) -> JobPage:
         """Filtered by state, name or queue, a page looks at the next
@@ -1246,18 +1247,21 @@ class SQLStore(DurableStore, TransactionalStore):
         however rare its jobs, where the whole index would be walked for a
         page that cannot fill (bench/listing.py: 163 ms on PostgreSQL, 317 ms
         on SQLite, for 5 jobs in a million)."""
-        if not _filters(query, self.tables.jobs.c):
-            return await super().list_page(query)  # the listing's index answers it
         listing = await self._listing(query)
+        if not _filters(query, self.tables.jobs.c):  # the listing's index answers it
+            rows = (await self.db.fetch(listing.limit(query.limit))).all()
+            # The last row read, readable or not, is where the next page starts.
+            return JobPage(_readable(rows), rows[-1].id if len(rows) == query.limit else None)
         window = listing.limit(LIST_WINDOW).subquery()
         kept = select(window).where(*_filters(query, window.c))
         if self._dialect.name != "sqlite":
             # SQLite reads the window in its order and stops at the limit;
             # told to order it again, it would sort the whole window first.
             kept = kept.order_by(window.c.enqueued_at.desc(), window.c.id.desc())
-        jobs = [status_of(row) for row in await self.db.fetch(kept.limit(query.limit))]
-        if len(jobs) == query.limit:
-            return JobPage(jobs, jobs[-1].id)
+        rows = (await self.db.fetch(kept.limit(query.limit))).all()
+        jobs = _readable(rows)
+        if len(rows) == query.limit:
+            return JobPage(jobs, rows[-1].id)
         # Short: the window ran out of jobs (none left), or was full (look
         # on from its last job, found through the listing's index alone).
         ids = listing.with_only_columns(self.tables.jobs.c.id)
@@ -1360,7 +1364,8 @@ class SQLStore(DurableStore, TransactionalStore):
         jobs = self.tables.jobs
         here = select(jobs.c.queue, func.min(jobs.c.run_after)).where(*waiting_here)
         rows: Sequence[Any] = (await self.db.fetch(here.group_by(jobs.c.queue))).all()
-        oldest = {queue: float(at) for queue, at in rows}
+        # Not a number: a due time edited by hand (SQLite keeps any value).
+        oldest = {queue: float(at) for queue, at in rows if type(at) in (float, int)}
         # One statement walks the claim index, queue by queue and priority by
         # priority (a short probe each), to the head of every priority in use.
         jobs_name = self.tables.jobs.name
@@ -1379,7 +1384,7 @@ class SQLStore(DurableStore, TransactionalStore):
             FROM walk WHERE priority IS NOT NULL GROUP BY queue"""
         heads: Sequence[Any] = (await self.db.fetch(text(walk))).all()
         for queue, at in heads:
-            if at is not None:
+            if type(at) in (float, int):  # as above
                 oldest[queue] = min(oldest.get(queue, float(at)), float(at))
         return oldest
 
@@ -1474,6 +1479,20 @@ def _filters(query: JobQuery, c: Any) -> list[Any]:
     if query.queue is not None:
         found.append(c.queue == query.queue)
     return found
+
+
+def _readable(rows: Iterable[Row[Any]]) -> list[JobStatus]:
+    """The statuses of ``rows``, but for those asyncjob cannot read, left
+    out and logged: one row edited by hand into nonsense took every listing
+    of the store with it, the dashboard's and the command line's. Its own
+    status raises :class:`BadRecord`, naming the column."""
+    statuses = []
+    for row in rows:
+        try:
+            statuses.append(status_of(row))
+        except BadRecord as exc:
+            logger.warning("%s; left out of the listing", exc)
+    return statuses
 
 
 def _errors_of(job_id: str, raw: str | None) -> list[Any]:
