@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import types
 from collections.abc import AsyncIterator, Iterator
@@ -13,7 +14,8 @@ import asyncjob
 import asyncjob.stores
 from asyncjob import JobState
 
-from .conftest import TIMEOUT, RunnerFactory
+from . import worker_jobs
+from .conftest import TIMEOUT, Database, RunnerFactory, edit_by_hand
 
 
 @pytest.mark.parametrize("module", [asyncjob, asyncjob.stores])
@@ -123,16 +125,25 @@ async def test_the_latest_runner_answers(make_runner: RunnerFactory) -> None:
 @pytest.fixture
 def runner_in_thread() -> Iterator[asyncjob.Runner]:
     """A runner on an event loop of its own, in another thread."""
+    with in_thread(asyncjob.Runner()) as runner:
+        yield runner
+
+
+@contextlib.contextmanager
+def in_thread(runner: asyncjob.Runner) -> Iterator[asyncjob.Runner]:
+    """``runner``, started on an event loop of its own in another thread,
+    and stopped after."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    runner = asyncjob.Runner()
     asyncio.run_coroutine_threadsafe(runner.start(), loop).result(TIMEOUT)
-    yield runner
-    asyncio.run_coroutine_threadsafe(runner.stop(), loop).result(TIMEOUT)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(TIMEOUT)
-    loop.close()
+    try:
+        yield runner
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.stop(), loop).result(TIMEOUT)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(TIMEOUT)
+        loop.close()
 
 
 async def test_calls_from_another_loop(runner_in_thread: asyncjob.Runner) -> None:
@@ -177,6 +188,26 @@ async def test_abandoned_watch_from_another_loop(runner_in_thread: asyncjob.Runn
     assert not first.is_final
     await watch.aclose()  # type: ignore[attr-defined]
     assert await runner.cancel(job_id)
+
+
+async def test_a_watch_from_another_loop_ends_with_its_job_deleted(sqlite_db: Database) -> None:
+    """A job's row deleted while it is watched (by hand, or by retention)
+    ends the store's watch without a final state: watched from another
+    loop, the watch went on waiting for ever."""
+    with in_thread(asyncjob.Runner(sqlite_db.async_url, producer_only=True)) as runner:
+        job_id = await runner.perform(worker_jobs.whoami, 1)  # no worker: it waits
+        seen = []
+        async with asyncio.timeout(TIMEOUT):
+            async for status in runner.watch(job_id):
+                seen.append(status.state)
+                await asyncio.to_thread(
+                    edit_by_hand,
+                    sqlite_db.sync_url,
+                    f"DELETE FROM asyncjob_jobs WHERE id = '{job_id}'",
+                )
+        assert seen == [JobState.queued]
+        with pytest.raises(asyncjob.JobNotFound):
+            await runner.wait(job_id, timeout=TIMEOUT)
 
 
 def test_asyncjob_django_imports_without_django() -> None:

@@ -47,11 +47,13 @@ async def relay(
 ) -> AsyncIterator[T]:
     """Iterate ``source()`` on ``loop`` and yield its items on the caller's loop.
 
-    Stops after the item for which ``last`` is true; an error raised by the
-    source is raised here. Leaving early stops the source.
+    Stops after the item for which ``last`` is true, or when the source
+    ends (a job forgotten while watched: it ended the source without a last
+    item, and the caller waited for ever); an error raised by the source is
+    raised here. Leaving early stops the source.
     """
     here = asyncio.get_running_loop()
-    inbox: asyncio.Queue[T | BaseException] = asyncio.Queue()
+    inbox: asyncio.Queue[T | BaseException | _End] = asyncio.Queue()
 
     async def pump() -> None:
         try:
@@ -59,6 +61,8 @@ async def relay(
                 here.call_soon_threadsafe(inbox.put_nowait, item)
         except BaseException as exc:  # noqa: BLE001 - handed over to the caller
             here.call_soon_threadsafe(inbox.put_nowait, exc)
+        else:
+            here.call_soon_threadsafe(inbox.put_nowait, _END)
 
     pumping = await call_on(loop, _start_task(pump()))
     try:
@@ -66,12 +70,21 @@ async def relay(
             item = await inbox.get()
             if isinstance(item, BaseException):
                 raise item
+            if isinstance(item, _End):
+                return
             yield item
             if last(item):
                 return
     finally:
         if not loop.is_closed():
             loop.call_soon_threadsafe(pumping.cancel)
+
+
+class _End:
+    """What :func:`relay`'s source sends when it ends."""
+
+
+_END = _End()
 
 
 async def _as_coroutine(awaitable: Awaitable[T]) -> T:

@@ -699,6 +699,10 @@ class Runner:
                             outcome = last.outcome()
             except TimeoutError:
                 raise TimeoutError(self._not_ended(job_id, timeout, last)) from None
+            if not outcome.state.is_final:
+                # Deleted while watched (by hand, or ended and then deleted
+                # by retention between two looks): it was said cancelled.
+                raise JobNotFound(job_id)
         return _result(job_id, outcome)
 
     async def _ending(
