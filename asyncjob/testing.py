@@ -144,6 +144,20 @@ class StoreContract:
         assert await store.get("nope") is None
         assert await store.outcome("nope") is None
 
+    @pytest.mark.parametrize("odd", ["a\x00b", "\x00", "\ud800", "é\udfff"])
+    async def test_an_id_no_database_keeps_is_unknown(self, store: Store, odd: str) -> None:
+        """An id or a name with NUL or a lone surrogate (which no job has:
+        PostgreSQL refuses them in any text) is unknown, as any other is,
+        not the database's error."""
+        assert await store.get(odd) is None
+        assert await store.outcome(odd) is None
+        assert await store.cancel(odd) is None
+        with pytest.raises(JobNotFound):
+            await anext(store.watch(odd))
+        with pytest.raises(JobNotFound):
+            await store.list_jobs(JobQuery(before=odd))
+        assert await store.list_jobs(JobQuery(name=odd)) == []
+
     async def test_start_happens_once(self, store: Store) -> None:
         """queued → running once, counting an attempt; a second start is refused."""
         await store.enqueue(make_job())

@@ -25,6 +25,7 @@ from sqlalchemy import (
     case,
     delete,
     event,
+    false,
     func,
     literal,
     literal_column,
@@ -784,6 +785,8 @@ class SQLStore(DurableStore, TransactionalStore):
     # -- what operators do ------------------------------------------------------
 
     async def requeue(self, job_id: str) -> bool:
+        if not _keepable(job_id):
+            return False
         jobs = self.tables.jobs
         ended = [JobState.failed.value, _CANCELLED]
         async with self.db.write() as conn:
@@ -826,6 +829,7 @@ class SQLStore(DurableStore, TransactionalStore):
         return True
 
     async def delete(self, job_ids: list[str]) -> int:
+        job_ids = [job_id for job_id in job_ids if _keepable(job_id)]
         jobs = self.tables.jobs
         total = 0
         for first in range(0, len(job_ids), PURGE_BATCH):
@@ -1042,6 +1046,8 @@ class SQLStore(DurableStore, TransactionalStore):
         return not row.cancel_requested
 
     async def cancel(self, job_id: str) -> JobState | None:
+        if not _keepable(job_id):
+            return None
         jobs = self.tables.jobs
         async with self.db.write() as conn:
             found = await conn.scalar(
@@ -1224,10 +1230,14 @@ class SQLStore(DurableStore, TransactionalStore):
     # -- reading -------------------------------------------------------------------
 
     async def get(self, job_id: str) -> JobStatus | None:
+        if not _keepable(job_id):
+            return None
         row = (await self.db.fetch(self._get, {"id": job_id})).first()
         return None if row is None else status_of(row)
 
     async def outcome(self, job_id: str) -> Outcome | None:
+        if not _keepable(job_id):
+            return None
         row = (await self.db.fetch(self._outcome, {"id": job_id})).first()
         if row is None:
             return None
@@ -1278,6 +1288,8 @@ class SQLStore(DurableStore, TransactionalStore):
         if query.until is not None:
             statement = statement.where(jobs.c.enqueued_at < query.until)
         if query.before is not None:
+            if not _keepable(query.before):
+                raise JobNotFound(query.before)
             anchor = (
                 await self.db.fetch(
                     select(jobs.c.enqueued_at, jobs.c.id).where(jobs.c.id == query.before)
@@ -1475,10 +1487,18 @@ def _filters(query: JobQuery, c: Any) -> list[Any]:
             states.append(SCHEDULED)
         found.append(c.state.in_(states))
     if query.name is not None:
-        found.append(c.name == query.name)
+        found.append(c.name == query.name if _keepable(query.name) else false())
     if query.queue is not None:
         found.append(c.queue == query.queue)
     return found
+
+
+def _keepable(text: str) -> bool:
+    """Whether a database could keep ``text`` (an id or a name asked for):
+    PostgreSQL refuses NUL and lone surrogates in any text, with an error
+    that was a 500 of the web app for ``/api/jobs/%00``. A job id or a name
+    asyncjob made never holds them: no job has such an id or name."""
+    return storable_text(text) == text
 
 
 def _readable(rows: Iterable[Row[Any]]) -> list[JobStatus]:
