@@ -579,6 +579,80 @@ async def test_jobs_performed_later_appear_on_top_without_a_reload(browser: Brow
         assert opened.asked(r"/jobs/", "document") == ["/jobs/"]  # never reloaded
 
 
+#: The jobs of a page of the list: the page asks for the server's default.
+PAGE = 50
+
+#: The pages of jobs performed since its last reading that the list reads at
+#: most (``NEWER_PAGES`` in asyncjob.js) before it reads itself again.
+NEWER_PAGES = 10
+
+
+async def open_the_list(page: Page, url: str, runner: asyncjob.Runner) -> str:
+    """Open the dashboard's list on ``page``, showing one job that ended,
+    and wait until the page reads the overview's stream: what is performed
+    next is news to it. Returns the job's id."""
+    shown = await runner.perform(quick, -1)
+    await runner.wait(shown, timeout=TIMEOUT)
+    await page.goto(f"{url}/jobs/")
+    await expect(page.locator("tbody#jobs tr")).to_have_count(1, timeout=WAIT)
+    await expect(page.locator("#oldest")).not_to_be_empty(timeout=WAIT)
+    return shown
+
+
+async def test_more_than_a_page_performed_at_once_all_appear_on_top(browser: Browser) -> None:
+    """More jobs than a page holds, performed at once (one write) while the
+    page is open: the page reads the newest page, then older ones (with
+    ``before``, as "Older jobs" does) until it meets the row it showed on
+    top, and puts every job on top, each once, newest first; nothing is
+    left to "Older jobs"."""
+    runner = asyncjob.Runner()
+    async with serving(app_with_dashboard(runner)) as (url, _), tab(browser) as opened:
+        page = opened.page
+        shown = await open_the_list(page, url, runner)
+        rows = page.locator("tbody#jobs tr")
+        later = await runner.perform_many(quick, [(n,) for n in range(2 * PAGE + 20)])
+        newest_first = [status.id for status in await runner.jobs(limit=1000)]
+        assert sorted(newest_first) == sorted([shown, *later])
+
+        await expect(rows).to_have_count(len(newest_first), timeout=WAIT)
+        assert await row_ids(page) == newest_first
+        await expect(page.locator("button#more")).to_be_hidden(timeout=WAIT)
+        # Read page by page from the newest, as "Older jobs" reads: with `before`.
+        assert any("before=" in asked for asked in opened.asked(r"/jobs/api/jobs", "fetch"))
+        assert opened.asked(r"/jobs/", "document") == ["/jobs/"]  # never reloaded
+        for job_id in later:
+            assert await runner.wait(job_id, timeout=TIMEOUT) is not None
+
+
+async def test_past_its_bound_the_list_is_read_again_from_the_top(browser: Browser) -> None:
+    """More jobs performed at once than the page reads pages for
+    (:data:`NEWER_PAGES`): it reads the list again from the top, as at
+    first, the newest page shown and "Older jobs" offered for the rest,
+    which it then reads to the last job, each once."""
+    runner = asyncjob.Runner()
+    async with serving(app_with_dashboard(runner)) as (url, _), tab(browser) as opened:
+        page = opened.page
+        shown = await open_the_list(page, url, runner)
+        rows = page.locator("tbody#jobs tr")
+        more = page.locator("button#more")
+        later = await runner.perform_many(quick, [(n,) for n in range(NEWER_PAGES * PAGE + 20)])
+        newest_first = [status.id for status in await runner.jobs(limit=1000)]
+        assert sorted(newest_first) == sorted([shown, *later])
+
+        await expect(rows.nth(0)).to_have_attribute("data-id", newest_first[0], timeout=WAIT)
+        await expect(rows).to_have_count(PAGE, timeout=WAIT)
+        await expect(more).to_be_visible(timeout=WAIT)
+        assert await row_ids(page) == newest_first[:PAGE]
+        for count in range(2 * PAGE, len(newest_first) + PAGE, PAGE):
+            await more.click()
+            await expect(rows).to_have_count(min(count, len(newest_first)), timeout=WAIT)
+        await expect(more).to_be_hidden(timeout=WAIT)
+        assert await row_ids(page) == newest_first
+        assert opened.asked(r"/jobs/", "document") == ["/jobs/"]  # the list only, read again
+        for job_id in later:
+            assert await runner.wait(job_id, timeout=TIMEOUT) is not None
+
+
 async def test_filters_and_older_jobs(browser: Browser) -> None:
     """The filter form lists only the jobs asked for (here, the failed
     ones); "Older jobs" appends the next page (the page asks for the

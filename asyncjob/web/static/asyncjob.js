@@ -275,35 +275,63 @@
   }
 
   let adding = false;
+  let addAgain = false;
+  /** How many pages addNewer reads at most before it reads the list again. */
+  const NEWER_PAGES = 10;
 
   /** Jobs performed since the list was read, put on top: read when the
-   * overview's stream says jobs changed (at most once a second). */
+   * overview's stream says jobs changed (at most once a second). More than
+   * a page may have come meanwhile: the newest page, then older ones (as
+   * "More" reads them), until a job the list shows (its top row; one below
+   * it when the top row's job no longer passes the filters). Past
+   * NEWER_PAGES pages, or at the end of the jobs without meeting one, the
+   * list is read again from the top, as at first: nothing goes missing. */
   async function addNewer() {
-    const first = table.querySelector("tr");
-    if (adding) return;
-    if (!first) {
+    if (adding) {
+      addAgain = true;  // what changed meanwhile may come after the pages read
+      return;
+    }
+    if (!table.querySelector("tr")) {
       if (!cursor) load(false);  // the list was empty: read it
       return;
     }
     adding = true;
     const mine = listing;
+    const filters = query();
     try {
-      const page = await getJSON(`${base}/api/jobs?${query()}`);
-      if (mine !== listing) return;  // the list was read again meanwhile
-      const known = new Set([...table.querySelectorAll("tr")].map((tr) => tr.dataset.id));
       const newer = [];
-      for (const job of page.jobs) {
-        if (job.id === first.dataset.id) break;
-        if (!known.has(job.id)) newer.push(row(job));
+      for (let read = 1, before = null; ; read++) {
+        const params = new URLSearchParams(filters);
+        if (before) params.set("before", before);
+        const page = await getJSON(`${base}/api/jobs?${params}`);
+        if (mine !== listing) {
+          addAgain = true;  // the list was read again meanwhile ("More" too): read anew
+          return;
+        }
+        const known = new Set([...table.querySelectorAll("tr")].map((tr) => tr.dataset.id));
+        const met = page.jobs.findIndex((job) => known.has(job.id));
+        newer.push(...(met < 0 ? page.jobs : page.jobs.slice(0, met)));
+        if (met >= 0) break;
+        if (!page.next || read === NEWER_PAGES) {
+          addAgain = false;  // the list read again takes in whatever changed before
+          load(false);
+          return;
+        }
+        before = page.next;
       }
-      if (newer.length) {
-        first.before(...newer);
+      const first = table.querySelector("tr");
+      if (newer.length && first) {
+        first.before(...newer.map(row));
         followRows();
       }
     } catch (error) {
       // The next reading tries again; the list as it is stays.
     } finally {
       adding = false;
+      if (addAgain) {
+        addAgain = false;
+        addNewer();
+      }
     }
   }
 
