@@ -652,6 +652,32 @@ async def test_authorize_decides_each_action(caplog: pytest.LogCaptureFixture) -
     assert any(f"cancel job {job_id}: done" in m for m in messages)
 
 
+async def test_a_bulk_action_answers_for_each_job_authorize_refuses() -> None:
+    """One job of a bulk action refused by ``authorize``: the others are
+    acted on, and the answer says which was refused (the request stopped
+    at it with a 403, the jobs before it cancelled and those after it not,
+    and the answer said neither)."""
+
+    async def authorize(request: Request, action: str, job_id: str) -> bool:
+        return job_id != protected
+
+    steps["bulk"] = asyncio.Queue()
+    async with dashboard(authorize=authorize) as (runner, client):
+        ids = [await runner.perform(stepper, "bulk", 1) for _ in range(3)]
+        protected = ids[1]
+        answer = await client.post(
+            "/api/actions", json={"action": "cancel", "ids": ids}, headers=ACTION
+        )
+        assert answer.status_code == 200
+        assert answer.json()["results"] == [
+            {"id": ids[0], "done": True, "why": None},
+            {"id": ids[1], "done": False, "why": "you may not cancel this job"},
+            {"id": ids[2], "done": True, "why": None},
+        ]
+        steps["bulk"].put_nowait("go")  # the one left running ends
+        assert await runner.wait(protected, timeout=TIMEOUT) == {"steps": 1}
+
+
 async def test_retry_delete_and_bulk_actions_on_a_shared_store(
     database: Database, tmp_path: Path
 ) -> None:

@@ -298,10 +298,15 @@ class _Dashboard:
             raise HTTPException(400, "ids must be a list of job ids")
         if len(ids) > MAX_BULK:
             raise HTTPException(400, f"one action names {MAX_BULK} jobs at most, not {len(ids)}")
+        self._from_here(request, action)
         results = []
         for job_id in dict.fromkeys(ids):
-            await self._allow(request, action, job_id)
-            done, why = await self._do(request, action, job_id)
+            # One job refused is that job's answer: it stopped the request
+            # with a 403, the jobs before it acted on and nobody told.
+            if await self._authorized(request, action, job_id):
+                done, why = await self._do(request, action, job_id)
+            else:
+                done, why = False, f"you may not {action} this job"
             results.append({"id": job_id, "done": done, "why": why})
         return _JSON({"action": action, "results": results})
 
@@ -328,7 +333,7 @@ class _Dashboard:
                 why = None if done else "no such job, or it has not ended (cancel it first)"
         except JobNotFound:
             done, why = False, "no such job"
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, BadRecord) as exc:
             done, why = False, str(exc)
         logger.warning(
             "dashboard: %s %s job %s: %s",
@@ -362,6 +367,12 @@ class _Dashboard:
 
     async def _allow(self, request: Request, action: str, job_id: str) -> None:
         """Refuse an action sent from another site, or not authorized."""
+        self._from_here(request, action)
+        if not await self._authorized(request, action, job_id):
+            raise HTTPException(403, f"you may not {action} this job")
+
+    def _from_here(self, request: Request, action: str) -> None:
+        """Refuse an action request sent from another site."""
         if request.headers.get(ACTION_HEADER) != action:
             raise HTTPException(
                 403, f"an action request carries the header {ACTION_HEADER}: {action}"
@@ -369,13 +380,18 @@ class _Dashboard:
         origin = request.headers.get("origin")
         if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
             raise HTTPException(403, f"an action from another site ({origin}) is refused")
-        if self.authorize is not None:
-            allowed = self.authorize(request, action, job_id)
-            if inspect.isawaitable(allowed):
-                allowed = await allowed
-            if not allowed:
-                logger.warning("dashboard: %s may not %s job %s", _who(request), action, job_id)
-                raise HTTPException(403, f"you may not {action} this job")
+
+    async def _authorized(self, request: Request, action: str, job_id: str) -> bool:
+        """Whether ``authorize`` lets this request take ``action`` on the
+        job (logged when it does not)."""
+        if self.authorize is None:
+            return True
+        allowed = self.authorize(request, action, job_id)
+        if inspect.isawaitable(allowed):
+            allowed = await allowed
+        if not allowed:
+            logger.warning("dashboard: %s may not %s job %s", _who(request), action, job_id)
+        return bool(allowed)
 
 
 def _event_stream(events: AsyncIterator[ServerSentEvent]) -> Response:
