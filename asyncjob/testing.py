@@ -47,7 +47,14 @@ from typing import Any
 import pytest
 
 from asyncjob._core.errors import JobNotFound
-from asyncjob._core.models import Job, JobQuery, JobState, JobStatus, ScheduleStatus
+from asyncjob._core.models import (
+    Job,
+    JobQuery,
+    JobState,
+    JobStatus,
+    ScheduleStatus,
+    new_job_id,
+)
 from asyncjob._core.spec import JobOptions
 from asyncjob.stores import DurableStore, ImmediateStore, Store
 
@@ -138,6 +145,15 @@ class StoreContract:
         for n in range(3):
             status = await _status(store, f"m{n}")
             assert (status.state, status.progress) == (JobState.queued, None)
+
+    async def test_jobs_performed_together_are_listed_in_their_order(self, store: Store) -> None:
+        """Jobs of one ``perform_many`` share their time: listed newest
+        first, the last performed comes first, on every store (ids made by
+        :func:`asyncjob.new_job_id` increase within a millisecond)."""
+        now = time.time()
+        ids = [new_job_id() for _ in range(20)]
+        await store.enqueue_many([make_job(job_id, at=now) for job_id in ids])
+        assert [s.id for s in await store.list_jobs(JobQuery())] == ids[::-1]
 
     async def test_get_unknown(self, store: Store) -> None:
         """An unknown id is None, not an error."""

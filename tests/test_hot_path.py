@@ -176,8 +176,25 @@ def test_job_ids_are_uuids_of_version_7_in_the_order_they_were_made() -> None:
         assert (parsed.version, parsed.variant) == (7, uuid.RFC_4122)
         assert parsed.hex == job_id
         assert first <= int(job_id[:12], 16) <= last
-    assert [job_id[:12] for job_id in ids] == sorted(job_id[:12] for job_id in ids)
-    assert len({job_id[12:] for job_id in ids}) == len(ids)
+    assert ids == sorted(ids)  # the time, then the count within the millisecond
+    assert len(set(ids)) == len(ids)
+
+
+def test_past_4096_ids_in_a_millisecond_the_ids_take_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The count of a millisecond's ids has 12 bits: the 4,097th id made in
+    one takes the next millisecond, and the ids stay in order."""
+    from asyncjob._core import models
+
+    monkeypatch.setattr(time, "time_ns", lambda: 1_800_000_000_123_456_789)
+    monkeypatch.setattr(models, "_stamp", (0, "", 0, 0))
+    ids = [new_job_id() for _ in range(5_000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert {job_id[:12] for job_id in ids[:4096]} == {f"{1_800_000_000_123:012x}"}
+    assert {job_id[:12] for job_id in ids[4096:]} == {f"{1_800_000_000_124:012x}"}
+    assert [job_id[12:16] for job_id in ids[4094:4098]] == ["7ffe", "7fff", "7000", "7001"]
 
 
 def test_job_ids_keep_their_order_when_the_clock_goes_back(
@@ -190,7 +207,7 @@ def test_job_ids_keep_their_order_when_the_clock_goes_back(
 
     now = [1_800_000_000_123_456_789]
     monkeypatch.setattr(time, "time_ns", lambda: now[0])
-    monkeypatch.setattr(models, "_stamp", (0, ""))
+    monkeypatch.setattr(models, "_stamp", (0, "", 0, 0))
     first = new_job_id()
     now[0] -= 5_000_000_000  # five seconds back
     meanwhile = new_job_id()

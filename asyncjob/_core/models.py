@@ -377,17 +377,23 @@ made = tuple.__new__
 
 def new_job_id() -> str:
     """A new job's id: a UUID of version 7 (RFC 9562) in 32 hexadecimal
-    digits, the time in milliseconds first, then 74 random bits.
+    digits: the time in milliseconds, a count of the ids this process made
+    in that millisecond (12 bits), then 62 random bits.
 
     Time first, so that the jobs performed together sit together in a
     database's index of ids. Random ids put each new job on a page of
     that index of its own, and a store's inserts slowed as its table grew
     (SQLite's three times over 150,000 jobs: ``bench/README.md``). The
-    random bits tell apart the ids of a millisecond, across processes.
+    random bits tell apart the ids of a millisecond, across processes; the
+    count keeps those of one process in the order made (RFC 9562's "fixed
+    bit-length dedicated counter"), so that the jobs of a ``perform_many``,
+    which share their time, are listed in the order performed on every
+    store, as the memory store lists them: the random bits alone ordered
+    them at random. Past 4,096 ids in a millisecond, the ids take the next.
 
-    They come from ``os.urandom``, 640 bytes at a time: one system call for
+    They come from ``os.urandom``, 512 bytes at a time: one system call for
     64 ids rather than one each (it was the largest single cost of a
-    perform), their version and variant bits set for all 64 at once. Not
+    perform), their variant bits set for all 64 at once. Not
     more at a time: the perform that draws a block pays for it, and 4 KiB
     (14 us) showed at the p99 of perform->start. Each id has a number of
     its own (``itertools.count`` is atomic), which says which block of
@@ -396,40 +402,46 @@ def new_job_id() -> str:
     before its first id. The time's digits are made once a millisecond,
     and never go back: if the clock does, the ids keep the last
     millisecond's until it has passed again (RFC 9562 allows it), and stay
-    in order.
+    in order. The count is the id's number less the number of the
+    millisecond's first id: threads making ids at once may share a count
+    (never an id: the random bits differ), and order theirs by their own.
     """
     global _block, _stamp
     number = next(_numbers)
     drawn = _block
     if drawn[0] != number >> 6:  # 64 ids a block
         drawn = _block = (number >> 6, _random_tails())
-    at = (number & 63) * 20
+    at = (number & 63) * 16
     now = time.time_ns()
     stamp = _stamp
-    if now >= stamp[0]:  # the next millisecond: never back (the clock may be)
-        ms = now // 1_000_000
-        stamp = _stamp = ((ms + 1) * 1_000_000, f"{ms:012x}")
-    return stamp[1] + drawn[1][at : at + 20]
+    count = number - stamp[2]
+    if now >= stamp[0] or not 0 <= count < 4096:
+        # The next millisecond (never back, if the clock is), or the one
+        # after this one's if its 4,096 counts are spent.
+        ms = now // 1_000_000 if now >= stamp[0] else stamp[3] + 1
+        stamp = _stamp = ((ms + 1) * 1_000_000, f"{ms:012x}", number, ms)
+        count = 0
+    return stamp[1] + _COUNTS[count] + drawn[1][at : at + 16]
 
 
 def _random_tails() -> str:
-    """64 ids' last 80 bits, as 20 hexadecimal digits each: the version
-    (7) in the first 4 bits, the variant (10) in the first 2 of the third
-    byte, the other 74 bits random."""
-    tails = bytearray(os.urandom(10 * 64))
-    tails[0::10] = tails[0::10].translate(_VERSION_7)
-    tails[2::10] = tails[2::10].translate(_VARIANT_10)
+    """64 ids' last 64 bits, as 16 hexadecimal digits each: the variant
+    (10) in the first 2 bits, the other 62 random."""
+    tails = bytearray(os.urandom(8 * 64))
+    tails[0::8] = tails[0::8].translate(_VARIANT_10)
     return tails.hex()
 
 
 _numbers = itertools.count()
 #: (which block, its ids' random parts as hex).
 _block: tuple[int, str] = (-1, "")
-#: (when the millisecond of the ids made now ends, in ns since the epoch; its digits).
-_stamp: tuple[int, str] = (0, "")
-#: Each byte with its first 4 bits set to 0111 (the version), and with
-#: its first 2 set to 10 (the variant): tables for ``bytes.translate``.
-_VERSION_7 = bytes((b & 0x0F) | 0x70 for b in range(256))
+#: The millisecond of the ids made now: when it ends (ns since the epoch),
+#: its digits, the number of its first id, and itself.
+_stamp: tuple[int, str, int, int] = (0, "", 0, 0)
+#: The version (7) and each count of the ids of a millisecond, as hex.
+_COUNTS = [f"7{count:03x}" for count in range(4096)]
+#: Each byte with its first 2 bits set to 10 (the variant): a table for
+#: ``bytes.translate``.
 _VARIANT_10 = bytes((b & 0x3F) | 0x80 for b in range(256))
 
 
