@@ -215,6 +215,19 @@ async def test_a_producer_keeps_no_schedule(database: Database, make_runner: Run
     assert worker._scheduler() is not None
 
 
+async def test_a_runner_of_the_default_queue_keeps_its_schedules(
+    make_runner: RunnerFactory,
+) -> None:
+    """A periodic job registered without a queue waits in "default": a
+    runner given that queue (``asyncjob worker --queue default``) performs
+    its ticks. It compared the queue the job was registered with, none,
+    and kept no schedule: a fleet of a worker per queue never ran them."""
+    asyncjob.periodic("* * * * * *")(refresh)
+    heard = Enqueued()
+    runner = await make_runner(queues=["default"], hooks=[heard])
+    assert await runner.wait(await heard.next(), TIMEOUT) is None
+
+
 @contextlib.asynccontextmanager
 async def opened(url: str) -> AsyncIterator[Store]:
     async with asyncjob.Runner(url, producer_only=True) as runner:

@@ -102,6 +102,17 @@ def test_backoff_doubles_with_jitter_and_a_ceiling() -> None:
     assert definition.delay_before(5) is None
 
 
+def test_the_thousandth_retry_waits_max_backoff() -> None:
+    """2.0 ** 1024 overflows: the attempt whose wait raised it stayed
+    running for good. The exponent is bounded; max_backoff rules."""
+    definition = JobDefinition("x", print, retries=5_000, backoff=0, max_backoff=10)
+    assert definition.delay_before(1025) == 0
+    definition = JobDefinition("x", print, retries=5_000, backoff=1, max_backoff=10)
+    delay = definition.delay_before(4_000)
+    assert delay is not None
+    assert 5 <= delay <= 10
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -109,6 +120,10 @@ def test_backoff_doubles_with_jitter_and_a_ceiling() -> None:
         ({"retries": 1.5}, "retries"),
         ({"backoff": -1}, "backoff"),
         ({"max_backoff": "x"}, "max_backoff"),
+        ({"backoff": float("inf")}, r"backoff must be a number of seconds from 0 to 3153600000"),
+        ({"max_backoff": float("inf")}, "max_backoff must be a number of seconds from 0 to"),
+        ({"backoff": float("nan")}, "backoff must be"),
+        ({"max_backoff": 1e12}, r"max_backoff .* \(a century\)"),
         ({"timeout": 0}, "timeout"),
         ({"timeout": "5"}, "timeout"),
     ],

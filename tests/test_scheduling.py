@@ -16,7 +16,7 @@ import functools
 import math
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -94,6 +94,10 @@ NAIVE = datetime(2030, 1, 1, 12, 0)
 AWARE = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
 
+#: Past the year 9999 in UTC: a start no datetime can hold.
+LAST_HOUR_OF_9999_IN_NEW_YORK = datetime(9999, 12, 31, 23, 0, tzinfo=timezone(-timedelta(hours=5)))
+
+
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
@@ -102,11 +106,15 @@ AWARE = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
         ({"at": "2030-01-01T12:00Z"}, TypeError, "at must be a datetime, not str"),
         ({"delay": 5, "at": AWARE}, ValueError, "give delay= or at=, not both"),
         ({"delay": timedelta(0), "at": AWARE}, ValueError, "not both"),
-        ({"delay": -1}, ValueError, "delay must be >= 0 seconds, not -1"),
-        ({"delay": -0.001}, ValueError, "delay must be >= 0 seconds"),
-        ({"delay": timedelta(seconds=-1)}, ValueError, "delay must be >= 0 seconds"),
-        ({"delay": math.nan}, ValueError, "delay must be >= 0 seconds"),
-        ({"delay": math.inf}, ValueError, "delay must be >= 0 seconds"),
+        ({"delay": -1}, ValueError, r"delay must be from 0 to 3153600000 seconds .*not -1"),
+        ({"delay": -0.001}, ValueError, "delay must be from 0 to"),
+        ({"delay": timedelta(seconds=-1)}, ValueError, "delay must be from 0 to"),
+        ({"delay": math.nan}, ValueError, "delay must be from 0 to"),
+        ({"delay": math.inf}, ValueError, "delay must be from 0 to"),
+        # Later than a century: one past the year 9999 could not be read back.
+        ({"delay": 1e12}, ValueError, r"delay must be from 0 to 3153600000 seconds \(a century\)"),
+        ({"delay": timedelta(days=365 * 101)}, ValueError, "delay must be from 0 to"),
+        ({"at": LAST_HOUR_OF_9999_IN_NEW_YORK}, ValueError, "at must be within a century"),
         ({"delay": "1"}, TypeError, "delay must be a number of seconds or a timedelta, not str"),
         ({"delay": True}, TypeError, "delay must be a number of seconds or a timedelta, not bool"),
         ({"priority": -101}, ValueError, "priority must be from -100 to 100 .*not -101"),

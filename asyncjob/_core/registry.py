@@ -16,7 +16,7 @@ from typing import Any, TypeVar, overload
 
 from .cron import Cron
 from .models import MAX_NAME_LENGTH
-from .spec import DEFAULT_QUEUE, JobOptions, check_priority, check_queue
+from .spec import DEFAULT_QUEUE, MAX_DELAY, JobOptions, check_priority, check_queue
 
 __all__ = (
     "JobDefinition",
@@ -78,7 +78,9 @@ class JobDefinition:
         attempt ``attempt`` failed; None when no attempt is left."""
         if attempt > self.retries:
             return None
-        ceiling = min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1))
+        # The exponent bounded: 2.0 ** 1024 overflows, and the attempt that
+        # raised it stayed running for good. Past 2 ** 62 s, max_backoff rules.
+        ceiling = min(self.max_backoff, self.backoff * 2.0 ** min(attempt - 1, 62))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
@@ -283,8 +285,11 @@ def _check_policy(retries: object, backoff: object, max_backoff: object, timeout
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an int >= 0, not {retries!r}")
     for option, value in (("backoff", backoff), ("max_backoff", max_backoff)):
-        if not isinstance(value, int | float) or not value >= 0:
-            raise ValueError(f"{option} must be a number of seconds >= 0, not {value!r}")
+        if not isinstance(value, int | float) or not 0 <= value <= MAX_DELAY:
+            raise ValueError(
+                f"{option} must be a number of seconds from 0 to {MAX_DELAY} (a century), "
+                f"not {value!r}"
+            )
     if timeout is not None and (not isinstance(timeout, int | float) or not timeout > 0):
         raise ValueError(f"timeout must be a number of seconds > 0, or None, not {timeout!r}")
 

@@ -4,12 +4,14 @@ where they are given, apart from the job's own arguments."""
 from __future__ import annotations
 
 import datetime
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = (
     "DEFAULT_QUEUE",
+    "MAX_DELAY",
     "MAX_PRIORITY",
     "MAX_QUEUE_LENGTH",
     "MAX_UNIQUE_LENGTH",
@@ -31,6 +33,10 @@ MAX_PRIORITY = 100
 MAX_QUEUE_LENGTH = 64
 #: The longest unique key a store keeps.
 MAX_UNIQUE_LENGTH = 255
+#: The longest a job may wait for its time, in seconds (a century): a
+#: later start is a mistake, and one past the year 9999 could not be read
+#: back as a datetime (every status and listing of the store raised).
+MAX_DELAY = 100 * 365 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,8 +228,8 @@ def _seconds(delay: object) -> float:
         )
     else:
         seconds = float(delay)
-    if not 0 <= seconds < float("inf"):  # NaN too
-        raise ValueError(f"delay must be >= 0 seconds, not {delay!r}")
+    if not 0 <= seconds <= MAX_DELAY:  # NaN too
+        raise ValueError(f"delay must be from 0 to {MAX_DELAY} seconds (a century), not {delay!r}")
     return seconds
 
 
@@ -235,4 +241,7 @@ def _moment(at: object) -> float:
             f"at must be an aware datetime (with a time zone), not the naive {at!r}: "
             "give tzinfo=datetime.UTC, or use delay="
         )
-    return at.timestamp()
+    moment = at.timestamp()
+    if moment > time.time() + MAX_DELAY:
+        raise ValueError(f"at must be within a century from now, not {at!r}")
+    return moment
