@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 
 from asyncjob._core.log import logger
@@ -34,8 +34,13 @@ class LeaseThread:
 
     Args:
         interval: seconds between two renewals (a third of the lease, say).
-        held: the ids of the jobs held now; called from the thread, so it
-            must be thread-safe (a copy of a set is).
+        held: the jobs held now, each id with what tells its attempt apart
+            (the attempt): called from the thread, so it must be
+            thread-safe (a copy of a dict is). A job found no longer held
+            is told of with it, for the store to tell whether it is still
+            the attempt it holds: one retried and claimed again between the
+            copy and the renewal was found lost, and its next attempt
+            stopped, cancelled, by nobody's wish.
         connect: opens, in the thread's own loop, what renews: an async
             context manager that gives a :data:`Renew` function, and
             closes its connection on exit.
@@ -44,13 +49,13 @@ class LeaseThread:
     def __init__(
         self,
         interval: float,
-        held: Callable[[], Collection[str]],
+        held: Callable[[], Mapping[str, object]],
         connect: Callable[[], AbstractAsyncContextManager[Renew]],
     ) -> None:
         self._interval = interval
         self._held = held
         self._connect = connect
-        self._lost: list[str] = []
+        self._lost: list[tuple[str, object]] = []
         self._cancelled: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -70,9 +75,10 @@ class LeaseThread:
         """True while the thread renews."""
         return self._thread.is_alive()
 
-    def take(self) -> tuple[list[str], list[str]]:
-        """The jobs found no longer held, and those found with their cancel
-        requested, since the last call."""
+    def take(self) -> tuple[list[tuple[str, object]], list[str]]:
+        """The jobs found no longer held (each id with its attempt, as
+        ``held()`` gave it), and those found with their cancel requested,
+        since the last call."""
         with self._lock:
             found = self._lost, self._cancelled
             self._lost, self._cancelled = [], []
@@ -96,12 +102,12 @@ class LeaseThread:
             async with self._connect() as renew:
                 while not self._stop.wait(pause):
                     pause = self._interval
-                    held = list(self._held())
+                    held = self._held()
                     if not held:
                         continue
                     try:
                         async with asyncio.timeout(self._interval / 2):
-                            lost, cancelled = await renew(held)
+                            lost, cancelled = await renew(list(held))
                     except TimeoutError:
                         logger.error(
                             "renewing leases had no answer within %.2f s (a sixth of the lease); "
@@ -118,7 +124,7 @@ class LeaseThread:
                         continue
                     if lost or cancelled:
                         with self._lock:
-                            self._lost.extend(lost)
+                            self._lost.extend((job_id, held[job_id]) for job_id in lost)
                             self._cancelled.extend(cancelled)
         except Exception:  # noqa: BLE001 - a thread has nobody to raise to
             logger.exception("the lease thread stopped")

@@ -309,7 +309,7 @@ class SQLStore(DurableStore, TransactionalStore):
         self._db = db
         await self._dialect.open(db.write_lock)
         self._progress.start()
-        self._leases = LeaseThread(self._lease / 3, lambda: frozenset(self.held), self._renewer)
+        self._leases = LeaseThread(self._lease / 3, self.held.copy, self._renewer)
         self._leases.start()
         self._listener = self._dialect.listener(self._notified)
         if self._listener is not None and on_queued is not None:
@@ -696,11 +696,17 @@ class SQLStore(DurableStore, TransactionalStore):
         # The renewing itself is the lease thread's: here, only what it found.
         if self._leases is None:
             return []
-        lost, cancelled = self._leases.take()
+        found_lost, cancelled = self._leases.take()
         cancelled += self._cancels_heard
         self._cancels_heard = []
-        for job_id in lost:
-            self.held.pop(job_id, None)
+        lost = []
+        for job_id, attempt in found_lost:
+            # Lost only if still held at the attempt the renewal asked for:
+            # since then it may have ended here, or failed, been retried and
+            # claimed again here (that attempt is held, and must run on).
+            if self.held.get(job_id, _GONE) == attempt:
+                del self.held[job_id]
+                lost.append(job_id)
         new = [job_id for job_id in cancelled if job_id in self.held]
         new = [job_id for job_id in dict.fromkeys(new) if job_id not in self._stopping]
         self._stopping.update(new)
