@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +14,11 @@ from pathlib import Path
 import pytest
 
 import asyncjob
+from asyncjob._cli import main
 from asyncjob.stores.sql import SQLStore
 
 from . import worker_jobs
-from .conftest import TIMEOUT, Database, RunnerFactory
+from .conftest import TIMEOUT, Database, RunnerFactory, edit_by_hand
 from .processes import ROOT, Workers
 
 #: A command runs to its end within this; it bounds a hang, not its speed.
@@ -27,12 +29,12 @@ COMMAND_TIMEOUT = 60.0
 UNSET = ("PYTHONASYNCIODEBUG", "ASYNCJOB_STORE")
 
 
-async def asyncjob_command(*args: str) -> subprocess.CompletedProcess[str]:
+async def asyncjob_command(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """``python -m asyncjob ARGS``, to its end, without blocking the loop (a
     runner of the test may be running the jobs the command looks at)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "asyncjob", *args,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
         env={k: v for k, v in os.environ.items() if k not in UNSET},
     )  # fmt: skip
     async with asyncio.timeout(COMMAND_TIMEOUT):
@@ -269,3 +271,157 @@ def test_the_store_may_come_from_the_environment() -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "'memory' is not a shared store" in done.stderr
+
+
+#: Each operator's command, with what it needs besides the store.
+COMMANDS = [
+    ["jobs"],
+    ["status", "x"],
+    ["cancel", "x"],
+    ["retry", "x"],
+    ["workers"],
+    ["purge", "--older-than", "1d"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+async def test_an_sqlite_file_that_does_not_exist_is_exit_2_and_not_made(
+    command: list[str], tmp_path: Path
+) -> None:
+    """A misspelt SQLite path is an error: the commands read a store, and
+    made a new empty file there (``jobs`` then said ``(none)``, exit 0).
+    What they refuse is theirs alone: a runner (a worker, an application)
+    opening the store makes its file, which the commands then use."""
+    typo = tmp_path / "typo.db"
+    done = await asyncjob_command(*command, "--store", f"sqlite+aiosqlite:///{typo}")
+    assert (done.returncode, done.stderr) == (2, f"asyncjob: no such database file: {typo}\n")
+    # A relative path is the working directory's, and said in full.
+    relative = await asyncjob_command(
+        *command, "--store", "sqlite+aiosqlite:///typo.db", cwd=tmp_path
+    )
+    assert (relative.returncode, relative.stderr) == (
+        2,
+        f"asyncjob: no such database file: {typo}\n",
+    )
+    assert await asyncio.to_thread(os.listdir, tmp_path) == []
+
+    async with asyncjob.Runner(f"sqlite+aiosqlite:///{typo}"):
+        pass
+    made = await asyncjob_command("jobs", "--store", f"sqlite+aiosqlite:///{typo}")
+    assert (made.returncode, made.stdout, made.stderr) == (0, "(none)\n", "")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+async def test_a_file_that_is_not_a_database_is_exit_2_saying_so(
+    command: list[str], tmp_path: Path
+) -> None:
+    """sqlite3's own error, raised as the store opens its file, was a
+    traceback and exit 1 (which says a job did not succeed)."""
+    notes = tmp_path / "notes.db"
+    notes.write_text("not a database, some notes\n" * 100)
+    done = await asyncjob_command(*command, "--store", f"sqlite+aiosqlite:///{notes}")
+    assert (done.returncode, done.stderr) == (
+        2,
+        "asyncjob: cannot open the store: file is not a database\n",
+    )
+
+
+async def test_a_row_edited_into_nonsense_is_exit_2_saying_so(
+    database: Database, producer: asyncjob.Runner
+) -> None:
+    """A job whose row was edited by hand into what asyncjob never writes
+    is an error on one line, exit 2, no traceback (each command raised
+    BadRecord, exit 1); cancel and retry act on the other jobs given."""
+    bad = await producer.perform(worker_jobs.whoami, 1)
+    good = await producer.perform(worker_jobs.whoami, 2)
+    await asyncio.to_thread(
+        edit_by_hand,
+        database.sync_url,
+        f"UPDATE asyncjob_jobs SET data = '{{nope' WHERE id = '{bad}'",
+    )
+    store = database.async_url
+    damaged = f"job {bad} holds invalid JSON in its data"
+
+    status = await asyncjob_command("status", bad, "--store", store)
+    assert status.returncode == 2
+    assert status.stderr.startswith(
+        f"asyncjob: a job's row is damaged (edited by hand?): {damaged}"
+    )
+    assert status.stderr.count("\n") == 1, status.stderr
+
+    cancelled = await asyncjob_command("cancel", bad, good, "--store", store)
+    assert cancelled.returncode == 2
+    assert cancelled.stdout == f"{good}: cancelled\n"
+    assert cancelled.stderr.startswith(f"{bad}: not cancelled, its row is damaged: {damaged}")
+    assert cancelled.stderr.count("\n") == 1, cancelled.stderr
+
+    retried = await asyncjob_command("retry", bad, good, "--store", store)
+    assert retried.returncode == 2
+    assert retried.stdout == f"{good}: queued again\n"
+    assert retried.stderr.startswith(f"{bad}: not retried, its row is damaged: {damaged}")
+    assert retried.stderr.count("\n") == 1, retried.stderr
+    assert (await producer.status(good)).state is asyncjob.JobState.queued
+
+
+@pytest.mark.parametrize(
+    "ago",
+    [
+        "1000000d",  # before the year 1
+        "99999999999w",  # more than timedelta holds
+        pytest.param("9" * 400, id="400-digits"),  # an infinity of seconds
+    ],
+)
+@pytest.mark.parametrize("option", ["--since", "--until"])
+def test_a_time_too_long_ago_is_a_usage_error(
+    option: str, ago: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As any time that cannot be read (it was OverflowError's traceback)."""
+    with pytest.raises(SystemExit) as exited:
+        main(["jobs", "--store", "sqlite+aiosqlite:///unused.db", option, ago])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: asyncjob jobs")
+    assert err.endswith(f"error: argument {option}: {ago!r} is too long ago for a time\n")
+
+
+# -- asyncjob dashboard: what keeps it from serving ------------------------------------------------
+
+
+def dashboard_command(store: str, port: int = 0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "asyncjob", "dashboard", "--store", store, "--port", str(port)],
+        capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False, cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k not in UNSET},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("store", "why"),
+    [
+        (
+            "postgresql+asyncpg://nobody@127.0.0.1:1/none",
+            "[Errno 111] Connect call failed ('127.0.0.1', 1)",
+        ),
+        ("sqlite+aiosqlite:////nonexistent/dir/jobs.db", "unable to open database file"),
+    ],
+)
+def test_the_dashboard_of_a_store_it_cannot_open_is_exit_2(store: str, why: str) -> None:
+    """It was uvicorn's exit 3 after the store's traceback in its log: the
+    store is opened before uvicorn starts."""
+    done = dashboard_command(store)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"asyncjob dashboard: cannot open the store: {why}\n"
+
+
+def test_the_dashboard_on_a_port_taken_is_exit_2(tmp_path: Path) -> None:
+    """It was uvicorn's exit 3, the reason a line of its log."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = dashboard_command(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}", port)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith(f"asyncjob dashboard: cannot serve on 127.0.0.1:{port}: ")
+    assert last.endswith("address already in use")
+    assert "Traceback" not in done.stderr

@@ -232,7 +232,7 @@ def _run_dashboard(args: argparse.Namespace) -> int:
 _STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 _EXIT = (
     "exit status: 0 done; 1 a job did not succeed, or was not acted on; "
-    "2 the command failed (unknown id, store unreachable)"
+    "2 the command failed (unknown id, store unreachable or no such file, damaged row)"
 )
 
 

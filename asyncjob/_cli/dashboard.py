@@ -8,19 +8,17 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import uvicorn
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from asyncjob._core import defaults
-from asyncjob._core.errors import AsyncJobError
+from asyncjob._runner.runner import Runner
 from asyncjob.web import dashboard
 
-from .operate import CommandError, producer_on
+from .operate import STORE_ERRORS, CommandError, producer_on, why
 
 __all__ = ("run_dashboard",)
 
@@ -41,26 +39,63 @@ def run_dashboard(
     except CommandError as exc:
         print(f"asyncjob dashboard: {exc}", file=sys.stderr)
         return 2
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        async with runner:
-            yield
-
-    app = Starlette(
-        routes=[Mount("/", dashboard(runner, read_only=not allow_actions))], lifespan=lifespan
-    )
+    app = Starlette(routes=[Mount("/", dashboard(runner, read_only=not allow_actions))])
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    server = _Server(uvicorn.Config(app, host=host, port=port, lifespan="on"))
+    # No lifespan: the store is opened before uvicorn starts. A start-up that
+    # fails in uvicorn ends in its sys.exit(3), past the handling here, after
+    # logging the store's error with a traceback.
+    server = _Server(uvicorn.Config(app, host=host, port=port, lifespan="off"))
     try:
-        asyncio.run(server.serve())
-    except (OSError, SQLAlchemyError, AsyncJobError) as exc:
-        print(f"asyncjob dashboard: cannot open the store: {exc}", file=sys.stderr)
+        asyncio.run(_serve(server, runner, host, port))
+    except CommandError as exc:
+        print(f"asyncjob dashboard: {exc}", file=sys.stderr)
         return 2
-    # uvicorn reports a failed start-up (the store unreachable, the port
-    # taken) in its log, and returns.
-    return 0 if server.started else 2
+    return 0
+
+
+async def _serve(server: _Server, runner: Runner, host: str, port: int) -> None:
+    """Open the store, check that the address is free, then serve until
+    stopped; the store is closed after.
+
+    Raises:
+        CommandError: the store cannot be opened, or the address used.
+    """
+    with server.capture_signals():  # a stop asked while the store opens ends it cleanly
+        try:
+            await runner.start()
+        except STORE_ERRORS as exc:
+            raise CommandError(f"cannot open the store: {why(exc)}") from None
+        try:
+            await _check_address(host, port)
+            if server.should_exit:
+                return
+            try:
+                await server.serve()
+            except SystemExit:
+                if server.started:
+                    raise
+                # The address taken since it was checked: uvicorn logged why.
+                raise CommandError(f"cannot serve on {host}:{port} (logged above)") from None
+        finally:
+            await runner.stop()
+
+
+async def _check_address(host: str, port: int) -> None:
+    """Listen on ``host:port`` for a moment, as uvicorn then does, so that a
+    port taken (or a host unknown) is an error said here: uvicorn's own is a
+    line in its log and sys.exit(3).
+
+    Raises:
+        CommandError: it cannot be listened on.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        probe = await loop.create_server(asyncio.Protocol, host, port, start_serving=False)
+    except OSError as exc:
+        raise CommandError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    probe.close()
+    await probe.wait_closed()
 
 
 class _Server(uvicorn.Server):

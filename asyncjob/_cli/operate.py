@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from asyncjob._core import defaults
-from asyncjob._core.errors import AsyncJobError, JobNotFound
+from asyncjob._core.errors import AsyncJobError, BadRecord, JobNotFound
 from asyncjob._core.models import JobState, JobStatus
 from asyncjob._core.views import status_json, worker_json
 from asyncjob._runner.runner import Runner
@@ -23,6 +26,7 @@ from asyncjob.stores import resolve_store
 from asyncjob.stores._base import SHARED_STORES
 
 __all__ = (
+    "STORE_ERRORS",
     "CommandError",
     "cancel_jobs",
     "list_jobs",
@@ -33,6 +37,7 @@ __all__ = (
     "purge_jobs",
     "retry_jobs",
     "show_status",
+    "why",
 )
 
 #: Exit statuses: done; done, but a job did not succeed (or an id was not
@@ -62,9 +67,14 @@ def parse_moment(text: str) -> datetime:
         ValueError: neither.
     """
     try:
-        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+        ago = parse_duration(text)
     except ValueError:
         pass
+    else:
+        try:
+            return datetime.now(UTC) - timedelta(seconds=ago)
+        except OverflowError:  # before the year 1, or more seconds than timedelta holds
+            raise ValueError(f"{text!r} is too long ago for a time") from None
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -79,19 +89,48 @@ class CommandError(Exception):
     """The command cannot do its work: the message says why (exit 2)."""
 
 
-def producer_on(store: str, table_prefix: str) -> Runner:
+#: What a store raises when it cannot be opened or read: its database out of
+#: reach or failing (SQLAlchemy's errors; ``sqlite3``'s, from the threads of
+#: an SQLite store; the system's), or asyncjob's own (a schema it does not
+#: know, a row edited by hand into what it never writes).
+STORE_ERRORS = (OSError, SQLAlchemyError, sqlite3.Error, AsyncJobError)
+
+
+def why(exc: BaseException) -> str:
+    """``exc`` said on one line: SQLAlchemy's errors add the statement and
+    a link on lines of their own, which a command's error leaves out."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def producer_on(store: str, table_prefix: str, *, existing: bool = False) -> Runner:
     """A runner on the shared ``store`` that runs nothing: what an
-    operator's command (and the dashboard) reads and acts through.
+    operator's command (and the dashboard) reads and acts through. With
+    ``existing``, an SQLite store's file must be there already: opening
+    one creates it, and a command given a misspelt path would otherwise
+    read (or act on) a new, empty store, and say all is well.
 
     Raises:
-        CommandError: ``store`` is not a shared store's URL, or is wrong.
+        CommandError: ``store`` is not a shared store's URL, or is wrong,
+            or (``existing``) names an SQLite file that does not exist.
     """
     if "://" not in store:
         raise CommandError(f"{store!r} is not a shared store: give {SHARED_STORES}")
     try:
-        return Runner(resolve_store(store, table_prefix=table_prefix), producer_only=True)
+        shared = resolve_store(store, table_prefix=table_prefix)
     except (TypeError, ValueError) as exc:
         raise CommandError(str(exc)) from None
+    if existing:
+        url = make_url(store)  # a store's URL: resolve_store took it
+        if url.get_backend_name() == "sqlite" and url.database:
+            if url.database == ":memory:":
+                raise CommandError(
+                    f"{store!r} is not a shared store: an in-memory SQLite database "
+                    "is the process's own"
+                )
+            if not os.path.exists(url.database):
+                raise CommandError(f"no such database file: {os.path.abspath(url.database)}")
+    return Runner(shared, producer_only=True)
 
 
 def _run(store: str, table_prefix: str, work: Callable[[Runner], Awaitable[int]]) -> int:
@@ -99,11 +138,11 @@ def _run(store: str, table_prefix: str, work: Callable[[Runner], Awaitable[int]]
     status, with an error said on stderr."""
 
     async def main() -> int:
-        runner = producer_on(store, table_prefix)
+        runner = producer_on(store, table_prefix, existing=True)
         try:
             await runner.start()
-        except (OSError, SQLAlchemyError, AsyncJobError) as exc:
-            raise CommandError(f"cannot open the store: {exc}") from None
+        except STORE_ERRORS as exc:
+            raise CommandError(f"cannot open the store: {why(exc)}") from None
         try:
             return await work(runner)
         finally:
@@ -113,8 +152,10 @@ def _run(store: str, table_prefix: str, work: Callable[[Runner], Awaitable[int]]
         return asyncio.run(main())
     except CommandError as exc:
         return _error(str(exc))
-    except (OSError, SQLAlchemyError) as exc:
-        return _error(f"the store failed: {exc}")
+    except BadRecord as exc:
+        return _error(f"a job's row is damaged (edited by hand?): {why(exc)}")
+    except STORE_ERRORS as exc:
+        return _error(f"the store failed: {why(exc)}")
 
 
 def _error(message: str) -> int:
@@ -216,6 +257,10 @@ def cancel_jobs(store: str, job_ids: Sequence[str], *, table_prefix: str) -> int
                 print(f"{job_id}: no such job", file=sys.stderr)
                 worst = FAILED
                 continue
+            except BadRecord as exc:
+                print(f"{job_id}: not cancelled, its row is damaged: {why(exc)}", file=sys.stderr)
+                worst = FAILED
+                continue
             if await runner.cancel(job_id):
                 after = (await runner.status(job_id)).state
                 print(f"{job_id}: {'cancelled' if after.is_final else 'cancel requested'}")
@@ -242,6 +287,9 @@ def retry_jobs(store: str, job_ids: Sequence[str], *, table_prefix: str) -> int:
                 worst = max(worst, NOT_SUCCEEDED)
             except JobNotFound:
                 print(f"{job_id}: no such job", file=sys.stderr)
+                worst = FAILED
+            except BadRecord as exc:
+                print(f"{job_id}: not retried, its row is damaged: {why(exc)}", file=sys.stderr)
                 worst = FAILED
             except ValueError as exc:
                 print(f"{job_id}: not retried: {exc}", file=sys.stderr)
