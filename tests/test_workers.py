@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -213,6 +214,36 @@ async def test_stopping_hands_claimed_jobs_back(
         assert now is not None
         assert now.state is JobState.queued
         assert now.attempts == 0  # handed back: no attempt used up
+
+
+async def test_a_job_still_unwinding_is_handed_back_once_it_has_stopped(
+    make_runner: RunnerFactory, database: Database, reader: SQLStore
+) -> None:
+    """A stopping worker's job, running past the grace period, is stopped,
+    and handed back once its code has stopped: it was handed back first,
+    and another worker ran it while it cleaned up here (twice at once, a
+    concurrency limit of 1 run past)."""
+    key = f"unwind-{uuid.uuid4().hex}"
+    cancelled, cleaned_up = worker_jobs.UNWINDING[key] = (asyncio.Event(), asyncio.Event())
+    stopping = await make_runner(
+        SQLStore(database.async_url, poll_interval=0.05), concurrency=1, grace_period=0.1
+    )
+    job_id = await stopping.perform(worker_jobs.unwinds_slowly, key)
+    async with asyncio.timeout(TIMEOUT):
+        async for status in reader.watch(job_id):
+            if status.state is JobState.running:
+                break
+    other = await make_runner(SQLStore(database.async_url, poll_interval=0.05))
+    stopped = asyncio.create_task(stopping.stop())
+    async with asyncio.timeout(TIMEOUT):
+        await cancelled.wait()  # past the grace period, cancelled, cleaning up
+    now = await reader.get(job_id)
+    assert now is not None
+    assert (now.state, now.attempts, now.worker) == (JobState.running, 1, stopping.store.owner)
+    cleaned_up.set()
+    async with asyncio.timeout(TIMEOUT):
+        await stopped
+    assert await other.wait(job_id, timeout=TIMEOUT) == 2  # its second run, there
 
 
 async def test_a_job_cancelled_elsewhere_stops_here(

@@ -38,6 +38,28 @@ async def stalls_on_its_first_attempt(n: int) -> dict[str, int]:
     return {"n": n, "pid": os.getpid()}
 
 
+#: unwinds_slowly's first run sets the first event when it is cancelled,
+#: then waits for the test to set the second; by key, with the runs so far.
+UNWINDING: dict[str, tuple[asyncio.Event, asyncio.Event]] = {}
+RUNS: dict[str, int] = {}
+
+
+@asyncjob.job
+async def unwinds_slowly(key: str) -> int:
+    """Runs until cancelled the first time, then takes its time to clean
+    up: until the test lets it (in the test's own process). Its next run
+    (a job handed back keeps its attempt's number) returns its count."""
+    RUNS[key] = run = RUNS.get(key, 0) + 1
+    if run == 1:
+        cancelled, cleaned_up = UNWINDING[key]
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+            await cleaned_up.wait()
+    return run
+
+
 @asyncjob.job
 def sync_whoami(n: int) -> dict[str, int]:
     """The same as whoami, in a worker thread."""

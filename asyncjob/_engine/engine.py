@@ -154,6 +154,8 @@ class Engine:
         # in the queue never starts then (any other is stopped by the store,
         # whose start() refuses it). Emptied whenever the queue is.
         self._interrupted_early: set[str] = set()
+        #: Claimed jobs stopped as the runner stops, to be handed back (stop_late).
+        self._handing_back: set[str] = set()
         # With hooks: when each running job's attempt started (perf_counter).
         self._began: dict[str, float] = {}
         #: How many jobs have been done, in all.
@@ -345,24 +347,29 @@ class Engine:
         self._threads.drain()  # the lined-up jobs threads took are running
         return list(self._active)
 
-    async def stop_late(self, job_ids: list[str], timeout: float) -> None:
+    async def stop_late(
+        self, job_ids: list[str], timeout: float, hand_back: Iterable[str] = ()
+    ) -> list[str]:
         """Stop the jobs still running after the grace period: interrupt
         them, and wait up to ``timeout`` seconds for the coroutine ones to
         unwind. Sync jobs are not waited for: their threads cannot be
         stopped, and end in the background (their jobs still running, with
-        their cancel requested)."""
+        their cancel requested). Those of ``hand_back`` end without their
+        cancel recorded: the runner hands them back once they have stopped.
+        Returns the jobs still running."""
+        self._handing_back.update(hand_back)
         unwinding = set()
         for job_id in job_ids:
             active = self._active.get(job_id)
             if active is not None and self.interrupt(job_id) and active[0].is_async:
                 unwinding.add(active[1])
-        if not unwinding:
-            return
-        _, stuck = await asyncio.wait(unwinding, timeout=timeout)
-        if stuck:
-            logger.error(
-                "%d job(s) ignored cancellation; the runner stops without them", len(stuck)
-            )
+        if unwinding:
+            _, stuck = await asyncio.wait(unwinding, timeout=timeout)
+            if stuck:
+                logger.error(
+                    "%d job(s) ignored cancellation; the runner stops without them", len(stuck)
+                )
+        return [job_id for job_id in job_ids if job_id in self._active]
 
     async def close(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the ends still being written,
@@ -876,8 +883,8 @@ class Engine:
     ) -> None:
         """Free the job's slot, tell the hooks, and record its end."""
         self._ended(job.id)
-        if self._closed:
-            return  # the runner has stopped: nobody is left to record it
+        if self._closed or (state is JobState.cancelled and job.id in self._handing_back):
+            return  # the runner has stopped, or hands the job back: not its end
         if not self._hooks:
             await self._store.finish(job.id, state, result=result, error=error, traceback=traceback)
             return

@@ -320,12 +320,18 @@ class Runner:
                 ", ".join(late),
             )
             claimed = set(engine.claimed_running())
-            if self._durable is not None:  # they run again elsewhere: at least once
-                await self._durable.release([job_id for job_id in late if job_id in claimed])
             for job_id in late:
                 if job_id not in claimed:
                     await self._store.cancel(job_id)
-            await engine.stop_late(late, max(1.0, grace))
+            back = [job_id for job_id in late if job_id in claimed]
+            running = await engine.stop_late(late, max(1.0, grace), hand_back=back)
+            if self._durable is not None and back:
+                # They run again elsewhere (at least once), but only once
+                # their code has stopped here: handed back before, another
+                # worker ran them while they unwound here, past their limit.
+                # Those still running (a sync job's thread) run again once
+                # their lease has run out.
+                await self._durable.release([job_id for job_id in back if job_id not in running])
         if self._maintenance is not None:
             await self._maintenance.leave()
         await engine.close(STOP_TIMEOUT)
