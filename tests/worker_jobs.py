@@ -41,7 +41,7 @@ async def stalls_on_its_first_attempt(n: int) -> dict[str, int]:
 #: unwinds_slowly's first run sets the first event when it is cancelled,
 #: then waits for the test to set the second; by key, with the runs so far.
 UNWINDING: dict[str, tuple[asyncio.Event, asyncio.Event]] = {}
-RUNS: dict[str, int] = {}
+UNWINDING_RUNS: dict[str, int] = {}
 
 
 @asyncjob.job
@@ -49,7 +49,7 @@ async def unwinds_slowly(key: str) -> int:
     """Runs until cancelled the first time, then takes its time to clean
     up: until the test lets it (in the test's own process). Its next run
     (a job handed back keeps its attempt's number) returns its count."""
-    RUNS[key] = run = RUNS.get(key, 0) + 1
+    UNWINDING_RUNS[key] = run = UNWINDING_RUNS.get(key, 0) + 1
     if run == 1:
         cancelled, cleaned_up = UNWINDING[key]
         try:
