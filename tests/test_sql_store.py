@@ -204,6 +204,29 @@ async def test_a_job_found_lost_at_an_earlier_attempt_runs_on(database: Database
         await store.close()
 
 
+async def test_a_delayed_job_past_its_time_and_not_claimed_is_due(
+    make_runner: RunnerFactory, database: Database
+) -> None:
+    """A delayed job whose time has come and that no worker has claimed
+    yet (none free, or none takes its queue) is due: its status has no
+    run_after, and the overview counts it waiting, as the memory store
+    says (it showed its past time, and was counted as scheduled)."""
+    producer = await make_runner(database.async_url, producer_only=True)  # claims nothing
+    due = await producer.perform(asyncjob.using(worker_jobs.whoami, delay=3600), 1)
+    await producer.perform(asyncjob.using(worker_jobs.whoami, delay=3600), 2)
+    assert (await producer.status(due)).run_after is not None
+    assert (await producer.overview()).scheduled == {"default": 2}
+    await asyncio.to_thread(  # its time come, without waiting an hour
+        edit_by_hand,
+        database.sync_url,
+        f"UPDATE asyncjob_jobs SET run_after = run_after - 7200 WHERE id = '{due}'",
+    )
+    status = await producer.status(due)
+    assert (status.state, status.run_after) == (JobState.queued, None)
+    overview = await producer.overview()
+    assert (overview.waiting, overview.scheduled) == ({"default": 1}, {"default": 1})
+
+
 async def test_many_progress_reports_few_writes(
     sql_runner: asyncjob.Runner, database: Database
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 from sqlalchemy import Row
@@ -102,7 +103,13 @@ def _status_of(row: Row[Any]) -> JobStatus:
         cancel_requested=bool(row.cancel_requested),
         queue=row.queue,
         priority=_whole(row.id, "priority", row.priority),
-        run_after=timestamp_to_datetime(row.run_after) if row.state == SCHEDULED else None,
+        # Waiting for its time, not past it (due, and not claimed yet: no
+        # worker was free, or takes its queue), as the memory store says.
+        run_after=(
+            timestamp_to_datetime(row.run_after)
+            if row.state == SCHEDULED and row.run_after > time.time()
+            else None
+        ),
         unique=row.unique_key,
         enqueued_at=timestamp_to_datetime(row.enqueued_at),
         started_at=timestamp_to_datetime(row.started_at),

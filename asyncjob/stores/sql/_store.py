@@ -1315,10 +1315,13 @@ class SQLStore(DurableStore, TransactionalStore):
         # hides no other), those not registered (leased to the process that
         # performed them) queued, the delayed, the running.
         waiting_here = [jobs.c.lease_expires_at.is_not(None), jobs.c.state == _QUEUED]
+        # Word for word as the index says it, so that it is read alone.
+        scheduled = text(f"state = '{SCHEDULED}'")
+        now = self.db.now()
         kinds: list[list[list[Any]]] = [
-            [waiting_here],
-            # Word for word as the index says it, so that it is read alone.
-            [[text(f"state = '{SCHEDULED}'")]],
+            # Delayed jobs past their time wait too: due, not claimed yet.
+            [waiting_here, [scheduled, jobs.c.run_after <= now]],
+            [[scheduled, jobs.c.run_after > now]],
             [[text(RUNNING)]],
         ]
         due = await self._due_by_queue()
@@ -1347,7 +1350,7 @@ class SQLStore(DurableStore, TransactionalStore):
         )
         minutes: Sequence[Any] = (await self.db.fetch(by_minute)).all()
         counted = [(int(at), state, int(n)) for at, state, n in minutes]
-        now = (await self.db.fetch(select(self.db.now()))).scalar_one()
+        clock = (await self.db.fetch(select(self.db.now()))).scalar_one()
         return Overview(
             waiting=active[0],
             scheduled=active[1],
@@ -1357,7 +1360,7 @@ class SQLStore(DurableStore, TransactionalStore):
                 queue: datetime.fromtimestamp(at, UTC)
                 for queue, at in (await self._due_since(waiting_here)).items()
             },
-            ended=minutes_of_the_last_hour(float(now), counted),
+            ended=minutes_of_the_last_hour(float(clock), counted),
         )
 
     async def _due_by_queue(self) -> dict[str, int]:
