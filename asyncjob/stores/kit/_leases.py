@@ -110,10 +110,10 @@ class LeaseThread:
                             lost, cancelled = await renew(list(held))
                     except TimeoutError:
                         logger.error(
-                            "renewing leases had no answer within %.2f s (a sixth of the lease); "
-                            "trying again on a new connection. Should none answer before the "
-                            "lease runs out, another worker would run the jobs again while they "
-                            "run here (a longer lease gives more room)",
+                            "renewing leases had no answer within %.2f s (half the time between "
+                            "two renewals); trying again on a new connection. Should none answer "
+                            "before the lease runs out, another worker would run the jobs again "
+                            "while they run here (a longer lease gives more room)",
                             self._interval / 2,
                         )
                         pause = 0
