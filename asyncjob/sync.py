@@ -66,7 +66,7 @@ _pid = 0
 _made: Callable[[], Runner] | None = None
 
 
-def start(store: Any = None, /, **runner_options: Any) -> Runner:
+def start(store: Any = "memory", /, **runner_options: Any) -> Runner:
     """Start this process's runner, on a thread of its own, and return it;
     :class:`asyncjob.Runner`'s arguments (the store, ``producer_only=True``
     for web processes whose jobs ``asyncjob worker`` runs, ``concurrency``…).

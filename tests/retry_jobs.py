@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+import time
+
+from sqlalchemy import text
 
 import asyncjob
+from asyncjob._engine.context import current
 
 #: How many times each key's job has run, across attempts.
 runs: dict[str, int] = {}
@@ -50,6 +55,30 @@ def loops(key: str) -> None:
     stop = threading.Event()
     while not stop.wait(0.005):
         asyncjob.set_progress(1)
+
+
+@asyncjob.job(timeout=0.05, retries=2, backoff=0.01)
+def writes_past_its_timeout(key: str) -> str:
+    """Writes a row through its session, then returns once past its timeout
+    (a thread cannot be stopped; it never reports progress, where it would
+    learn of it)."""
+    attempt = _count(key)
+    asyncjob.session().execute(text("INSERT INTO items (name) VALUES (:name)"), {"name": key})
+    running = current.get()
+    assert running is not None
+    deadline = time.monotonic() + 10
+    while not running.timed_out and time.monotonic() < deadline:
+        threading.Event().wait(0.005)  # the job's own pace, as loops's
+    return f"returned on attempt {attempt}"
+
+
+@asyncjob.job(timeout=0.05)
+async def swallows_its_timeout(key: str) -> str:
+    """Catches the cancellation its timeout is, and returns all the same."""
+    _count(key)
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.Event().wait()
+    return "returned after its timeout"
 
 
 @asyncjob.job(timeout=10)

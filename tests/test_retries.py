@@ -71,6 +71,17 @@ async def test_a_sync_attempt_times_out_at_its_next_report(runner: asyncjob.Runn
         await runner.wait(job_id, timeout=TIMEOUT)
 
 
+async def test_a_job_that_catches_its_timeout_fails_all_the_same(
+    runner: asyncjob.Runner,
+) -> None:
+    """A coroutine job that catches the cancellation its timeout is, and
+    returns: it ran past its timeout, so it fails (it succeeded), as a sync
+    job that returns late does."""
+    job_id = await runner.perform(retry_jobs.swallows_its_timeout, key())
+    with pytest.raises(asyncjob.JobFailed, match=r"ran longer than its timeout of 0\.05 s"):
+        await runner.wait(job_id, timeout=TIMEOUT)
+
+
 async def test_a_jobs_own_timeout_error_is_its_own(runner: asyncjob.Runner) -> None:
     """A TimeoutError the job raises keeps its message."""
     job_id = await runner.perform(retry_jobs.raises_its_own_timeout)

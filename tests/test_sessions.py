@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 import asyncjob
 
+from . import retry_jobs
 from .conftest import TIMEOUT, Database, RunnerFactory
 
 
@@ -85,6 +87,21 @@ async def test_a_failing_job_is_rolled_back(
     job_id = await runner.perform(job)
     with pytest.raises(asyncjob.JobFailed, match="corrupt input"):
         await runner.wait(job_id, timeout=TIMEOUT)
+    assert names(sync_engine) == []
+
+
+async def test_a_sync_job_past_its_timeout_is_rolled_back(
+    make_runner: RunnerFactory, sync_engine: Engine
+) -> None:
+    """A sync job that returns after its timeout fails, and its writes are
+    rolled back, at each attempt: they were committed (a row an attempt,
+    for a job recorded failed)."""
+    runner = await make_runner(sync_sessionmaker=sessionmaker(sync_engine))
+    key = f"late-{uuid.uuid4().hex}"
+    job_id = await runner.perform(retry_jobs.writes_past_its_timeout, key)
+    with pytest.raises(asyncjob.JobFailed, match="ran longer than its timeout"):
+        await runner.wait(job_id, timeout=TIMEOUT)
+    assert (await runner.status(job_id)).attempts == 3
     assert names(sync_engine) == []
 
 

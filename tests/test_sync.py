@@ -13,6 +13,7 @@ import pytest
 
 import asyncjob
 import asyncjob.sync
+from asyncjob.stores import MemoryStore
 
 from .conftest import TIMEOUT
 
@@ -33,6 +34,13 @@ def crunch(n: int) -> int:
 def test_calls_before_start_say_how_to_start() -> None:
     with pytest.raises(RuntimeError, match=r"asyncjob.sync.start\(\) was not called"):
         asyncjob.sync.perform(crunch, 1)
+
+
+def test_start_takes_the_memory_store_by_default() -> None:
+    """As Runner() does (it raised TypeError: a store of None)."""
+    assert isinstance(asyncjob.sync.start().store, MemoryStore)
+    job_id = asyncjob.sync.perform(crunch, 21)
+    assert asyncjob.sync.wait(job_id, TIMEOUT) == 42
 
 
 def test_perform_and_read_from_many_threads(tmp_path: Path) -> None:

@@ -762,14 +762,14 @@ class Engine:
         def call(*args: Any, **kwargs: Any) -> Any:
             with scope.for_sync_job(ctx):
                 result = job.func(*args, **kwargs)
-                if (
-                    finish_in is not None
-                    and ctx.session is not None
-                    and not ctx.cancelled
-                    and not inspect.iscoroutine(result)  # a mistake the engine reports
-                ):
-                    if ctx.timed_out and timeout is not None:  # too late to succeed
-                        raise _timed_out(job, timeout)
+                if ctx.cancelled or inspect.iscoroutine(result):  # a mistake the engine reports
+                    return result
+                if ctx.timed_out and timeout is not None:
+                    # Too late to succeed: raised in the scope, which rolls
+                    # its session back (it committed the writes of a job
+                    # then recorded failed, once an attempt).
+                    raise _timed_out(job, timeout)
+                if finish_in is not None and ctx.session is not None:
                     finish_in(ctx.session, job.id, result)
                     ctx.finished = True
                 return result
@@ -945,8 +945,11 @@ async def _with_timeout(job: Job, timeout: float | None) -> Any:
     limit = asyncio.timeout(timeout)
     try:
         async with limit:
-            return await job.call()
+            result = await job.call()
     except TimeoutError:
         if limit.expired():
             raise _timed_out(job, timeout) from None
         raise
+    if limit.expired():  # it caught the cancellation, and returned all the same
+        raise _timed_out(job, timeout)
+    return result
