@@ -163,6 +163,36 @@ async def test_thread_pool_is_bounded(make_runner: RunnerFactory) -> None:
     assert peak == 2
 
 
+async def test_sync_jobs_waiting_for_a_thread_never_start_once_the_runner_stops(
+    make_runner: RunnerFactory,
+) -> None:
+    """With fewer threads than jobs at once, a sync job waiting for a thread
+    is queued: stopping the runner cancels it, and it never starts (each
+    started as a thread came free during the grace period)."""
+    runner = await make_runner(concurrency=4, threads=1, grace_period=TIMEOUT)
+    started: list[int] = []
+    release = threading.Event()
+
+    def job(n: int) -> int:
+        started.append(n)
+        assert release.wait(TIMEOUT)
+        return n
+
+    ids = [await runner.perform(job, n) for n in range(4)]
+    async with asyncio.timeout(TIMEOUT):
+        await _wait_state(runner, ids[0], "running")
+    stopping = asyncio.create_task(runner.stop())
+    async with asyncio.timeout(TIMEOUT):  # while the first job holds the thread
+        await asyncio.gather(*(_wait_state(runner, i, "cancelled") for i in ids[1:]))
+    release.set()
+    async with asyncio.timeout(TIMEOUT):
+        await stopping
+    assert started == [0]
+    first = await runner.store.get(ids[0])
+    assert first is not None
+    assert first.state is asyncjob.JobState.succeeded
+
+
 async def _wait_state(runner: asyncjob.Runner, job_id: str, state: str) -> None:
     async for status in runner.watch(job_id):
         if status.state == state:

@@ -156,6 +156,8 @@ class Engine:
         self._interrupted_early: set[str] = set()
         #: Claimed jobs stopped as the runner stops, to be handed back (stop_late).
         self._handing_back: set[str] = set()
+        #: Sync jobs taken from the queue, waiting for a thread (threads < concurrency).
+        self._awaiting_thread: dict[str, Job] = {}
         # With hooks: when each running job's attempt started (perf_counter).
         self._began: dict[str, float] = {}
         #: How many jobs have been done, in all.
@@ -327,9 +329,10 @@ class Engine:
             for taken, job in waiting:
                 self._queue.put_back(job, taken)  # in its place, for the order
         self._parked.clear()
-        for job in self._queue.take_all():
+        for job in [*self._awaiting_thread.values(), *self._queue.take_all()]:
             jobs.append(job)
             self._done(job.id)
+        self._awaiting_thread.clear()
         return jobs
 
     async def drain(self, timeout: float) -> list[str]:
@@ -591,9 +594,17 @@ class Engine:
         """Run a sync job in a thread; the worker ``task`` waits for it.
         Returns the id of the last job it ran (see :meth:`_run_in_thread`)."""
         if self._limit_threads:
-            # A sync job only counts as running once it has a thread.
-            async with self._thread_slots:
-                return await self._run_in_thread(job, task, definition)
+            # A sync job only counts as running once it has a thread: until
+            # then it is queued, and take_queued takes it (stop() ran such
+            # jobs as threads came free, queued jobs it said never start).
+            self._awaiting_thread[job.id] = job
+            try:
+                async with self._thread_slots:
+                    if self._awaiting_thread.pop(job.id, None) is None:
+                        return None  # taken back, and counted done, by take_queued
+                    return await self._run_in_thread(job, task, definition)
+            finally:
+                self._awaiting_thread.pop(job.id, None)
         return await self._run_in_thread(job, task, definition)
 
     async def _run_in_thread(
