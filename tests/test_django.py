@@ -340,6 +340,19 @@ async def test_djangos_signals_and_context(tmp_path: Path) -> None:
     ]
 
 
+def test_a_worker_runs_tasks_bound_to_another_backend(worker: Workers) -> None:
+    """The project's default backend is Django's own: its tasks are bound
+    to it, and register themselves through it, not with asyncjob.
+    ``asyncjob_worker --backend pg`` registers them itself, and runs one
+    enqueued with ``.using(backend="pg")`` (each failed, "not registered")."""
+    from plain import tasks as plain
+
+    start(worker, "pg", "--settings", "djproject.settings_other_default")
+    result = plain.double.using(backend="pg").enqueue(21)
+    final = ended("pg", result.id)
+    assert (final.status.name, final.return_value) == ("SUCCESSFUL", 42)
+
+
 # -- bad input -------------------------------------------------------------------------
 
 

@@ -5,11 +5,14 @@ application's ``tasks`` module."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 from typing import Any
 
+from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError
-from django.tasks import task_backends
-from django.tasks.exceptions import InvalidTaskBackend
+from django.tasks import Task, task_backends
+from django.tasks.exceptions import InvalidTask, InvalidTaskBackend
 from django.utils.module_loading import autodiscover_modules
 
 from asyncjob._cli.worker import run_worker
@@ -65,6 +68,7 @@ class Command(BaseCommand):  # type: ignore[misc]  # Django is untyped
                 f"has QUEUES {sorted(backend.queues)}"
             )
         autodiscover_modules("tasks")
+        _register_tasks(backend)
         given = {
             name: options[name]
             for name in ("concurrency", "threads", "lease", "poll_interval", "grace_period",
@@ -88,3 +92,18 @@ class Command(BaseCommand):  # type: ignore[misc]  # Django is untyped
         )
         if code:
             raise CommandError("the worker could not run (see above)", returncode=code)
+
+
+def _register_tasks(backend: AsyncJobBackend) -> None:
+    """Register with asyncjob every task of the applications' ``tasks``
+    modules that ``backend`` can run. A task registers itself through the
+    backend it is bound to (``@task(backend=...)``, else ``default``): bound
+    to another one, it was unknown to this worker, and every run of it
+    enqueued with ``.using(backend=...)`` failed, "not registered"."""
+    for config in apps.get_app_configs():
+        module = sys.modules.get(f"{config.name}.tasks")
+        for value in vars(module).values() if module is not None else ():
+            if isinstance(value, Task):
+                # One that needs what this backend does not do is never enqueued here.
+                with contextlib.suppress(InvalidTask):
+                    backend.validate_task(value)

@@ -1,0 +1,3 @@
+"""No views: the project as a worker of plain tasks loads it."""
+
+urlpatterns: list[object] = []
