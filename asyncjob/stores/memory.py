@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -173,6 +174,10 @@ class MemoryStore(ImmediateStore):
         # The futures of ending(), by job, until it ends.
         self._endings: dict[str, list[asyncio.Future[Outcome]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # By job, the last progress a thread reported and the loop has not
+        # applied yet: applied at the job's end if it is still on its way.
+        self._unapplied: dict[str, tuple[float, Any]] = {}
+        self._unapplied_lock = threading.Lock()
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -240,7 +245,17 @@ class MemoryStore(ImmediateStore):
         elif self._loop is not None:
             # Every change is applied on the loop, in the order reported, so
             # the store needs no lock and watchers never see values reorder.
-            self._loop.call_soon_threadsafe(self._set_progress, job_id, value, data)
+            report = (value, data)
+            with self._unapplied_lock:
+                self._unapplied[job_id] = report
+            self._loop.call_soon_threadsafe(self._apply, job_id, report)
+
+    def _apply(self, job_id: str, report: tuple[float, Any]) -> None:
+        """A thread's report, on the loop, in its turn."""
+        with self._unapplied_lock:
+            if self._unapplied.get(job_id) is report:
+                del self._unapplied[job_id]
+        self._set_progress(job_id, *report)
 
     def _set_progress(self, job_id: str, value: float, data: Any) -> None:
         rec = self._rec(job_id)
@@ -414,6 +429,15 @@ class MemoryStore(ImmediateStore):
                 yield status
 
     def _end(self, rec: _Record, state: JobState) -> None:
+        if self._unapplied:
+            # A sync job's last report may come after its end: the loop
+            # records the ends of the jobs lined up for the threads in
+            # batches, which overtake the reports' turns (the progress of 9
+            # jobs in 10 was lost so). Applied first.
+            with self._unapplied_lock:
+                report = self._unapplied.pop(rec.id, None)
+            if report is not None and rec.state is JobState.running:
+                rec.progress, rec.data = report
         if rec.unique is not None and self._unique.get(rec.unique) == rec.id:
             del self._unique[rec.unique]  # free for the next perform
         rec.state = state
