@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import traceback
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,7 @@ django.setup()
 from django.core.exceptions import ImproperlyConfigured  # noqa: E402
 from django.db import transaction  # noqa: E402
 from django.tasks import TaskResultStatus, task, task_backends  # noqa: E402
+from django.tasks.base import TaskError  # noqa: E402
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist  # noqa: E402
 from django.tasks.signals import task_enqueued, task_finished, task_started  # noqa: E402
 from django.test import Client  # noqa: E402
@@ -46,6 +48,7 @@ from shop import tasks  # noqa: E402
 
 import asyncjob  # noqa: E402
 from asyncjob.django import AsyncJobBackend  # noqa: E402
+from asyncjob.django._backend import _path_of  # noqa: E402
 
 from .conftest import TIMEOUT  # noqa: E402
 from .processes import Workers  # noqa: E402
@@ -351,6 +354,27 @@ def test_a_worker_runs_tasks_bound_to_another_backend(worker: Workers) -> None:
     result = plain.double.using(backend="pg").enqueue(21)
     final = ended("pg", result.id)
     assert (final.status.name, final.return_value) == ("SUCCESSFUL", 42)
+
+
+def test_an_errors_class_path_can_always_be_imported() -> None:
+    """Django imports ``exception_class_path``: it is read from the error's
+    last line (a SyntaxError's first lines show the code, and what came
+    before their first ':' was taken for a class), and text that names no
+    class (a task the worker could not run) is an Exception's."""
+    with pytest.raises(SyntaxError) as raised:
+        compile("x y", "<expr>", "eval")
+    syntax = "".join(traceback.format_exception_only(raised.value)).strip()
+    assert "\n" in syntax
+    declined = "".join(traceback.format_exception_only(tasks.PaymentDeclined("no"))).strip()
+    for error, path in [
+        (syntax, "builtins.SyntaxError"),
+        (declined, "shop.tasks.PaymentDeclined"),
+        ("ValueError: bad input", "builtins.ValueError"),
+        ("the job 'plain.tasks.x' is not registered in this worker", "builtins.Exception"),
+    ]:
+        found = TaskError(exception_class_path=_path_of(error), traceback=error)
+        assert found.exception_class_path == path
+        assert issubclass(found.exception_class, BaseException)
 
 
 # -- bad input -------------------------------------------------------------------------

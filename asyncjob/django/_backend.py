@@ -27,6 +27,7 @@ import asyncio
 import dataclasses
 import inspect
 import os
+import re
 import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -412,9 +413,22 @@ def errors_of(status: JobStatus) -> list[TaskError]:
 
 def _path_of(error: str) -> str:
     """The dotted path of the exception class an error's text names
-    (``ValueError: ...`` is ``builtins.ValueError``)."""
-    kind = error.partition(":")[0].strip()
+    (``ValueError: ...`` is ``builtins.ValueError``): its last line, as
+    ``traceback.format_exception_only`` writes it (a ``SyntaxError``'s
+    first lines show the code). Text that names none (a task the worker
+    could not run: not registered, its arguments unreadable) is a plain
+    ``Exception``'s: Django imports the path, and what came before the
+    first ':' of such text could not be."""
+    lines = error.strip().splitlines()
+    named = _NAMED.fullmatch(lines[-1].partition(":")[0].strip()) if lines else None
+    if named is None:
+        return "builtins.Exception"
+    kind = named.group()
     return kind if "." in kind else f"builtins.{kind}"
+
+
+#: What names an exception class, as ``format_exception_only`` writes it.
+_NAMED = re.compile(r"[A-Za-z_][\w.]*")
 
 
 # -- running a task in a worker ----------------------------------------------------
