@@ -377,6 +377,38 @@ def test_an_errors_class_path_can_always_be_imported() -> None:
         assert issubclass(found.exception_class, BaseException)
 
 
+@pytest.mark.parametrize(
+    ("kind", "status", "value"),
+    [("int keys", "SUCCESSFUL", {"1": "a"}), ("nan", "FAILED", None), ("object", "FAILED", None)],
+)
+async def test_a_tasks_return_value_is_json_as_django_keeps_it(
+    kind: str, status: str, value: Any
+) -> None:
+    """A key 1 comes back "1", as Django's database backend keeps it (the
+    task failed); NaN and an object fail the task, and task_finished says
+    so (it said SUCCESSFUL, or nothing, and the result read FAILED)."""
+    finished: list[str] = []
+
+    def receiver(sender: Any, task_result: Any, **kwargs: Any) -> None:
+        finished.append(str(task_result.status))
+
+    task_finished.connect(receiver)
+    try:
+        backend = task_backends["pg"]
+        result = await tasks.returns.using(backend="pg").aenqueue(kind)
+        async with asyncjob.Runner(
+            asyncjob.stores.sql.SQLStore(backend.store_url, table_prefix=backend.table_prefix)
+        ) as runner:
+            with contextlib.suppress(asyncjob.JobFailed):
+                await runner.wait(result.id, timeout=TIMEOUT)
+    finally:
+        task_finished.disconnect(receiver)
+    final = await backend.aget_result(result.id)
+    assert (finished, final.status.name) == ([status], status)
+    if status == "SUCCESSFUL":
+        assert final.return_value == value
+
+
 # -- bad input -------------------------------------------------------------------------
 
 

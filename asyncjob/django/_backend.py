@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import json
 import os
 import re
 import threading
@@ -516,10 +517,27 @@ def _started(task: Task) -> TaskResult:
 
 
 def _finished(result: TaskResult, error: BaseException | None, value: Any = None) -> Any:
-    """``task_finished`` sent for this attempt; the value made JSON."""
+    """``task_finished`` sent for this attempt; the value made JSON as
+    Django's own database backend keeps it (a key 1 becomes "1", an
+    ``IntEnum`` its int).
+
+    Raises:
+        TypeError, ValueError: the value is no JSON (an object, NaN): the
+            task fails, and the signal says so (it said SUCCESSFUL, or
+            nothing at all, and the result then read FAILED).
+    """
     object.__setattr__(result, "finished_at", timezone.now())
+    refused: Exception | None = None
     if error is None:
-        value = normalize_json(value)
+        try:
+            value = json.loads(json.dumps(normalize_json(value), allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            error = refused = exc
+    running = current.get()
+    if error is None and running is not None and running.timed_out:
+        # Past its timeout: the worker records it failed, whatever it returned.
+        error = TimeoutError(f"{result.task.module_path} ran longer than its timeout")
+    if error is None:
         object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
         object.__setattr__(result, "_return_value", value)
     else:
@@ -533,6 +551,8 @@ def _finished(result: TaskResult, error: BaseException | None, value: Any = None
         result.errors.append(TaskError(exception_class_path=path, traceback=told))
         object.__setattr__(result, "status", TaskResultStatus.FAILED)
     task_finished.send(AsyncJobBackend, task_result=result)
+    if refused is not None:
+        raise refused
     return value
 
 

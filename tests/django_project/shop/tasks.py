@@ -71,3 +71,10 @@ def wait_for(gate: str, seconds: float) -> str:
     while not os.path.exists(gate) and time.monotonic() < deadline:
         time.sleep(0.01)
     return "opened" if os.path.exists(gate) else "timed out"
+
+
+@task
+def returns(kind: str) -> object:
+    """What a task may return: JSON as Django's database backend keeps it,
+    or what no JSON can hold."""
+    return {"int keys": {1: "a"}, "nan": float("nan"), "object": object()}[kind]
