@@ -280,6 +280,29 @@ def test_a_task_enqueued_in_a_rolled_back_transaction_never_exists(backend: str)
     assert task_backends[backend].get_result(kept.id).status == TaskResultStatus.READY
 
 
+def test_a_first_enqueue_in_a_transaction_on_sqlite_says_what_to_do() -> None:
+    """The store's tables not made yet, on SQLite, inside atomic(): the
+    enqueue says at once how to make them (the runner that would have made
+    them waited for the transaction's hold on the file, which waited for
+    it: 30 s, then a bare TimeoutError), and nothing is written. Made, the
+    same enqueue is written in the transaction."""
+    default = task_backends["default"]
+    fresh = AsyncJobBackend(
+        "fresh",
+        {"OPTIONS": {"store": default.store_url, "table_prefix": f"fresh{os.getpid()}_"}},
+    )
+    try:
+        refused = pytest.raises(RuntimeError, match="cannot be made inside this transaction")
+        with refused, transaction.atomic():
+            fresh.enqueue(tasks.record, ("early", "/dev/null"), {})
+        fresh._loop_thread()  # what asyncjob_worker, or an enqueue outside, does: the tables
+        with transaction.atomic():
+            kept = fresh.enqueue(tasks.record, ("kept", "/dev/null"), {})
+        assert fresh.get_result(kept.id).status == TaskResultStatus.READY
+    finally:
+        fresh.close()
+
+
 def test_a_view_that_fails_in_its_transaction_leaves_no_task(worker: Workers) -> None:
     """The guide's view, through the test client: its task is written
     with the request's transaction, or not at all."""

@@ -315,7 +315,19 @@ class AsyncJobBackend(BaseTaskBackend):  # type: ignore[misc]  # Django is untyp
         with self._lock:
             if self._writing is None or self._writing[1] != os.getpid():
                 store = SQLStore(self.store_url, table_prefix=self.table_prefix)
-                if _schema_version(connections[database], store) != SCHEMA_VERSION:
+                connection = connections[database]
+                if _schema_version(connection, store) != SCHEMA_VERSION:
+                    if connection.in_atomic_block and connection.vendor == "sqlite":
+                        # The runner's own connection would wait for this
+                        # transaction's hold on the file, which waits for
+                        # this enqueue: 30 s, then a bare TimeoutError.
+                        raise RuntimeError(
+                            f"the tables of the store {self.store_url!r} are not made yet "
+                            f"(or are of an older version), and cannot be made inside "
+                            f"this transaction, which holds the SQLite database: start "
+                            f"`python manage.py asyncjob_worker` once (it makes them), or "
+                            f"enqueue once outside a transaction"
+                        )
                     self._loop_thread_locked()
                 self._writing = (store, os.getpid())
             return self._writing[0]
