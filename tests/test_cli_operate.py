@@ -226,17 +226,18 @@ async def test_workers_lists_a_worker_process(
         workers.stop_all()
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["jobs"],
-        ["status", "x"],
-        ["cancel", "x"],
-        ["retry", "x"],
-        ["workers"],
-        ["purge", "--older-than", "1d"],
-    ],
-)
+#: Each operator's command, with what it needs besides the store.
+COMMANDS = [
+    ["jobs"],
+    ["status", "x"],
+    ["cancel", "x"],
+    ["retry", "x"],
+    ["workers"],
+    ["purge", "--older-than", "1d"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 async def test_an_unreachable_store_is_exit_2_saying_so(command: list[str]) -> None:
     done = await asyncjob_command(
         *command, "--store", "postgresql+asyncpg://nobody@127.0.0.1:1/none"
@@ -271,17 +272,6 @@ def test_the_store_may_come_from_the_environment() -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "'memory' is not a shared store" in done.stderr
-
-
-#: Each operator's command, with what it needs besides the store.
-COMMANDS = [
-    ["jobs"],
-    ["status", "x"],
-    ["cancel", "x"],
-    ["retry", "x"],
-    ["workers"],
-    ["purge", "--older-than", "1d"],
-]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
