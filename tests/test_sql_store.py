@@ -587,10 +587,19 @@ async def test_an_attempt_claimed_again_while_it_ran_here_is_not_given_out_twice
         await store.close()
 
 
-def test_bad_options() -> None:
-    """poll_interval must be positive."""
-    with pytest.raises(ValueError, match="poll_interval"):
-        SQLStore("sqlite+aiosqlite:///x.db", poll_interval=0)
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"poll_interval": 0}, "poll_interval must be a finite number of seconds > 0, not 0"),
+        ({"lease": -1}, "lease must be a finite number of seconds > 0"),
+        # A lease that never runs out leaves a dead worker's jobs running for good.
+        ({"lease": float("inf")}, "lease must be a finite number of seconds > 0, not inf"),
+        ({"poll_interval": float("nan")}, "poll_interval must be a finite number"),
+    ],
+)
+def test_bad_options(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SQLStore("sqlite+aiosqlite:///x.db", **options)
 
 
 async def _listening(store: SQLStore) -> None:

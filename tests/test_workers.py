@@ -536,7 +536,12 @@ def test_run_worker_refuses_in_process(tmp_path: Path, capsys: pytest.CaptureFix
     assert run_worker(url, ["no_such_module"]) == 2
     assert run_worker("memory", ["tests.worker_jobs"]) == 2
     assert run_worker(url, ["tests.worker_jobs"], lease=0) == 2
+    assert run_worker(url, ["tests.worker_jobs"], lease=float("inf")) == 2
+    # A module that exits at import ended the worker, status 0, not a word.
+    assert run_worker(url, ["tests.exits_at_import"]) == 2
     err = capsys.readouterr().err
     assert "cannot import no_such_module" in err
     assert "not a store that workers share" in err
-    assert "lease must be > 0" in err
+    assert "lease must be a finite number of seconds > 0, not 0" in err
+    assert "not inf" in err
+    assert "cannot import tests.exits_at_import: SystemExit(0)" in err

@@ -55,7 +55,10 @@ def run_worker(
     for module in modules:
         try:
             importlib.import_module(module)
-        except Exception as exc:  # noqa: BLE001 - reported, with the module named
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - reported, with the module named
+            # SystemExit too: a module that exits (sys.exit(0) at import)
+            # ended the worker with status 0 and not a word, for a process
+            # manager to start again and again.
             print(
                 f"asyncjob worker: cannot import {module}: {exc!r} (modules are imported "
                 f"from the directory the worker runs in, {os.getcwd()}, and from PYTHONPATH)",

@@ -20,8 +20,8 @@ def _positive_int(name: str, value: object) -> int:
 def _seconds(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if not value >= 0:  # also refuses NaN
-        raise ValueError(f"{name} must be >= 0 seconds, not {value}")
+    if not 0 <= value < float("inf"):  # also refuses NaN
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value}")
     return float(value)
 
 

@@ -211,8 +211,10 @@ class SQLStore(DurableStore, TransactionalStore):
                 "begin with sqlite_ for itself"
             )
         for option, value in (("poll_interval", poll_interval), ("lease", lease)):
-            if value is not None and not value > 0:
-                raise ValueError(f"{option} must be > 0 seconds, not {value!r}")
+            # Not infinite either: a lease that never runs out leaves a dead
+            # worker's jobs running for good.
+            if value is not None and not 0 < value < float("inf"):
+                raise ValueError(f"{option} must be a finite number of seconds > 0, not {value!r}")
         if not keep_finished >= 0:
             raise ValueError(f"keep_finished must be >= 0 seconds, not {keep_finished!r}")
         self.url = url
