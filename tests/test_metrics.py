@@ -3,6 +3,7 @@ in process, on the dashboard's ``/metrics``, and served by a worker."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from asyncjob.stores import MemoryStore
 from asyncjob.stores.sql import SQLStore
 
 from . import retry_jobs, worker_jobs
-from .conftest import TIMEOUT, Database, RunnerFactory
+from .conftest import TIMEOUT, Database, RunnerFactory, edit_by_hand
 from .processes import ROOT, Workers
 from .web_server import app_with_dashboard, serving
 
@@ -192,6 +193,32 @@ async def test_an_ending_hook_that_raises_leaves_no_job_running(
     said = [r for r in caplog.records if "EndingFails.ending" in r.getMessage()]
     assert [getattr(r, "job_id", None) for r in said] == [ok, bad]
     assert all("recorded all the same" in r.getMessage() for r in said)
+
+
+async def test_an_end_another_worker_holds_is_not_counted_here(
+    make_runner: RunnerFactory, sqlite_db: Database
+) -> None:
+    """A job whose end this worker could not record (another worker holds
+    it now: its lease was taken over) was told to the hooks as finished,
+    and counted by both workers' metrics; only a recorded end is."""
+    heard = Recorder()
+    runner = await make_runner(store_of(sqlite_db.async_url), hooks=[heard])
+    gate = f"taken-{uuid.uuid4().hex}"
+    job_id = await runner.perform(worker_jobs.wait_for_gate, gate)
+    async with asyncio.timeout(TIMEOUT):
+        async for status in runner.watch(job_id):
+            if status.state is asyncjob.JobState.running:
+                break
+    await asyncio.to_thread(  # another worker's now, as after its lease ran out
+        edit_by_hand,
+        sqlite_db.sync_url,
+        f"UPDATE asyncjob_jobs SET locked_by = 'elsewhere' WHERE id = '{job_id}'",
+    )
+    worker_jobs.GATES.setdefault(gate, asyncio.Event()).set()
+    await runner.join(TIMEOUT)
+    assert [call[0] for call in heard.calls if call[0] in ("ending", "finished")] == ["ending"]
+    assert (await runner.status(job_id)).state is asyncjob.JobState.running  # elsewhere
+    assert not runner._engine._began  # nothing kept for it
 
 
 async def test_job_metrics_count_what_ran(make_runner: RunnerFactory, clean_registry: None) -> None:

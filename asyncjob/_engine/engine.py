@@ -900,8 +900,10 @@ class Engine:
             await self._store.finish(job.id, state, result=result, error=error, traceback=traceback)
             return
         await self._tell_ending(info(job))
-        await self._store.finish(job.id, state, result=result, error=error, traceback=traceback)
-        self._tell_finished(job, state, error)
+        if await self._store.finish(job.id, state, result=result, error=error, traceback=traceback):
+            self._tell_finished(job, state, error)
+        else:  # not ended here (no longer held: another worker has it): not counted here
+            self._began.pop(job.id, None)
 
     async def _tell_ending(self, job: JobInfo) -> None:
         """Hooks: the job is about to be recorded as ended. One that raises
