@@ -28,6 +28,10 @@ MAX_THREADS = 40
 #: Seconds a stopping runner lets running jobs finish.
 GRACE_PERIOD = 10.0
 
+#: Seconds before a worker's round against its database that failed (a
+#: claim, a lease renewal, a tick) is tried again.
+RETRY_AFTER = 1.0
+
 #: Seconds a worker holds a claimed job without renewing it (SQL stores).
 LEASE = 30.0
 

@@ -66,12 +66,18 @@ class JobDefinition:
     priority: int | None = None
     concurrency: int | None = None
 
+    @property
+    def queue_name(self) -> str:
+        """The queue its jobs wait in, unless performed with another: its
+        ``queue``, or the default queue."""
+        return self.queue or DEFAULT_QUEUE
+
     def options(self) -> JobOptions | None:
         """The options its jobs are performed with by default (``None``: the
         defaults of every job)."""
         if self.queue is None and self.priority is None:
             return None
-        return JobOptions(self.queue or DEFAULT_QUEUE, self.priority or 0)
+        return JobOptions(self.queue_name, self.priority or 0)
 
     def delay_before(self, attempt: int) -> float | None:
         """Seconds to wait before attempt number ``attempt + 1``, after

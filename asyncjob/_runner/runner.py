@@ -246,8 +246,7 @@ class Runner:
         kept = [
             schedule
             for schedule in registered_schedules()
-            if self.queues is None
-            or (self._definition(schedule).queue or DEFAULT_QUEUE) in self.queues
+            if self.queues is None or self._definition(schedule).queue_name in self.queues
         ]
         if not kept:
             return None

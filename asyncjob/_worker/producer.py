@@ -7,6 +7,7 @@ import asyncio
 import functools
 import time
 
+from asyncjob._core import defaults
 from asyncjob._core.callables import describe
 from asyncjob._core.log import logger
 from asyncjob._core.models import Claimed, Job, JobState, made
@@ -18,15 +19,11 @@ from asyncjob.stores import DurableStore
 
 from .prefetch import Prefetch, Prefetched
 
-__all__ = ("CLAIM_BATCH", "RETRY_AFTER", "STOP_TIMEOUT", "Producer", "unless_cancelled")
+__all__ = ("CLAIM_BATCH", "STOP_TIMEOUT", "Producer", "unless_cancelled")
 
 #: Claimed in one statement at most: enough to keep workers busy, few
 #: enough that a stopping worker has little to hand back.
 CLAIM_BATCH = 100
-
-#: After an error (the database went away), wait this long before trying
-#: again, so that a worker rides out a restart instead of spinning.
-RETRY_AFTER = 1.0
 
 #: A worker stopping mid-claim waits this long (seconds) for the claim's
 #: answer, to hand back what it took.
@@ -88,8 +85,10 @@ class Producer:
                 full = await self._claim_once()
             except Exception:  # noqa: BLE001 - the database may come back
                 unless_cancelled()
-                logger.exception("could not claim jobs; trying again in %.0f s", RETRY_AFTER)
-                await asyncio.sleep(RETRY_AFTER)
+                logger.exception(
+                    "could not claim jobs; trying again in %.0f s", defaults.RETRY_AFTER
+                )
+                await asyncio.sleep(defaults.RETRY_AFTER)
                 continue
             if full:
                 continue  # there may be more waiting

@@ -19,12 +19,13 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from asyncjob._core import defaults
 from asyncjob._core.log import logger
 from asyncjob._core.models import Job, ScheduleStatus, timestamp_to_datetime
 from asyncjob._core.registry import Schedule
 from asyncjob.stores import Store
 
-from .producer import RETRY_AFTER, unless_cancelled
+from .producer import unless_cancelled
 
 __all__ = ("Scheduler", "tick_job_id")
 
@@ -93,5 +94,5 @@ class Scheduler:
         except Exception:  # noqa: BLE001 - the database may come back; the tick stays due
             unless_cancelled()
             logger.exception("could not perform the tick %s of %s", status.last_tick, schedule.name)
-            return now + RETRY_AFTER
+            return now + defaults.RETRY_AFTER
         return next_tick

@@ -15,12 +15,10 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 
+from asyncjob._core import defaults
 from asyncjob._core.log import logger
 
 __all__ = ("LeaseThread", "Renew")
-
-#: Seconds before a renewal that failed is sent again (at most the interval).
-RETRY_AFTER = 1.0
 
 #: ``await renew(job_ids)``: extend the leases of ``job_ids``; return those
 #: among them that are no longer held, and those whose cancel was requested.
@@ -120,7 +118,7 @@ class LeaseThread:
                         continue
                     except Exception:  # noqa: BLE001 - the database may come back
                         logger.exception("could not renew leases; trying again")
-                        pause = min(RETRY_AFTER, self._interval)
+                        pause = min(defaults.RETRY_AFTER, self._interval)
                         continue
                     if lost or cancelled:
                         with self._lock:

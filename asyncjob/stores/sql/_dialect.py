@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from asyncjob._core.models import Claimed, JobState, made
 from asyncjob.stores.kit import Report, loads
 
+from ._rows import never_written
 from ._schema import DUE, HOLDS_KEY, RUNNING, SCHEDULED, Tables
 
 __all__ = (
@@ -515,13 +516,9 @@ def claimed(row: Sequence[Any]) -> Claimed:
     problem = None
     if not isinstance(attempts, int) or not 0 < attempts < MAX_ATTEMPTS:
         # The attempts as they are: the worker's end of the job matches them.
-        problem = (
-            f"job {job_id} has {attempts!r} in its attempts column, which asyncjob never writes"
-        )
+        problem = never_written(job_id, attempts, "attempts column")
     elif type(priority) is not int:  # SQLite keeps what it is given: 'high', say
-        problem = (
-            f"job {job_id} has {priority!r} in its priority column, which asyncjob never writes"
-        )
+        problem = never_written(job_id, priority, "priority column")
         priority = 0  # it fails, for that: never queued here by it
     else:
         try:

@@ -14,7 +14,13 @@ from asyncjob.stores.kit import loads
 
 from ._schema import SCHEDULED
 
-__all__ = ("BadRecord", "json_column", "state_of", "status_of")
+__all__ = ("BadRecord", "json_column", "never_written", "state_of", "status_of")
+
+
+def never_written(job_id: str, value: Any, column: str) -> str:
+    """What is said of a row that holds ``value`` in ``column``: asyncjob
+    never wrote it (SQLite keeps any value in any column)."""
+    return f"job {job_id} has {value!r} in its {column}, which asyncjob never writes"
 
 
 def number(job_id: str, value: Any) -> float | None:
@@ -25,7 +31,7 @@ def number(job_id: str, value: Any) -> float | None:
     if value is None:
         return None
     if type(value) not in (float, int) or not math.isfinite(value):
-        raise BadRecord(f"job {job_id} has {value!r} in its progress, which asyncjob never writes")
+        raise BadRecord(never_written(job_id, value, "progress"))
     return int(value) if float(value).is_integer() else value
 
 
@@ -63,7 +69,7 @@ def _arguments(text: str | None, kind: type[Any]) -> Any:
 def _whole(job_id: str, column: str, value: Any) -> int:
     """A column of whole numbers, which SQLite would keep text in."""
     if type(value) is not int:
-        raise BadRecord(f"job {job_id} has {value!r} in its {column}, which asyncjob never writes")
+        raise BadRecord(never_written(job_id, value, column))
     return value
 
 
