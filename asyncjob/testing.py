@@ -54,6 +54,7 @@ from asyncjob._core.models import (
     JobStatus,
     ScheduleStatus,
     new_job_id,
+    timestamp_to_datetime,
 )
 from asyncjob._core.spec import JobOptions
 from asyncjob.stores import DurableStore, ImmediateStore, Store
@@ -502,6 +503,33 @@ class StoreContract:
                 page = await store.list_page(dataclasses.replace(query, before=page.next))
             assert found == expected
             assert len(expected) == (3 if query.name else 12)
+
+    async def test_a_page_goes_on_from_a_job_no_longer_there(self, store: Store) -> None:
+        """The last job of a page may be deleted (or forgotten) before the
+        next page is read: with its ``enqueued_at`` (``before_at``), the
+        next page starts where it stood, the jobs of its microsecond that
+        came before it in the order left out; without it, the store does
+        not know where that was."""
+        now = time.time()
+        for n in range(5):
+            await store.enqueue(make_job(f"a{n}", at=now + n))
+        for job_id in ("b5x", "b5z"):  # one time, told apart by their ids
+            await store.enqueue(make_job(job_id, at=now + 5))
+        first = await store.list_page(JobQuery(limit=2))
+        assert ([s.id for s in first.jobs], first.next) == (["b5z", "b5x"], "b5x")
+        assert first.next_at == first.jobs[-1].enqueued_at
+        at = timestamp_to_datetime(now + 5)
+        assert at is not None
+        gone = JobQuery(before="b5y", before_at=at.timestamp())  # b5y is deleted since
+        found = [s.id for s in await store.list_jobs(gone)]
+        assert found == ["b5x", "a4", "a3", "a2", "a1", "a0"], found
+        page = await store.list_page(dataclasses.replace(gone, limit=3))
+        assert [s.id for s in page.jobs] == ["b5x", "a4", "a3"]
+        # A job still there is where the page starts, whatever before_at says.
+        there = JobQuery(before="a3", before_at=at.timestamp())
+        assert [s.id for s in await store.list_jobs(there)] == ["a2", "a1", "a0"]
+        with pytest.raises(JobNotFound):
+            await store.list_jobs(JobQuery(before="b5y"))
 
     async def test_overview_counts_by_queue_and_minute(self, store: Store) -> None:
         """Waiting, delayed and running jobs by queue; since when the oldest

@@ -707,6 +707,31 @@ async def test_filters_and_older_jobs(browser: Browser) -> None:
             await expect(page.locator("p#list-error")).to_be_empty(timeout=WAIT)
 
 
+async def test_older_jobs_come_after_a_job_deleted_meanwhile(
+    browser: Browser, database: Database
+) -> None:
+    """The list's last job deleted before "Older jobs" is clicked: the next
+    page starts where that job stood (the page keeps its time with its id),
+    with no error and no job left out."""
+    runner = asyncjob.Runner(database.async_url)
+    async with serving(app_with_dashboard(runner)) as (url, _):
+        ids = await runner.perform_many(quick, [(n,) for n in range(60)])
+        for job_id in ids:
+            await runner.wait(job_id, timeout=TIMEOUT)
+        newest_first = [status.id for status in await runner.jobs(limit=100)]
+        async with tab(browser) as opened:
+            page = opened.page
+            await page.goto(f"{url}/jobs/")
+            rows = page.locator("tbody#jobs tr")
+            await expect(rows).to_have_count(50, timeout=WAIT)
+            assert await runner.delete([newest_first[49]]) == 1
+            await page.locator("button#more").click()
+            await expect(rows).to_have_count(60, timeout=WAIT)
+            assert await row_ids(page) == newest_first  # the deleted job's row as it was
+            await expect(page.locator("p#list-error")).to_be_empty(timeout=WAIT)
+            await expect(page.locator("button#more")).to_be_hidden(timeout=WAIT)
+
+
 # -- actions ------------------------------------------------------------------------------------
 
 #: A cancel request sent from the page, as its own script sends one (same

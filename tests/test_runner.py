@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import math
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -428,6 +428,13 @@ async def test_jobs_that_never_await_do_not_starve_the_loop(
         ({"before": 5}, TypeError, "before must be a job id"),
         ({"since": datetime(2026, 1, 1)}, ValueError, "since must be an aware datetime"),
         ({"until": "yesterday"}, TypeError, "until must be a datetime"),
+        ({"before": "a", "before_at": 5.0}, TypeError, "before_at must be a datetime"),
+        (
+            {"before": "a", "before_at": datetime(2026, 1, 1)},
+            ValueError,
+            "before_at must be an aware datetime",
+        ),
+        ({"before_at": datetime(2026, 1, 1, tzinfo=UTC)}, ValueError, "before_at goes with before"),
     ],
 )
 async def test_jobs_refuses_bad_filters(

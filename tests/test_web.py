@@ -198,6 +198,44 @@ async def test_listing_filters_and_pages_newest_first() -> None:
         ]
 
 
+async def held(release: asyncio.Event) -> None:
+    """Runs until ``release`` is set."""
+    await release.wait()
+
+
+async def test_the_next_page_starts_where_a_forgotten_job_stood() -> None:
+    """The memory store forgets the oldest ended jobs past its bound: the
+    last job of a page may be gone when the next page is asked for, while
+    older jobs still run. With the page's ``next_at``, the next page starts
+    where that job stood; with its id alone, the store cannot say where."""
+    release = asyncio.Event()
+    runner = asyncjob.Runner(asyncjob.stores.MemoryStore(max_finished=8))
+    async with (
+        serving(app_with_dashboard(runner)) as (url, _),
+        httpx.AsyncClient(base_url=f"{url}/jobs", timeout=TIMEOUT) as client,
+    ):
+        running = [await runner.perform(held, release) for _ in range(3)]
+        ended = [await runner.perform(hot, 1) for _ in range(8)]
+        for job_id in ended:
+            await runner.wait(job_id, timeout=TIMEOUT)
+        first = (await client.get("/api/jobs", params={"limit": 3})).json()
+        assert [j["id"] for j in first["jobs"]] == ended[:4:-1]
+        assert (first["next"], first["next_at"]) == (ended[5], first["jobs"][-1]["enqueued_at"])
+        for job_id in [await runner.perform(hot, 1) for _ in range(6)]:
+            await runner.wait(job_id, timeout=TIMEOUT)
+        with pytest.raises(asyncjob.JobNotFound):
+            await runner.status(ended[5])  # forgotten, with the five before it
+
+        after = {"limit": 3, "before": first["next"], "before_at": first["next_at"]}
+        rest = (await client.get("/api/jobs", params=after)).json()
+        assert [j["id"] for j in rest["jobs"]] == running[::-1]
+        lost = await client.get("/api/jobs", params={"limit": 3, "before": first["next"]})
+        assert lost.status_code == 400
+        release.set()
+        for job_id in running:
+            await runner.wait(job_id, timeout=TIMEOUT)
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [
@@ -208,6 +246,8 @@ async def test_listing_filters_and_pages_newest_first() -> None:
         ({"before": "nope"}, "before names no job"),
         ({"since": "yesterday"}, "since must be a time in ISO 8601"),
         ({"until": "2026-12-05T10:00:00"}, "until must be an aware datetime"),
+        ({"before_at": "2026-12-05T10:00:00Z"}, "before_at goes with before"),
+        ({"before": "nope", "before_at": "soon"}, "before_at must be a time in ISO 8601"),
     ],
 )
 async def test_a_bad_listing_is_a_400_saying_what_is_wrong(

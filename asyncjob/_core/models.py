@@ -272,6 +272,12 @@ class JobQuery:
         since: only jobs performed at or after this time (seconds since
             the epoch).
         until: only jobs performed before this time.
+        before_at: the ``enqueued_at`` of the job ``before`` (seconds since
+            the epoch, to the microsecond, as its :class:`JobStatus` says):
+            where that job stood in the order, for a store that no longer
+            knows it (deleted, or forgotten since the previous page), to
+            list on from there (see :meth:`listed_after`). Without it, such
+            a ``before`` is an error.
     """
 
     states: frozenset[JobState] | None = None
@@ -281,6 +287,24 @@ class JobQuery:
     before: str | None = None
     since: float | None = None
     until: float | None = None
+    before_at: float | None = None
+
+    def listed_after(self, enqueued_at: float, job_id: str) -> bool:
+        """Whether a job comes after ``(before_at, before)`` in the order.
+        ``before_at`` is a time shown to the microsecond, the job's
+        ``enqueued_at`` as stored, with more digits (and a float's error,
+        a quarter of a microsecond for today's times): so the jobs within a
+        microsecond of it are told apart by their ids alone, and the
+        page's last job, if it is still there, does not come again."""
+        assert self.before_at is not None
+        assert self.before is not None
+        return enqueued_at < self.before_at - A_MICROSECOND or (
+            enqueued_at < self.before_at + A_MICROSECOND and job_id < self.before
+        )
+
+
+#: See :meth:`JobQuery.listed_after`.
+A_MICROSECOND = 1e-6
 
 
 class JobPage(NamedTuple):
@@ -292,6 +316,9 @@ class JobPage(NamedTuple):
     #: job the store looked at when it stopped looking before the page was
     #: full; ``None`` when no job is left.
     next: str | None
+    #: Its ``enqueued_at``, the next page's ``before_at``: the next page is
+    #: found even if that job is deleted (or forgotten) meanwhile.
+    next_at: datetime | None = None
 
 
 class Job(NamedTuple):

@@ -784,6 +784,7 @@ class Runner:
         before: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        before_at: datetime | None = None,
     ) -> list[JobStatus]:
         """The jobs in the store, newest first, filtered.
 
@@ -797,14 +798,20 @@ class Runner:
             since: only jobs performed at or after this time (an aware
                 datetime).
             until: only jobs performed before this time.
+            before_at: the ``enqueued_at`` of the job ``before``: with it,
+                the page after that job is found even if the job has been
+                deleted (or the memory store has forgotten it) since the
+                previous page was read.
 
         Raises:
-            ValueError: a state is unknown, ``limit`` out of range, or a
-                time naive (without a time zone).
+            ValueError: a state is unknown, ``limit`` out of range, a time
+                naive (without a time zone), or ``before_at`` given without
+                ``before``.
             TypeError: an argument has the wrong type.
-            JobNotFound: ``before`` names no job the store knows.
+            JobNotFound: ``before`` names no job the store knows, and no
+                ``before_at`` says where it stood.
         """
-        query = _job_query(state, name, queue, limit, before, since, until)
+        query = _job_query(state, name, queue, limit, before, since, until, before_at)
         return await self._read(self._store.list_jobs, query)
 
     async def jobs_page(
@@ -817,15 +824,18 @@ class Runner:
         before: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        before_at: datetime | None = None,
     ) -> JobPage:
         """A page of :meth:`jobs`, and where the next one starts, at a cost
         that does not grow with the jobs the store holds, however rare the
         jobs its filters select: what a dashboard pages through. A page may
         hold fewer jobs than ``limit`` (none, even) while ``next`` says
         older ones are left to look at (see :meth:`Store.list_page`). It
-        takes the arguments of :meth:`jobs`, and raises its errors.
+        takes the arguments of :meth:`jobs`, and raises its errors; the
+        next page's ``before`` and ``before_at`` are the page's ``next`` and
+        ``next_at``.
         """
-        query = _job_query(state, name, queue, limit, before, since, until)
+        query = _job_query(state, name, queue, limit, before, since, until, before_at)
         return await self._read(self._store.list_page, query)
 
     async def schedules(self) -> list[ScheduleStatus]:
@@ -1057,6 +1067,7 @@ def _job_query(
     before: object,
     since: object = None,
     until: object = None,
+    before_at: object = None,
 ) -> JobQuery:
     """The query of :meth:`Runner.jobs`, each argument checked."""
     states = None
@@ -1081,16 +1092,26 @@ def _job_query(
         raise TypeError(f"before must be a job id, not {type(before).__name__}")
     if queue is not None:
         queue = check_queue(queue, "queue")
+    if before_at is not None and before is None:
+        raise ValueError("before_at goes with before: it says where that job stood")
     return JobQuery(
-        states, name, queue, limit, before, _moment(since, "since"), _moment(until, "until")
+        states,
+        name,
+        queue,
+        limit,
+        before,
+        _moment(since, "since"),
+        _moment(until, "until"),
+        _moment(before_at, "before_at", exact=True),
     )
 
 
-def _moment(moment: object, what: str) -> float | None:
+def _moment(moment: object, what: str, *, exact: bool = False) -> float | None:
     """An aware datetime of :meth:`Runner.jobs` as seconds since the epoch,
     compared to the microsecond, as :class:`JobStatus` gives times: a store
     keeps a float, which its datetime rounds, so that ``since=`` a job's own
-    ``enqueued_at`` would otherwise leave it out half the time."""
+    ``enqueued_at`` would otherwise leave it out half the time. ``exact``:
+    as it is (``before_at``, which :meth:`JobQuery.listed_after` compares)."""
     if moment is None:
         return None
     if not isinstance(moment, datetime):
@@ -1100,7 +1121,7 @@ def _moment(moment: object, what: str) -> float | None:
             f"{what} must be an aware datetime (with a time zone), not the naive {moment!r}: "
             "use datetime.now(timezone.utc), say"
         )
-    return moment.timestamp() - 0.5e-6
+    return moment.timestamp() if exact else moment.timestamp() - 0.5e-6
 
 
 def _never(_: object) -> bool:

@@ -220,10 +220,14 @@ class Store(abc.ABC):
 
         With ``query.before``, only the jobs that come after that job in
         this order (keyset pagination): the cost of a page does not grow
-        with its depth, and jobs performed meanwhile do not shift it.
+        with its depth, and jobs performed meanwhile do not shift it. A
+        ``before`` the store does not know (deleted since), with
+        ``query.before_at``: the jobs that come after the place it had
+        (:meth:`JobQuery.listed_after`).
 
         Raises:
-            JobNotFound: ``query.before`` names a job the store does not know.
+            JobNotFound: ``query.before`` names a job the store does not
+                know, and ``query.before_at`` is not given.
         """
 
     async def list_page(self, query: JobQuery) -> JobPage:
@@ -238,7 +242,9 @@ class Store(abc.ABC):
         until the last.
         """
         jobs = await self.list_jobs(query)
-        return JobPage(jobs, jobs[-1].id if len(jobs) == query.limit else None)
+        if len(jobs) < query.limit:
+            return JobPage(jobs, None)
+        return JobPage(jobs, jobs[-1].id, jobs[-1].enqueued_at)
 
     @abc.abstractmethod
     async def overview(self) -> Overview:

@@ -348,10 +348,15 @@ class MemoryStore(ImmediateStore):
         self._forget_expired()
         newest_first = self._every(newest_first=True)
         if query.before is not None:
-            if query.before not in self._records:
+            if query.before in self._records:
+                newest_first = itertools.dropwhile(lambda rec: rec.id != query.before, newest_first)
+                next(newest_first)  # the job named by `before` itself
+            elif query.before_at is not None:  # forgotten since: on from where it stood
+                newest_first = (
+                    rec for rec in newest_first if query.listed_after(rec.enqueued_at, rec.id)
+                )
+            else:
                 raise JobNotFound(query.before)
-            newest_first = itertools.dropwhile(lambda rec: rec.id != query.before, newest_first)
-            next(newest_first)  # the job named by `before` itself
         states, name, queue = query.states, query.name, query.queue
         since, until = query.since, query.until
         found = (

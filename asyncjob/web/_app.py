@@ -9,10 +9,12 @@ Routes, under wherever it is mounted:
   ``<asyncjob-progress>`` element that other pages can use.
 - ``GET /api/jobs``: a page of jobs, newest first, filtered (``state``,
   repeated for several; ``name``; ``queue``; ``since`` and ``until``, ISO
-  8601 times; ``limit``; ``before``, the previous page's ``next``);
-  ``{"jobs": [...], "next": id | null}``. A filtered page may be short (or
-  empty) with ``next`` set: the store looks at so many jobs a page
-  (:meth:`Runner.jobs_page`).
+  8601 times; ``limit``; ``before`` and ``before_at``, the previous page's
+  ``next`` and ``next_at``); ``{"jobs": [...], "next": id | null,
+  "next_at": time | null}``. A filtered page may be short (or empty) with
+  ``next`` set: the store looks at so many jobs a page
+  (:meth:`Runner.jobs_page`). With ``before_at``, the next page is found
+  even if the job ``before`` names was deleted meanwhile.
 - ``GET /api/jobs/{id}``: the job's status; 404 for an unknown id.
 - ``GET /api/jobs/{id}/events``: its live stream (``text/event-stream``).
 - ``GET /api/events?id=A&id=B``: one stream for many jobs (a browser keeps
@@ -207,6 +209,7 @@ class _Dashboard:
                 before=params.get("before") or None,
                 since=_moment(params, "since"),
                 until=_moment(params, "until"),
+                before_at=_moment(params, "before_at"),
             )
         except JobNotFound:
             raise HTTPException(400, "before names no job the store knows") from None
@@ -215,8 +218,18 @@ class _Dashboard:
         page = found.jobs[:limit]
         # A job past the page: a next page. Short of it: the store says
         # whether older jobs are left to look at (it looks at so many a page).
-        after = page[-1].id if len(found.jobs) > limit else found.next
-        return _JSON({"jobs": [status_json(s) for s in page], "next": after})
+        after, after_at = (
+            (page[-1].id, page[-1].enqueued_at)
+            if len(found.jobs) > limit
+            else (found.next, found.next_at)
+        )
+        return _JSON(
+            {
+                "jobs": [status_json(s) for s in page],
+                "next": after,
+                "next_at": None if after_at is None else after_at.isoformat(),
+            }
+        )
 
     async def job(self, request: Request) -> Response:
         return _JSON(status_json(await self._status(request.path_params["job_id"])))

@@ -42,6 +42,7 @@ from asyncjob._core import defaults
 from asyncjob._core.errors import JobLost, JobNotFound
 from asyncjob._core.log import logger
 from asyncjob._core.models import (
+    A_MICROSECOND,
     COUNT_CAP,
     MAX_LISTED,
     MAX_NAME_LENGTH,
@@ -1269,7 +1270,7 @@ class SQLStore(DurableStore, TransactionalStore):
         if not _filters(query, self.tables.jobs.c):  # the listing's index answers it
             rows = (await self.db.fetch(listing.limit(query.limit))).all()
             # The last row read, readable or not, is where the next page starts.
-            return JobPage(_readable(rows), rows[-1].id if len(rows) == query.limit else None)
+            return _page(_readable(rows), rows[-1] if len(rows) == query.limit else None)
         window = listing.limit(LIST_WINDOW).subquery()
         kept = select(window).where(*_filters(query, window.c))
         if self._dialect.name != "sqlite":
@@ -1279,12 +1280,12 @@ class SQLStore(DurableStore, TransactionalStore):
         rows = (await self.db.fetch(kept.limit(query.limit))).all()
         jobs = _readable(rows)
         if len(rows) == query.limit:
-            return JobPage(jobs, rows[-1].id)
+            return _page(jobs, rows[-1])
         # Short: the window ran out of jobs (none left), or was full (look
         # on from its last job, found through the listing's index alone).
-        ids = listing.with_only_columns(self.tables.jobs.c.id)
+        ids = listing.with_only_columns(self.tables.jobs.c.id, self.tables.jobs.c.enqueued_at)
         last = ids.offset(LIST_WINDOW - 1).limit(1)
-        return JobPage(jobs, (await self.db.fetch(last)).scalar())
+        return _page(jobs, (await self.db.fetch(last)).first())
 
     async def _listing(self, query: JobQuery) -> Select[Any]:
         """Every column of the jobs ``query`` lists, newest first, within
@@ -1296,17 +1297,27 @@ class SQLStore(DurableStore, TransactionalStore):
         if query.until is not None:
             statement = statement.where(jobs.c.enqueued_at < query.until)
         if query.before is not None:
-            if not _keepable(query.before):
-                raise JobNotFound(query.before)
-            anchor = (
-                await self.db.fetch(
-                    select(jobs.c.enqueued_at, jobs.c.id).where(jobs.c.id == query.before)
+            anchor = None
+            if _keepable(query.before):
+                anchor = (
+                    await self.db.fetch(
+                        select(jobs.c.enqueued_at, jobs.c.id).where(jobs.c.id == query.before)
+                    )
+                ).first()
+            if anchor is not None:
+                listed = tuple_(jobs.c.enqueued_at, jobs.c.id)
+                statement = statement.where(listed < tuple_(anchor.enqueued_at, anchor.id))
+            elif query.before_at is not None and _keepable(query.before):
+                # Deleted since: on from where it stood (JobQuery.listed_after).
+                at = query.before_at
+                statement = statement.where(
+                    or_(
+                        jobs.c.enqueued_at < at - A_MICROSECOND,
+                        and_(jobs.c.enqueued_at < at + A_MICROSECOND, jobs.c.id < query.before),
+                    )
                 )
-            ).first()
-            if anchor is None:
+            else:
                 raise JobNotFound(query.before)
-            listed = tuple_(jobs.c.enqueued_at, jobs.c.id)
-            statement = statement.where(listed < tuple_(anchor.enqueued_at, anchor.id))
         return statement
 
     async def overview(self) -> Overview:
@@ -1524,6 +1535,19 @@ def _readable(rows: Iterable[Row[Any]]) -> list[JobStatus]:
         except BadRecord as exc:
             logger.warning("%s; left out of the listing", exc)
     return statuses
+
+
+def _page(jobs: list[JobStatus], last: Row[Any] | None) -> JobPage:
+    """A page whose next one starts after ``last`` (the last row read):
+    its id, and its time if the row has one (it may be one of the rows
+    :func:`_readable` left out)."""
+    if last is None:
+        return JobPage(jobs, None)
+    try:
+        at = timestamp_to_datetime(last.enqueued_at)
+    except (TypeError, ValueError, OverflowError, OSError):
+        at = None  # the next page then needs the row, as before_at came in
+    return JobPage(jobs, last.id, at)
 
 
 def _errors_of(job_id: str, raw: str | None) -> list[Any]:

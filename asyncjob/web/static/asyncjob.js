@@ -172,8 +172,15 @@
   const table = document.getElementById("jobs");
   const more = document.getElementById("more");
   const detail = document.getElementById("job");
-  let cursor = null;
+  let cursor = null;  // where the next page starts: {next, next_at} of the last one read
   let rowsStream = null;
+
+  /** Ask for the page after `page`'s: after its last job (`next`), found
+   * by its time (`next_at`) even if that job was deleted meanwhile. */
+  function askAfter(params, page) {
+    params.set("before", page.next);
+    if (page.next_at) params.set("before_at", page.next_at);
+  }
 
   function when(iso) {
     return iso ? new Date(iso).toLocaleString() : "";
@@ -252,7 +259,7 @@
   async function load(append, looked = 0) {
     const mine = ++listing;  // an older answer arriving last must not win
     const params = query();
-    if (append && cursor) params.set("before", cursor);
+    if (append && cursor) askAfter(params, cursor);
     const status = document.getElementById("list-error");
     try {
       const page = await getJSON(`${base}/api/jobs?${params}`);
@@ -260,7 +267,7 @@
       status.textContent = "";
       if (!append) table.replaceChildren();
       for (const job of page.jobs) table.append(row(job));
-      cursor = page.next;
+      cursor = page.next ? { next: page.next, next_at: page.next_at } : null;
       more.hidden = !cursor;
       // A short page with more to look at: the store looks at so many jobs
       // a page (rare filters). Look on a few times, then leave it to "More".
@@ -302,7 +309,7 @@
       const newer = [];
       for (let read = 1, before = null; ; read++) {
         const params = new URLSearchParams(filters);
-        if (before) params.set("before", before);
+        if (before) askAfter(params, before);
         const page = await getJSON(`${base}/api/jobs?${params}`);
         if (mine !== listing) {
           addAgain = true;  // the list was read again meanwhile ("More" too): read anew
@@ -317,7 +324,7 @@
           load(false);
           return;
         }
-        before = page.next;
+        before = page;
       }
       const first = table.querySelector("tr");
       if (newer.length && first) {
