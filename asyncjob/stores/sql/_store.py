@@ -1297,17 +1297,17 @@ class SQLStore(DurableStore, TransactionalStore):
         if query.until is not None:
             statement = statement.where(jobs.c.enqueued_at < query.until)
         if query.before is not None:
-            anchor = None
-            if _keepable(query.before):
-                anchor = (
-                    await self.db.fetch(
-                        select(jobs.c.enqueued_at, jobs.c.id).where(jobs.c.id == query.before)
-                    )
-                ).first()
+            if not _keepable(query.before):
+                raise JobNotFound(query.before)  # never a page's next
+            anchor = (
+                await self.db.fetch(
+                    select(jobs.c.enqueued_at, jobs.c.id).where(jobs.c.id == query.before)
+                )
+            ).first()
             if anchor is not None:
                 listed = tuple_(jobs.c.enqueued_at, jobs.c.id)
                 statement = statement.where(listed < tuple_(anchor.enqueued_at, anchor.id))
-            elif query.before_at is not None and _keepable(query.before):
+            elif query.before_at is not None:
                 # Deleted since: on from where it stood (JobQuery.listed_after).
                 at = query.before_at
                 statement = statement.where(
