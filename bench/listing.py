@@ -656,7 +656,7 @@ class Catcher:
 async def caught(store: SQLStore, arg: Hashable) -> tuple[list[Statement], float, int]:
     """The statements a call sends, how long it took, how many jobs it returned."""
     catcher = Catcher()
-    engine = store.db.engine.sync_engine
+    engine = store.db.engine
     event.listen(engine, "before_cursor_execute", catcher)
     try:
         began = time.perf_counter()

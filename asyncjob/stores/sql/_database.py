@@ -1,4 +1,5 @@
-"""The database of an SQL store, through SQLAlchemy's async engine.
+"""The database of an SQL store, through SQLAlchemy's Core and its asyncio
+drivers (asyncpg, aiosqlite).
 
 Round trips are what a job queue in SQL pays for most, so each kind of
 work here takes as few as its guarantees allow:
@@ -18,6 +19,12 @@ The store's most frequent statements skip even this, and go straight to
 the driver on its dialect's own connections (see ``_dialect``). What
 differs between databases here (the engine's set-up, how a write begins)
 is the dialect's to say.
+
+Not through ``sqlalchemy.ext.asyncio``: importing it imports SQLAlchemy's
+ORM too, 5 MB of an idle worker's memory (``bench/README.md``, "Idle worker
+memory"), for a layer the store uses none of but its awaiting. A plain
+``Engine`` on an asyncio driver runs its calls inside
+``greenlet_spawn``, as ``AsyncConnection`` does (:class:`Connection`).
 """
 
 from __future__ import annotations
@@ -25,20 +32,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, overload
 
-from sqlalchemy import ColumnElement, CursorResult, Executable, Float, literal_column
+from sqlalchemy import ColumnElement, CursorResult, Executable, Float, create_engine, literal_column
+from sqlalchemy import engine as sa
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import greenlet_spawn
 
 from asyncjob._core.log import logger
 
 from ._dialect import Dialect, WriteLock
 
-__all__ = ("RIDE_OUT", "Database", "away", "refused", "same_database")
+if TYPE_CHECKING:
+    from sqlalchemy.sql.selectable import TypedReturnsRows
+
+__all__ = ("RIDE_OUT", "Connection", "Database", "away", "refused", "same_database")
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 #: Seconds a read keeps trying while the database is away (a restart takes
 #: a second or two), before it raises.
@@ -47,8 +61,38 @@ RIDE_OUT = 15.0
 RETRY_EVERY = 0.2
 
 
+class Connection:
+    """A connection of the store's engine, its calls awaited: each runs in
+    ``greenlet_spawn``, where the asyncio driver's awaits can happen."""
+
+    def __init__(self, sync: sa.Connection) -> None:
+        self.sync = sync
+
+    @overload
+    async def execute(
+        self, statement: TypedReturnsRows[*Ts], params: Any = None
+    ) -> CursorResult[*Ts]: ...
+
+    @overload
+    async def execute(
+        self, statement: Executable, params: Any = None
+    ) -> CursorResult[*tuple[Any, ...]]: ...
+
+    async def execute(self, statement: Executable, params: Any = None) -> CursorResult[Any]:
+        """The statement's result, its rows read already (the asyncio
+        drivers' cursors hold them all)."""
+        return await greenlet_spawn(self.sync.execute, statement, params)
+
+    async def scalar(self, statement: Executable, params: Any = None) -> Any:
+        return await greenlet_spawn(self.sync.scalar, statement, params)
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(the sync connection, *args)``, for code written for one."""
+        return await greenlet_spawn(fn, self.sync, *args)
+
+
 class Database:
-    """An async engine, and transactions shaped for the store's work.
+    """An engine, and transactions shaped for the store's work.
 
     One per store, on the store's loop; the lease thread makes one of its
     own, on its loop.
@@ -57,9 +101,7 @@ class Database:
     def __init__(self, dialect: Dialect, *, durable: bool = True) -> None:
         self.dialect = dialect
         self.url = dialect.url
-        self.engine: AsyncEngine = create_async_engine(
-            self.url, **dialect.engine_options(durable=durable)
-        )
+        self.engine = create_engine(self.url, **dialect.engine_options(durable=durable))
         dialect.prepare_engine(self.engine)
         self._autocommit = self.engine.execution_options(**dialect.autocommit_options)
         #: Where the database has one writer at a time, this process's
@@ -67,14 +109,19 @@ class Database:
         self.write_lock = WriteLock()
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
+    async def write(self) -> AsyncIterator[Connection]:
         """A transaction that will write: committed on exit, rolled back on error."""
         turn = self.write_lock if self.dialect.one_writer else contextlib.nullcontext()
-        async with turn, self.engine.connect() as conn:
+        async with turn, _connected(self.engine) as conn:
             if self.dialect.write_options:
-                conn = await conn.execution_options(**self.dialect.write_options)
-            async with conn.begin():
-                yield conn
+                conn = conn.execution_options(**self.dialect.write_options)
+            await greenlet_spawn(conn.begin)
+            try:
+                yield Connection(conn)
+            except BaseException:
+                await _to_the_end(greenlet_spawn(conn.rollback))
+                raise
+            await greenlet_spawn(conn.commit)
 
     async def execute(self, statement: Executable, params: Any = None) -> CursorResult[Any]:
         """Run one statement that writes, in a transaction of its own; the
@@ -114,20 +161,20 @@ class Database:
 
     async def _autocommitted(self, statement: Executable, params: Any) -> CursorResult[Any]:
         try:
-            async with self._autocommit.connect() as conn:
-                return await conn.execute(statement, params)
+            async with _connected(self._autocommit) as conn:
+                return await greenlet_spawn(conn.execute, statement, params)
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
-        async with self._autocommit.connect() as conn:
-            return await conn.execute(statement, params)
+        async with _connected(self._autocommit) as conn:
+            return await greenlet_spawn(conn.execute, statement, params)
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
+    async def read(self) -> AsyncIterator[Connection]:
         """A connection for reads that need no snapshot across statements:
         each statement sees what was committed when it began."""
-        async with self._autocommit.connect() as conn:
-            yield conn
+        async with _connected(self._autocommit) as conn:
+            yield Connection(conn)
 
     def now(self) -> ColumnElement[float]:
         """The database's clock, in seconds since the epoch.
@@ -141,7 +188,37 @@ class Database:
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
-        await self.engine.dispose()
+        await greenlet_spawn(self.engine.dispose)
+
+
+@asynccontextmanager
+async def _connected(engine: sa.Engine) -> AsyncIterator[sa.Connection]:
+    """A connection of ``engine``, back in its pool at the end, whatever
+    cancels the caller meanwhile (as ``AsyncConnection`` does it)."""
+    conn = await greenlet_spawn(engine.connect)
+    try:
+        yield conn
+    finally:
+        await _to_the_end(greenlet_spawn(conn.close))
+
+
+async def _to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Await ``cleanup`` to its end, even if the caller is cancelled
+    meanwhile (the cancellation is raised after): a connection's close or
+    rollback abandoned halfway would go back to its pool in a state of its
+    own, or after the pool was disposed of."""
+    task = asyncio.ensure_future(cleanup)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def away(exc: BaseException) -> bool:

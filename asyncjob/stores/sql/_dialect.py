@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, NamedTuple
 
 from sqlalchemy import Connection, Table
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.engine import Engine
 
 from asyncjob._core.models import Claimed, JobState, made
 from asyncjob.stores.kit import Report, loads
@@ -178,7 +178,7 @@ class Dialect(abc.ABC):
         return {}
 
     @abc.abstractmethod
-    def prepare_engine(self, engine: AsyncEngine) -> None:
+    def prepare_engine(self, engine: Engine) -> None:
         """Set up a new engine's connections (events, pragmas)."""
 
     # -- the schema --------------------------------------------------------------

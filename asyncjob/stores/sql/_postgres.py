@@ -33,9 +33,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from sqlalchemy import Connection, Table, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DatabaseError, DisconnectionError, IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from asyncjob._core.log import logger
 from asyncjob._core.models import Claimed, JobState
@@ -170,7 +169,7 @@ class PostgresDialect(Dialect):
             return {}
         return {"connect_args": {"server_settings": {"synchronous_commit": "off"}}}
 
-    def prepare_engine(self, engine: AsyncEngine) -> None:
+    def prepare_engine(self, engine: Engine) -> None:
         """Never hand out a connection that the server has closed.
 
         asyncpg reads every open connection all the time, so it learns at
@@ -181,14 +180,14 @@ class PostgresDialect(Dialect):
         :meth:`Database.execute` sends again.
         """
 
-        @event.listens_for(engine.sync_engine, "checkout")
+        @event.listens_for(engine, "checkout")
         def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
             if dbapi_connection.driver_connection.is_closed():
                 raise DisconnectionError("the server closed this connection")
 
         broken = engine.dialect.loaded_dbapi.InternalClientError
 
-        @event.listens_for(engine.sync_engine, "handle_error")
+        @event.listens_for(engine, "handle_error")
         def handle_error(context: Any) -> None:
             # Killed while idle, a connection has read the server's last
             # message and not yet its end: asyncpg then refuses to use it

@@ -53,9 +53,8 @@ from itertools import chain
 from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import Table, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from asyncjob._core.log import logger
 from asyncjob._core.models import Claimed, JobState
@@ -155,10 +154,10 @@ class SQLiteDialect(Dialect):
     def engine_options(self, *, durable: bool = True) -> dict[str, Any]:
         return {"connect_args": {"timeout": BUSY_TIMEOUT}}  # commits skip the disk anyway
 
-    def prepare_engine(self, engine: AsyncEngine) -> None:
+    def prepare_engine(self, engine: Engine) -> None:
         """SQLAlchemy's recipe for real transactions on pysqlite, with WAL."""
 
-        @event.listens_for(engine.sync_engine, "connect")
+        @event.listens_for(engine, "connect")
         def connect(dbapi_connection: Any, record: Any) -> None:
             # Let SQLAlchemy, not the driver, say when a transaction begins.
             dbapi_connection.isolation_level = None
@@ -167,7 +166,7 @@ class SQLiteDialect(Dialect):
                 cursor.execute(pragma)
             cursor.close()
 
-        @event.listens_for(engine.sync_engine, "begin")
+        @event.listens_for(engine, "begin")
         def begin(conn: Any) -> None:
             options = conn.get_execution_options()
             if options.get("asyncjob_autocommit", False):
