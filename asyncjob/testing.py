@@ -200,6 +200,21 @@ class StoreContract:
         assert outcome is not None
         assert (outcome.state, outcome.result) == (JobState.succeeded, [1, 2])
 
+    async def test_finish_as_says_which_state_it_recorded(self, store: Store) -> None:
+        """``finish_as`` ends a job as ``finish`` does, and says in which
+        state: the one asked; ``cancelled`` when a cancel was requested
+        while the job ran; ``None`` when it changed nothing."""
+        await store.enqueue(make_job("a"))
+        await store.start("a")
+        assert await store.finish_as("a", JobState.succeeded, result=1) is JobState.succeeded
+        assert await store.finish_as("a", JobState.failed, error="late") is None
+        await store.enqueue(make_job("b"))
+        await store.start("b")
+        await store.cancel("b")  # requested: it runs on until its code stops
+        assert await store.finish_as("b", JobState.succeeded, result=2) is JobState.cancelled
+        assert (await _status(store, "b")).state is JobState.cancelled
+        assert await store.finish_as("nope", JobState.succeeded) is None
+
     async def test_finish_needs_a_running_job(self, store: Store) -> None:
         """A queued job cannot finish without starting."""
         await store.enqueue(make_job())

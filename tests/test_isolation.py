@@ -359,7 +359,7 @@ def gate_finishes(store: SQLStore) -> tuple[asyncio.Event, asyncio.Event]:
     dialect = store._dialect
     write = dialect.finish
 
-    async def gated(endings: Any) -> list[bool]:
+    async def gated(endings: Any) -> list[str | None]:
         held.set()
         await gate.wait()
         return await write(endings)

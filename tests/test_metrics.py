@@ -195,6 +195,40 @@ async def test_an_ending_hook_that_raises_leaves_no_job_running(
     assert all("recorded all the same" in r.getMessage() for r in said)
 
 
+class HeldAtEnding(Recorder):
+    """A recorder whose ``ending`` waits for ``release``: the job's code has
+    returned, its end is not recorded yet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reached, self.release = asyncio.Event(), asyncio.Event()
+
+    async def ending(self, job_id: str) -> None:
+        await super().ending(job_id)
+        self.reached.set()
+        await self.release.wait()
+
+
+async def test_hooks_are_told_the_state_recorded(
+    make_runner: RunnerFactory, store_url: str
+) -> None:
+    """A cancel requested after a job's code returned, before its end is
+    recorded: the store records it cancelled (a cancel requested ends a job
+    so); the hooks, and so the metrics, were told it succeeded."""
+    heard = HeldAtEnding()
+    runner = await make_runner(store_of(store_url), hooks=[heard])
+    job_id = await runner.perform(reports, 3)
+    async with asyncio.timeout(TIMEOUT):
+        await heard.reached.wait()
+    assert await runner.cancel(job_id)
+    heard.release.set()
+    with pytest.raises(asyncjob.JobCancelled):
+        await runner.wait(job_id, timeout=TIMEOUT)
+    await runner.join(TIMEOUT)
+    (finished,) = [call for call in heard.calls if call[0] == "finished"]
+    assert finished[2:] == (asyncjob.JobState.cancelled, True, None)
+
+
 async def test_an_end_another_worker_holds_is_not_counted_here(
     make_runner: RunnerFactory, sqlite_db: Database
 ) -> None:

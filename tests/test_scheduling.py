@@ -669,7 +669,7 @@ class _EndsHeldBack(SQLStore):
             self.looked.set()
         return claimed
 
-    async def _finish(self, endings: list[Any]) -> list[bool | Exception]:
+    async def _finish(self, endings: list[Any]) -> list[str | Exception | None]:
         await self.gate.wait()
         return await super()._finish(endings)
 

@@ -25,6 +25,7 @@ from asyncjob import JobState
 from asyncjob.stores import Job
 from asyncjob.stores.kit import MAX_BATCH
 from asyncjob.stores.sql import SCHEMA_VERSION, BadRecord, SchemaError, SQLStore
+from asyncjob.stores.sql._database import _to_the_end
 from asyncjob.testing import make_job
 
 from . import worker_jobs
@@ -572,7 +573,7 @@ async def test_an_attempt_claimed_again_while_it_ran_here_is_not_given_out_twice
         ending = store._ending(job.id, JobState.succeeded, "late", None, None)
         [after] = await store.claim(1)
         assert (first.attempts, again.attempts, after.attempts) == (1, 2, 3)
-        assert await store._dialect.finish([ending]) == [False]
+        assert await store._dialect.finish([ending]) == [None]
         assert await store.finish(job.id, JobState.succeeded, result="next") is True
         status = await store.get(job.id)
         assert status is not None
@@ -931,7 +932,8 @@ async def test_sqlite_ends_past_the_statements_room_go_in_several(tmp_path: Path
             state=JobState.failed.value, result=None, error="E: bad", traceback="tb"
         )
         written = await store._dialect.finish(endings)
-        assert written == [True, True, True, False, True, False, True]
+        ok, failed = JobState.succeeded.value, JobState.failed.value
+        assert written == [ok, ok, ok, None, ok, None, failed]
         statuses = {job.id: await store.get(job.id) for job in jobs}
         assert [s.state if s else None for s in statuses.values()] == [
             JobState.succeeded, JobState.succeeded, JobState.succeeded, JobState.running,
@@ -1058,7 +1060,7 @@ class _GatedEnds(SQLStore):
         super().__init__(url, poll_interval=0.05)
         self.gate = asyncio.Event()
 
-    async def _finish(self, endings: list[Any]) -> list[bool | Exception]:
+    async def _finish(self, endings: list[Any]) -> list[str | Exception | None]:
         await self.gate.wait()
         return await super()._finish(endings)
 
@@ -1184,7 +1186,7 @@ async def test_a_stopping_runner_writes_the_ends_still_pending(database: Databas
 class _EndsLost(SQLStore):
     """An SQL store whose ends cannot be written (the database went away)."""
 
-    async def _finish(self, endings: list[Any]) -> list[bool | Exception]:
+    async def _finish(self, endings: list[Any]) -> list[str | Exception | None]:
         raise ConnectionError("the database went away")
 
 
@@ -1290,3 +1292,26 @@ def test_a_store_loads_only_its_own_databases_dialect(url: str, not_loaded: str)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=TIMEOUT * 3, check=True)  # fmt: skip
     assert done.stdout.strip() == "False"
+
+
+async def test_a_connections_cleanup_runs_to_its_end_when_cancelled() -> None:
+    """A close or rollback of the store's connections cancelled halfway (a
+    worker stopping mid-statement) runs to its end before the cancellation
+    is raised: a connection abandoned mid-close would go back to its pool
+    in a state of its own, or after the pool was disposed of."""
+    started, release, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def cleanup() -> None:
+        started.set()
+        await release.wait()
+        finished.set()
+
+    task = asyncio.create_task(_to_the_end(cleanup()))
+    async with asyncio.timeout(TIMEOUT):
+        await started.wait()
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(TIMEOUT):
+            await task
+    assert finished.is_set()

@@ -309,10 +309,12 @@ class Engine:
         """Record that a job that never ran here ended (a claimed job that
         cannot run, one cancelled before it started): hooks, then store."""
         await self._tell_ending(job)
-        ended = await self._store.finish(job.id, state, error=error)
-        if ended and self._hooks:
-            observe(self._hooks, "finished", job, state, None, error)
-        return ended
+        recorded = await self._store.finish_as(job.id, state, error=error)
+        if recorded is not None and self._hooks:
+            observe(
+                self._hooks, "finished", job, recorded, None, error if recorded is state else None
+            )
+        return recorded is not None
 
     # -- stopping ------------------------------------------------------------
 
@@ -900,10 +902,13 @@ class Engine:
             await self._store.finish(job.id, state, result=result, error=error, traceback=traceback)
             return
         await self._tell_ending(info(job))
-        if await self._store.finish(job.id, state, result=result, error=error, traceback=traceback):
-            self._tell_finished(job, state, error)
-        else:  # not ended here (no longer held: another worker has it): not counted here
+        recorded = await self._store.finish_as(
+            job.id, state, result=result, error=error, traceback=traceback
+        )
+        if recorded is None:  # not ended here (another worker has it): not counted here
             self._began.pop(job.id, None)
+        else:  # as recorded: cancelled, if its cancel came after its code returned
+            self._tell_finished(job, recorded, error if recorded is state else None)
 
     async def _tell_ending(self, job: JobInfo) -> None:
         """Hooks: the job is about to be recorded as ended. One that raises

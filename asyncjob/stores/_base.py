@@ -170,6 +170,26 @@ class Store(abc.ABC):
         discards the outcome.
         """
 
+    async def finish_as(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> JobState | None:
+        """:meth:`finish`, and the state it recorded: ``state``, another
+        when the store ended the job otherwise (``cancelled``: its cancel
+        was requested after its code returned), or ``None`` when it changed
+        nothing. The runner tells its hooks (metrics, traces) this state.
+
+        This default trusts :meth:`finish` to record ``state``: a store
+        that can tell which state it recorded says so by overriding it.
+        """
+        written = await self.finish(job_id, state, result=result, error=error, traceback=traceback)
+        return state if written else None
+
     @abc.abstractmethod
     async def retry(self, job_id: str, *, error: str, delay: float) -> bool:
         """Move a failed attempt of a ``running`` job back to ``queued``, due

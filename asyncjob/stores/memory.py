@@ -284,6 +284,21 @@ class MemoryStore(ImmediateStore):
         self._end(rec, state)
         return True
 
+    async def finish_as(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> JobState | None:
+        rec = self._records.get(job_id)
+        if not self.finish_nowait(job_id, state, result=result, error=error, traceback=traceback):
+            return None
+        assert isinstance(rec, _Record)  # forgotten meanwhile, perhaps: the record stands
+        return rec.state
+
     async def retry(self, job_id: str, *, error: str, delay: float) -> bool:
         rec = self._rec(job_id)
         if rec is None or rec.state is not JobState.running:

@@ -253,10 +253,11 @@ class Dialect(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def finish(self, endings: list[Ending]) -> list[bool]:
+    async def finish(self, endings: list[Ending]) -> list[str | None]:
         """End the jobs this store still holds, at the attempt each ending
-        names; for each, whether it did. A job whose cancel was requested
-        ends ``cancelled``."""
+        names; for each, the state it recorded (the value of a
+        :class:`JobState`), or ``None`` where it ended nothing. A job whose
+        cancel was requested ends ``cancelled``."""
 
     @abc.abstractmethod
     async def progress(self, reports: dict[str, Report]) -> None:

@@ -148,7 +148,7 @@ class PostgresDialect(Dialect):
             -- even here, is that attempt's.
             WHERE j.id = v.id AND j.state = '{_RUNNING}' AND j.locked_by = $2
               AND (v.attempt IS NULL OR j.attempts = v.attempt)
-            RETURNING j.id
+            RETURNING j.id, j.state
             """
         self._progress = f"""
             UPDATE {jobs} AS j SET progress = v.progress, data = v.data
@@ -354,13 +354,13 @@ class PostgresDialect(Dialect):
             recorded = [next(again) if job_id is None else job_id for job_id in recorded]
         return [job_id for job_id in recorded if job_id is not None]
 
-    async def finish(self, endings: list[Ending]) -> list[bool]:
+    async def finish(self, endings: list[Ending]) -> list[str | None]:
         durable, _ = self._connections
         # One JSON text for the batch: asyncpg's arrays check each of their
         # items against abstract base classes, ten arrays of them per end.
         done = await durable.fetch(self._finish, json.dumps([e.row() for e in endings]), self.owner)
-        ended = {row[0] for row in done}
-        return [e.job_id in ended for e in endings]
+        ended = dict(done)
+        return [ended.get(e.job_id) for e in endings]
 
     async def progress(self, reports: dict[str, Report]) -> None:
         _, relaxed = self._connections

@@ -267,7 +267,7 @@ class SQLiteDialect(Dialect):
 
         return await self._write(write)
 
-    async def finish(self, endings: list[Ending]) -> list[bool]:
+    async def finish(self, endings: list[Ending]) -> list[str | None]:
         """A batch of ends in one statement, its values bound in rows of a
         ``VALUES`` list (see the module's docstring: a statement a job gave
         the GIL up at every row, and waited for the loop's next turn).
@@ -276,20 +276,20 @@ class SQLiteDialect(Dialect):
         batch from SQLite's cache of prepared statements."""
         rows = [end_values(e) for e in endings]
 
-        def write(conn: sqlite3.Connection) -> set[str]:
+        def write(conn: sqlite3.Connection) -> dict[str, str]:
             most = _rows_that_fit(conn, _END_VALUES, others=1)  # and the owner
-            ended: set[str] = set()
+            ended: dict[str, str] = {}
             for start in range(0, len(rows), most):
                 chunk = rows[start : start + most]
                 room = min(1 << (len(chunk) - 1).bit_length(), most)
                 values = list(chain.from_iterable(chunk))
                 values += _NO_END * (room - len(chunk))
                 values.append(self.owner)
-                ended.update(job_id for (job_id,) in conn.execute(self._end_sql(room), values))
+                ended.update(conn.execute(self._end_sql(room), values))
             return ended
 
         ended = await self._write(write)
-        return [e.job_id in ended for e in endings]
+        return [ended.get(e.job_id) for e in endings]
 
     def _insert_sql(self, rows: int) -> str:
         """The statement that inserts ``rows`` new jobs, their values in
@@ -333,7 +333,7 @@ class SQLiteDialect(Dialect):
                 FROM e
                 WHERE {jobs}.id = e.id AND {jobs}.state = '{_RUNNING}' AND locked_by = ?
                     AND (e.attempt IS NULL OR attempts = e.attempt)
-                RETURNING {jobs}.id
+                RETURNING {jobs}.id, {jobs}.state
                 """
         return sql
 

@@ -264,7 +264,7 @@ class SQLStore(DurableStore, TransactionalStore):
         self._progress = ProgressBuffer(self._write_progress)
         # Jobs performed, and jobs ended, at the same time share a statement.
         self._enqueues: GroupCommit[dict[str, Any], str] = GroupCommit(self._insert)
-        self._finishes: GroupCommit[Ending, bool] = GroupCommit(self._finish)
+        self._finishes: GroupCommit[Ending, str | None] = GroupCommit(self._finish)
         self._channels = self._dialect.channels()
         jobs = self.tables.jobs
         by_id = jobs.c.id == bindparam("id")
@@ -921,16 +921,31 @@ class SQLStore(DurableStore, TransactionalStore):
         error: str | None = None,
         traceback: str | None = None,
     ) -> bool:
+        recorded = await self.finish_as(
+            job_id, state, result=result, error=error, traceback=traceback
+        )
+        return recorded is not None
+
+    async def finish_as(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> JobState | None:
         ending = self._ending(job_id, state, result, error, traceback)
         try:
-            changed = await self._finishes.submit(ending)
+            recorded = await self._finishes.submit(ending)
         finally:
             # Held, and so renewed, until the end is written (or could not
             # be: its lease then runs out, and the job runs again).
             self._let_go_of(job_id, ending.attempt)
-        if changed:
-            self._changed(job_id)
-        return changed
+        if recorded is None:
+            return None
+        self._changed(job_id)
+        return JobState(recorded)
 
     def finish_soon(
         self,
@@ -944,15 +959,15 @@ class SQLStore(DurableStore, TransactionalStore):
     ) -> None:
         ending = self._ending(job_id, state, result, error, traceback)
 
-        def written(changed: bool | BaseException) -> None:
+        def written(recorded: str | BaseException | None) -> None:
             self._let_go_of(job_id, ending.attempt)  # as in finish()
-            if changed is True:
+            if isinstance(recorded, str):
                 self._changed(job_id)
-            elif isinstance(changed, BaseException):
+            elif isinstance(recorded, BaseException):
                 logger.error(
                     "could not record how job %s ended; it runs again once its lease runs out: %s",
                     job_id,
-                    changed,
+                    recorded,
                 )
             then()
 
@@ -979,7 +994,7 @@ class SQLStore(DurableStore, TransactionalStore):
             self.held.get(job_id),
         ))  # fmt: skip
 
-    async def _finish(self, endings: list[Ending]) -> list[bool | Exception]:
+    async def _finish(self, endings: list[Ending]) -> list[str | Exception | None]:
         """Write ends, one batch at a time; a batch the database refuses is
         split, and an end it refuses alone is written again as a plain
         failure that says so, so that the job ends all the same."""
