@@ -867,7 +867,7 @@ async def test_a_batch_of_ends_finds_its_jobs_by_their_key(postgres_db: Database
         try:
             explained = await direct.fetch(
                 f"EXPLAIN {store._dialect._finish}",  # type: ignore[attr-defined]
-                json.dumps([e.row() for e in ends]),
+                json.dumps(ends),
                 "w",
             )
         finally:

@@ -69,22 +69,6 @@ class Ending(NamedTuple):
     #: not end the next one, even in the same worker.
     attempt: int | None = None
 
-    def row(self) -> dict[str, Any]:
-        """Its values by the names the dialects' statements of ends use."""
-        progress, data = (None, None) if self.progress is None else self.progress
-        return {
-            "id": self.job_id,
-            "state": self.state,
-            "result": self.result,
-            "error": self.error,
-            "traceback": self.traceback,
-            "finished_at": self.finished_at,
-            "reported": self.progress is not None,
-            "progress": progress,
-            "data": data,
-            "attempt": self.attempt,
-        }
-
 
 class Channels(NamedTuple):
     """What a store announces, where the database can (payloads: job ids,
