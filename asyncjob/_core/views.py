@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from .models import JobStatus, Overview, ScheduleStatus, WorkerStatus
 
-__all__ = ("dumps", "overview_json", "schedule_json", "status_json", "worker_json")
+__all__ = ("dumps", "overview_json", "page_json", "schedule_json", "status_json", "worker_json")
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(JobStatus))
 
@@ -36,6 +37,14 @@ def status_json(status: JobStatus) -> dict[str, Any]:
     found["args"] = [_jsonable(value) for value in status.args]
     found["kwargs"] = {str(key): _jsonable(value) for key, value in status.kwargs.items()}
     return found
+
+
+def page_json(
+    jobs: Sequence[JobStatus], after: str | None, after_at: datetime | None
+) -> dict[str, Any]:
+    """A page of a listing as a JSON object: its jobs, and the ``next`` and
+    ``next_at`` that ask for the page after it."""
+    return {"jobs": [status_json(s) for s in jobs], "next": after, "next_at": _iso(after_at)}
 
 
 def schedule_json(schedule: ScheduleStatus) -> dict[str, Any]:

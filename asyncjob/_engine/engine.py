@@ -310,10 +310,8 @@ class Engine:
         cannot run, one cancelled before it started): hooks, then store."""
         await self._tell_ending(job)
         recorded = await self._store.finish_as(job.id, state, error=error)
-        if recorded is not None and self._hooks:
-            observe(
-                self._hooks, "finished", job, recorded, None, error if recorded is state else None
-            )
+        if recorded is not None:
+            self._tell_finished(job, state, recorded, error)
         return recorded is not None
 
     # -- stopping ------------------------------------------------------------
@@ -816,8 +814,9 @@ class Engine:
         elif ctx.finished:  # recorded in the job's own transaction
             self._ended(job.id)
             if self._hooks:
-                await self._tell_ending(info(job))
-                self._tell_finished(job, JobState.succeeded, None)
+                about_job = info(job)
+                await self._tell_ending(about_job)
+                self._tell_finished(about_job, JobState.succeeded, JobState.succeeded, None)
         else:  # without hooks, where a store records ends quickly: _succeeded_quickly
             await self._record(job, JobState.succeeded, result=result)
             if logger.isEnabledFor(logging.DEBUG):
@@ -907,8 +906,8 @@ class Engine:
         )
         if recorded is None:  # not ended here (another worker has it): not counted here
             self._began.pop(job.id, None)
-        else:  # as recorded: cancelled, if its cancel came after its code returned
-            self._tell_finished(job, recorded, error if recorded is state else None)
+        else:
+            self._tell_finished(info(job), state, recorded, error)
 
     async def _tell_ending(self, job: JobInfo) -> None:
         """Hooks: the job is about to be recorded as ended. One that raises
@@ -929,10 +928,16 @@ class Engine:
         self._began[job.id] = time.perf_counter()
         observe(self._hooks, "started", info(job))
 
-    def _tell_finished(self, job: Job, state: JobState, error: str | None) -> None:
+    def _tell_finished(
+        self, job: JobInfo, asked: JobState, recorded: JobState, error: str | None
+    ) -> None:
+        """Hooks: the job ended as the store ``recorded`` it, which is not
+        the state the runner ``asked`` for when the job's cancel came after
+        its code returned. ``error`` is the asked state's: told with it only."""
         began = self._began.pop(job.id, None)
         duration = None if began is None else time.perf_counter() - began
-        observe(self._hooks, "finished", info(job), state, duration, error)
+        told = error if recorded is asked else None
+        observe(self._hooks, "finished", job, recorded, duration, told)
 
 
 _NO_PRIORITY = 101  # above any job's

@@ -55,7 +55,14 @@ from starlette.routing import Route
 
 from asyncjob._core.errors import BadRecord, JobNotFound, RunnerNotRunning
 from asyncjob._core.log import logger
-from asyncjob._core.views import dumps, overview_json, schedule_json, status_json, worker_json
+from asyncjob._core.views import (
+    dumps,
+    overview_json,
+    page_json,
+    schedule_json,
+    status_json,
+    worker_json,
+)
 from asyncjob._runner.runner import Runner
 from asyncjob._worker.scheduler import tick_job_id
 
@@ -223,13 +230,7 @@ class _Dashboard:
             if len(found.jobs) > limit
             else (found.next, found.next_at)
         )
-        return _JSON(
-            {
-                "jobs": [status_json(s) for s in page],
-                "next": after,
-                "next_at": None if after_at is None else after_at.isoformat(),
-            }
-        )
+        return _JSON(page_json(page, after, after_at))
 
     async def job(self, request: Request) -> Response:
         return _JSON(status_json(await self._status(request.path_params["job_id"])))
