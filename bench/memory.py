@@ -10,7 +10,10 @@ stopped with SIGTERM. The subjects:
   on PostgreSQL and on SQLite;
 - procrastinate: ``procrastinate --app procrastinate_jobs.app worker``;
 - pgqueuer: ``PgQueuer.run()`` in a script (its command line fails at start);
-- the floor: one asyncpg connection that listens (``raw_pg_loop.py``).
+- the floor: one asyncpg connection that listens (``raw_pg_loop.py``);
+- asyncjob's floor: the same, with SQLAlchemy's Core and asyncpg dialect
+  imported, as asyncjob's SQL store needs them (``sqlalchemy_floor.py``):
+  what asyncjob's worker weighs beyond it is asyncjob's own.
 
 The modules they load are in ``bench/idle/``, each importing its own library
 only. Target (issue "close to the limit"): asyncjob's idle worker at most
@@ -55,6 +58,8 @@ SUBJECTS: tuple[tuple[str, str, str, list[str]], ...] = (
      [sys.executable, "-m", "asyncjob", "worker", "--store", "{url}", "--import", "asyncjob_jobs"]),
     ("raw", "raw asyncpg connection, listening", "postgres",
      [sys.executable, "raw_pg_loop.py"]),
+    ("sqlalchemy", "the same + SQLAlchemy Core imported", "postgres",
+     [sys.executable, "sqlalchemy_floor.py"]),
     ("pgqueuer", "pgqueuer (PgQueuer.run)", "postgres",
      [sys.executable, "pgqueuer_jobs.py"]),
     ("procrastinate", "procrastinate worker", "postgres",

@@ -19,4 +19,5 @@ async def main() -> None:
     await connection.close()
 
 
-asyncio.run(main())
+if __name__ == "__main__":
+    asyncio.run(main())
