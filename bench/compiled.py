@@ -1,0 +1,137 @@
+"""What compiling asyncjob's hot modules with mypyc would buy the in-process path.
+
+asyncjob ships as pure Python. mypyc, the compiler of the mypy project (it
+builds mypy and Black), turns type-checked modules into C extensions, and
+asyncjob is typed under ``mypy --strict``: most of a job's path compiles as
+it is. This copies ``asyncjob/`` into a temporary directory, compiles there
+the modules of :data:`MODULES` (those that compile today; bench/README.md
+says which do not, and why), and runs ``core.py`` against the compiled copy
+and against the sources, alternating, each run in a process of its own (the
+copy first on ``PYTHONPATH``). Nothing here changes how asyncjob is built
+or installed: it measures a choice not yet made.
+
+Needs mypy and setuptools (``pip install mypy setuptools``), a C compiler
+and the Python headers::
+
+    python bench/compiled.py [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+#: The modules compiled: a job's path through the engine (its queue, the
+#: job's context), the models and the registry it reads, and the fan-out of
+#: changes. Not the runner nor the memory store: their ``watch`` methods are
+#: async generators, which mypyc does not compile.
+MODULES = (
+    "asyncjob/_engine/engine.py",
+    "asyncjob/_engine/queue.py",
+    "asyncjob/_engine/context.py",
+    "asyncjob/_core/models.py",
+    "asyncjob/_core/callables.py",
+    "asyncjob/_core/registry.py",
+    "asyncjob/stores/kit/_watchers.py",
+)
+
+#: core.py's figures compared: (key, label, baseline key).
+FIGURES = (
+    ("coro.asyncjob", "coroutine jobs, e2e", "coro.aiojobs"),
+    ("sync.asyncjob", "sync jobs, e2e", "sync.pool"),
+    ("p50.asyncjob", "perform->start p50", None),
+)
+
+
+def compile_copy(into: Path) -> None:
+    """Copy the package into ``into`` and compile :data:`MODULES` there
+    (where no ``pyproject.toml`` is: mypyc's build reads the one it finds)."""
+    shutil.copytree(
+        ROOT / "asyncjob", into / "asyncjob", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "mypyc", *MODULES], cwd=into, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        sys.exit(f"mypyc failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    shutil.rmtree(into / "build", ignore_errors=True)
+    # The copy's extension modules must be what a run imports, not the sources.
+    check = "import asyncjob._engine.engine as m; print(m.__file__)"
+    found = subprocess.run(
+        [sys.executable, "-c", check],
+        cwd=into,  # not where the sources are: a command's own folder comes first
+        env=_env(into),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not found.endswith(".so"):
+        sys.exit(f"the compiled copy is not what is imported: {found}")
+
+
+def _env(first: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(first)}
+
+
+def run_core(first: Path, out: Path) -> dict[str, float]:
+    """One repetition of ``core.py`` with ``first`` first on the path: its medians."""
+    subprocess.run(
+        [sys.executable, str(HERE / "core.py"), "--repeat", "1", "--json", str(out)],
+        env=_env(first),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    medians: dict[str, float] = json.loads(out.read_text())["medians"]
+    return medians
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each (default 3)")
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        sys.exit("--repeat must be at least 1")
+    missing = [name for name in ("mypyc", "setuptools") if importlib.util.find_spec(name) is None]
+    if missing:
+        sys.exit(f"needs {' and '.join(missing)}: pip install mypy setuptools")
+    with tempfile.TemporaryDirectory(prefix="asyncjob-compiled-") as scratch:
+        compiled = Path(scratch) / "compiled"
+        compile_copy(compiled)
+        runs: dict[str, list[dict[str, float]]] = {"sources": [], "compiled": []}
+        for i in range(args.repeat):
+            for variant, first in (("sources", ROOT), ("compiled", compiled)):
+                print(f"run {i + 1}/{args.repeat}: {variant}", file=sys.stderr, flush=True)
+                runs[variant].append(run_core(first, Path(scratch) / f"{variant}-{i}.json"))
+    print(
+        f"core.py against the sources and against a copy with {len(MODULES)} modules "
+        f"compiled by mypyc; Python {sys.version.split()[0]}, medians of {args.repeat} "
+        "alternating runs; ratio = asyncjob / the run's own baseline\n"
+    )
+    print(f"{'measure':<22} {'sources':>16} {'compiled':>16} {'compiled/sources':>17}")
+    for key, label, baseline in FIGURES:
+        values = {v: statistics.median(run[key] for run in runs[v]) for v in runs}
+        line = f"{label:<22}"
+        for variant in ("sources", "compiled"):
+            if baseline is None:
+                line += f" {values[variant]:>13.3f} ms"
+            else:
+                ratio = statistics.median(run[key] / run[baseline] for run in runs[variant])
+                line += f" {values[variant]:>8,.0f} ({ratio:.2f}x)"
+        line += f" {values['compiled'] / values['sources']:>16.2f}x"
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
