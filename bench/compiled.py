@@ -32,18 +32,23 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-#: The modules compiled: a job's path through the engine (its queue, the
-#: job's context), the models and the registry it reads, and the fan-out of
-#: changes. Not the runner nor the memory store: their ``watch`` methods are
-#: async generators, which mypyc does not compile.
+#: The modules compiled: a job's whole path in one process, from the
+#: runner's perform and wait through the engine (its queue, the job's
+#: context) to the memory store, and the models, options, callables and
+#: registry they read. Not the modules that hold async generators, which
+#: mypyc does not compile: the streams of ``Runner.watch`` and of the memory
+#: store's ``watch`` live in ``_runner/crossloop.py`` and
+#: ``stores/kit/_watchers.py`` for that reason.
 MODULES = (
+    "asyncjob/_runner/runner.py",
     "asyncjob/_engine/engine.py",
     "asyncjob/_engine/queue.py",
     "asyncjob/_engine/context.py",
+    "asyncjob/stores/memory.py",
     "asyncjob/_core/models.py",
+    "asyncjob/_core/spec.py",
     "asyncjob/_core/callables.py",
     "asyncjob/_core/registry.py",
-    "asyncjob/stores/kit/_watchers.py",
 )
 
 #: core.py's figures compared: (key, label, baseline key).

@@ -16,7 +16,7 @@ import pytest
 import asyncjob
 from asyncjob.stores import DurableStore, ImmediateStore, MemoryStore, Store, resolve_store
 from asyncjob.stores.sql import SQLStore
-from asyncjob.testing import DurableStoreContract, ImmediateStoreContract
+from asyncjob.testing import DurableStoreContract, ImmediateStoreContract, make_job
 from asyncjob.tg._tracker import TrackerHooks
 
 from .conftest import TIMEOUT, RunnerFactory
@@ -204,3 +204,26 @@ async def test_the_seams_finish_soon_keeps_the_contract(sqlite_db: Any) -> None:
     finally:
         for store in made:
             await store.close()
+
+
+async def test_a_memory_watch_leaves_no_mailbox_behind() -> None:
+    """The memory store's watch is an async generator of ``Watchers.follow``:
+    a watcher that leaves before the job ends, and one that saw it end,
+    leave no mailbox in the store (a closed browser tab, a thousand times)."""
+    store = MemoryStore()
+    await store.open()
+    await store.enqueue(make_job("left"))
+    await store.enqueue(make_job("seen"))
+    await store.start("left")
+    await store.start("seen")
+    left, seen = store.watch("left"), store.watch("seen")
+    assert (await anext(left)).state is asyncjob.JobState.running
+    assert (await anext(seen)).state is asyncjob.JobState.running
+    assert sorted(store._watchers.job_ids()) == ["left", "seen"]
+    await left.aclose()  # type: ignore[attr-defined]
+    assert store._watchers.job_ids() == ["seen"]
+    await store.finish("seen", asyncjob.JobState.succeeded)
+    async with asyncio.timeout(TIMEOUT):
+        assert [status.state async for status in seen] == [asyncjob.JobState.succeeded]
+    assert store._watchers.job_ids() == []
+    await store.close()

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from asyncjob._core.errors import RunnerNotRunning
 
-__all__ = ("call_on", "is_current", "relay")
+__all__ = ("call_on", "follow", "is_current", "relay")
 
 T = TypeVar("T")
 
@@ -38,6 +38,28 @@ async def call_on(loop: asyncio.AbstractEventLoop | None, awaitable: Awaitable[T
         raise RunnerNotRunning("this runner's event loop is closed")
     future = asyncio.run_coroutine_threadsafe(_as_coroutine(awaitable), loop)
     return await asyncio.wrap_future(future)
+
+
+async def follow(
+    loop_of: Callable[[], asyncio.AbstractEventLoop | None],
+    source: Callable[[], AsyncIterator[T]],
+    last: Callable[[T], bool],
+) -> AsyncIterator[T]:
+    """``source()``'s items, iterated on the loop ``loop_of()`` names when
+    iteration begins: directly on it (or with no loop yet), else
+    :func:`relay`-ed from it.
+
+    The runner's streams (``Runner.watch``, ``Runner.changes``) are this,
+    an async generator in a module of its own, so that the runner's module
+    holds none (see ``bench/compiled.py``: mypyc compiles no async
+    generator)."""
+    loop = loop_of()
+    if loop is None or is_current(loop):
+        async for item in source():
+            yield item
+        return
+    async for item in relay(loop, source, last):
+        yield item
 
 
 async def relay(

@@ -742,7 +742,7 @@ class Runner:
             )
         return f"{why}, waiting for one of this runner's {self.options.concurrency} slots"
 
-    async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
+    def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
         """Yield the job's status now and on every change; stop after the
         final one.
 
@@ -751,28 +751,21 @@ class Runner:
         intermediate progress, never the final status.
 
         Raises:
-            JobNotFound: no job has this id.
+            JobNotFound: no job has this id (when iterated).
         """
-        if self._loop is None or crossloop.is_current(self._loop):
-            async for status in self._store.watch(job_id):
-                yield status
-            return
-        source = functools.partial(self.watch, job_id)
-        async for status in crossloop.relay(self._loop, source, _is_final):
-            yield status
+        source = functools.partial(self._store.watch, job_id)
+        return crossloop.follow(self._current_loop, source, _is_final)
 
-    async def changes(self) -> AsyncIterator[None]:
+    def changes(self) -> AsyncIterator[None]:
         """Yield whenever the store's jobs may have changed, here or, where
         the store hears of them, in other processes; once for however many
         came while the caller was busy. Which jobs, it does not say: for an
         overview that is read again when something moved (the dashboard's),
         rather than every few seconds. Never ends: stop iterating."""
-        if self._loop is None or crossloop.is_current(self._loop):
-            async for _ in self._store.changes():
-                yield
-            return
-        async for _ in crossloop.relay(self._loop, self._store.changes, _never):
-            yield
+        return crossloop.follow(self._current_loop, self._store.changes, _never)
+
+    def _current_loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop
 
     async def jobs(
         self,

@@ -362,28 +362,35 @@ class MemoryStore(ImmediateStore):
     async def list_jobs(self, query: JobQuery) -> list[JobStatus]:
         self._forget_expired()
         newest_first = self._every(newest_first=True)
+        forgotten = False
         if query.before is not None:
             if query.before in self._records:
                 newest_first = itertools.dropwhile(lambda rec: rec.id != query.before, newest_first)
                 next(newest_first)  # the job named by `before` itself
-            elif query.before_at is not None:  # forgotten since: on from where it stood
-                newest_first = (
-                    rec for rec in newest_first if query.listed_after(rec.enqueued_at, rec.id)
-                )
-            else:
+            elif query.before_at is None:
                 raise JobNotFound(query.before)
+            else:  # forgotten since: on from where it stood
+                forgotten = True
         states, name, queue = query.states, query.name, query.queue
         since, until = query.since, query.until
-        found = (
-            rec
-            for rec in newest_first
-            if (states is None or rec.state in states)
-            and (name is None or rec.name == name)
-            and (queue is None or rec.queue == queue)
-            and (since is None or rec.enqueued_at >= since)
-            and (until is None or rec.enqueued_at < until)
-        )
-        return [rec.snapshot() for rec in itertools.islice(found, query.limit)]
+        # A loop, not generators chained: it reads the records only up to
+        # the page's last, as it would not if a compiler made each a list.
+        listed: list[JobStatus] = []
+        if query.limit <= 0:
+            return listed
+        for rec in newest_first:
+            if (
+                (not forgotten or query.listed_after(rec.enqueued_at, rec.id))
+                and (states is None or rec.state in states)
+                and (name is None or rec.name == name)
+                and (queue is None or rec.queue == queue)
+                and (since is None or rec.enqueued_at >= since)
+                and (until is None or rec.enqueued_at < until)
+            ):
+                listed.append(rec.snapshot())
+                if len(listed) == query.limit:
+                    break
+        return listed
 
     async def overview(self) -> Overview:
         self._forget_expired()
@@ -431,22 +438,16 @@ class MemoryStore(ImmediateStore):
     def changes(self) -> AsyncIterator[None]:
         return self._watchers.changes()
 
-    async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
+    def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
+        return self._watchers.follow(job_id, functools.partial(self._status, job_id), _is_final)
+
+    def _status(self, job_id: str) -> JobStatus:
+        """The job's status now, for :meth:`watch`."""
         self._forget_expired()
         rec = self._rec(job_id)
         if rec is None:
             raise JobNotFound(job_id)
-        status = rec.snapshot()
-        if status.is_final:
-            yield status
-            return
-        # Subscribing and taking the first snapshot happen with no await in
-        # between, so no change can fall between the two.
-        with self._watchers.subscribe(job_id) as changes:
-            yield status
-            while not status.is_final:
-                status = await changes.get()
-                yield status
+        return rec.snapshot()
 
     def _end(self, rec: _Record, state: JobState) -> None:
         if self._unapplied:
@@ -486,6 +487,10 @@ class MemoryStore(ImmediateStore):
 
 #: What waiting for a job kept as it was performed reads.
 _QUEUED = Outcome(JobState.queued, None, None, None)
+
+
+def _is_final(status: JobStatus) -> bool:
+    return status.is_final
 
 
 def _not_after(tick: datetime | None, last: datetime | None) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
@@ -90,6 +90,25 @@ class Watchers(Generic[T]):
             boxes.remove(box)
             if not boxes:
                 del self._boxes[job_id]
+
+    async def follow(
+        self, job_id: str, read: Callable[[], T], final: Callable[[T], bool]
+    ) -> AsyncIterator[T]:
+        """What ``read()`` says of the job now, then each item published for
+        it, until one is ``final``: a store's ``watch``, for a store that
+        publishes every change as the item itself (the memory store). The
+        first read and the subscription come together, with no ``await``
+        between them, so that no change falls between the two; leaving
+        early unsubscribes. ``read`` raises for a job it does not know."""
+        item = read()
+        if final(item):
+            yield item
+            return
+        with self.subscribe(job_id) as changes:
+            yield item
+            while not final(item):
+                item = await changes.get()
+                yield item
 
     def job_ids(self) -> list[str]:
         """The jobs someone watches."""
