@@ -415,7 +415,10 @@ class Engine:
             else:
                 try:
                     job = queue.get_nowait()
+                    empty = False
                 except asyncio.QueueEmpty:
+                    empty = True
+                if empty:  # waited for outside the handler: no exception held meanwhile
                     self._interrupted_early.clear()  # none of them can be waiting
                     self._wave = 1
                     job = await queue.get()
