@@ -59,20 +59,21 @@ FIGURES = (
 )
 
 
-def compile_copy(into: Path) -> None:
-    """Copy the package into ``into`` and compile :data:`MODULES` there
+def compile_copy(into: Path, modules: tuple[str, ...]) -> None:
+    """Copy the package into ``into`` and compile ``modules`` there
     (where no ``pyproject.toml`` is: mypyc's build reads the one it finds)."""
     shutil.copytree(
         ROOT / "asyncjob", into / "asyncjob", ignore=shutil.ignore_patterns("__pycache__")
     )
     done = subprocess.run(
-        [sys.executable, "-m", "mypyc", *MODULES], cwd=into, capture_output=True, text=True
+        [sys.executable, "-m", "mypyc", *modules], cwd=into, capture_output=True, text=True
     )
     if done.returncode != 0:
         sys.exit(f"mypyc failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     shutil.rmtree(into / "build", ignore_errors=True)
     # The copy's extension modules must be what a run imports, not the sources.
-    check = "import asyncjob._engine.engine as m; print(m.__file__)"
+    first = modules[0].removesuffix(".py").replace("/", ".")
+    check = f"import {first} as m; print(m.__file__)"
     found = subprocess.run(
         [sys.executable, "-c", check],
         cwd=into,  # not where the sources are: a command's own folder comes first
@@ -104,6 +105,12 @@ def run_core(first: Path, out: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each (default 3)")
+    parser.add_argument(
+        "--modules",
+        type=lambda text: tuple(text.split(",")),
+        default=MODULES,
+        help="the modules to compile, comma-separated paths (default: MODULES)",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1:
         sys.exit("--repeat must be at least 1")
@@ -112,14 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"needs {' and '.join(missing)}: pip install mypy setuptools")
     with tempfile.TemporaryDirectory(prefix="asyncjob-compiled-") as scratch:
         compiled = Path(scratch) / "compiled"
-        compile_copy(compiled)
+        compile_copy(compiled, args.modules)
         runs: dict[str, list[dict[str, float]]] = {"sources": [], "compiled": []}
         for i in range(args.repeat):
             for variant, first in (("sources", ROOT), ("compiled", compiled)):
                 print(f"run {i + 1}/{args.repeat}: {variant}", file=sys.stderr, flush=True)
                 runs[variant].append(run_core(first, Path(scratch) / f"{variant}-{i}.json"))
     print(
-        f"core.py against the sources and against a copy with {len(MODULES)} modules "
+        f"core.py against the sources and against a copy with {len(args.modules)} modules "
         f"compiled by mypyc; Python {sys.version.split()[0]}, medians of {args.repeat} "
         "alternating runs; ratio = asyncjob / the run's own baseline\n"
     )
