@@ -13,7 +13,7 @@ or installed: it measures a choice not yet made.
 Needs mypy and setuptools (``pip install mypy setuptools``), a C compiler
 and the Python headers::
 
-    python bench/compiled.py [--repeat N]
+    python bench/compiled.py [--repeat N] [--modules PATH,PATH...]
 """
 
 from __future__ import annotations
