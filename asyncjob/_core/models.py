@@ -35,6 +35,7 @@ __all__ = (
     "Progress",
     "ScheduleStatus",
     "WorkerStatus",
+    "ended",
     "made",
     "minutes_of_the_last_hour",
     "new_job_id",
@@ -137,6 +138,12 @@ class JobStatus:
     def outcome(self) -> Outcome:
         """The part of the status that says how the job ended."""
         return Outcome(self.state, self.result, self.error, self.traceback)
+
+
+def ended(status: JobStatus) -> bool:
+    """``status.is_final``, as a function: where a stream of a job's
+    statuses stops (``Runner.watch``, the memory store's ``watch``)."""
+    return status.is_final
 
 
 #: The longest job id a store must hold (the ids asyncjob makes are 32

@@ -32,6 +32,7 @@ from asyncjob._core.models import (
     Progress,
     ScheduleStatus,
     WorkerStatus,
+    ended,
     made,
     new_job_id,
     timestamp_to_datetime,
@@ -754,7 +755,7 @@ class Runner:
             JobNotFound: no job has this id (when iterated).
         """
         source = functools.partial(self._store.watch, job_id)
-        return crossloop.follow(self._current_loop, source, _is_final)
+        return crossloop.follow(self._current_loop, source, ended)
 
     def changes(self) -> AsyncIterator[None]:
         """Yield whenever the store's jobs may have changed, here or, where
@@ -1119,10 +1120,6 @@ def _moment(moment: object, what: str, *, exact: bool = False) -> float | None:
 
 def _never(_: object) -> bool:
     return False
-
-
-def _is_final(status: JobStatus) -> bool:
-    return status.is_final
 
 
 def _result(job_id: str, outcome: Outcome) -> Any:

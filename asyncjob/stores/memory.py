@@ -22,6 +22,7 @@ from asyncjob._core.models import (
     Outcome,
     Overview,
     ScheduleStatus,
+    ended,
     made,
     minutes_of_the_last_hour,
     timestamp_to_datetime,
@@ -439,7 +440,7 @@ class MemoryStore(ImmediateStore):
         return self._watchers.changes()
 
     def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
-        return self._watchers.follow(job_id, functools.partial(self._status, job_id), _is_final)
+        return self._watchers.follow(job_id, functools.partial(self._status, job_id), ended)
 
     def _status(self, job_id: str) -> JobStatus:
         """The job's status now, for :meth:`watch`."""
@@ -487,10 +488,6 @@ class MemoryStore(ImmediateStore):
 
 #: What waiting for a job kept as it was performed reads.
 _QUEUED = Outcome(JobState.queued, None, None, None)
-
-
-def _is_final(status: JobStatus) -> bool:
-    return status.is_final
 
 
 def _not_after(tick: datetime | None, last: datetime | None) -> bool:
