@@ -26,7 +26,7 @@ from asyncjob.stores.kit import MAX_BATCH
 from .context import JobContext, current
 from .hooks import JobHooks, JobInfo, info, observe
 from .queue import JobQueue
-from .sessions import JobScope
+from .sessions import JobScope, scoped
 from .threads import ThreadPool, Work
 
 __all__ = ("Engine", "FinishIn", "FinishInSync")
@@ -584,12 +584,14 @@ class Engine:
         timeout = None if definition is None else definition.timeout
         if not self._wraps_async:
             return await _with_timeout(job, timeout)
-        async with self._scope.for_async_job(ctx):
-            result = await _with_timeout(job, timeout)
-            if self._finish_in is not None and ctx.session is not None and not ctx.cancelled:
-                await self._finish_in(ctx.session, job.id, result)
-                ctx.finished = True
-            return result
+        return await scoped(self._scope, ctx, partial(self._in_scope, job, ctx, timeout))
+
+    async def _in_scope(self, job: Job, ctx: JobContext, timeout: float | None) -> Any:
+        result = await _with_timeout(job, timeout)
+        if self._finish_in is not None and ctx.session is not None and not ctx.cancelled:
+            await self._finish_in(ctx.session, job.id, result)
+            ctx.finished = True
+        return result
 
     async def _run_sync(
         self, job: Job, task: asyncio.Task[Any], definition: JobDefinition | None

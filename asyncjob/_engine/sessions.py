@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import (
     AbstractAsyncContextManager,
     AbstractContextManager,
     asynccontextmanager,
     contextmanager,
 )
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from asyncjob._core.errors import NotInJob
 
@@ -35,6 +35,7 @@ __all__ = (
     "Sessions",
     "check_retries",
     "refuse_if_written",
+    "scoped",
     "session",
     "timed_query",
     "timed_query_sync",
@@ -42,6 +43,8 @@ __all__ = (
 )
 
 _WROTE = "asyncjob.wrote"
+
+T = TypeVar("T")
 
 
 class JobScope(Protocol):
@@ -148,6 +151,20 @@ class Sessions:
                 db.rollback()
             else:
                 db.commit()
+
+
+async def scoped(scope: JobScope, ctx: JobContext, body: Callable[[], Awaitable[T]]) -> T:
+    """Await ``body()`` inside ``scope.for_async_job(ctx)``.
+
+    The engine enters a coroutine job's scope through this function rather
+    than with an ``async with`` of its own, so that its module can be
+    compiled by mypyc: a compiled ``async with`` mishandles the exception
+    of a cancelled job when the context manager awaits (a rollback) before
+    it raises it again, and the process crashes (bench/README.md, "Compiled
+    with mypyc"). This module stays interpreted.
+    """
+    async with scope.for_async_job(ctx):
+        return await body()
 
 
 def track_writes(db: Session) -> None:
