@@ -63,6 +63,40 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "--cov=asyncjob", "--cov-append", report, *NOT_IN_DEBUG_RUN)
 
 
+#: Not run against the compiled wheel: what runs in other processes (which
+#: import the checkout), in a browser, or reads the sources themselves.
+NOT_IN_COMPILED_RUN = (
+    "tests/test_browser.py", "tests/test_docs.py", "tests/test_examples.py",
+    "tests/test_cli.py", "tests/test_cli_operate.py", "tests/test_workers.py",
+    "tests/test_tg_processes.py", "tests/test_flow_processes.py", "tests/test_django.py",
+)  # fmt: skip
+
+
+@nox.session
+def compiled(session: nox.Session) -> None:
+    """The test suite against a wheel whose in-process path mypyc compiled
+    (the wheel's mypyc hook in pyproject.toml), installed as users install
+    it. The wheel is built from the sdist, so that the checkout is left
+    without compiled modules; pytest appends the checkout to ``sys.path``
+    instead of putting it first, so that the tests import the wheel."""
+    dist = os.path.abspath(os.path.join(session.create_tmp(), "dist"))
+    shutil.rmtree(dist, ignore_errors=True)
+    session.install("build[uv]")
+    session.run(
+        "python", "-m", "build", "--installer=uv", "--outdir", dist,
+        env={"HATCH_BUILD_HOOK_ENABLE_MYPYC": "1"},
+    )  # fmt: skip
+    (wheel,) = glob.glob(os.path.join(dist, "*.whl"))
+    session.install(f"asyncjob-runner[test,demo] @ file://{wheel}")
+    session.install("--force-reinstall", "--no-deps", wheel)
+    check = "import asyncjob._engine.engine as m; assert not m.__file__.endswith('.py'), m.__file__"
+    session.run("python", "-P", "-c", check)  # -P: not the checkout
+    ignored = [f"--ignore={path}" for path in NOT_IN_COMPILED_RUN]
+    session.run(
+        "pytest", "-p", "no:cacheprovider", "--import-mode=append", *ignored, *session.posargs
+    )
+
+
 def _python_for_django() -> str:
     """A Python 3.12 or newer that runs: on PATH, or installed by pyenv but
     not selected (its shim then fails); "3.12" for nox to report missing."""

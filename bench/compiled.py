@@ -1,14 +1,13 @@
-"""What compiling asyncjob's hot modules with mypyc would buy the in-process path.
+"""What compiling asyncjob's hot modules with mypyc buys the in-process path.
 
-asyncjob ships as pure Python. mypyc, the compiler of the mypy project (it
-builds mypy and Black), turns type-checked modules into C extensions, and
-asyncjob is typed under ``mypy --strict``: most of a job's path compiles as
-it is. This copies ``asyncjob/`` into a temporary directory, compiles there
-the modules of :data:`MODULES` (those that compile today; bench/README.md
-says which do not, and why), and runs ``core.py`` against the compiled copy
-and against the sources, alternating, each run in a process of its own (the
-copy first on ``PYTHONPATH``). Nothing here changes how asyncjob is built
-or installed: it measures a choice not yet made.
+mypyc, the compiler of the mypy project (it builds mypy and Black), turns
+type-checked modules into C extensions, and asyncjob is typed under ``mypy
+--strict``: most of a job's path compiles as it is. This copies
+``asyncjob/`` into a temporary directory, compiles there the modules of
+:data:`MODULES` (what the wheel's mypyc hook compiles, unless told others),
+and runs ``core.py`` against the compiled copy and against the sources,
+alternating, each run in a process of its own (the copy first on
+``PYTHONPATH``).
 
 Needs mypy and setuptools (``pip install mypy setuptools``), a C compiler
 and the Python headers::
@@ -27,28 +26,22 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-#: The modules compiled: a job's whole path in one process, from the
-#: runner's perform and wait through the engine (its queue, the job's
-#: context) to the memory store, and the models, options, callables and
-#: registry they read. Not the modules that hold async generators, which
-#: mypyc does not compile: the streams of ``Runner.watch`` and of the memory
-#: store's ``watch`` live in ``_runner/crossloop.py`` and
-#: ``stores/kit/_watchers.py`` for that reason.
-MODULES = (
-    "asyncjob/_runner/runner.py",
-    "asyncjob/_engine/engine.py",
-    "asyncjob/_engine/queue.py",
-    "asyncjob/_engine/context.py",
-    "asyncjob/stores/memory.py",
-    "asyncjob/_core/models.py",
-    "asyncjob/_core/spec.py",
-    "asyncjob/_core/callables.py",
-    "asyncjob/_core/registry.py",
+#: The modules compiled by default: those the wheel's mypyc hook compiles
+#: (``include`` of ``[tool.hatch.build.targets.wheel.hooks.mypyc]`` in
+#: pyproject.toml), what lies behind the package's boundary on a job's path
+#: in one process. ``--modules`` measures another choice, such as the
+#: boundary too (``_runner/runner.py``, ``_core/spec.py``,
+#: ``_engine/context.py``, ``_core/registry.py``).
+MODULES: tuple[str, ...] = tuple(
+    tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"][
+        "wheel"
+    ]["hooks"]["mypyc"]["include"]
 )
 
 #: core.py's figures compared: (key, label, baseline key).

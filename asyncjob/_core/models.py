@@ -43,7 +43,10 @@ __all__ = (
 )
 
 #: ``(value, data)`` as last given to :func:`asyncjob.set_progress`.
-Progress = tuple[float, Any]
+#: ``int | float``, where ``float`` alone would do for mypy, keeps a whole
+#: number the int it was given as when mypyc compiles the modules it passes
+#: through: a compiled ``float`` turns an int into a float (50 into 50.0).
+Progress = tuple[int | float, Any]
 
 
 class JobState(enum.StrEnum):
@@ -111,7 +114,7 @@ class JobStatus:
     id: str
     name: str
     state: JobState
-    progress: float | None = None
+    progress: int | float | None = None
     data: Any = None
     result: Any = None
     error: str | None = None

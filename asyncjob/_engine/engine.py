@@ -501,7 +501,7 @@ class Engine:
         self._queue.put_back(job, taken)
         self._take_in()
 
-    def _report_to_all(self, job_id: str, value: float, data: Any) -> None:
+    def _report_to_all(self, job_id: str, value: int | float, data: Any) -> None:
         self._store.report_progress(job_id, value, data)
         for hook in self._hooks:
             hook.progress(job_id, value, data)

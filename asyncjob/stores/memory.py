@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from asyncjob._core import defaults
+from asyncjob._core.compiler import mypyc_attr
 from asyncjob._core.errors import JobNotFound
 from asyncjob._core.models import (
     Job,
@@ -21,6 +22,7 @@ from asyncjob._core.models import (
     JobStatus,
     Outcome,
     Overview,
+    Progress,
     ScheduleStatus,
     ended,
     made,
@@ -70,7 +72,7 @@ class _Record:
         self.args = job.args
         self.kwargs = job.kwargs
         self.state = JobState.queued
-        self.progress: float | None = None
+        self.progress: int | float | None = None
         self.data: Any = None
         self.result: Any = None
         #: ``(error, traceback)`` of a failed job.
@@ -130,6 +132,9 @@ class _Record:
         )
 
 
+# Compiled by mypyc, a class refuses subclasses written in Python unless told
+# otherwise, and tests, stores and the architecture page subclass this one.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class MemoryStore(ImmediateStore):
     """Keeps jobs in a dict; watchers are woken directly, nothing is polled.
     It never waits for anything: an :class:`ImmediateStore`, which the runner
@@ -177,7 +182,7 @@ class MemoryStore(ImmediateStore):
         self._loop: asyncio.AbstractEventLoop | None = None
         # By job, the last progress a thread reported and the loop has not
         # applied yet: applied at the job's end if it is still on its way.
-        self._unapplied: dict[str, tuple[float, Any]] = {}
+        self._unapplied: dict[str, Progress] = {}
         self._unapplied_lock = threading.Lock()
 
     async def open(self) -> None:
@@ -236,7 +241,7 @@ class MemoryStore(ImmediateStore):
         self._watchers.changed(rec.id, rec.snapshot)
         return True
 
-    def report_progress(self, job_id: str, value: float, data: Any) -> None:
+    def report_progress(self, job_id: str, value: int | float, data: Any) -> None:
         try:
             on_loop = asyncio.get_running_loop() is self._loop
         except RuntimeError:
@@ -251,14 +256,14 @@ class MemoryStore(ImmediateStore):
                 self._unapplied[job_id] = report
             self._loop.call_soon_threadsafe(self._apply, job_id, report)
 
-    def _apply(self, job_id: str, report: tuple[float, Any]) -> None:
+    def _apply(self, job_id: str, report: Progress) -> None:
         """A thread's report, on the loop, in its turn."""
         with self._unapplied_lock:
             if self._unapplied.get(job_id) is report:
                 del self._unapplied[job_id]
         self._set_progress(job_id, *report)
 
-    def _set_progress(self, job_id: str, value: float, data: Any) -> None:
+    def _set_progress(self, job_id: str, value: int | float, data: Any) -> None:
         rec = self._rec(job_id)
         if rec is not None and rec.state is JobState.running:
             rec.progress = value
