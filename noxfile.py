@@ -1,4 +1,4 @@
-"""Developer tasks: ``nox -s tests django lint typecheck docs bench_smoke`` is what CI runs.
+"""Developer tasks: ``nox -s tests compiled django lint typecheck docs bench_smoke`` is CI.
 
 Sessions run on the interpreter that runs nox (no version matrix here:
 CI picks the interpreter), except ``django``, on Python 3.12 (Django 6's
@@ -15,7 +15,7 @@ import subprocess
 
 import nox
 
-nox.options.sessions = ["tests", "django", "lint", "typecheck", "docs", "bench_smoke"]
+nox.options.sessions = ["tests", "compiled", "django", "lint", "typecheck", "docs", "bench_smoke"]
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
 # uv makes the sessions' environments in seconds where pip takes half a
@@ -92,6 +92,12 @@ def compiled(session: nox.Session) -> None:
     check = "import asyncjob._engine.engine as m; assert not m.__file__.endswith('.py'), m.__file__"
     session.run("python", "-P", "-c", check)  # -P: not the checkout
     ignored = [f"--ignore={path}" for path in NOT_IN_COMPILED_RUN]
+    newer = "import sys; print(sys.version_info >= (3, 12))"
+    if session.run("python", "-c", newer, silent=True).strip() == "True":  # type: ignore[union-attr]
+        # From Python 3.12, a compiled coroutine cancelled while it awaits
+        # warns (mypyc's issue 1214, docs/deployment.md): known, and left
+        # out so that the rest is checked.
+        ignored.append("-Wignore:the (type, exc, tb) signature of throw():DeprecationWarning")
     session.run(
         "pytest", "-p", "no:cacheprovider", "--import-mode=append", *ignored, *session.posargs
     )
