@@ -64,11 +64,15 @@ def tests(session: nox.Session) -> None:
 
 
 #: Not run against the compiled wheel: what runs in other processes (which
-#: import the checkout), in a browser, or reads the sources themselves.
+#: import the checkout), in a browser or behind a web server, reads the
+#: sources themselves, or restarts the database server under a worker (a
+#: minute of CI's fifteen, for the SQL store's and the producer's code,
+#: which stays interpreted).
 NOT_IN_COMPILED_RUN = (
     "tests/test_browser.py", "tests/test_docs.py", "tests/test_examples.py",
     "tests/test_cli.py", "tests/test_cli_operate.py", "tests/test_workers.py",
     "tests/test_tg_processes.py", "tests/test_flow_processes.py", "tests/test_django.py",
+    "tests/test_web.py", "tests/test_metrics.py", "tests/test_resilience.py",
 )  # fmt: skip
 
 
@@ -91,15 +95,15 @@ def compiled(session: nox.Session) -> None:
     session.install("--force-reinstall", "--no-deps", wheel)
     check = "import asyncjob._engine.engine as m; assert not m.__file__.endswith('.py'), m.__file__"
     session.run("python", "-P", "-c", check)  # -P: not the checkout
-    ignored = [f"--ignore={path}" for path in NOT_IN_COMPILED_RUN]
+    options = [f"--ignore={path}" for path in NOT_IN_COMPILED_RUN]
     newer = "import sys; print(sys.version_info >= (3, 12))"
     if session.run("python", "-c", newer, silent=True).strip() == "True":  # type: ignore[union-attr]
         # From Python 3.12, a compiled coroutine cancelled while it awaits
         # warns (mypyc's issue 1214, docs/deployment.md): known, and left
         # out so that the rest is checked.
-        ignored.append("-Wignore:the (type, exc, tb) signature of throw():DeprecationWarning")
+        options.append("-Wignore:the (type, exc, tb) signature of throw():DeprecationWarning")
     session.run(
-        "pytest", "-p", "no:cacheprovider", "--import-mode=append", *ignored, *session.posargs
+        "pytest", "-p", "no:cacheprovider", "--import-mode=append", *options, *session.posargs
     )
 
 
