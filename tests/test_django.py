@@ -228,7 +228,8 @@ def test_a_task_reports_the_worker_running_it_even_as_its_runner_stops(
     """The worker a task's result names comes from the job running it, not
     from the process's current runner: a task whose thread started just as
     its runner began to stop (no longer current) failed for that look-up."""
-    from asyncjob._engine.context import JobContext, current
+    from asyncjob._engine.context import current
+    from asyncjob._engine.job_context import JobContext
     from asyncjob.django._backend import _runs_sync
     from asyncjob.stores import Job
 

@@ -207,7 +207,7 @@ async def test_the_seams_finish_soon_keeps_the_contract(sqlite_db: Any) -> None:
 
 
 async def test_a_memory_watch_leaves_no_mailbox_behind() -> None:
-    """The memory store's watch is an async generator of ``Watchers.follow``:
+    """The memory store's watch is an async generator of the kit's ``follow``:
     a watcher that leaves before the job ends, and one that saw it end,
     leave no mailbox in the store (a closed browser tab, a thousand times)."""
     store = MemoryStore()

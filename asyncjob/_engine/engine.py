@@ -23,8 +23,9 @@ from asyncjob._core.registry import JobDefinition, lookup
 from asyncjob.stores import DurableStore, ImmediateStore, Store
 from asyncjob.stores.kit import MAX_BATCH
 
-from .context import JobContext, current
+from .context import current
 from .hooks import JobHooks, JobInfo, info, observe
+from .job_context import JobContext
 from .queue import JobQueue
 from .sessions import JobScope, scoped
 from .threads import ThreadPool, Work

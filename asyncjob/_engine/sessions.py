@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from asyncjob._core.errors import NotInJob
 
-from .context import JobContext, current
+from .context import current
+from .job_context import JobContext
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker

@@ -15,7 +15,7 @@ from typing import Any
 from asyncjob._core.log import logger
 from asyncjob._core.models import Job
 
-from .context import JobContext
+from .job_context import JobContext
 
 __all__ = ("ThreadPool", "Work")
 

@@ -32,7 +32,7 @@ from asyncjob._core.models import (
 from asyncjob._core.spec import DEFAULT_QUEUE
 
 from ._base import ImmediateStore
-from .kit import Watchers
+from .kit import Watchers, follow
 
 __all__ = ("MemoryStore",)
 
@@ -445,7 +445,7 @@ class MemoryStore(ImmediateStore):
         return self._watchers.changes()
 
     def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
-        return self._watchers.follow(job_id, functools.partial(self._status, job_id), ended)
+        return follow(self._watchers, job_id, functools.partial(self._status, job_id), ended)
 
     def _status(self, job_id: str) -> JobStatus:
         """The job's status now, for :meth:`watch`."""

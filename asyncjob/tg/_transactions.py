@@ -9,7 +9,8 @@ from types import ModuleType
 from typing import Any
 
 from asyncjob._core.errors import NotInJob
-from asyncjob._engine.context import JobContext, current
+from asyncjob._engine.context import current
+from asyncjob._engine.job_context import JobContext
 from asyncjob._engine.sessions import Sessions, check_retries, refuse_if_written, track_writes
 
 __all__ = ("TransactionScope", "active_transaction", "timed_query")

@@ -2,7 +2,8 @@
 
 - :class:`GroupCommit`: writes wanted at the same time share one statement.
 - :class:`ProgressBuffer`: many ``set_progress`` calls, few writes.
-- :class:`Watchers`: a job's changes fanned out to the tasks watching it.
+- :class:`Watchers`: a job's changes fanned out to the tasks watching it;
+  :func:`follow`, a store's ``watch`` made of them.
 - :class:`LeaseThread`: leases renewed from a thread of their own, so that
   a blocked event loop keeps its jobs.
 - :func:`dumps` and :func:`loads`: JSON that refuses, with a clear
@@ -15,6 +16,7 @@ yours be (a Redis or MySQL one, say).
 
 from __future__ import annotations
 
+from ._following import follow
 from ._group_commit import MAX_BATCH, GroupCommit
 from ._json import dumps, loads, storable_text
 from ._leases import LeaseThread, Renew
@@ -33,6 +35,7 @@ __all__ = (
     "Report",
     "Watchers",
     "dumps",
+    "follow",
     "loads",
     "storable_text",
 )

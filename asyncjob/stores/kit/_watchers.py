@@ -1,13 +1,21 @@
-"""Fan-out of a job's changes to the tasks watching it, in one event loop."""
+"""Fan-out of a job's changes to the tasks watching it, in one event loop.
+
+:func:`~asyncjob.stores.kit.follow` (``_following.py``) makes a store's
+``watch`` of them: an async generator, which mypyc does not compile, in a
+module of its own so that this one can be compiled with the memory store.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Generic, TypeVar
+
+from asyncjob._core.compiler import mypyc_attr
 
 __all__ = ("Changes", "Mailbox", "Watchers")
 
@@ -54,6 +62,10 @@ class Mailbox(Generic[T]):
         self._pending.clear()
 
 
+# Compiled by mypyc (docs/architecture.md, "Compiled modules"), a class
+# refuses subclasses written in Python unless told otherwise: a store of
+# yours may extend this one.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Watchers(Generic[T]):
     """Who watches which job, and a :class:`Mailbox` each.
 
@@ -90,25 +102,6 @@ class Watchers(Generic[T]):
             boxes.remove(box)
             if not boxes:
                 del self._boxes[job_id]
-
-    async def follow(
-        self, job_id: str, read: Callable[[], T], final: Callable[[T], bool]
-    ) -> AsyncIterator[T]:
-        """What ``read()`` says of the job now, then each item published for
-        it, until one is ``final``: a store's ``watch``, for a store that
-        publishes every change as the item itself (the memory store). The
-        first read and the subscription come together, with no ``await``
-        between them, so that no change falls between the two; leaving
-        early unsubscribes. ``read`` raises for a job it does not know."""
-        item = read()
-        if final(item):
-            yield item
-            return
-        with self.subscribe(job_id) as changes:
-            yield item
-            while not final(item):
-                item = await changes.get()
-                yield item
 
     def job_ids(self) -> list[str]:
         """The jobs someone watches."""
@@ -148,6 +141,9 @@ class Watchers(Generic[T]):
         return Changes(self._anyone)
 
 
+# A plain Python class even when this module is compiled: mypyc's native
+# classes take no weak references, and the store holds its followers by one.
+@mypyc_attr(native_class=False)
 class Changes:
     """Announcements of changes, followed from its creation until it is
     closed or dropped (the store keeps no reference to it that would keep
@@ -159,7 +155,7 @@ class Changes:
         self._event = asyncio.Event()
         self._followers: dict[int, weakref.ref[Changes]] | None = followers
         key = id(self)
-        followers[key] = weakref.ref(self, lambda ref: _drop(followers, key, ref))
+        followers[key] = weakref.ref(self, functools.partial(_drop, followers, key))
 
     def wake(self) -> None:
         self._event.set()
