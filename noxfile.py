@@ -65,14 +65,16 @@ def tests(session: nox.Session) -> None:
 
 #: Not run against the compiled wheel: what runs in other processes (which
 #: import the checkout), in a browser or behind a web server, reads the
-#: sources themselves, or restarts the database server under a worker (a
-#: minute of CI's fifteen, for the SQL store's and the producer's code,
-#: which stays interpreted).
+#: sources themselves, or tests the SQL stores against a database that
+#: misbehaves (restarted, killed connections, poisoned rows, leases run
+#: out: a minute and a half of CI's fifteen, for the SQL store's, the
+#: producer's and the leases' code, which stays interpreted).
 NOT_IN_COMPILED_RUN = (
     "tests/test_browser.py", "tests/test_docs.py", "tests/test_examples.py",
     "tests/test_cli.py", "tests/test_cli_operate.py", "tests/test_workers.py",
     "tests/test_tg_processes.py", "tests/test_flow_processes.py", "tests/test_django.py",
     "tests/test_web.py", "tests/test_metrics.py", "tests/test_resilience.py",
+    "tests/test_isolation.py",
 )  # fmt: skip
 
 
