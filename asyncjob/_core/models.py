@@ -33,6 +33,7 @@ __all__ = (
     "Outcome",
     "Overview",
     "Progress",
+    "ProgressValue",
     "ScheduleStatus",
     "WorkerStatus",
     "ended",
@@ -42,11 +43,15 @@ __all__ = (
     "timestamp_to_datetime",
 )
 
-#: ``(value, data)`` as last given to :func:`asyncjob.set_progress`.
-#: ``int | float``, where ``float`` alone would do for mypy, keeps a whole
-#: number the int it was given as when mypyc compiles the modules it passes
+#: A progress value, as given to :func:`asyncjob.set_progress`. ``int |
+#: float``, where ``float`` alone would do for mypy, keeps a whole number
+#: the int it was given as when mypyc compiles the modules it passes
 #: through: a compiled ``float`` turns an int into a float (50 into 50.0).
-Progress = tuple[int | float, Any]
+#: Write this, not ``float``, wherever a progress value goes.
+ProgressValue = int | float
+
+#: ``(value, data)`` as last given to :func:`asyncjob.set_progress`.
+Progress = tuple[ProgressValue, Any]
 
 
 class JobState(enum.StrEnum):
@@ -114,7 +119,7 @@ class JobStatus:
     id: str
     name: str
     state: JobState
-    progress: int | float | None = None
+    progress: ProgressValue | None = None
     data: Any = None
     result: Any = None
     error: str | None = None

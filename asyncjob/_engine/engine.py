@@ -18,7 +18,7 @@ from typing import Any
 from asyncjob._core import tracing
 from asyncjob._core.errors import JobLost
 from asyncjob._core.log import about, logger
-from asyncjob._core.models import Job, JobState
+from asyncjob._core.models import Job, JobState, ProgressValue
 from asyncjob._core.registry import JobDefinition, lookup
 from asyncjob.stores import DurableStore, ImmediateStore, Store
 from asyncjob.stores.kit import MAX_BATCH
@@ -502,7 +502,7 @@ class Engine:
         self._queue.put_back(job, taken)
         self._take_in()
 
-    def _report_to_all(self, job_id: str, value: int | float, data: Any) -> None:
+    def _report_to_all(self, job_id: str, value: ProgressValue, data: Any) -> None:
         self._store.report_progress(job_id, value, data)
         for hook in self._hooks:
             hook.progress(job_id, value, data)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from asyncjob._core.models import Job
+    from asyncjob._core.models import Job, ProgressValue
 
 __all__ = ("JobContext",)
 
@@ -26,7 +26,7 @@ class JobContext:
     )  # fmt: skip
 
     def __init__(
-        self, job: Job, report: Callable[[str, float, Any], None], worker: str = ""
+        self, job: Job, report: Callable[[str, ProgressValue, Any], None], worker: str = ""
     ) -> None:
         #: The job itself (its name, arguments, attempt), for integrations
         #: that tell the job's code about it (Django's task context).

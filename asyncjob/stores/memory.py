@@ -23,6 +23,7 @@ from asyncjob._core.models import (
     Outcome,
     Overview,
     Progress,
+    ProgressValue,
     ScheduleStatus,
     ended,
     made,
@@ -72,7 +73,7 @@ class _Record:
         self.args = job.args
         self.kwargs = job.kwargs
         self.state = JobState.queued
-        self.progress: int | float | None = None
+        self.progress: ProgressValue | None = None
         self.data: Any = None
         self.result: Any = None
         #: ``(error, traceback)`` of a failed job.
@@ -241,7 +242,7 @@ class MemoryStore(ImmediateStore):
         self._watchers.changed(rec.id, rec.snapshot)
         return True
 
-    def report_progress(self, job_id: str, value: int | float, data: Any) -> None:
+    def report_progress(self, job_id: str, value: ProgressValue, data: Any) -> None:
         try:
             on_loop = asyncio.get_running_loop() is self._loop
         except RuntimeError:
@@ -263,7 +264,7 @@ class MemoryStore(ImmediateStore):
                 del self._unapplied[job_id]
         self._set_progress(job_id, *report)
 
-    def _set_progress(self, job_id: str, value: int | float, data: Any) -> None:
+    def _set_progress(self, job_id: str, value: ProgressValue, data: Any) -> None:
         rec = self._rec(job_id)
         if rec is not None and rec.state is JobState.running:
             rec.progress = value
